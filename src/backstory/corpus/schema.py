@@ -1,0 +1,155 @@
+"""The TinyStories record schema and its validation.
+
+A record is a dict in the ``TinyStories_all_data`` schema::
+
+    {"story": str,
+     "instruction": {"prompt:": str, "words": [str, ...], "features": [str, ...]},
+     "summary": str,
+     "source": str}
+
+Required vs optional, chosen so that the three kinds of input (JSON shards,
+plain ``<|endoftext|>`` text, TinyStoriesInstruct text) all validate:
+
+- ``story`` is required: a string that is not empty after stripping. It is the
+  only field every input has, and the only one a model trains on.
+- ``instruction`` is optional (default: empty prompt, words and features);
+  inside it ``"prompt:"`` (spelled with the colon, as in the real data),
+  ``words`` and ``features`` are each optional with an empty default.
+- ``summary`` is optional (default ``""``).
+- ``source`` is optional (default: the name of the file the record came from,
+  which is what plain-text records carry).
+
+A JSON ``null`` in an optional field counts as absent; a ``null`` story counts
+as missing. Any other value of the wrong type is an error. Keys outside the
+schema are ignored: the stories table has a fixed set of columns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PROMPT_KEY = "prompt:"  # the real data spells the key with a trailing colon
+
+
+class BadRecordError(ValueError):
+    """A record (or a whole file, when ``index`` is None) that does not fit the schema.
+
+    ``reason`` is a short stable code (e.g. ``"missing_story"``,
+    ``"wrong_type:summary"``, ``"invalid_utf8"``) that reports count by.
+    """
+
+    def __init__(self, source: str, index: int | None, reason: str, detail: str) -> None:
+        self.source = source
+        self.index = index
+        self.reason = reason
+        self.detail = detail
+        where = source if index is None else f"{source}, record {index}"
+        super().__init__(f"{where}: {detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuild from the fields, so the error survives pickling across processes.
+        return (type(self), (self.source, self.index, self.reason, self.detail))
+
+
+def empty_instruction() -> dict[str, Any]:
+    """The instruction of a record that has none (plain-text stories)."""
+    return {PROMPT_KEY: "", "words": [], "features": []}
+
+
+def validate_record(obj: object, source: str, index: int) -> dict[str, Any]:
+    """Check ``obj`` against the schema and return a normalized copy.
+
+    The copy has every field present (defaults filled in) and the story
+    stripped of leading and trailing whitespace, inner newlines kept.
+    Raises BadRecordError naming ``source``, ``index`` and the reason.
+    """
+    if not isinstance(obj, dict):
+        raise BadRecordError(
+            source, index, "not_object", f"record must be a JSON object, got {_type_name(obj)}"
+        )
+    return {
+        "story": _story(obj, source, index),
+        "instruction": _instruction(obj.get("instruction"), source, index),
+        "summary": _optional_text(obj.get("summary"), "summary", "", source, index),
+        "source": _optional_text(obj.get("source"), "source", source, source, index),
+    }
+
+
+def _story(obj: dict[str, Any], source: str, index: int) -> str:
+    story = obj.get("story")
+    if story is None:
+        raise BadRecordError(source, index, "missing_story", "field 'story' is missing")
+    _require_text(story, "story", source, index)
+    stripped = story.strip()
+    if not stripped:
+        raise BadRecordError(
+            source, index, "empty_story", "field 'story' is empty after stripping whitespace"
+        )
+    return stripped
+
+
+def _instruction(value: object, source: str, index: int) -> dict[str, Any]:
+    if value is None:
+        return empty_instruction()
+    if not isinstance(value, dict):
+        raise BadRecordError(
+            source,
+            index,
+            "wrong_type:instruction",
+            f"field 'instruction' must be an object, got {_type_name(value)}",
+        )
+    return {
+        PROMPT_KEY: _optional_text(value.get(PROMPT_KEY), "instruction.prompt", "", source, index),
+        "words": _text_list(value.get("words"), "instruction.words", source, index),
+        "features": _text_list(value.get("features"), "instruction.features", source, index),
+    }
+
+
+def _optional_text(value: object, field: str, default: str, source: str, index: int) -> str:
+    if value is None:
+        return default
+    _require_text(value, field, source, index)
+    return value  # type: ignore[return-value]  # checked by _require_text
+
+
+def _text_list(value: object, field: str, source: str, index: int) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRecordError(
+            source,
+            index,
+            f"wrong_type:{field}",
+            f"field '{field}' must be a list of strings, got {_type_name(value)}",
+        )
+    for position, item in enumerate(value):
+        _require_text(item, field, source, index, position)
+    return list(value)
+
+
+def _require_text(
+    value: object, field: str, source: str, index: int, position: int | None = None
+) -> None:
+    """Raise unless ``value`` is a string that can be written as UTF-8."""
+    label = field if position is None else f"{field}[{position}]"
+    if not isinstance(value, str):
+        raise BadRecordError(
+            source,
+            index,
+            f"wrong_type:{field}",
+            f"field '{label}' must be a string, got {_type_name(value)}",
+        )
+    try:
+        # JSON escapes can smuggle in lone surrogates, which no UTF-8 writer accepts.
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise BadRecordError(
+            source,
+            index,
+            f"invalid_unicode:{field}",
+            f"field '{label}' holds a lone surrogate at character {err.start}",
+        ) from None
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
