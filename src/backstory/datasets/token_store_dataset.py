@@ -1,0 +1,47 @@
+"""Kedro dataset for the H5 token store: saves a `TokenStream`, loads a `TokenStore`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kedro.io import AbstractDataset, DatasetError
+
+from backstory.tokens import TokenStore, TokenStream, write_token_store
+
+
+class TokenStoreDataset(AbstractDataset[TokenStream, TokenStore]):
+    """One token-store file (`data/05_model_input/<variant>/<split>.h5`).
+
+    `save` consumes the stream's batches lazily, so an export node never holds the
+    encoded corpus in memory; `load` returns a memory-mapped, picklable `TokenStore`.
+
+    Example catalog entry::
+
+        forward.train_tokens:
+          type: backstory.datasets.token_store_dataset.TokenStoreDataset
+          filepath: data/05_model_input/forward/train.h5
+    """
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+        """`filepath`: the H5 file; `metadata`: free-form, for kedro-viz, unused here."""
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> TokenStore:
+        return TokenStore(self._filepath)
+
+    def save(self, data: TokenStream) -> None:
+        if not isinstance(data, TokenStream):
+            raise DatasetError(
+                f"{self._filepath}: TokenStoreDataset saves a TokenStream, "
+                f"got {type(data).__name__}"
+            )
+        self._filepath.parent.mkdir(parents=True, exist_ok=True)
+        write_token_store(self._filepath, data.batches, attrs=data.attrs)
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
