@@ -1,0 +1,161 @@
+"""Variant document layouts and their batched, threaded encoding.
+
+forward:  [BOS] + ids(story)
+reversed: [BOS] + ids(reverse_words(story))
+instruct: ids(prompt) + [BOS] + ids(story) + [EOS]
+
+``story_spans`` mark the tokens of the story text inside each document (the BOS, prompt
+and EOS are outside); ``doc_bytes`` is the UTF-8 size of the story text, which the
+reversal leaves unchanged (it only reorders pieces).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from backstory.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
+from backstory.tokenizer import Tokenizer
+from backstory.tokens import DocBatch
+
+VARIANTS = ("forward", "reversed", "instruct")
+
+_LAYOUTS = {
+    "forward": "bos+story",
+    "reversed": "bos+reversed_story",
+    "instruct": "prompt+bos+story+eos",
+}
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
+
+
+def layout_name(variant: str) -> str:
+    """The token layout of a variant, as written in the token store's ``layout`` attribute."""
+    _check_variant(variant)
+    return _LAYOUTS[variant]
+
+
+def record_key(record: dict) -> str:
+    """``shard:record``, the stable name of a record (used in errors and template choice)."""
+    if not isinstance(record, dict):
+        return f"<{type(record).__name__}>"
+    return f"{record.get('shard', '?')}:{record.get('record', '?')}"
+
+
+def _str_list(value: object) -> list[str]:
+    # Parquet list columns come back as numpy arrays, missing ones as None.
+    return [] if value is None else [str(v) for v in value]  # type: ignore[attr-defined]
+
+
+def _story(record: dict) -> str:
+    story = record.get("story") if isinstance(record, dict) else None
+    if not isinstance(story, str):
+        raise ValueError(f"record {record_key(record)}: 'story' must be a str, got {story!r:.60}")
+    if not story:
+        raise ValueError(f"record {record_key(record)}: empty story")
+    return story
+
+
+def variant_text(record: dict, variant: str) -> str:
+    """The story text a variant trains on: the story, or its word-reversed form."""
+    _check_variant(variant)
+    story = _story(record)
+    return reverse_words(story) if variant == "reversed" else story
+
+
+def _prompt(record: dict, templates: Sequence[str], seed: int) -> str:
+    key = record_key(record)
+    summary = record.get("summary")
+    if summary is None:
+        summary = ""
+    if not isinstance(summary, str):
+        raise ValueError(f"record {key}: 'summary' must be a str, got {summary!r:.60}")
+    words, features = _str_list(record.get("words")), _str_list(record.get("features"))
+    return record_instruction(summary, words, features, templates=templates, seed=seed, key=key)
+
+
+def _instruct_parts(
+    records: list[dict],
+    texts: list[str],
+    tokenizer: Tokenizer,
+    templates: Sequence[str],
+    seed: int,
+    num_threads: int,
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, int]:
+    """(arrays to concatenate, story ids, tokens before each story, tokens after it)."""
+    n = len(records)
+    prompts = [_prompt(r, templates, seed) for r in records]
+    # One call for prompts and stories keeps every thread busy.
+    encoded = tokenizer.encode_arrays(prompts + texts, num_threads)
+    prompt_ids, story_ids = encoded[:n], encoded[n:]
+    bos = np.array([tokenizer.bos_id], dtype=np.int32)
+    eos = np.array([tokenizer.eos_id], dtype=np.int32)
+    parts = [a for p, s in zip(prompt_ids, story_ids, strict=True) for a in (p, bos, s, eos)]
+    return parts, story_ids, np.array([len(p) + 1 for p in prompt_ids], dtype=np.int64), 1
+
+
+def _bos_parts(
+    texts: list[str], tokenizer: Tokenizer, num_threads: int
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, int]:
+    """Like _instruct_parts for the [BOS] + text layouts."""
+    story_ids = tokenizer.encode_arrays(texts, num_threads)
+    bos = np.array([tokenizer.bos_id], dtype=np.int32)
+    parts = [a for s in story_ids for a in (bos, s)]
+    return parts, story_ids, np.ones(len(texts), dtype=np.int64), 0
+
+
+def _batch(
+    records: list[dict],
+    tokenizer: Tokenizer,
+    variant: str,
+    templates: Sequence[str],
+    seed: int,
+    num_threads: int,
+) -> DocBatch:
+    stories = [_story(r) for r in records]
+    texts = [reverse_words(s) for s in stories] if variant == "reversed" else stories
+    if variant == "instruct":
+        parts, story_ids, prefix, suffix = _instruct_parts(
+            records, texts, tokenizer, templates, seed, num_threads
+        )
+    else:
+        parts, story_ids, prefix, suffix = _bos_parts(texts, tokenizer, num_threads)
+    story_len = np.array([len(s) for s in story_ids], dtype=np.int64)
+    return DocBatch(
+        # sentencepiece ids are int32 and never negative, so the uint32 view is exact.
+        tokens=np.concatenate(parts).view(np.uint32),
+        doc_lengths=prefix + story_len + suffix,
+        story_spans=np.stack([prefix, prefix + story_len], axis=1),
+        doc_bytes=np.array([len(s.encode("utf-8")) for s in stories], dtype=np.int64),
+    )
+
+
+def encode_documents(
+    records: Iterable[dict],
+    tokenizer: Tokenizer,
+    *,
+    variant: str,
+    templates: Sequence[str] | None = None,
+    seed: int = 0,
+    batch_size: int = 1024,
+    num_threads: int = 0,
+) -> Iterator[DocBatch]:
+    """Encode records into ``variant`` documents, one DocBatch per ``batch_size`` records.
+
+    ``templates`` (instruct only; default DEFAULT_TEMPLATES) and ``seed`` choose each
+    record's prompt; ``num_threads`` threads encode a batch (0: all cores).
+    """
+    _check_variant(variant)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    chosen = tuple(DEFAULT_TEMPLATES if templates is None else templates)
+    if variant == "instruct" and not chosen:
+        raise ValueError("instruct.templates is empty; give at least one template")
+    iterator = iter(records)
+    while batch := list(itertools.islice(iterator, batch_size)):
+        yield _batch(batch, tokenizer, variant, chosen, seed, num_threads)

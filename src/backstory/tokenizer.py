@@ -1,0 +1,229 @@
+"""sentencepiece vocabulary training (in memory) and the ``Tokenizer`` wrapper.
+
+Training uses llama2.c's custom-vocabulary options (character coverage 1.0, split digits,
+whitespace-only pieces, byte fallback, identity normalisation, unk=0 bos=1 eos=2, no pad)
+with one change: ``remove_extra_whitespaces`` is off, so encoding is lossless.
+
+Round trip: sentencepiece writes spaces as "▁" and adds one "▁" before the text (the dummy
+prefix); ``decode`` removes that one prefix again. With identity normalisation, no
+whitespace collapsing and byte fallback, ``decode(encode_one(s)) == s`` for every text
+that does not itself contain "▁" (U+2581), which decodes as a space. Leading, trailing and
+repeated spaces and newlines survive; unseen characters go through byte pieces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+
+log = logging.getLogger(__name__)
+
+MODEL_TYPES = ("bpe", "unigram", "word", "char")
+UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+# sentencepiece's own default is 4192 bytes, below the longest TinyStories stories.
+DEFAULT_MAX_SENTENCE_BYTES = 65_536
+
+
+class _TrainingTexts:
+    """Feeds the first ``limit`` non-empty texts to sentencepiece and counts what it left out."""
+
+    def __init__(self, texts: Iterable[str], limit: int, max_bytes: int) -> None:
+        self._texts = iter(texts)
+        self._limit = limit
+        self._max_bytes = max_bytes
+        self.used = self.empty = self.too_long = 0
+        self.more_available = False
+        # sentencepiece turns exceptions raised in here into RuntimeError; keep the original.
+        self.error: Exception | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        for index, text in enumerate(itertools.islice(self._texts, self._limit)):
+            if not isinstance(text, str):
+                self.error = ValueError(f"training text {index} is {type(text).__name__}, not str")
+                raise self.error
+            if not text.strip():
+                self.empty += 1
+            elif len(text.encode("utf-8")) > self._max_bytes:
+                self.too_long += 1
+            else:
+                self.used += 1
+                yield text
+        self.more_available = next(self._texts, None) is not None
+
+
+def _trainer_options(
+    model_type: str, vocab_size: int, max_sentence_bytes: int, num_threads: int
+) -> dict[str, object]:
+    return {
+        "model_type": model_type,
+        "vocab_size": vocab_size,
+        "character_coverage": 1.0,
+        "split_digits": True,
+        "allow_whitespace_only_pieces": True,
+        "byte_fallback": True,  # sentencepiece 0.2 accepts it for all four model types
+        "normalization_rule_name": "identity",
+        "remove_extra_whitespaces": False,  # keep every space: encoding stays lossless
+        "unk_id": UNK_ID,
+        "bos_id": BOS_ID,
+        "eos_id": EOS_ID,
+        "pad_id": -1,
+        # Every sentence we pass is used, in order: no sampling, no shuffling.
+        "input_sentence_size": 0,
+        "shuffle_input_sentence": False,
+        "max_sentence_length": max_sentence_bytes,
+        "num_threads": num_threads,
+        "minloglevel": 2,  # sentencepiece logs to stderr; we log the summary ourselves
+    }
+
+
+def _check_train_args(
+    vocab_size: int, model_type: str, max_sentences: int, max_sentence_bytes: int, num_threads: int
+) -> None:
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"tokenizer.model_type must be one of {MODEL_TYPES}, got {model_type!r}")
+    if not isinstance(vocab_size, int) or vocab_size < 4:
+        raise ValueError(f"tokenizer.vocab_size must be an int >= 4, got {vocab_size!r}")
+    if max_sentences < 1:
+        raise ValueError(f"tokenizer.max_sentences must be >= 1, got {max_sentences}")
+    if max_sentence_bytes < 1:
+        raise ValueError(f"tokenizer.max_sentence_bytes must be >= 1, got {max_sentence_bytes}")
+    if num_threads < 1:
+        raise ValueError(f"tokenizer.num_threads must be >= 1, got {num_threads}")
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    *,
+    vocab_size: int,
+    model_type: str = "bpe",
+    max_sentences: int = 200_000,
+    max_sentence_bytes: int = DEFAULT_MAX_SENTENCE_BYTES,
+    num_threads: int = 1,
+) -> bytes:
+    """Train a sentencepiece model on the first ``max_sentences`` texts; the model bytes.
+
+    Each text is one sentence (newlines stay inside it). Texts longer than
+    ``max_sentence_bytes`` UTF-8 bytes and blank texts are left out, counted and logged.
+    Deterministic: same texts and arguments give the same bytes. ``num_threads`` is
+    recorded in the model and, for unigram, changes the pieces, so keep it fixed.
+    """
+    _check_train_args(vocab_size, model_type, max_sentences, max_sentence_bytes, num_threads)
+    feed = _TrainingTexts(texts, max_sentences, max_sentence_bytes)
+    buffer = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(feed),
+            model_writer=buffer,
+            **_trainer_options(model_type, vocab_size, max_sentence_bytes, num_threads),
+        )
+    except RuntimeError as exc:
+        if feed.error is not None:
+            raise feed.error from exc
+        if feed.used == 0:
+            raise ValueError(
+                f"no usable training text for the tokenizer ({feed.empty} blank, "
+                f"{feed.too_long} over tokenizer.max_sentence_bytes={max_sentence_bytes})"
+            ) from exc
+        if "ocabulary size" in str(exc):
+            raise ValueError(
+                f"tokenizer.vocab_size={vocab_size} does not fit this {model_type} model: {exc}"
+            ) from exc
+        raise
+    _log_training(feed, max_sentences, max_sentence_bytes)
+    return buffer.getvalue()
+
+
+def _log_training(feed: _TrainingTexts, max_sentences: int, max_sentence_bytes: int) -> None:
+    log.info("trained tokenizer on %d texts", feed.used)
+    if feed.more_available:
+        log.info("used only the first %d texts (tokenizer.max_sentences)", max_sentences)
+    if feed.empty:
+        log.warning("left out %d blank texts from tokenizer training", feed.empty)
+    if feed.too_long:
+        log.warning(
+            "left out %d texts longer than tokenizer.max_sentence_bytes=%d from training",
+            feed.too_long,
+            max_sentence_bytes,
+        )
+
+
+def _resolve_threads(num_threads: int) -> int:
+    """0 or less means every core this process may use."""
+    if num_threads > 0:
+        return num_threads
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class Tokenizer:
+    """A loaded sentencepiece model with batch encoding and its identity (sha256)."""
+
+    def __init__(self, model_bytes: bytes, *, source: str = "<bytes>") -> None:
+        processor = spm.SentencePieceProcessor()
+        try:
+            processor.LoadFromSerializedProto(model_bytes)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"{source} is not a sentencepiece model: {exc}") from exc
+        if processor.bos_id() < 0 or processor.eos_id() < 0:
+            raise ValueError(f"{source}: the sentencepiece model has no BOS or EOS piece")
+        self._sp = processor
+        self._bytes = bytes(model_bytes)
+        self._sha256 = hashlib.sha256(self._bytes).hexdigest()
+
+    @classmethod
+    def from_bytes(cls, model_bytes: bytes) -> Tokenizer:
+        return cls(model_bytes)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Tokenizer:
+        return cls(Path(path).read_bytes(), source=str(path))
+
+    @property
+    def model_bytes(self) -> bytes:
+        return self._bytes
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256
+
+    @property
+    def vocab_size(self) -> int:
+        return self._sp.vocab_size()
+
+    @property
+    def bos_id(self) -> int:
+        return self._sp.bos_id()
+
+    @property
+    def eos_id(self) -> int:
+        return self._sp.eos_id()
+
+    def encode(self, texts: list[str], num_threads: int = 0) -> list[list[int]]:
+        """Token ids of each text (no BOS/EOS), encoded on ``num_threads`` threads (0: all)."""
+        return self._sp.encode(list(texts), out_type=int, num_threads=_resolve_threads(num_threads))
+
+    def encode_arrays(self, texts: list[str], num_threads: int = 0) -> list[np.ndarray]:
+        """Like ``encode`` but each result is an int32 array (no per-id Python objects)."""
+        if not texts:
+            return []
+        return self._sp.encode(
+            list(texts), out_type="numpy", num_threads=_resolve_threads(num_threads)
+        )
+
+    def encode_one(self, text: str) -> list[int]:
+        return self._sp.encode(text, out_type=int)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; BOS/EOS decode to nothing, the dummy-prefix space is removed."""
+        return self._sp.decode([int(i) for i in ids])
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
