@@ -1,0 +1,150 @@
+"""`backstory generate`: write stories with a trained model from the command line.
+
+    backstory generate --variant forward --prompt "Once upon a time"
+    backstory generate --variant reversed --prompt "They were happy forever."
+    backstory generate --variant instruct --prompt "Write a story about a brave cat."
+
+The model and tokenizer default to where `kedro run --pipeline <variant>` writes them
+under --project-dir. The story is printed in normal reading order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from backstory.checkpoint import MODEL_META_FILE, WEIGHTS_FILE, load_model
+from backstory.evaluate import VARIANTS, check_lineage, generate_story, model_variant
+from backstory.generate import check_sampling
+from backstory.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+# The catalog's layout (conf/base/catalog.yml): <variant>.model and the shared tokenizer.
+MODEL_DIR = "data/06_models/{variant}/model"
+TOKENIZER_FILE = "data/06_models/tokenizer/tokenizer.model"
+EXIT_USAGE = 2  # argparse's code for bad usage; we use it for every user error
+
+
+class UsageError(Exception):
+    """A problem the user can fix: printed without a traceback, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backstory", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="generate stories with a trained variant model")
+    gen.add_argument("--variant", required=True, choices=VARIANTS,
+                     help="forward: continue the prompt; reversed: the prompt is the ending; "
+                          "instruct: the prompt is an instruction")
+    gen.add_argument("--prompt", required=True, help="text in normal reading order")
+    gen.add_argument("--project-dir", type=Path, default=Path("."),
+                     help="the Kedro project whose data/ holds the model (default: .)")
+    gen.add_argument("--model-dir", type=Path, default=None,
+                     help="model folder (default: <project-dir>/"
+                          f"{MODEL_DIR.format(variant='<variant>')})")
+    gen.add_argument("--tokenizer", type=Path, default=None,
+                     help=f"sentencepiece model (default: <project-dir>/{TOKENIZER_FILE})")
+    gen.add_argument("--max-new-tokens", type=int, default=200,
+                     help="most tokens to generate (capped by the model's context)")
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest")
+    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
+    gen.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    gen.add_argument("--num-samples", type=int, default=1, help="how many stories")
+    gen.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    return parser
+
+
+def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    model_dir = args.model_dir or args.project_dir / MODEL_DIR.format(variant=args.variant)
+    tokenizer = args.tokenizer or args.project_dir / TOKENIZER_FILE
+    for name in (WEIGHTS_FILE, MODEL_META_FILE):
+        if not (model_dir / name).is_file():
+            raise UsageError(
+                f"no trained {args.variant} model at {model_dir} (missing {name}); "
+                f"make it with `kedro run --pipeline {args.variant}` in the project folder"
+            )
+    if not tokenizer.is_file():
+        raise UsageError(
+            f"no tokenizer at {tokenizer}; make it with `kedro run --pipeline ingest` "
+            "(or pass --tokenizer)"
+        )
+    return model_dir, tokenizer
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    try:
+        check_sampling(args.temperature, args.top_k, args.top_p)
+        device = torch.device(args.device)
+    except (ValueError, RuntimeError) as err:  # torch rejects unknown device strings
+        raise UsageError(str(err)) from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
+
+
+def _generate(args: argparse.Namespace) -> list[str]:
+    """The stories the arguments ask for; UsageError for anything the user can fix."""
+    _check_args(args)
+    model_dir, tokenizer_path = _paths(args)
+    try:
+        tokenizer = Tokenizer.from_file(tokenizer_path)
+        model, meta = load_model(model_dir, device=args.device)
+        check_lineage(meta, tokenizer.sha256, model_path=str(model_dir),
+                      tokenizer_path=str(tokenizer_path))
+        trained_for = model_variant(meta)
+        if trained_for is not None and trained_for != args.variant:
+            raise UsageError(
+                f"the model at {model_dir} was trained for the {trained_for!r} variant, not "
+                f"{args.variant!r}; pass --variant {trained_for} or the right --model-dir"
+            )
+        return [
+            generate_story(model, tokenizer, variant=args.variant, prompt=args.prompt,
+                           max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                           top_k=args.top_k, top_p=args.top_p, seed=args.seed + i)["text"]
+            for i in range(args.num_samples)
+        ]
+    except (ValueError, OSError) as err:
+        # Unreadable or mismatched files and bad settings (CheckpointError and
+        # LineageError are ValueErrors) are the user's to fix, not crashes.
+        raise UsageError(str(err)) from err
+
+
+def _print_stories(stories: list[str], seed: int) -> None:
+    if len(stories) == 1:
+        print(stories[0])
+        return
+    for i, story in enumerate(stories):
+        print(f"--- sample {i + 1} (seed {seed + i}) ---")
+        print(story, end="\n\n" if i + 1 < len(stories) else "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `backstory` console script; returns the exit code."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse has printed usage and the error
+        return int(exit_.code or 0)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        stories = _generate(args)
+    except UsageError as err:
+        print(f"backstory {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    _print_stories(stories, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

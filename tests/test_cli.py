@@ -1,0 +1,128 @@
+"""`backstory generate` on a tiny saved model: the happy path and every user error."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from backstory.checkpoint import TrainedModel, save_model
+from backstory.cli import main
+from backstory.model import ModelConfig, Transformer
+from backstory.tokenizer import Tokenizer, train_tokenizer
+
+WORDS = ["Tom", "Lily", "ran", "jumped", "with", "the", "dog", "cat", "happy", "end"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(12)) + "." for _ in range(100)]
+    return Tokenizer(train_tokenizer(texts, vocab_size=300))
+
+
+def save_tiny_model(directory: Path, tokenizer: Tokenizer, variant: str,
+                    tokenizer_sha256: str | None = None) -> None:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=16, n_layers=1, n_heads=2,
+                         max_seq_len=48)
+    model = Transformer(config)
+    lineage = {"tokenizer_sha256": tokenizer_sha256 or tokenizer.sha256, "variant": variant}
+    save_model(directory, TrainedModel(config, model.state_dict(), {"lineage": lineage}))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tokenizer: Tokenizer) -> Path:
+    """A project folder laid out as the Kedro pipelines leave it."""
+    root = tmp_path_factory.mktemp("project")
+    tokenizer_file = root / "data/06_models/tokenizer/tokenizer.model"
+    tokenizer_file.parent.mkdir(parents=True)
+    tokenizer_file.write_bytes(tokenizer.model_bytes)
+    for variant in ("forward", "reversed", "instruct"):
+        save_tiny_model(root / f"data/06_models/{variant}/model", tokenizer, variant)
+    return root
+
+
+def run(project: Path, *args: str) -> int:
+    return main(["generate", "--project-dir", str(project), "--max-new-tokens", "8", *args])
+
+
+@pytest.mark.parametrize("variant", ["forward", "reversed", "instruct"])
+def test_generate_prints_a_story(project, capsys, variant):
+    prompt = "Tom ran with the dog." if variant != "instruct" else "Write a story about a dog."
+    assert run(project, "--variant", variant, "--prompt", prompt, "--seed", "3") == 0
+    out = capsys.readouterr().out
+    assert out.strip()
+    if variant == "forward":
+        assert out.startswith(prompt)
+    # Same arguments, same story.
+    assert run(project, "--variant", variant, "--prompt", prompt, "--seed", "3") == 0
+    assert capsys.readouterr().out == out
+
+
+def test_several_samples_are_numbered_by_seed(project, capsys):
+    code = run(project, "--variant", "forward", "--prompt", "Lily", "--num-samples", "2",
+               "--seed", "4", "--temperature", "1.0", "--top-k", "20", "--top-p", "0.9")
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "--- sample 1 (seed 4) ---" in out and "--- sample 2 (seed 5) ---" in out
+
+
+def test_missing_model_names_the_command_that_makes_it(tmp_path, project, capsys):
+    code = main(["generate", "--variant", "reversed", "--prompt", "The end.",
+                 "--project-dir", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "kedro run --pipeline reversed" in err and "Traceback" not in err
+    assert str(tmp_path / "data/06_models/reversed/model") in err
+
+
+def test_missing_tokenizer_is_a_clear_error(tmp_path, project, capsys):
+    code = run(project, "--variant", "forward", "--prompt", "x",
+               "--tokenizer", str(tmp_path / "none.model"))
+    assert code == 2
+    assert "no tokenizer at" in capsys.readouterr().err
+
+
+def test_unknown_variant_is_a_usage_error(project, capsys):
+    assert run(project, "--variant", "sideways", "--prompt", "x") == 2
+    assert "invalid choice: 'sideways'" in capsys.readouterr().err
+
+
+def test_tokenizer_of_another_training_names_both_hashes(tmp_path, project, tokenizer, capsys):
+    model_dir = tmp_path / "model"
+    save_tiny_model(model_dir, tokenizer, "forward", tokenizer_sha256="0" * 64)
+    code = run(project, "--variant", "forward", "--prompt", "x", "--model-dir", str(model_dir))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "0" * 64 in err and tokenizer.sha256 in err and "Traceback" not in err
+
+
+def test_model_of_another_variant_is_refused(project, capsys):
+    model_dir = project / "data/06_models/instruct/model"
+    code = run(project, "--variant", "forward", "--prompt", "x", "--model-dir", str(model_dir))
+    assert code == 2
+    assert "trained for the 'instruct' variant, not 'forward'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--temperature", "-1"], "temperature"),
+    (["--top-p", "1.5"], "top_p"),
+    (["--num-samples", "0"], "--num-samples"),
+    (["--device", "nonsense"], "nonsense"),
+])
+def test_bad_settings_are_usage_errors(project, capsys, args, message):
+    assert run(project, "--variant", "forward", "--prompt", "x", *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_damaged_model_is_reported_not_raised(tmp_path, project, tokenizer, capsys):
+    model_dir = tmp_path / "model"
+    save_tiny_model(model_dir, tokenizer, "forward")
+    (model_dir / "model.json").write_text("{not json")
+    code = run(project, "--variant", "forward", "--prompt", "x", "--model-dir", str(model_dir))
+    assert code == 2
+    assert "not valid JSON" in capsys.readouterr().err
