@@ -1,0 +1,179 @@
+"""Training throughput of backstory.train: tokens per second, MFU and peak memory.
+
+Rerun with defaults (CPU: dim 128, 4 layers, seq 128, batch 16, vocab 4096; plus, when
+CUDA is present, the llama2.c 15M shape: dim 288, 6 layers, 6 heads, seq 256, vocab 4096,
+batch 128, bf16, with torch.compile off and on):
+
+    python benchmarks/bench_train.py
+    python benchmarks/bench_train.py --device cuda --steps 100 --compile true
+    python benchmarks/bench_train.py --device cpu --threads 1
+
+Each case runs the real loop (train()) on random tokens in a temporary token store;
+tokens/s and MFU are the median of the train_log rows after the first log interval
+(which holds warm-up and compilation). On CUDA a bare step loop (fixed on-device batch,
+no data loading, logging or checkpoints) gives the ceiling the loop is compared to.
+Peak memory is the process's max RSS on CPU
+(it only grows, so later CPU cases include earlier ones) and
+torch.cuda.max_memory_allocated on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from backstory.model import ModelConfig, Transformer
+from backstory.tokens import DocBatch, TokenStore, write_token_store
+from backstory.train import TrainConfig, train
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    model: ModelConfig
+    batch_size: int
+    device: str
+    compile: bool
+    dtype: str
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or "unknown"
+
+
+def random_store(path: Path, vocab: int, n_tokens: int, seed: int = 0) -> TokenStore:
+    """Documents of 100-300 random ids (TinyStories-sized stories)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(100, 301, n_tokens // 200).astype(np.int64)
+    batch = DocBatch(
+        tokens=rng.integers(3, vocab, int(lengths.sum())),
+        doc_lengths=lengths,
+        story_spans=np.stack([np.ones_like(lengths), lengths], axis=1),
+        doc_bytes=4 * lengths,
+    )
+    attrs = dict(variant="forward", layout="bos_story", vocab_size=vocab, bos_id=1, eos_id=2,
+                 tokenizer_sha256="0" * 64, corpus_fingerprint="bench")
+    write_token_store(path, [batch], attrs=attrs)
+    return TokenStore(path)
+
+
+def cases(args: argparse.Namespace) -> list[Case]:
+    small = ModelConfig(vocab_size=4096, dim=128, n_layers=4, n_heads=4, max_seq_len=128)
+    m15 = ModelConfig(vocab_size=4096, dim=288, n_layers=6, n_heads=6, max_seq_len=256)
+    want_cuda = args.device in ("auto", "cuda") and torch.cuda.is_available()
+    found = []
+    if args.device in ("auto", "cpu"):
+        found.append(Case("small-cpu", small, 16, "cpu", args.compile == "true", "float32"))
+    if want_cuda:
+        compiles = {"both": [False, True], "true": [True], "false": [False]}[args.compile]
+        for flag in compiles:
+            found.append(Case(f"15M-cuda-{'compiled' if flag else 'eager'}", m15, 128, "cuda",
+                              flag, "bfloat16"))
+    return found
+
+
+def run_case(case: Case, store: TokenStore, folder: Path, steps: int) -> dict:
+    log_interval = max(1, steps // 5)
+    config = TrainConfig(batch_size=case.batch_size, max_steps=steps, warmup_steps=0,
+                         eval_interval=steps, eval_batches=1, log_interval=log_interval,
+                         checkpoint_interval=steps, device=case.device, dtype=case.dtype,
+                         compile=case.compile, resume=False)
+    if case.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trained = train(case.model, config, store, store, folder / case.name, progress=False)
+    log = pd.read_csv(folder / case.name / "train_log.csv").iloc[1:]  # drop the warm-up rows
+    if case.device == "cuda":
+        memory = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {
+        "tokens_per_s": float(log["tokens_per_s"].median()),
+        "mfu": float(log["mfu"].median()) if log["mfu"].notna().any() else None,
+        "peak_mib": memory,
+        "params": trained.meta["n_params"],
+        "final_loss": trained.meta["train_loss"],
+    }
+
+
+def bare_step_rate(case: Case, steps: int, warmup: int = 10) -> float:
+    """Tokens/s of a bare loop on one fixed on-device batch: the ceiling for train()."""
+    torch.manual_seed(0)
+    model = Transformer(case.model).to(case.device)
+    optimizer = model.configure_optimizer(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95),
+                                          device_type=case.device)
+    step_model = torch.compile(model) if case.compile else model
+    seq = case.model.max_seq_len
+    batch = torch.randint(3, case.model.vocab_size, (case.batch_size, seq + 1), device=case.device)
+    inputs, targets = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+    dtype = getattr(torch, case.dtype)
+    for i in range(warmup + steps):
+        if i == warmup:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            _, loss = step_model(inputs, targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    return steps * case.batch_size * seq / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps per case (default: 15 on CPU, 60 on CUDA)")
+    parser.add_argument("--compile", choices=["both", "true", "false"], default="both",
+                        help="CUDA cases: compile off, on or both (CPU: only 'true' compiles)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice); on a busy machine "
+                             "1 thread can be several times faster than spinning threads")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"machine: {os.cpu_count()} cores, {cpu_name()}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    if torch.cuda.is_available():
+        print(f"gpu: {torch.cuda.get_device_name()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        store = random_store(folder / "tokens.h5", vocab=4096, n_tokens=2_000_000)
+        for case in cases(args):
+            steps = args.steps or (60 if case.device == "cuda" else 15)
+            figures = run_case(case, store, folder, steps)
+            mfu = "n/a" if figures["mfu"] is None else f"{100 * figures['mfu']:.1f}%"
+            m = case.model
+            print(f"{case.name}: dim {m.dim} x {m.n_layers} layers, seq {m.max_seq_len}, "
+                  f"batch {case.batch_size}, {case.dtype}, compile={case.compile}, "
+                  f"{figures['params']:,} params, {steps} steps: "
+                  f"{figures['tokens_per_s']:,.0f} tokens/s, MFU {mfu}, "
+                  f"peak memory {figures['peak_mib']:,.0f} MiB, "
+                  f"final loss {figures['final_loss']:.3f}")
+            if case.device == "cuda":
+                rate = bare_step_rate(case, steps)
+                print(f"{case.name}: bare step loop on one on-device batch (no data, logs or "
+                      f"checkpoints): {rate:,.0f} tokens/s; train() reaches "
+                      f"{figures['tokens_per_s'] / rate:.0%} of it")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""The training loop on CPU: config checks, learning, logs, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import backstory.train as train_module
+from backstory.checkpoint import latest_checkpoint, list_checkpoints, read_state
+from backstory.model import ModelConfig
+from backstory.schedules import lr_at
+from backstory.tokens import DocBatch, TokenStore, write_token_store
+from backstory.train import TRAIN_COLUMNS, VAL_COLUMNS, TrainConfig, TrainedModel, train
+
+VOCAB = 64
+MODEL = ModelConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, max_seq_len=32)
+LINEAGE = {"tokenizer_sha256": "0" * 64, "corpus_fingerprint": "fp-test"}
+
+
+def small_config(**overrides: object) -> TrainConfig:
+    settings = dict(batch_size=8, max_steps=12, lr=3e-3, min_lr=3e-4, warmup_steps=2,
+                    eval_interval=4, eval_batches=2, log_interval=2, checkpoint_interval=4,
+                    device="cpu")
+    return TrainConfig(**{**settings, **overrides})
+
+
+def make_store(path: Path, *, seed: int = 0, n_docs: int = 40, vocab: int = VOCAB) -> TokenStore:
+    """Documents of BOS + an arithmetic progression of ids: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(20, 60, n_docs)
+    docs = []
+    for length in lengths:
+        start, stride = rng.integers(0, vocab - 3), rng.integers(1, 4)
+        story = (start + stride * np.arange(length - 1)) % (vocab - 3) + 3
+        docs.append(np.concatenate([[1], story]))
+    batch = DocBatch(
+        tokens=np.concatenate(docs),
+        doc_lengths=lengths.astype(np.int64),
+        story_spans=np.stack([np.ones(n_docs), lengths], axis=1).astype(np.int64),
+        doc_bytes=(4 * lengths).astype(np.int64),
+    )
+    attrs = dict(variant="forward", layout="bos_story", vocab_size=vocab, bos_id=1, eos_id=2,
+                 tokenizer_sha256="0" * 64, corpus_fingerprint=f"fp-{seed}")
+    write_token_store(path, [batch], attrs=attrs)
+    return TokenStore(path)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> tuple[TokenStore, TokenStore]:
+    folder = tmp_path_factory.mktemp("stores")
+    return make_store(folder / "train.h5", seed=0), make_store(folder / "val.h5", seed=1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread: tiny models run faster without thread hand-offs on a busy machine, and
+    bitwise comparisons across processes need the same CPU reduction order."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run(stores, run_dir: Path, config: TrainConfig | None = None, **kwargs) -> TrainedModel:
+    train_store, val_store = stores
+    return train(MODEL, config or small_config(), train_store, val_store, run_dir,
+                 lineage=kwargs.pop("lineage", LINEAGE), progress=False, **kwargs)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def logs_without_timing(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    train_log = pd.read_csv(run_dir / "train_log.csv").drop(columns=["tokens_per_s", "mfu"])
+    return train_log, pd.read_csv(run_dir / "val_log.csv")
+
+
+# --- configuration ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (dict(batch_size=0), "train.batch_size"),
+        (dict(grad_accum=1.5), "train.grad_accum"),
+        (dict(max_steps=True), "train.max_steps"),
+        (dict(lr=-1.0), "train.lr"),
+        (dict(schedule="linear"), "train.schedule"),
+        (dict(warmup_steps=500), "train.warmup_steps"),
+        (dict(beta2=1.0), "train.beta2"),
+        (dict(grad_clip=-1.0), "train.grad_clip"),
+        (dict(weight_decay=float("inf")), "train.weight_decay"),
+        (dict(device="tpu"), "train.device"),
+        (dict(dtype="int8"), "train.dtype"),
+        (dict(compile="yes"), "train.compile"),
+        (dict(compile=1), "train.compile"),
+        (dict(token_order="sideways"), "train.token_order"),
+        (dict(batch_size=6, nproc_per_node=4), "train.batch_size"),
+        (dict(resume="yes"), "train.resume"),
+        (dict(seed=-1), "train.seed"),
+    ],
+)
+def test_bad_settings_name_their_key(overrides: dict, key: str) -> None:
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        TrainConfig(**overrides)
+
+
+def test_from_dict_round_trip_and_unknown_keys() -> None:
+    config = TrainConfig(batch_size=4, schedule="wsd", compile=False, device="cuda:1")
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig.from_dict({"learning_rate": 1e-3})
+
+
+def test_vocabulary_larger_than_model_is_rejected(stores, tmp_path: Path) -> None:
+    small = replace(MODEL, vocab_size=VOCAB - 1)
+    with pytest.raises(ValueError, match="model.vocab_size"):
+        train(small, small_config(), *stores, tmp_path, progress=False)
+
+
+def to_inputs(windows: np.ndarray, order: str) -> tuple[torch.Tensor, torch.Tensor]:
+    host = train_module._host_tensor(windows, order, pin=False)
+    return train_module._split(host, torch.device("cpu"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+@pytest.mark.parametrize("overrides", [dict(device="cuda"), dict(device="cuda", nproc_per_node=2)])
+def test_unavailable_device_fails_before_any_work(stores, tmp_path: Path, overrides) -> None:
+    with pytest.raises(ValueError, match=r"train\.device='cuda' but CUDA is not available"):
+        run(stores, tmp_path, small_config(**overrides))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_backward_order_reverses_each_window_before_the_shift() -> None:
+    windows = np.arange(10, dtype=np.int64).reshape(2, 5)
+    inputs, targets = to_inputs(windows, "backward")
+    assert inputs.tolist() == [[4, 3, 2, 1], [9, 8, 7, 6]]
+    assert targets.tolist() == [[3, 2, 1, 0], [8, 7, 6, 5]]
+    inputs, targets = to_inputs(windows, "forward")
+    assert inputs.tolist() == [[0, 1, 2, 3], [5, 6, 7, 8]]
+    assert targets.tolist() == [[1, 2, 3, 4], [6, 7, 8, 9]]
+
+
+# --- a training run ------------------------------------------------------------------------
+
+
+def test_training_learns_and_writes_logs_and_checkpoints(stores, tmp_path: Path) -> None:
+    config = small_config(max_steps=24, eval_interval=8, checkpoint_interval=8)
+    trained = run(stores, tmp_path, config)
+
+    train_log = pd.read_csv(tmp_path / "train_log.csv")
+    assert tuple(train_log.columns) == TRAIN_COLUMNS
+    assert train_log["step"].tolist() == list(range(2, 25, 2))
+    assert train_log["mfu"].isna().all()  # no MFU on CPU
+    assert (train_log["tokens_per_s"] > 0).all()
+    expected_lr = [lr_at(s - 1, schedule="cosine", lr=3e-3, min_lr=3e-4, warmup_steps=2,
+                         max_steps=24, cooldown_fraction=0.2) for s in train_log["step"]]
+    np.testing.assert_allclose(train_log["lr"], expected_lr, rtol=1e-6)
+    val_log = pd.read_csv(tmp_path / "val_log.csv")
+    assert tuple(val_log.columns) == VAL_COLUMNS
+    assert val_log["step"].tolist() == [8, 16, 24]
+    assert val_log["val_loss"].iloc[-1] < val_log["val_loss"].iloc[0] < np.log(VOCAB)
+
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000016", "step_00000024"]
+    state = read_state(latest_checkpoint(tmp_path))
+    assert state["step"] == 24 and state["micro_batch"] == 24
+    assert state["lineage"] == LINEAGE
+
+    assert trained.config == MODEL
+    assert all(t.dtype == torch.float32 and t.device.type == "cpu"
+               for t in trained.state_dict.values())
+    meta = trained.meta
+    assert meta["steps"] == 24 and meta["tokens_seen"] == 24 * 8 * 32
+    assert meta["val_loss"] == pytest.approx(val_log["val_loss"].iloc[-1], abs=1e-6)
+    assert meta["train_loss"] == pytest.approx(train_log["loss"].iloc[-1], abs=1e-6)
+    assert meta["lineage"] == LINEAGE and meta["device"] == "cpu" and meta["dtype"] == "float32"
+    assert meta["train_config"] == config.to_dict()
+
+
+def test_same_inputs_give_the_same_weights(stores, tmp_path: Path) -> None:
+    config = small_config(max_steps=6, grad_accum=2, schedule="wsd")
+    first = run(stores, tmp_path / "a", config)
+    second = run(stores, tmp_path / "b", config)
+    assert_same_weights(first.state_dict, second.state_dict)
+    other_seed = run(stores, tmp_path / "c", replace(config, seed=7))
+    assert not torch.equal(first.state_dict["norm.weight"], other_seed.state_dict["norm.weight"])
+
+
+def test_backward_order_trains_on_reversed_windows(stores, tmp_path: Path) -> None:
+    forward = run(stores, tmp_path / "fw", small_config(max_steps=4))
+    backward = run(stores, tmp_path / "bw", small_config(max_steps=4, token_order="backward"))
+    assert backward.meta["train_config"]["token_order"] == "backward"
+    assert not torch.equal(forward.state_dict["norm.weight"], backward.state_dict["norm.weight"])
+
+
+def test_finished_run_is_returned_without_training(stores, tmp_path: Path, monkeypatch) -> None:
+    first = run(stores, tmp_path)
+    log_before = (tmp_path / "train_log.csv").read_text()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run must not train again")
+
+    monkeypatch.setattr(train_module._Session, "start", no_training)
+    again = run(stores, tmp_path)
+    assert_same_weights(first.state_dict, again.state_dict)
+    assert again.meta == first.meta
+    assert (tmp_path / "train_log.csv").read_text() == log_before
+
+
+def test_resume_refuses_a_different_run(stores, tmp_path: Path) -> None:
+    run(stores, tmp_path, small_config(max_steps=4))
+    with pytest.raises(ValueError, match=r"train\.resume=false.*") as info:
+        run(stores, tmp_path, small_config(max_steps=4, lr=1e-3))
+    assert "'lr'" in str(info.value)
+    with pytest.raises(ValueError, match="lineage"):
+        run(stores, tmp_path, small_config(max_steps=4), lineage={"corpus_fingerprint": "other"})
+    with pytest.raises(ValueError, match="model config"):
+        train(replace(MODEL, dim=64), small_config(max_steps=4), *stores, tmp_path,
+              lineage=LINEAGE, progress=False)
+    # Logging and checkpoint cadence may change on resume.
+    run(stores, tmp_path, small_config(max_steps=4, log_interval=1, checkpoint_interval=2))
+
+
+def test_resume_false_starts_over(stores, tmp_path: Path) -> None:
+    clean = run(stores, tmp_path / "clean", small_config(max_steps=6))
+    run(stores, tmp_path / "run", small_config(max_steps=6, lr=1e-2))
+    fresh = run(stores, tmp_path / "run", small_config(max_steps=6, resume=False))
+    assert_same_weights(clean.state_dict, fresh.state_dict)
+    pd.testing.assert_frame_equal(*[logs_without_timing(p)[0]
+                                    for p in (tmp_path / "clean", tmp_path / "run")])
+
+
+KILLED_RUN = """
+import sys, time
+import torch
+from pathlib import Path
+from backstory.model import ModelConfig
+from backstory.tokens import TokenStore
+from backstory.train import TrainConfig, train
+
+torch.set_num_threads(1)
+
+class SlowStore(TokenStore):
+    # Slows the run down so that the test can kill it between two checkpoints.
+    def random_windows(self, *args, **kwargs):
+        time.sleep(0.05)
+        return super().random_windows(*args, **kwargs)
+
+model, config, train_path, val_path, run_dir, lineage = __import__("json").loads(sys.argv[1])
+train(ModelConfig.from_dict(model), TrainConfig.from_dict(config), SlowStore(Path(train_path)),
+      TokenStore(Path(val_path)), Path(run_dir), lineage=lineage, progress=False)
+"""
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(stores, tmp_path: Path) -> None:
+    config = small_config(max_steps=40, checkpoint_interval=4, eval_interval=6, log_interval=3)
+    run_dir = tmp_path / "killed"
+    script = tmp_path / "killed_run.py"
+    script.write_text(textwrap.dedent(KILLED_RUN))
+    arguments = json.dumps([MODEL.to_dict(), config.to_dict(), str(stores[0].path),
+                            str(stores[1].path), str(run_dir), LINEAGE])
+    process = subprocess.Popen([sys.executable, str(script), arguments],
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        latest = run_dir / "checkpoints" / "latest"
+        deadline = time.monotonic() + 120
+        while not latest.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert latest.exists(), "the training subprocess never wrote a checkpoint"
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    interrupted_at = read_state(latest_checkpoint(run_dir))["step"]
+    assert 4 <= interrupted_at < config.max_steps
+
+    resumed = run(stores, run_dir, config)
+    clean = run(stores, tmp_path / "clean", config)
+    assert_same_weights(clean.state_dict, resumed.state_dict)
+    assert resumed.meta["steps"] == config.max_steps
+    for got, expected in zip(logs_without_timing(run_dir), logs_without_timing(tmp_path / "clean"),
+                             strict=True):
+        pd.testing.assert_frame_equal(got, expected)
+
+
+def test_prefetcher_returns_what_direct_reads_return() -> None:
+    reads: list[int] = []
+
+    def read(index: int) -> torch.Tensor:
+        reads.append(index)
+        return torch.full((2, 3), index)
+
+    loader = train_module._Prefetcher(read, background=True)
+    try:
+        got = [int(loader.get(i)[0, 0]) for i in (0, 1, 2, 7, 8)]
+    finally:
+        loader.close()
+    assert got == [0, 1, 2, 7, 8]
+    # 3 was read ahead and skipped; 9 may have been read ahead before close cancelled it.
+    assert {0, 1, 2, 7, 8} <= set(reads) <= {0, 1, 2, 3, 7, 8, 9}
+    assert reads.count(1) == 1 and reads.count(8) == 1  # read ahead once, not read again
