@@ -1,0 +1,205 @@
+"""Sampling from a Transformer: temperature, top-k, top-p, stop ids, batched, KV-cached.
+
+Prompts of different lengths run in lock step: every row sits at the same
+position, and a row still inside its prompt is fed its own next prompt token
+instead of a sample. Each row therefore sees exactly its own tokens at their
+true positions, with no padding and no mask, so batched greedy output equals
+per-prompt greedy output. The common prefix (the shortest prompt) is prefilled
+in one forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Sequence
+from numbers import Integral
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from backstory.model import KVCache, Transformer
+
+logger = logging.getLogger(__name__)
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Raise ValueError for sampling settings outside their ranges."""
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) \
+            or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), "
+                         f"got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
+                              or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, int | float)
+                              or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+
+
+def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick one token id per row of logits (B, V); returns a LongTensor (B,)."""
+    check_sampling(temperature, top_k, top_p)
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be (batch, vocab), got shape {tuple(logits.shape)}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    scaled = logits.float() / temperature  # (B, V)
+    if top_k is not None and top_k < scaled.shape[-1]:
+        kth = torch.topk(scaled, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        scaled = scaled.masked_fill(scaled < kth, -math.inf)
+    if top_p is not None and top_p < 1:
+        scaled = _nucleus(scaled, top_p)
+    probs = torch.softmax(scaled, dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+
+
+def _nucleus(scaled: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability reaches top_p."""
+    ordered, order = torch.sort(scaled, dim=-1, descending=True, stable=True)  # (B, V) each
+    probs = torch.softmax(ordered, dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # probability of strictly more likely tokens
+    drop = mass_before >= top_p  # never the first token: its mass_before is 0 < top_p
+    ordered = ordered.masked_fill(drop, -math.inf)
+    return torch.full_like(scaled, -math.inf).scatter(-1, order, ordered)
+
+
+@torch.no_grad()
+def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             stop_ids: Sequence[int] = (), seed: int = 0, use_cache: bool = True,
+             device: torch.device | str | None = None) -> list[list[int]]:
+    """Continue each prompt; return only the new tokens, cut before the first stop id.
+
+    temperature 0 is greedy decoding. The same seed gives the same output for the same
+    prompts and batch. Every prompt plus max_new_tokens must fit in the model's
+    max_seq_len (ValueError otherwise; no sliding window, the cache has fixed size).
+    use_cache=False recomputes the whole sequence at each step (a reference and
+    benchmark baseline). The model runs in eval mode and its mode is restored after.
+    """
+    check_sampling(temperature, top_k, top_p)
+    device = _resolve_device(model, device)
+    _check_request(model, prompts, max_new_tokens, stop_ids)
+    if not prompts or max_new_tokens == 0:
+        return [[] for _ in prompts]
+    tokens, in_prompt = _prompt_grid(prompts, max_new_tokens, device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    try:
+        with _attention_backends(device):
+            end = _decode(model, tokens, in_prompt, prompts, max_new_tokens, temperature,
+                          top_k, top_p, stop_ids, generator, use_cache)
+    finally:
+        model.train(was_training)
+    return _collect(tokens[:, :end].tolist(), prompts, max_new_tokens, stop_ids)
+
+
+def _attention_backends(device: torch.device) -> contextlib.AbstractContextManager:
+    """Keep SDPA off cuDNN on CUDA while decoding.
+
+    cuDNN attention builds a plan for every new key length (measured ~70 ms each on an
+    H100), and decoding meets a new length at every step; flash / memory-efficient
+    kernels have no such cost.
+    """
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                        SDPBackend.MATH])
+
+
+def _resolve_device(model: Transformer, device: torch.device | str | None) -> torch.device:
+    model_device = model.tok_embeddings.weight.device
+    if device is None:
+        return model_device
+    wanted = torch.device(device)
+    if wanted.type != model_device.type or wanted.index not in (None, model_device.index):
+        raise ValueError(f"device={wanted} but the model is on {model_device}; "
+                         "move the model with model.to(device) first")
+    return model_device
+
+
+def _check_request(model: Transformer, prompts: list[list[int]], max_new_tokens: int,
+                   stop_ids: Sequence[int]) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+            or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    vocab, limit = model.config.vocab_size, model.config.max_seq_len
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {i} is empty; start it with at least the BOS id")
+        bad = [t for t in prompt if not _is_id(t, vocab)]
+        if bad:
+            raise ValueError(f"prompt {i} holds ids outside [0, {vocab}): {bad[:5]}")
+        if len(prompt) + max_new_tokens > limit:
+            raise ValueError(f"prompt {i} has {len(prompt)} tokens; with max_new_tokens="
+                             f"{max_new_tokens} it exceeds max_seq_len={limit}; "
+                             f"use max_new_tokens <= {limit - len(prompt)}")
+    bad_stops = [s for s in stop_ids if not _is_id(s, vocab)]
+    if bad_stops:
+        raise ValueError(f"stop_ids outside [0, {vocab}): {bad_stops}")
+
+
+def _is_id(value: object, vocab: int) -> bool:
+    # Integral admits numpy integers from tokenizers; bool is an int but never an id.
+    return isinstance(value, Integral) and not isinstance(value, bool) and 0 <= value < vocab
+
+
+def _prompt_grid(prompts: list[list[int]], max_new_tokens: int, device: torch.device
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token grid (B, longest + max_new) holding the prompts, and where prompt tokens are."""
+    width = max(len(p) for p in prompts) + max_new_tokens
+    tokens = torch.zeros(len(prompts), width, dtype=torch.long)
+    in_prompt = torch.zeros(len(prompts), width, dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        tokens[row, :len(prompt)] = torch.tensor([int(t) for t in prompt], dtype=torch.long)
+        in_prompt[row, :len(prompt)] = True
+    return tokens.to(device), in_prompt.to(device)
+
+
+def _decode(model: Transformer, tokens: torch.Tensor, in_prompt: torch.Tensor,
+            prompts: list[list[int]], max_new_tokens: int, temperature: float,
+            top_k: int | None, top_p: float | None, stop_ids: Sequence[int],
+            generator: torch.Generator, use_cache: bool) -> int:
+    """Fill `tokens` in place, position by position; return the first unfilled position."""
+    B, width = tokens.shape
+    cache = model.new_cache(B, width) if use_cache else None
+    lengths = torch.tensor([len(p) for p in prompts], device=tokens.device)
+    stops = torch.tensor([int(s) for s in stop_ids], dtype=torch.long, device=tokens.device)
+    stopped = torch.zeros(B, dtype=torch.bool, device=tokens.device)
+    for pos in range(min(len(p) for p in prompts), width):
+        logits = _next_logits(model, tokens, pos, cache)  # (B, V)
+        sampled = sample_logits(logits, temperature, top_k, top_p, generator)  # (B,)
+        fresh = ~in_prompt[:, pos]
+        tokens[:, pos] = torch.where(fresh, sampled, tokens[:, pos])
+        stopped |= fresh & torch.isin(sampled, stops)
+        full = pos + 1 >= lengths + max_new_tokens
+        if bool((stopped | full).all()):
+            return pos + 1
+    return width
+
+
+def _next_logits(model: Transformer, tokens: torch.Tensor, pos: int,
+                 cache: KVCache | None) -> torch.Tensor:
+    """Logits (B, V) predicting position `pos` from tokens[:, :pos]."""
+    if cache is None:
+        window = tokens[:, :pos]  # (B, pos): full recompute
+    else:
+        window = tokens[:, cache.length:pos]  # (B, new): prefill once, then one token
+    logits, _ = model(window, cache=cache)  # (B, T, V)
+    return logits[:, -1, :]
+
+
+def _collect(rows: list[list[int]], prompts: list[list[int]], max_new_tokens: int,
+             stop_ids: Sequence[int]) -> list[list[int]]:
+    """The new tokens of each row, cut before its first stop id."""
+    stops = set(stop_ids)
+    out = []
+    for row, prompt in zip(rows, prompts, strict=True):
+        new = row[len(prompt):len(prompt) + max_new_tokens]
+        cut = next((i for i, t in enumerate(new) if t in stops), len(new))
+        out.append(new[:cut])
+    return out

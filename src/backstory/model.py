@@ -1,0 +1,384 @@
+"""A Llama-architecture decoder (the llama2.c layout), its config and a KV cache.
+
+Pre-norm RMSNorm, rotary position embeddings on interleaved pairs, SwiGLU
+feed-forward, grouped-query attention, no biases, tied embedding/output weights.
+Parameter names follow llama2.c (tok_embeddings, layers.N.attention.wq, ...) so
+weights map one to one onto its export format.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# SDPA learned `enable_gqa` in torch 2.5; older versions repeat the kv heads instead.
+_SDPA_HAS_GQA = torch.__version__ >= "2.5"
+
+_INT_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "multiple_of", "max_seq_len")
+_FLOAT_FIELDS = ("norm_eps", "rope_theta", "dropout")
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the decoder; the defaults are llama2.c's 15M TinyStories model."""
+
+    vocab_size: int
+    dim: int = 288  # width of the residual stream
+    n_layers: int = 6
+    n_heads: int = 6
+    n_kv_heads: int | None = None  # None -> n_heads; fewer -> grouped-query attention
+    multiple_of: int = 32  # SwiGLU hidden width is rounded up to this (matmul-friendly)
+    hidden_dim: int | None = None  # explicit SwiGLU hidden width, overrides the rule
+    max_seq_len: int = 256  # longest sequence; sizes the RoPE tables and the cache
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in _INT_FIELDS:
+            _check_positive_int(name, getattr(self, name))
+        for name in ("n_kv_heads", "hidden_dim"):
+            if getattr(self, name) is not None:
+                _check_positive_int(name, getattr(self, name))
+        for name in _FLOAT_FIELDS:
+            setattr(self, name, _as_float(name, getattr(self, name)))
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim={self.dim} must be divisible by n_heads={self.n_heads}")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(
+                f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.kv_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(
+                f"head_dim = dim / n_heads = {self.head_dim} must be even for RoPE; "
+                "change dim or n_heads"
+            )
+        if not (self.norm_eps > 0 and self.rope_theta > 0):
+            raise ValueError(f"norm_eps and rope_theta must be > 0, got {self.norm_eps}, "
+                             f"{self.rope_theta}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads after resolving None."""
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def ffn_hidden_dim(self) -> int:
+        """SwiGLU hidden width: 2/3 of 4*dim (keeps FLOPs of a 4x MLP), rounded up."""
+        if self.hidden_dim is not None:
+            return self.hidden_dim
+        hidden = int(2 * 4 * self.dim / 3)
+        return self.multiple_of * math.ceil(hidden / self.multiple_of)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        """Build from a mapping (e.g. parameters or a checkpoint); unknown keys are errors."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"model config must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
+        if "vocab_size" not in d:
+            raise ValueError("model config is missing vocab_size")
+        return cls(**d)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"model config {name} must be a positive integer, got {value!r}")
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        # PyYAML reads 1e-5 (no dot) as a string, hence the hint.
+        raise ValueError(
+            f"model config {name} must be a number, got {value!r} ({type(value).__name__}); "
+            "in YAML write e.g. 1.0e-5"
+        )
+    return float(value)
+
+
+class KVCache:
+    """Keys and values of past positions for every layer, filled by Transformer.forward."""
+
+    def __init__(self, n_layers: int, batch_size: int, n_kv_heads: int, max_len: int,
+                 head_dim: int, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        shape = (n_layers, batch_size, n_kv_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled so far, shared by all rows
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def reset(self) -> None:
+        """Forget all positions (the buffers are reused, not cleared)."""
+        self.length = 0
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, n_kv_heads, T, head_dim) after `length`; return all keys/values."""
+        end = self.length + k.shape[2]
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        # (B, n_kv_heads, end, head_dim), in the caller's dtype (autocast may differ)
+        return self.k[layer, :, :, :end].to(k.dtype), self.v[layer, :, :, :end].to(v.dtype)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles, each (max_len, head_dim // 2), float32."""
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), freqs)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x0, x1), (x2, x3), ... of x (B, T, H, head_dim).
+
+    cos and sin are (T, 1, head_dim // 2), broadcasting over batch and heads.
+    """
+    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, T, H, head_dim // 2) each
+    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)  # (B, T, H, head_dim)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # fp32 statistics: bf16 sums of squares lose too much precision.
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return normed.type_as(x) * self.weight
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None, layer: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, n_heads, head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, n_kv_heads, head_dim)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = q.transpose(1, 2)  # (B, n_heads, T, head_dim)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
+        mask, causal = None, True
+        if cache is not None:
+            start = cache.length
+            k, v = cache.store(layer, k, v)  # (B, n_kv_heads, start + T, head_dim)
+            mask, causal = _cached_mask(start, T, x.device)
+        y = self._attend(q, k, v, mask, causal)  # (B, n_heads, T, head_dim)
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, dim)
+        return self.resid_dropout(self.wo(y))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
+        gqa = self.n_kv_heads != self.n_heads
+        extra = {}
+        if gqa and _SDPA_HAS_GQA:
+            extra["enable_gqa"] = True
+        elif gqa:
+            groups = self.n_heads // self.n_kv_heads
+            k = k.repeat_interleave(groups, dim=1)  # (B, n_heads, S, head_dim)
+            v = v.repeat_interleave(groups, dim=1)
+        dropout = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                              is_causal=causal, **extra)
+
+
+def _cached_mask(start: int, T: int, device: torch.device) -> tuple[torch.Tensor | None, bool]:
+    """Mask for T new queries after `start` cached keys: (mask, is_causal) for SDPA."""
+    if start == 0:
+        return None, True  # plain causal prefill
+    if T == 1:
+        return None, False  # one new token may see every key
+    # SDPA's is_causal aligns top-left, wrong when keys outnumber queries.
+    rows = torch.arange(T, device=device)[:, None]  # (T, 1)
+    cols = torch.arange(start + T, device=device)[None, :]  # (1, start + T)
+    return cols <= rows + start, False  # (T, start + T), True = may attend
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        hidden = cfg.ffn_hidden_dim
+        self.w1 = nn.Linear(cfg.dim, hidden, bias=False)  # gate
+        self.w2 = nn.Linear(hidden, cfg.dim, bias=False)  # down (output)
+        self.w3 = nn.Linear(cfg.dim, hidden, bias=False)  # up
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward = FeedForward(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: KVCache | None, layer: int) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, cache, layer)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.output.weight = self.tok_embeddings.weight  # tied: one matrix, two uses
+        cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
+        # Derived from the config, so kept out of the state_dict.
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        # GPT-2's smaller init for residual-branch projections. llama2.c applies it to
+        # wo and w3 (w3 is the up projection, not the output w2); we follow llama2.c.
+        scaled_std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        for name, param in self.named_parameters():
+            if name.endswith(("attention.wo.weight", "feed_forward.w3.weight")):
+                nn.init.normal_(param, mean=0.0, std=scaled_std)
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, *,
+                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, V) and mean cross-entropy over targets != -1 (None without targets).
+
+        With a cache, `tokens` are the positions right after `cache.length`; the cache
+        is filled and advanced by T.
+        """
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
+        B, T = tokens.shape
+        start = self._check_positions(B, T, cache)
+        cos, sin = self._rope(start, start + T)
+        h = self.dropout(self.tok_embeddings(tokens))  # (B, T, dim)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, cache, i)
+        logits = self.output(self.norm(h))  # (B, T, vocab_size)
+        if cache is not None:
+            cache.length += T
+        loss = None if targets is None else self._loss(logits, targets)
+        return logits, loss
+
+    def _check_positions(self, B: int, T: int, cache: KVCache | None) -> int:
+        start = 0 if cache is None else cache.length
+        if T == 0:
+            raise ValueError("tokens must hold at least one position")
+        if start + T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {start + T} positions exceeds max_seq_len="
+                             f"{self.config.max_seq_len}")
+        if cache is not None and cache.batch_size != B:
+            raise ValueError(f"cache holds {cache.batch_size} rows, tokens have {B}")
+        if cache is not None and start + T > cache.max_len:
+            raise ValueError(f"cache of {cache.max_len} positions cannot hold {start + T}")
+        return start
+
+    def _rope(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.rope_cos.dtype != torch.float32:
+            # model.to(bfloat16) also casts buffers; rebuild full-precision angles.
+            cos, sin = rope_tables(self.config.head_dim, self.config.max_seq_len,
+                                   self.config.rope_theta)
+            self.rope_cos = cos.to(self.rope_cos.device)
+            self.rope_sin = sin.to(self.rope_sin.device)
+        # (T, 1, head_dim // 2): broadcasts over the heads of (B, T, H, head_dim // 2)
+        return self.rope_cos[start:end, None], self.rope_sin[start:end, None]
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.shape != logits.shape[:2]:
+            raise ValueError(f"targets shape {tuple(targets.shape)} != tokens shape "
+                             f"{tuple(logits.shape[:2])}")
+        flat = logits.float().view(-1, logits.shape[-1])  # (B * T, vocab_size)
+        return F.cross_entropy(flat, targets.reshape(-1), ignore_index=-1)
+
+    def new_cache(self, batch_size: int, max_len: int | None = None, *,
+                  device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None) -> KVCache:
+        """An empty cache on the model's device and dtype unless told otherwise."""
+        max_len = self.config.max_seq_len if max_len is None else max_len
+        if not 1 <= max_len <= self.config.max_seq_len:
+            raise ValueError(f"cache max_len must be in [1, {self.config.max_seq_len}], "
+                             f"got {max_len}")
+        if batch_size < 1:
+            raise ValueError(f"cache batch_size must be >= 1, got {batch_size}")
+        param = self.tok_embeddings.weight
+        cfg = self.config
+        return KVCache(cfg.n_layers, batch_size, cfg.kv_heads, max_len, cfg.head_dim,
+                       device=param.device if device is None else device,
+                       dtype=param.dtype if dtype is None else dtype)
+
+    def configure_optimizer(self, *, lr: float, weight_decay: float,
+                            betas: tuple[float, float], device_type: str) -> torch.optim.AdamW:
+        """AdamW that decays matrices and embeddings (dim >= 2) but not norm gains."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        logger.info("optimizer: %d decayed tensors (%d params), %d not decayed (%d params)",
+                    len(decay), sum(p.numel() for p in decay),
+                    len(no_decay), sum(p.numel() for p in no_decay))
+        groups = [{"params": decay, "weight_decay": weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        fused = device_type == "cuda" and torch.cuda.is_available()
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+
+    def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
+        """Parameter count, the tied embedding/output matrix counted once."""
+        total = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            total -= self.tok_embeddings.weight.numel()
+        return total
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward): 6N + 12*L*H*Q*T, as in PaLM."""
+        cfg = self.config
+        return 6.0 * self.num_parameters() + 12.0 * cfg.n_layers * cfg.n_heads * \
+            cfg.head_dim * seq_len

@@ -1,0 +1,282 @@
+"""Tests for backstory.model: config validation, attention, cache, init, optimizer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from backstory.model import KVCache, ModelConfig, RMSNorm, Transformer, apply_rope, rope_tables
+
+TINY = dict(vocab_size=61, dim=32, n_layers=2, n_heads=4, max_seq_len=48)
+
+
+def make_model(seed: int = 0, **overrides) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(**{**TINY, **overrides})).eval()
+
+
+def random_tokens(shape: tuple[int, ...], vocab: int = TINY["vocab_size"], seed: int = 1
+                  ) -> torch.Tensor:
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_defaults_match_llama2c_15m() -> None:
+    cfg = ModelConfig(vocab_size=32000)
+    assert (cfg.dim, cfg.n_layers, cfg.n_heads, cfg.kv_heads) == (288, 6, 6, 6)
+    assert cfg.head_dim == 48
+    assert cfg.ffn_hidden_dim == 768  # int(2 * 4 * 288 / 3) = 768, already a multiple of 32
+
+
+def test_ffn_hidden_rounds_up_and_override_wins() -> None:
+    # int(2 * 4 * 100 / 3) = 266 -> next multiple of 32 is 288
+    assert ModelConfig(vocab_size=10, dim=100, n_heads=10, multiple_of=32).ffn_hidden_dim == 288
+    assert ModelConfig(vocab_size=10, dim=100, n_heads=10, hidden_dim=123).ffn_hidden_dim == 123
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"dim": 30, "n_heads": 4}, "divisible by n_heads"),
+        ({"n_heads": 4, "n_kv_heads": 3}, "multiple of n_kv_heads"),
+        ({"dim": 36, "n_heads": 4}, "must be even"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"vocab_size": 0}, "vocab_size"),
+        ({"n_layers": True}, "n_layers"),
+        ({"dim": 32.0}, "dim"),
+        ({"max_seq_len": -1}, "max_seq_len"),
+        ({"n_kv_heads": 0}, "n_kv_heads"),
+        ({"hidden_dim": 0}, "hidden_dim"),
+        ({"norm_eps": "1e-5"}, "norm_eps"),
+        ({"norm_eps": 0.0}, "norm_eps"),
+        ({"rope_theta": -1.0}, "rope_theta"),
+    ],
+)
+def test_config_rejects_bad_values(overrides: dict, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        ModelConfig(**{**TINY, **overrides})
+
+
+def test_config_dict_round_trip_and_float_coercion() -> None:
+    cfg = ModelConfig(**TINY, n_kv_heads=2, dropout=0)
+    assert isinstance(cfg.dropout, float)
+    again = ModelConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_from_dict_names_unknown_and_missing_keys() -> None:
+    with pytest.raises(ValueError, match=r"\['n_embd', 'zzz'\]"):
+        ModelConfig.from_dict({**TINY, "n_embd": 3, "zzz": 1})
+    with pytest.raises(ValueError, match="vocab_size"):
+        ModelConfig.from_dict({"dim": 32})
+    with pytest.raises(ValueError, match="mapping"):
+        ModelConfig.from_dict([("vocab_size", 3)])  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- structure
+
+
+def test_weights_are_tied_and_no_biases() -> None:
+    model = make_model()
+    assert model.output.weight is model.tok_embeddings.weight
+    assert not any(name.endswith("bias") for name, _ in model.named_parameters())
+    assert all(m.bias is None for m in model.modules() if isinstance(m, torch.nn.Linear))
+    # a gradient through the output layer reaches the embedding matrix
+    _, loss = model(random_tokens((2, 8)), random_tokens((2, 8), seed=2))
+    loss.backward()
+    assert model.tok_embeddings.weight.grad is not None
+
+
+def test_parameter_count_formula() -> None:
+    cfg = ModelConfig(**TINY, n_kv_heads=2)
+    model = Transformer(cfg)
+    d, q, hidden = cfg.dim, cfg.head_dim, cfg.ffn_hidden_dim
+    attention = d * cfg.n_heads * q * 2 + d * cfg.kv_heads * q * 2  # wq, wo, wk, wv
+    per_layer = attention + 3 * d * hidden + 2 * d  # SwiGLU + two norm gains
+    expected = cfg.vocab_size * d + cfg.n_layers * per_layer + d  # tied matrix once
+    assert model.num_parameters() == expected
+    assert model.num_parameters(exclude_embeddings=True) == expected - cfg.vocab_size * d
+
+
+def test_flops_per_token_formula() -> None:
+    model = make_model()
+    cfg = model.config
+    expected = 6 * model.num_parameters() + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * 40
+    assert model.flops_per_token(40) == expected
+
+
+def test_init_scales_residual_outputs() -> None:
+    model = make_model(dim=64, n_heads=4, n_layers=4)
+    scaled = 0.02 / math.sqrt(2 * 4)
+    for name, param in model.named_parameters():
+        if param.dim() < 2:
+            assert torch.all(param == 1.0), name  # RMSNorm gains start at one
+            continue
+        want = scaled if name.endswith(("wo.weight", "w3.weight")) else 0.02
+        assert param.std().item() == pytest.approx(want, rel=0.15), name
+
+
+def test_rope_tables_not_in_state_dict_and_strict_reload() -> None:
+    model = make_model()
+    state = model.state_dict()
+    assert not any("rope" in key for key in state)
+    other = make_model(seed=5)
+    other.load_state_dict(state, strict=True)
+    tokens = random_tokens((1, 10))
+    torch.testing.assert_close(other(tokens)[0], model(tokens)[0])
+
+
+# ---------------------------------------------------------------- components
+
+
+def test_rmsnorm_output_has_unit_rms() -> None:
+    norm = RMSNorm(16, eps=1e-6)
+    x = torch.randn(3, 5, 16) * 7.0
+    rms = norm(x).pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(rms, torch.ones(3, 5), atol=1e-4, rtol=0)
+
+
+def test_rope_scores_depend_only_on_relative_position() -> None:
+    head_dim = 8
+    cos, sin = rope_tables(head_dim, 32, 10000.0)
+    cos, sin = cos[:, None], sin[:, None]  # (T, 1, head_dim // 2)
+    q, k = torch.randn(head_dim), torch.randn(head_dim)
+
+    def score(m: int, n: int) -> float:
+        qs = q.expand(1, 32, 1, head_dim)
+        rq = apply_rope(qs, cos, sin)[0, m, 0]
+        rk = apply_rope(k.expand(1, 32, 1, head_dim), cos, sin)[0, n, 0]
+        return float(rq @ rk)
+
+    assert score(7, 3) == pytest.approx(score(20, 16), abs=1e-4)
+    assert score(5, 5) == pytest.approx(float(q @ k), abs=1e-4)  # same position: angle 0
+    # position 0 is the identity and every rotation keeps norms
+    x = torch.randn(1, 32, 2, head_dim)
+    rotated = apply_rope(x, cos, sin)
+    torch.testing.assert_close(rotated[:, 0], x[:, 0])
+    torch.testing.assert_close(rotated.norm(dim=-1), x.norm(dim=-1))
+
+
+# ---------------------------------------------------------------- forward
+
+
+def test_forward_is_causal() -> None:
+    model = make_model()
+    tokens = random_tokens((2, 20))
+    changed = tokens.clone()
+    changed[:, 12] = (changed[:, 12] + 1) % TINY["vocab_size"]
+    before, after = model(tokens)[0], model(changed)[0]
+    torch.testing.assert_close(after[:, :12], before[:, :12])
+    assert not torch.allclose(after[:, 12:], before[:, 12:])
+
+
+@pytest.mark.parametrize("n_kv_heads", [None, 2, 1])
+def test_kv_cache_matches_full_recompute(n_kv_heads: int | None) -> None:
+    model = make_model(n_kv_heads=n_kv_heads)
+    tokens = random_tokens((3, 30))
+    full, _ = model(tokens)
+    cache = model.new_cache(3)
+    pieces = [model(tokens[:, :9], cache=cache)[0], model(tokens[:, 9:14], cache=cache)[0]]
+    pieces += [model(tokens[:, t:t + 1], cache=cache)[0] for t in range(14, 30)]
+    assert cache.length == 30
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_reset_reuses_buffers() -> None:
+    model = make_model()
+    tokens = random_tokens((2, 6))
+    cache = model.new_cache(2, 10)
+    first, _ = model(tokens, cache=cache)
+    cache.reset()
+    again, _ = model(tokens, cache=cache)
+    torch.testing.assert_close(again, first)
+    assert cache.length == 6
+
+
+def test_new_cache_shape_device_dtype() -> None:
+    model = make_model(n_kv_heads=2)
+    cache = model.new_cache(5, 12)
+    assert isinstance(cache, KVCache)
+    assert cache.k.shape == (2, 5, 2, 12, 8) == cache.v.shape
+    assert cache.k.dtype == torch.float32 and cache.length == 0
+    assert model.new_cache(1, dtype=torch.bfloat16).k.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="max_len"):
+        model.new_cache(1, TINY["max_seq_len"] + 1)
+    with pytest.raises(ValueError, match="batch_size"):
+        model.new_cache(0)
+
+
+def test_forward_errors() -> None:
+    model = make_model()
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(random_tokens((1, TINY["max_seq_len"] + 1)))
+    with pytest.raises(ValueError, match="batch, seq"):
+        model(random_tokens((5,)))
+    with pytest.raises(ValueError, match="targets shape"):
+        model(random_tokens((2, 5)), random_tokens((2, 4)))
+    cache = model.new_cache(2, 8)
+    with pytest.raises(ValueError, match="rows"):
+        model(random_tokens((3, 2)), cache=cache)
+    model(random_tokens((2, 6)), cache=cache)
+    with pytest.raises(ValueError, match="cannot hold"):
+        model(random_tokens((2, 3)), cache=cache)
+
+
+def test_loss_ignores_minus_one_targets() -> None:
+    model = make_model()
+    tokens, targets = random_tokens((2, 10)), random_tokens((2, 10), seed=3)
+    targets[0, :4] = -1
+    targets[1, 7:] = -1
+    logits, loss = model(tokens, targets)
+    keep = targets != -1
+    expected = F.cross_entropy(logits[keep], targets[keep])
+    torch.testing.assert_close(loss, expected)
+    assert model(tokens)[1] is None
+
+
+def test_dropout_only_in_training_mode() -> None:
+    model = make_model(dropout=0.3)
+    tokens = random_tokens((1, 12))
+    torch.testing.assert_close(model(tokens)[0], model(tokens)[0])
+    model.train()
+    torch.manual_seed(0)
+    a = model(tokens)[0]
+    torch.manual_seed(1)
+    assert not torch.allclose(a, model(tokens)[0])
+
+
+def test_bfloat16_model_keeps_fp32_rope_and_runs() -> None:
+    model = make_model()
+    tokens = random_tokens((1, 16))
+    reference, _ = model(tokens)
+    model.to(torch.bfloat16)
+    logits, _ = model(tokens)
+    assert model.rope_cos.dtype == torch.float32
+    assert logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits.float(), reference, atol=0.05, rtol=0.05)
+
+
+# ---------------------------------------------------------------- optimizer
+
+
+def test_optimizer_decays_only_matrices() -> None:
+    model = make_model(n_kv_heads=2)
+    opt = model.configure_optimizer(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95),
+                                    device_type="cpu")
+    assert isinstance(opt, torch.optim.AdamW)
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decayed["params"])
+    assert all(p.dim() == 1 for p in plain["params"])
+    n_norms = 2 * TINY["n_layers"] + 1
+    assert len(plain["params"]) == n_norms
+    counted = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert counted == model.num_parameters()  # tied matrix appears once
+    assert opt.defaults["lr"] == 1e-3 and opt.defaults["betas"] == (0.9, 0.95)
