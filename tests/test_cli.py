@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from backstory.checkpoint import TrainedModel, save_model
-from backstory.cli import main
+from backstory.console import main
 from backstory.model import ModelConfig, Transformer
 from backstory.tokenizer import Tokenizer, train_tokenizer
 

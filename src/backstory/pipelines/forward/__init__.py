@@ -1,0 +1,5 @@
+"""The `forward` pipeline: shared ingest, then the forward variant of the language-model template."""
+
+from backstory.pipelines.forward.pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

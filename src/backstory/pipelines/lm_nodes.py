@@ -1,0 +1,79 @@
+"""Variant nodes: export token streams, train, evaluate. Thin adapters over domain modules."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+import backstory
+from backstory.checkpoint import TrainedModel
+from backstory.documents import encode_documents, layout_name
+from backstory.evaluate import evaluate_model
+from backstory.model import ModelConfig
+from backstory.pipelines.ingest.nodes import iter_stories
+from backstory.tokenizer import Tokenizer
+from backstory.tokens import TokenStore, TokenStream
+from backstory.train import TrainConfig, train
+
+logger = logging.getLogger(__name__)
+
+
+def export_tokens(
+    stories: dict[str, Callable[[], pd.DataFrame]],
+    tokenizer: Tokenizer,
+    ingest_report: dict,
+    text: dict,
+    *,
+    variant: str,
+    split: str,
+) -> TokenStream:
+    """Describe one split of one variant as a lazy token stream (the H5 dataset writes it)."""
+    batches = encode_documents(
+        iter_stories(stories, split),
+        tokenizer,
+        variant=variant,
+        templates=text.get("templates"),
+        seed=int(text.get("seed", 0)),
+        batch_size=int(text.get("batch_size", 1024)),
+        num_threads=int(text.get("num_threads", 0)),
+    )
+    attrs = {
+        "variant": variant,
+        "split": split,
+        "layout": layout_name(variant),
+        "vocab_size": tokenizer.vocab_size,
+        "bos_id": tokenizer.bos_id,
+        "eos_id": tokenizer.eos_id,
+        "tokenizer_sha256": tokenizer.sha256,
+        "corpus_fingerprint": ingest_report["corpus_fingerprint"],
+    }
+    return TokenStream(batches=batches, attrs=attrs)
+
+
+def lineage_of(store: TokenStore) -> dict:
+    """What a model trained or evaluated on this store was made from."""
+    keys = ("variant", "layout", "tokenizer_sha256", "corpus_fingerprint", "vocab_size")
+    return {key: store.attrs[key] for key in keys}
+
+
+def train_model(
+    train_tokens: TokenStore, val_tokens: TokenStore, training_run: Path, model: dict, train_params: dict
+) -> TrainedModel:
+    """Train a model on one variant's training tokens; checkpoints go to the run folder."""
+    model_config = ModelConfig(vocab_size=train_tokens.vocab_size, **model)
+    lineage = lineage_of(train_tokens) | {"package_version": backstory.__version__}
+    return train(
+        model_config, TrainConfig.from_dict(train_params), train_tokens, val_tokens, training_run,
+        lineage=lineage,
+    )
+
+
+def evaluate(
+    trained: TrainedModel, val_tokens: TokenStore, train_tokens: TokenStore, tokenizer: Tokenizer,
+    evaluation: dict, *, variant: str,
+) -> tuple[dict, list[dict], str]:
+    """Validation metrics and samples in the variant's natural mode."""
+    return evaluate_model(trained, val_tokens, train_tokens, tokenizer, variant=variant, **evaluation)

@@ -1,0 +1,5 @@
+"""The `reversed` pipeline: shared ingest, then the reversed variant of the language-model template."""
+
+from backstory.pipelines.reversed.pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

@@ -1,0 +1,80 @@
+"""Pipeline registry and end-to-end Kedro runs on a small storyworld corpus."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import pytest
+from kedro.framework.project import pipelines
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+from backstory.text import reverse_words
+from backstory.tokenizer import Tokenizer
+from backstory.tokens import TokenStore
+from tests.project import REPO, TINY_INGEST, make_project, tiny_lm_params
+
+VARIANTS = ("forward", "reversed", "instruct")
+
+
+def run_project(root, monkeypatch, **run_args):
+    monkeypatch.chdir(root)
+    bootstrap_project(root)
+    with KedroSession.create(project_path=root, env="base") as session:
+        return session.run(**run_args)
+
+
+def test_registry_has_every_variant_sharing_ingest():
+    bootstrap_project(REPO)
+    registered = dict(pipelines)
+    assert {"ingest", "__default__", *VARIANTS} <= set(registered)
+    ingest_nodes = {n.name for n in registered["ingest"].nodes}
+    for variant in VARIANTS:
+        names = {n.name for n in registered[variant].nodes}
+        assert ingest_nodes <= names
+        assert {f"{variant}.train_model", f"{variant}.evaluate_model"} <= names
+        assert f"{variant}.train_tokens" in registered[variant].all_outputs()
+    default_names = {n.name for n in registered["__default__"].nodes}
+    assert len([n for n in default_names if n == "clean_corpus"]) == 1
+
+
+def test_reversed_pipeline_exports_reversed_token_stores(tmp_path, monkeypatch):
+    root = make_project(tmp_path / "project", {"parameters_ingest.yml": TINY_INGEST})
+    run_project(
+        root, monkeypatch, pipeline_names=["reversed"],
+        to_outputs=["reversed.train_tokens", "reversed.val_tokens"],
+    )
+    report = json.loads((root / "data/08_reporting/ingest_report.json").read_text())
+    assert report["n_read"] == 300 and report["n_kept"] == 300
+    assert sorted(p.name for p in (root / "data/01_raw/corpus").iterdir()) == [
+        "data00.json", "data01.json", "data02.json",
+    ]
+    tokenizer = Tokenizer.from_file(root / "data/06_models/tokenizer/tokenizer.model")
+    with TokenStore(root / "data/05_model_input/reversed/val.h5") as store:
+        assert store.variant == "reversed"
+        assert store.attrs["tokenizer_sha256"] == tokenizer.sha256
+        assert store.attrs["corpus_fingerprint"] == report["corpus_fingerprint"]
+        assert store.n_docs == report["n_val"]
+        first = tokenizer.decode(store.story_tokens(0).tolist())
+        # The story reads in normal order once reversed back, and starts as a story does.
+        assert reverse_words(first)[0].isupper()
+    with h5py.File(root / "data/05_model_input/reversed/train.h5") as f:
+        assert f["tokens"].dtype.name == "uint16"
+        assert f.attrs["n_docs"] == report["n_train"]
+    assert not (root / "data/06_models/reversed/model").exists()
+
+
+@pytest.mark.slow
+def test_all_variants_train_and_evaluate_end_to_end(tmp_path, monkeypatch):
+    params = {"parameters_ingest.yml": TINY_INGEST, "parameters_lm.yml": tiny_lm_params()}
+    root = make_project(tmp_path / "project", params)
+    run_project(root, monkeypatch)
+    for variant in VARIANTS:
+        metrics = json.loads((root / f"data/08_reporting/{variant}/metrics.json").read_text())
+        assert {"val_loss", "val_perplexity", "val_bpb", "n_tokens"} <= set(metrics)
+        assert metrics["val_bpb"] > 0
+        samples = json.loads((root / f"data/08_reporting/{variant}/samples.json").read_text())
+        assert len(samples) == 2 and all(s["variant"] == variant for s in samples)
+        assert (root / f"data/06_models/{variant}/model/model.safetensors").is_file()
+        assert (root / f"data/06_models/{variant}/run/train_log.csv").is_file()
