@@ -12,18 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kedro.io.core import DatasetError
 
+from backstory import chunk_cache as chunk_cache_module
+from backstory.chunk_cache import (
+    DEFAULT_CACHE_ENTRIES,
+    _pieces_allow_chunking,
+    _slot_pair,
+    _slots,
+)
 from backstory.corpus.storyworld import generate_records
 from backstory.datasets.tokenizer_dataset import SentencePieceDataset
 from backstory.documents import encode_documents
 from backstory.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
-from backstory.tokenizer import (
-    DEFAULT_CACHE_ENTRIES,
-    Tokenizer,
-    _pieces_allow_chunking,
-    _slot_pair,
-    _slots,
-    train_tokenizer,
-)
+from backstory.tokenizer import Tokenizer, train_tokenizer
 
 NAMES = ["Lily", "Ben", "Tom", "Sue", "Max", "Mia"]
 WORDS = (
@@ -242,12 +242,15 @@ def test_cache_equals_sentencepiece_on_storyworld(world_model, world_stories, va
     expected = sentencepiece_ids(world_model, texts)
     tok = Tokenizer.from_bytes(world_model)
     assert cached_ids(tok, texts) == expected  # cold: every chunk is new
-    assert tok.chunk_cache_size > 1000  # the cache path really ran
+    size = tok.chunk_cache_size
+    assert size > 1000  # the cache path really ran
     assert cached_ids(tok, texts[::-1]) == expected[::-1]  # warm, other batch order
+    assert tok.chunk_cache_size == size  # warm: every chunk was found, none added again
     # A cache bound far below the distinct chunks: chunks past it are encoded per round.
     small = Tokenizer.from_bytes(world_model, cache_entries=300)
     assert cached_ids(small, texts) == expected
     assert small.chunk_cache_size == 300
+    assert small._cache._n_rows == 301  # the rows past the bound were dropped again
     small.clear_chunk_cache()
     assert small.chunk_cache_size == 0 and cached_ids(small, texts[:50]) == expected[:50]
 
@@ -349,12 +352,26 @@ def test_edge_chunks_are_exact(world_model):
         "1234567890 0987654321", "\n\n", "\t", "a \tb", "tab\tin word", "café 🙂 ok",
         "long" * 30, "two words", "\u00a0a b\u00a0",
     ]  # fmt: skip
-    # Twice: first as new chunks, then through the table.
+    joined = [" ".join(texts)]
+    # Twice: first as new chunks, then found again (nothing added on the second pass).
+    sizes = []
     for _ in range(2):
         assert cached_ids(tok, texts) == sentencepiece_ids(world_model, texts)
-        assert cached_ids(tok, [" ".join(texts)]) == sentencepiece_ids(
-            world_model, [" ".join(texts)]
-        )
+        assert cached_ids(tok, joined) == sentencepiece_ids(world_model, joined)
+        sizes.append(tok.chunk_cache_size)
+    assert sizes[0] == sizes[1] > 20
+
+
+def test_chunks_the_table_cannot_place_go_to_the_dict(world_model, world_stories, monkeypatch):
+    # No cuckoo moves: every chunk whose first slot is taken is looked up by str instead.
+    monkeypatch.setattr(chunk_cache_module, "_MAX_KICKS", 0)
+    tok = Tokenizer.from_bytes(world_model)
+    texts = world_stories[:500]
+    expected = sentencepiece_ids(world_model, texts)
+    assert cached_ids(tok, texts) == expected
+    size = tok.chunk_cache_size
+    assert cached_ids(tok, texts) == expected and tok.chunk_cache_size == size
+    assert len(tok._cache._by_text) > 100  # the dict path was exercised
 
 
 def test_chunking_is_wrong_where_the_cache_is_not_used(world_tok):
@@ -405,7 +422,7 @@ def test_pieces_with_inner_space_mark_turn_the_cache_off(world_stories):
 
 def test_cache_off_on_request_and_bad_cache_sizes(model_bytes):
     assert not Tokenizer.from_bytes(model_bytes, cache_entries=0).uses_chunk_cache
-    for bad in (-1, 1.5, "10"):
+    for bad in (-1, 1.5, "10", True):
         with pytest.raises(ValueError, match="cache_entries"):
             Tokenizer.from_bytes(model_bytes, cache_entries=bad)
 

@@ -1,4 +1,4 @@
-"""The `forward` pipeline: shared ingest, then the forward variant of the language-model template."""
+"""The `forward` pipeline: shared ingest, then the forward variant of the model template."""
 
 from backstory.pipelines.forward.pipeline import create_pipeline
 

@@ -1,4 +1,4 @@
-"""The `instruct` pipeline: shared ingest, then the instruct variant of the language-model template."""
+"""The `instruct` pipeline: shared ingest, then the instruct variant of the model template."""
 
 from backstory.pipelines.instruct.pipeline import create_pipeline
 

@@ -1,4 +1,4 @@
-"""The `reversed` pipeline: shared ingest, then the reversed variant of the language-model template."""
+"""The `reversed` pipeline: shared ingest, then the reversed variant of the model template."""
 
 from backstory.pipelines.reversed.pipeline import create_pipeline
 
