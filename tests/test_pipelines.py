@@ -13,7 +13,7 @@ from kedro.framework.startup import bootstrap_project
 from backstory.text import reverse_words
 from backstory.tokenizer import Tokenizer
 from backstory.tokens import TokenStore
-from tests.project import REPO, TINY_INGEST, make_project, tiny_lm_params
+from tests.project import REPO, TINY_INGEST, make_project
 
 VARIANTS = ("forward", "reversed", "instruct")
 
@@ -66,10 +66,8 @@ def test_reversed_pipeline_exports_reversed_token_stores(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_all_variants_train_and_evaluate_end_to_end(tmp_path, monkeypatch):
-    params = {"parameters_ingest.yml": TINY_INGEST, "parameters_lm.yml": tiny_lm_params()}
-    root = make_project(tmp_path / "project", params)
-    run_project(root, monkeypatch)
+def test_all_variants_train_and_evaluate_end_to_end(tiny_run):
+    root = tiny_run  # one `kedro run` of every pipeline on the tiny config (tests/conftest.py)
     for variant in VARIANTS:
         metrics = json.loads((root / f"data/08_reporting/{variant}/metrics.json").read_text())
         assert {"val_loss", "val_perplexity", "val_bpb", "n_tokens"} <= set(metrics)

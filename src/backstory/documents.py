@@ -15,6 +15,7 @@ import itertools
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from backstory.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
 from backstory.tokenizer import Tokenizer
@@ -157,5 +158,7 @@ def encode_documents(
     if variant == "instruct" and not chosen:
         raise ValueError("instruct.templates is empty; give at least one template")
     iterator = iter(records)
-    while batch := list(itertools.islice(iterator, batch_size)):
-        yield _batch(batch, tokenizer, variant, chosen, seed, num_threads)
+    with tqdm(desc=f"encode {variant}", unit="doc", unit_scale=True, leave=False) as bar:
+        while batch := list(itertools.islice(iterator, batch_size)):
+            yield _batch(batch, tokenizer, variant, chosen, seed, num_threads)
+            bar.update(len(batch))

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from backstory.checkpoint import TrainedModel, build_model
 from backstory.generate import check_sampling, generate
@@ -307,7 +308,7 @@ def _accumulate(
     # Loss sums stay on the device until the end: no host sync per batch on a GPU.
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     with _EvalMode(model):
-        for windows, story in batches:
+        for windows, story in tqdm(batches, desc="evaluate loss", unit="batch", leave=False):
             losses = _target_losses(model, windows, device).double()  # (b, L), 0 where padded
             story_t = torch.from_numpy(np.ascontiguousarray(story)).to(device)
             totals[0] += losses.sum()
@@ -444,7 +445,8 @@ def document_bits(
     bits = torch.zeros(len(docs), dtype=torch.float64, device=device)
     rows = _document_rows(store, docs, seq_len, stride, token_order)
     with _EvalMode(model):
-        for batch in _batched(rows, batch_size):
+        for batch in tqdm(_batched(rows, batch_size), desc="document bits", unit="batch",
+                          leave=False):
             doc_ids, windows, story = _pad_rows(batch)
             losses = _target_losses(model, windows, device).double()  # (b, T)
             row_nats = (losses * torch.from_numpy(story).to(device)).sum(dim=1)  # (b,)
@@ -713,7 +715,8 @@ def make_samples(
         generate_story(model, tokenizer, variant=variant, prompt=prompt,
                        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                        top_p=top_p, seed=seed + i)
-        for i, prompt in enumerate(prompts)
+        for i, prompt in enumerate(tqdm(prompts, desc=f"{variant} samples", unit="story",
+                                        leave=False))
     ]
 
 
