@@ -10,7 +10,7 @@ default run took 33 s on a 16-core Xeon (with an H100) and 4-5 minutes on 2 shar
 AMD EPYC cores; pass --new-tokens 128 for a quicker look.
 
 Rerun:  python benchmarks/bench_generate.py [--new-tokens 256] [--batches 1 8]
-                                            [--device cpu|cuda|all]
+                                            [--device cpu|cuda|all] [--threads 1]
 """
 
 from __future__ import annotations
@@ -109,11 +109,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--train-batch", type=int, default=4)
     p.add_argument("--train-steps", type=int, default=2)
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (one-token decode steps are too small to share)")
     return p.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     started = time.perf_counter()
     print(f"torch {torch.__version__}; {os.cpu_count()} cores ({cpu_model()}), "
           f"{torch.get_num_threads()} torch threads")
