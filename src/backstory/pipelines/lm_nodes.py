@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +22,16 @@ from backstory.tokens import TokenStore, TokenStream
 from backstory.train import TrainConfig, train
 
 logger = logging.getLogger(__name__)
+
+# Wall-clock figures vary run to run; kept out of the model folder so that DVC sees
+# the same bytes for the same inputs (the run folder's checkpoints still carry them).
+TIMING_KEYS = ("elapsed_s",)
+
+
+def params_sha256(params: object) -> str:
+    """sha256 of parameters as canonical JSON (sorted keys), recorded as lineage."""
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def export_tokens(
@@ -49,6 +62,7 @@ def export_tokens(
         "eos_id": tokenizer.eos_id,
         "tokenizer_sha256": tokenizer.sha256,
         "corpus_fingerprint": ingest_report["corpus_fingerprint"],
+        "text_params_sha256": params_sha256(text),
     }
     return TokenStream(batches=batches, attrs=attrs)
 
@@ -56,24 +70,52 @@ def export_tokens(
 def lineage_of(store: TokenStore) -> dict:
     """What a model trained or evaluated on this store was made from."""
     keys = ("variant", "layout", "tokenizer_sha256", "corpus_fingerprint", "vocab_size")
-    return {key: store.attrs[key] for key in keys}
+    lineage = {key: store.attrs[key] for key in keys}
+    if "text_params_sha256" in store.attrs:  # stores written before it was recorded lack it
+        lineage["text_params_sha256"] = store.attrs["text_params_sha256"]
+    return lineage
 
 
 def train_model(
-    train_tokens: TokenStore, val_tokens: TokenStore, training_run: Path, model: dict, train_params: dict
+    train_tokens: TokenStore,
+    val_tokens: TokenStore,
+    training_run: Path,
+    model: dict,
+    train_params: dict,
 ) -> TrainedModel:
     """Train a model on one variant's training tokens; checkpoints go to the run folder."""
     model_config = ModelConfig(vocab_size=train_tokens.vocab_size, **model)
-    lineage = lineage_of(train_tokens) | {"package_version": backstory.__version__}
-    return train(
+    lineage = lineage_of(train_tokens) | {
+        "package_version": backstory.__version__,
+        "model_params_sha256": params_sha256(model),
+    }
+    trained = train(
         model_config, TrainConfig.from_dict(train_params), train_tokens, val_tokens, training_run,
         lineage=lineage,
     )
+    meta = {k: v for k, v in trained.meta.items() if k not in TIMING_KEYS}
+    meta["params_sha256"] = params_sha256({"model": model, "train": train_params})
+    return dataclasses.replace(trained, meta=meta)
 
 
 def evaluate(
     trained: TrainedModel, val_tokens: TokenStore, train_tokens: TokenStore, tokenizer: Tokenizer,
     evaluation: dict, *, variant: str,
 ) -> tuple[dict, list[dict], str]:
-    """Validation metrics and samples in the variant's natural mode."""
-    return evaluate_model(trained, val_tokens, train_tokens, tokenizer, variant=variant, **evaluation)
+    """Validation metrics and samples in the variant's natural mode, with their lineage."""
+    metrics, samples, report = evaluate_model(
+        trained, val_tokens, train_tokens, tokenizer, variant=variant, **evaluation
+    )
+    model_lineage = trained.meta.get("lineage", {})
+    metrics = metrics | {
+        "lineage": {
+            "corpus_fingerprint": val_tokens.attrs["corpus_fingerprint"],
+            "tokenizer_sha256": tokenizer.sha256,
+            "model_package_version": model_lineage.get("package_version"),
+            "package_version": backstory.__version__,
+            "train_params_sha256": trained.meta.get("params_sha256"),
+            "text_params_sha256": val_tokens.attrs.get("text_params_sha256"),
+            "evaluate_params_sha256": params_sha256(evaluation),
+        }
+    }
+    return metrics, samples, report
