@@ -7,7 +7,8 @@ tokens/s and MFU, and validation bits per byte of both variants with the asymmet
 delta = (bpb_reversed - bpb_forward) / (0.5 * (bpb_reversed + bpb_forward)).
 
     python benchmarks/bench_gpu_pipeline.py --stories 100000 --steps 1500
-    python benchmarks/bench_gpu_pipeline.py --device cpu --stories 2000 --steps 20 --dim 64
+    python benchmarks/bench_gpu_pipeline.py --device cpu --stories 2000 --steps 60 \\
+        --dim 96 --batch-size 8
 
 Defaults are the llama2.c stories15M shape (dim 288, 6 layers, 6 heads, context 256) with
 a 4096-token vocabulary, bf16 autocast and torch.compile on CUDA.
@@ -31,7 +32,7 @@ from backstory.evaluate import evaluate_loss, unigram_bpb
 from backstory.model import ModelConfig
 from backstory.tokenizer import Tokenizer, train_tokenizer
 from backstory.tokens import TokenStore, write_token_store
-from backstory.train import TrainConfig, train
+from backstory.train import SPEED_LOG, TrainConfig, train
 
 
 def corpus(n_stories: int, seed: int, val_fraction: float) -> tuple[list[dict], dict]:
@@ -94,7 +95,7 @@ def main() -> None:
                             Path(tmp) / f"{variant}-run", lineage={"variant": variant},
                             progress=False)
             elapsed = time.perf_counter() - t2
-            log = pd.read_csv(Path(tmp) / f"{variant}-run" / "train_log.csv")
+            log = pd.read_csv(Path(tmp) / f"{variant}-run" / SPEED_LOG)
             steady = log.iloc[1:]
             device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
             model = build_model(trained).to(device).eval()

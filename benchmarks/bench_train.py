@@ -9,7 +9,7 @@ batch 128, bf16, with torch.compile off and on):
     python benchmarks/bench_train.py --device cpu --threads 1
 
 Each case runs the real loop (train()) on random tokens in a temporary token store;
-tokens/s and MFU are the median of the train_log rows after the first log interval
+tokens/s and MFU are the median of the speed_log rows after the first log interval
 (which holds warm-up and compilation). On CUDA a bare step loop (fixed on-device batch,
 no data loading, logging or checkpoints) gives the ceiling the loop is compared to.
 Peak memory is the process's max RSS on CPU
@@ -35,7 +35,7 @@ import torch
 
 from backstory.model import ModelConfig, Transformer
 from backstory.tokens import DocBatch, TokenStore, write_token_store
-from backstory.train import TrainConfig, train
+from backstory.train import SPEED_LOG, TrainConfig, train
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def run_case(case: Case, store: TokenStore, folder: Path, steps: int) -> dict:
     if case.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trained = train(case.model, config, store, store, folder / case.name, progress=False)
-    log = pd.read_csv(folder / case.name / "train_log.csv").iloc[1:]  # drop the warm-up rows
+    log = pd.read_csv(folder / case.name / SPEED_LOG).iloc[1:]  # drop the warm-up rows
     if case.device == "cuda":
         memory = torch.cuda.max_memory_allocated() / 2**20
     else:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from backstory.checkpoint import latest_checkpoint, load_checkpoint, read_state
-from backstory.train import train
+from backstory.train import SPEED_LOG, TRAIN_LOG, train
 from tests.test_train import LINEAGE, MODEL, make_store, small_config
 
 
@@ -48,6 +48,9 @@ def assert_close_runs(two, one) -> None:
         assert got["step"].tolist() == expected["step"].tolist()
         loss = "loss" if log == "train_log.csv" else "val_loss"
         pd.testing.assert_series_equal(got[loss], expected[loss], atol=1e-4)
+    # Rank 0 alone writes the speed log: one row per train_log row, none duplicated.
+    speed_steps = pd.read_csv(run_dir / SPEED_LOG)["step"].tolist()
+    assert speed_steps == pd.read_csv(run_dir / TRAIN_LOG)["step"].tolist()
 
 
 def test_two_processes_match_one(stores, single_process_run, tmp_path: Path) -> None:

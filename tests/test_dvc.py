@@ -32,9 +32,6 @@ from tests.project import REPO, TINY_INGEST, deep_update, make_project, tiny_lm_
 
 VARIANTS = ("forward", "reversed", "instruct")
 ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"}
-# Run folders hold wall-clock figures (tokens_per_s and mfu in train_log.csv, elapsed_s in
-# each checkpoint's state.json), so their directory hash differs between clean runs.
-TIMED_OUTS = {f"data/06_models/{v}/run" for v in VARIANTS}
 # Cross-variant comparison settings that keep it to seconds on CPU.
 TINY_COMPARE = {"max_tokens": 4000, "n_boot": 50, "n_stories": 2, "generate_batch_size": 2,
                 "max_new_tokens": 16}
@@ -320,49 +317,32 @@ def test_evaluation_refuses_a_model_from_another_tokenizer(repo):
 
 @pytest.mark.slow
 def test_two_clean_runs_give_the_same_hashes(repo):
-    """Every artifact but the run folders is bit-identical; run folders match except timing."""
+    """Every artifact in dvc.lock, run folders included, is bit-identical; the
+    machine-specific speed logs are there but ignored by DVC (.dvcignore)."""
     root = repo["root"]
-    saved = root.parent / "first_runs"
-    for variant in VARIANTS:
-        shutil.copytree(root / f"data/06_models/{variant}/run", saved / variant)
     output = sh(root, "dvc", "repro", "--force")
     assert ran(output) == expected_stages()
     again = lock_hashes(root)
-    differ = {path for path in again if again[path] != repo["lock"].get(path)}
-    # The run folders, and the files inside them that later stages read.
-    assert all(any(path.startswith(out) for out in TIMED_OUTS) for path in differ), differ
+    assert again.keys() == repo["lock"].keys()
+    differ = sorted(path for path in again if again[path] != repo["lock"][path])
+    assert differ == []
     for variant in VARIANTS:
-        assert_same_run_but_timing(saved / variant, root / f"data/06_models/{variant}/run")
+        run = root / f"data/06_models/{variant}/run"
+        assert (run / "speed_log.csv").is_file()
+        assert "speed_log.csv" not in json.dumps(lock_entry(root, str(run.relative_to(root))))
     sh(root, "git", "checkout", "--", "dvc.lock")
     sh(root, "dvc", "checkout", "--force")
     assert sh(root, "dvc", "status").strip().endswith("Data and pipelines are up to date.")
 
 
-def assert_same_run_but_timing(first: Path, second: Path) -> None:
-    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
-    for rel in files:
-        a, b = (first / rel), (second / rel)
-        if rel.name == "train_log.csv":
-            assert drop_columns(a, {"tokens_per_s", "mfu"}) == drop_columns(
-                b, {"tokens_per_s", "mfu"}), rel
-        elif rel.name == "state.json":
-            assert untimed(json.loads(a.read_text())) == untimed(json.loads(b.read_text())), rel
-        else:
-            assert a.read_bytes() == b.read_bytes(), rel
-
-
-def drop_columns(path: Path, columns: set[str]) -> list[list[str]]:
-    rows = [line.split(",") for line in path.read_text().splitlines()]
-    keep = [i for i, name in enumerate(rows[0]) if name not in columns]
-    return [[row[i] for i in keep] for row in rows]
-
-
-def untimed(state: dict) -> dict:
-    state = {k: v for k, v in state.items() if k != "elapsed_s"}
-    if isinstance(state.get("meta"), dict):
-        state["meta"] = {k: v for k, v in state["meta"].items() if k != "elapsed_s"}
-    return state
+def lock_entry(root: Path, path: str) -> dict:
+    """The dvc.lock out entry of ``path`` with its directory listing from the cache."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    entry = next(out for stage in lock["stages"].values() for out in stage.get("outs", [])
+                 if out["path"] == path)
+    digest = entry["md5"]
+    listing = root / ".dvc/cache/files/md5" / digest[:2] / digest[2:]
+    return entry | {"files": json.loads(listing.read_text())}
 
 
 @pytest.mark.slow

@@ -22,7 +22,17 @@ from backstory.checkpoint import latest_checkpoint, list_checkpoints, read_state
 from backstory.model import ModelConfig
 from backstory.schedules import lr_at
 from backstory.tokens import DocBatch, TokenStore, write_token_store
-from backstory.train import TRAIN_COLUMNS, VAL_COLUMNS, TrainConfig, TrainedModel, train
+from backstory.train import (
+    SPEED_COLUMNS,
+    SPEED_LOG,
+    TRAIN_COLUMNS,
+    TRAIN_LOG,
+    VAL_COLUMNS,
+    VAL_LOG,
+    TrainConfig,
+    TrainedModel,
+    train,
+)
 
 VOCAB = 64
 MODEL = ModelConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, max_seq_len=32)
@@ -85,9 +95,9 @@ def assert_same_weights(a: dict, b: dict) -> None:
         assert torch.equal(a[name], b[name]), name
 
 
-def logs_without_timing(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    train_log = pd.read_csv(run_dir / "train_log.csv").drop(columns=["tokens_per_s", "mfu"])
-    return train_log, pd.read_csv(run_dir / "val_log.csv")
+def deterministic_logs(run_dir: Path) -> tuple[bytes, bytes]:
+    """The train and val logs' bytes: no wall-clock figures, so equal runs give equal bytes."""
+    return (run_dir / TRAIN_LOG).read_bytes(), (run_dir / VAL_LOG).read_bytes()
 
 
 # --- configuration ---------------------------------------------------------------------
@@ -164,10 +174,14 @@ def test_training_learns_and_writes_logs_and_checkpoints(stores, tmp_path: Path)
     trained = run(stores, tmp_path, config)
 
     train_log = pd.read_csv(tmp_path / "train_log.csv")
-    assert tuple(train_log.columns) == TRAIN_COLUMNS
+    assert tuple(train_log.columns) == TRAIN_COLUMNS == ("step", "loss", "lr")
     assert train_log["step"].tolist() == list(range(2, 25, 2))
-    assert train_log["mfu"].isna().all()  # no MFU on CPU
-    assert (train_log["tokens_per_s"] > 0).all()
+    speed_log = pd.read_csv(tmp_path / SPEED_LOG)
+    assert tuple(speed_log.columns) == SPEED_COLUMNS
+    assert speed_log["step"].tolist() == train_log["step"].tolist()
+    assert speed_log["mfu"].isna().all()  # no MFU on CPU
+    assert (speed_log["tokens_per_s"] > 0).all()
+    assert (speed_log["elapsed_s"] > 0).all() and speed_log["elapsed_s"].is_monotonic_increasing
     expected_lr = [lr_at(s - 1, schedule="cosine", lr=3e-3, min_lr=3e-4, warmup_steps=2,
                          max_steps=24, cooldown_fraction=0.2) for s in train_log["step"]]
     np.testing.assert_allclose(train_log["lr"], expected_lr, rtol=1e-6)
@@ -180,6 +194,7 @@ def test_training_learns_and_writes_logs_and_checkpoints(stores, tmp_path: Path)
     state = read_state(latest_checkpoint(tmp_path))
     assert state["step"] == 24 and state["micro_batch"] == 24
     assert state["lineage"] == LINEAGE
+    assert "elapsed_s" not in state and "elapsed_s" not in state["meta"]  # wall clock
 
     assert trained.config == MODEL
     assert all(t.dtype == torch.float32 and t.device.type == "cpu"
@@ -190,6 +205,23 @@ def test_training_learns_and_writes_logs_and_checkpoints(stores, tmp_path: Path)
     assert meta["train_loss"] == pytest.approx(train_log["loss"].iloc[-1], abs=1e-6)
     assert meta["lineage"] == LINEAGE and meta["device"] == "cpu" and meta["dtype"] == "float32"
     assert meta["train_config"] == config.to_dict()
+    assert "elapsed_s" not in meta
+
+
+def test_same_inputs_give_the_same_run_folder_bytes(stores, tmp_path: Path) -> None:
+    """Everything in the run folder but the speed log is bit-identical between runs."""
+    config = small_config(max_steps=8)
+    for name in ("a", "b"):
+        run(stores, tmp_path / name, config)
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {p.relative_to(root).as_posix(): p.read_bytes()
+                for p in sorted(root.rglob("*")) if p.is_file() and p.name != SPEED_LOG}
+
+    first, second = files(tmp_path / "a"), files(tmp_path / "b")
+    assert {"train_log.csv", "val_log.csv", "checkpoints/latest"} <= set(first)
+    assert first.keys() == second.keys()
+    assert [k for k in first if first[k] != second[k]] == []
 
 
 def test_same_inputs_give_the_same_weights(stores, tmp_path: Path) -> None:
@@ -241,8 +273,9 @@ def test_resume_false_starts_over(stores, tmp_path: Path) -> None:
     run(stores, tmp_path / "run", small_config(max_steps=6, lr=1e-2))
     fresh = run(stores, tmp_path / "run", small_config(max_steps=6, resume=False))
     assert_same_weights(clean.state_dict, fresh.state_dict)
-    pd.testing.assert_frame_equal(*[logs_without_timing(p)[0]
-                                    for p in (tmp_path / "clean", tmp_path / "run")])
+    assert deterministic_logs(tmp_path / "run") == deterministic_logs(tmp_path / "clean")
+    speed_steps = pd.read_csv(tmp_path / "run" / SPEED_LOG)["step"].tolist()
+    assert speed_steps == pd.read_csv(tmp_path / "run" / TRAIN_LOG)["step"].tolist()
 
 
 KILLED_RUN = """
@@ -293,9 +326,24 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(stores, tmp_path: Pat
     clean = run(stores, tmp_path / "clean", config)
     assert_same_weights(clean.state_dict, resumed.state_dict)
     assert resumed.meta["steps"] == config.max_steps
-    for got, expected in zip(logs_without_timing(run_dir), logs_without_timing(tmp_path / "clean"),
-                             strict=True):
-        pd.testing.assert_frame_equal(got, expected)
+    assert deterministic_logs(run_dir) == deterministic_logs(tmp_path / "clean")
+    # The speed log restarts at the resumed step and carries the earlier time forward.
+    speed_log = pd.read_csv(run_dir / SPEED_LOG)
+    assert speed_log["step"].tolist() == list(range(3, 40, 3)) + [40]
+    assert speed_log["elapsed_s"].is_monotonic_increasing
+
+
+def test_elapsed_before_comes_from_the_speed_log(tmp_path: Path, caplog) -> None:
+    path = tmp_path / SPEED_LOG
+    assert train_module._elapsed_at(path, 6) == 0.0  # no log yet
+    path.write_text("step,tokens_per_s,mfu,elapsed_s\n3,100.0,,1.500\n6,100.0,,3.250\n"
+                    "9,100.0,,4.000\n")
+    assert train_module._elapsed_at(path, 2) == 0.0
+    assert train_module._elapsed_at(path, 8) == 3.25  # the last row at or before step 8
+    assert train_module._elapsed_at(path, 9) == 4.0
+    path.write_text("step,loss,lr\n3,1.0,0.1\n")
+    assert train_module._elapsed_at(path, 9) == 0.0
+    assert "does not have the columns" in caplog.text
 
 
 def test_prefetcher_returns_what_direct_reads_return() -> None:

@@ -13,7 +13,11 @@ resumed run repeats the uninterrupted one exactly; with dropout > 0 each rank's 
 (seeded seed + rank) is saved per rank and restored when the world size is unchanged.
 
 Outputs in ``run_dir``: ``checkpoints/step_XXXXXXXX/`` (see ``backstory.checkpoint``),
-``train_log.csv`` (step, loss, lr, tokens_per_s, mfu) and ``val_log.csv`` (step, val_loss).
+``train_log.csv`` (step, loss, lr) and ``val_log.csv`` (step, val_loss), which are
+bit-identical between runs of the same settings on the same machine, and ``speed_log.csv``
+(step, tokens_per_s, mfu, elapsed_s): the wall-clock figures, kept apart so that
+everything else in ``run_dir`` is deterministic (DVC ignores it through ``.dvcignore``).
+On resume, the time spent so far is read back from its last row at or before the step.
 """
 
 from __future__ import annotations
@@ -65,8 +69,10 @@ logger = logging.getLogger(__name__)
 
 TRAIN_LOG = "train_log.csv"
 VAL_LOG = "val_log.csv"
-TRAIN_COLUMNS = ("step", "loss", "lr", "tokens_per_s", "mfu")
+SPEED_LOG = "speed_log.csv"
+TRAIN_COLUMNS = ("step", "loss", "lr")
 VAL_COLUMNS = ("step", "val_loss")
+SPEED_COLUMNS = ("step", "tokens_per_s", "mfu", "elapsed_s")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TOKEN_ORDERS = ("forward", "backward")
 # Keys that change neither the data nor the arithmetic of the updates: a run may be
@@ -488,7 +494,7 @@ class _Session:
     eval_model: torch.nn.Module = field(init=False)  # compiled, never DDP-wrapped
     step: int = 0  # optimizer steps done
     micro_batch: int = 0  # sampler position: micro-batches consumed, all ranks together
-    elapsed_before: float = 0.0  # seconds spent by earlier (interrupted) processes
+    elapsed_before: float = 0.0  # seconds spent by earlier processes (rank 0 only)
     clock_start: float = 0.0
     lr: float = 0.0
     train_loss: float | None = None
@@ -535,8 +541,11 @@ class _Session:
                                job.run_dir)
                 remove_checkpoints(job.run_dir)
             discard_checkpoints_after(job.run_dir, self.step)
+            # Read before the restart, which drops the rows after the resumed step.
+            self.elapsed_before = _elapsed_at(job.run_dir / SPEED_LOG, self.step)
             _start_log(job.run_dir / TRAIN_LOG, TRAIN_COLUMNS, self.step)
             _start_log(job.run_dir / VAL_LOG, VAL_COLUMNS, self.step)
+            _start_log(job.run_dir / SPEED_LOG, SPEED_COLUMNS, self.step)
         if self.rank.distributed:
             dist.barrier()
 
@@ -550,7 +559,6 @@ class _Session:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.micro_batch = int(state["micro_batch"])
-        self.elapsed_before = float(state["elapsed_s"])
         self.train_loss, self.val_loss = state.get("train_loss"), state.get("val_loss")
         self._restore_rng(state["rng"])
         logger.info("Resumed %s from %s (step %d, micro-batch %d)", self.job.run_dir, path.name,
@@ -692,9 +700,12 @@ class _Session:
         mfu = self._mfu(tokens_per_s)
         bar.set_postfix(loss=f"{self.train_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
         if self.rank.main:
-            _append_row(self.job.run_dir / TRAIN_LOG, [
-                self.step, f"{self.train_loss:.6f}", f"{self.lr:.6e}", f"{tokens_per_s:.1f}",
-                "" if mfu is None else f"{mfu:.4f}",
+            run_dir = self.job.run_dir
+            _append_row(run_dir / TRAIN_LOG,
+                        [self.step, f"{self.train_loss:.6f}", f"{self.lr:.6e}"])
+            _append_row(run_dir / SPEED_LOG, [
+                self.step, f"{tokens_per_s:.1f}", "" if mfu is None else f"{mfu:.4f}",
+                f"{self._elapsed():.3f}",
             ])
 
     def _mfu(self, tokens_per_s: float) -> float | None:
@@ -758,7 +769,6 @@ class _Session:
             "dtype": _dtype_name(self.dtype),
             "world_size": self.rank.world_size,
             "n_params": self.raw_model.num_parameters(),
-            "elapsed_s": round(self._elapsed(), 3),
         }
 
     def _state(self, rng_states: list[dict]) -> dict[str, Any]:
@@ -775,7 +785,6 @@ class _Session:
             "scaler": self.scaler.state_dict(),
             "train_loss": self.train_loss,
             "val_loss": self.val_loss,
-            "elapsed_s": self._elapsed(),
             "meta": self.last_meta,
         }
 
@@ -784,8 +793,9 @@ class _Session:
             run_dir = self.job.run_dir
             logger.info(
                 "Finished at step %d (train loss %s, val loss %s) in %.1f s; checkpoints in %s, "
-                "logs %s and %s", self.step, _fmt(self.train_loss), _fmt(self.val_loss),
+                "logs %s, %s and %s", self.step, _fmt(self.train_loss), _fmt(self.val_loss),
                 self._elapsed(), run_dir / "checkpoints", run_dir / TRAIN_LOG, run_dir / VAL_LOG,
+                run_dir / SPEED_LOG,
             )
 
 
@@ -895,6 +905,31 @@ def _start_log(path: Path, columns: tuple[str, ...], through_step: int) -> None:
         writer.writerow(columns)
         writer.writerows(kept)
     os.replace(tmp, path)
+
+
+def _elapsed_at(path: Path, step: int) -> float:
+    """Seconds spent up to ``step`` per the speed log's last row at or before it (0 if none).
+
+    The speed log is machine-specific and not versioned, so a missing or unreadable one
+    only loses the earlier time from the total that the final log line reports.
+    """
+    if step <= 0 or not path.exists():
+        return 0.0
+    rows = list(_read_rows(path))
+    if not rows or tuple(rows[0]) != SPEED_COLUMNS:
+        logger.warning("%s does not have the columns %s; counting time from 0", path,
+                       SPEED_COLUMNS)
+        return 0.0
+    elapsed = 0.0
+    for line, row in enumerate(rows[1:], start=2):
+        try:
+            row_step, row_elapsed = int(row[0]), float(row[SPEED_COLUMNS.index("elapsed_s")])
+        except (IndexError, ValueError):
+            logger.warning("%s line %d is not a speed row; ignoring it", path, line)
+            continue
+        if row_step <= step:
+            elapsed = row_elapsed
+    return elapsed
 
 
 def _read_rows(path: Path) -> Iterator[list[str]]:

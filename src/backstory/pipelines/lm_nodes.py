@@ -23,10 +23,6 @@ from backstory.train import TrainConfig, train
 
 logger = logging.getLogger(__name__)
 
-# Wall-clock figures vary run to run; kept out of the model folder so that DVC sees
-# the same bytes for the same inputs (the run folder's checkpoints still carry them).
-TIMING_KEYS = ("elapsed_s",)
-
 
 def params_sha256(params: object) -> str:
     """sha256 of parameters as canonical JSON (sorted keys), recorded as lineage."""
@@ -93,7 +89,7 @@ def train_model(
         model_config, TrainConfig.from_dict(train_params), train_tokens, val_tokens, training_run,
         lineage=lineage,
     )
-    meta = {k: v for k, v in trained.meta.items() if k not in TIMING_KEYS}
+    meta = dict(trained.meta)
     meta["params_sha256"] = params_sha256({"model": model, "train": train_params})
     return dataclasses.replace(trained, meta=meta)
 
