@@ -10,28 +10,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import numpy as np
 import torch
+from machine import cpu_model
 
 from backstory.compare import bootstrap_delta, generate_batched, score_texts
 from backstory.corpus.storyworld import generate_record
 from backstory.evaluate import generate_story
 from backstory.model import ModelConfig, Transformer
 from backstory.tokenizer import Tokenizer, train_tokenizer
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def bench_bootstrap(n_docs: int, n_boot: int) -> None:

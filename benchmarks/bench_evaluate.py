@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,20 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_model as cpu_name
 
 from backstory.evaluate import document_bits, evaluate_loss
 from backstory.model import ModelConfig, Transformer
 from backstory.tokens import DocBatch, TokenStore, write_token_store
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else what platform reports."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or "unknown"
 
 
 def synthetic_store(path: Path, n_tokens: int, vocab_size: int, seed: int) -> TokenStore:

@@ -17,24 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import torch
+from machine import cpu_model
 
 from backstory.generate import generate
 from backstory.model import ModelConfig, Transformer
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def sync(device: torch.device) -> None:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import resource
 import subprocess
@@ -27,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import describe as machine
 
 from backstory.corpus.clean import clean_file, merge_reports
 from backstory.corpus.readers import read_json_shard
@@ -69,17 +69,6 @@ def make_shard(n_records: int, seed: int) -> bytes:
     rng = random.Random(seed)
     return json.dumps([make_record(rng) for _ in range(n_records)]).encode("utf-8")
 
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}"
 
 
 def bench_throughput(n_records: int, repeats: int) -> None:

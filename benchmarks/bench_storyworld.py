@@ -17,19 +17,9 @@ import os
 import platform
 import time
 
+from machine import cpu_model
+
 from backstory.corpus import storyworld as sw
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo, or what platform knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:

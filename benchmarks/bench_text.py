@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import platform
 import random
 import re
 import time
+
+from machine import describe as machine
 
 from backstory.text import _fast_path_applies, reverse_words
 
@@ -78,16 +78,6 @@ def story_texts(n: int, seed: int = 0) -> tuple[list[str], str]:
         return synthetic_stories(n, seed), "synthetic"
     return [r["story"].strip() for r in generate_records(seed, 0, n)], "storyworld"
 
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{usable} usable of {os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
 _REFERENCE = re.compile(r'([\w\d\']+|\.|"|\?|\!|,)')

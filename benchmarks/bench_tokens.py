@@ -23,21 +23,12 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from machine import cpu_model
 
 from backstory.tokens import DocBatch, TokenStore, write_token_store
 
 MEAN_DOC_TOKENS = 200  # about one TinyStories story with a 32k vocabulary
 
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo, or the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_batches(n_tokens: int, batch_tokens: int, vocab_size: int, seed: int) -> list[DocBatch]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import resource
 import tempfile
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from machine import cpu_model as cpu_name
 
 from backstory.model import ModelConfig, Transformer
 from backstory.tokens import DocBatch, TokenStore, write_token_store
@@ -47,14 +47,6 @@ class Case:
     compile: bool
     dtype: str
 
-
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or "unknown"
 
 
 def random_store(path: Path, vocab: int, n_tokens: int, seed: int = 0) -> TokenStore:
