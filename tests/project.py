@@ -38,7 +38,7 @@ def make_project(root: Path, params: dict[str, dict] | None = None) -> Path:
     return root
 
 
-def tiny_lm_params(variants=("forward", "reversed", "instruct"), **train) -> dict:
+def tiny_lm_params(variants=("forward", "reversed", "instruct", "backward"), **train) -> dict:
     """Parameter changes that make a variant train in seconds on CPU."""
     block = {
         "model": {"dim": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "max_seq_len": 128},

@@ -228,7 +228,7 @@ def test_batched_generation_matches_one_story_at_a_time_when_greedy(tokenizer, v
 # ------------------------------------------------------------- the tiny project run
 
 
-VARIANTS = ("forward", "reversed", "instruct")
+VARIANTS = ("forward", "reversed", "instruct", "backward")
 
 
 def test_compare_report_covers_every_variant(tiny_run):
@@ -245,7 +245,12 @@ def test_compare_report_covers_every_variant(tiny_run):
     assert word["low"] <= word["delta"] <= word["high"]
     assert word["delta"] == pytest.approx(
         asymmetry_delta(table["reversed_bits"], table["forward_bits"]))
-    assert arrow["token_order"] == []  # no backward-order model in the default variants
+    # backward reads forward's tokens in reverse order: one token-order pair, same stories
+    (token,) = arrow["token_order"]
+    assert (token["forward"], token["backward"]) == ("forward", "backward")
+    assert token["low"] <= token["delta"] <= token["high"]
+    assert token["delta"] == pytest.approx(
+        asymmetry_delta(table["backward_bits"], table["forward_bits"]))
     sources = report["coherence"]["sources"]
     assert set(sources) == {"real", "forward", "reversed", "instruct", "forward_free"}
     assert all(row["forward_bpb"] > 0 and row["reversed_bpb"] > 0 for row in sources.values())

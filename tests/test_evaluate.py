@@ -400,6 +400,22 @@ def test_reversed_sample_ends_with_the_given_ending(tokenizer):
     assert sample["stopped"] and sample["n_new_tokens"] == len(continuation)
 
 
+def test_backward_token_order_sample_writes_what_comes_before_the_ending(tokenizer):
+    ending = "Lily smiled with the dog."
+    ending_ids = tokenizer.encode_one(ending)
+    before = tokenizer.encode_one("Tom played.")
+    # Trained on token-reversed windows: it reads the ending last token first, then
+    # writes the tokens before it, last first, and ends at the story's BOS.
+    model = ScriptedModel(ending_ids[::-1] + before[::-1] + [tokenizer.bos_id, 5])
+    sample = generate_story(model, tokenizer, variant="forward", prompt=ending,
+                            max_new_tokens=40, temperature=0, token_order="backward")
+    assert sample["text"] == "Tom played. Lily smiled with the dog."
+    assert sample["stopped"] and sample["n_new_tokens"] == len(before)
+    with pytest.raises(ValueError, match="forward layout"):
+        generate_story(model, tokenizer, variant="reversed", prompt=ending,
+                       max_new_tokens=4, token_order="backward")
+
+
 def test_forward_sample_is_prompt_plus_continuation(tokenizer):
     opening = "Tom ran with the dog."
     prompt = [tokenizer.bos_id] + tokenizer.encode_one(opening)

@@ -35,6 +35,11 @@ def test_registry_has_every_variant_sharing_ingest():
         assert ingest_nodes <= names
         assert {f"{variant}.train_model", f"{variant}.evaluate_model"} <= names
         assert f"{variant}.train_tokens" in registered[variant].all_outputs()
+    backward = registered["backward"]
+    names = {n.name for n in backward.nodes}
+    assert {"forward.export_train_tokens", "backward.train_model"} <= names
+    train = next(n for n in backward.nodes if n.name == "backward.train_model")
+    assert "forward.train_tokens" in train.inputs  # the same tokens, reversed in training
     default_names = {n.name for n in registered["__default__"].nodes}
     assert len([n for n in default_names if n == "clean_corpus"]) == 1
 
@@ -76,3 +81,11 @@ def test_all_variants_train_and_evaluate_end_to_end(tiny_run):
         assert len(samples) == 2 and all(s["variant"] == variant for s in samples)
         assert (root / f"data/06_models/{variant}/model/model.safetensors").is_file()
         assert (root / f"data/06_models/{variant}/run/train_log.csv").is_file()
+    # The token-order backward model: forward's stories and tokens, its own order.
+    metrics = json.loads((root / "data/08_reporting/backward/metrics.json").read_text())
+    assert metrics["token_order"] == "backward" and metrics["val_bpb"] > 0
+    forward = json.loads((root / "data/08_reporting/forward/metrics.json").read_text())
+    assert (metrics["n_docs"], metrics["n_bytes"]) == (forward["n_docs"], forward["n_bytes"])
+    samples = json.loads((root / "data/08_reporting/backward/samples.json").read_text())
+    assert samples and all(s["mode"] == "ending, token order backward" for s in samples)
+    assert all(s["text"].endswith(s["prompt"]) for s in samples)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 VARIANTS = ("forward", "reversed", "instruct")
-PIPELINES = {"__default__", "ingest", "compare", *VARIANTS}
+PIPELINES = {"__default__", "ingest", "compare", "backward", *VARIANTS}
 LAYERS = ["raw", "intermediate", "primary", "model_input", "models", "reporting"]
 INGEST_NODES = {"acquire_corpus", "clean_corpus", "fit_tokenizer"}
 VARIANT_NODES = {"export_train_tokens", "export_val_tokens", "train_model", "evaluate_model"}
@@ -52,10 +52,11 @@ def test_every_pipeline_is_built(viz_api):
 def test_variants_and_compare_are_namespaces_with_their_nodes(viz_api):
     main = _load(viz_api / "main")
     modular = main["modular_pipelines"]
-    assert {*VARIANTS, "compare"} <= set(modular)
+    assert {*VARIANTS, "backward", "compare"} <= set(modular)
     nodes = _nodes_by_name(main)
     by_id = {node["id"]: node for node in main["nodes"]}
     groups = {"compare": COMPARE_NODES} | {v: VARIANT_NODES for v in VARIANTS}
+    groups["backward"] = {"train_model", "evaluate_model"}  # it reads forward's tokens
     for namespace, names in groups.items():
         children = {by_id[c["id"]]["name"] for c in modular[namespace]["children"]
                     if c["type"] == "task"}
@@ -65,9 +66,10 @@ def test_variants_and_compare_are_namespaces_with_their_nodes(viz_api):
     for variant in VARIANTS:
         inside = {by_id[c["id"]]["name"] for c in modular[variant]["children"]
                   if c["type"] == "data"}
-        assert f"{variant}.train_tokens" in inside
-        # What other groups read leaves the collapsed group as its outputs.
+        # What other groups read leaves the collapsed group as its outputs
+        # (backward reads forward's token stores).
         outputs = {by_id[i]["name"] for i in modular[variant]["outputs"]}
+        assert f"{variant}.train_tokens" in inside | outputs
         assert {f"{variant}.model", f"{variant}.metrics", f"{variant}.val_tokens"} <= outputs
 
 

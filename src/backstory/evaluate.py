@@ -580,6 +580,30 @@ def _room(model: Transformer, n_prompt: int, max_new_tokens: int) -> int:
     return min(max_new_tokens, room)
 
 
+def _generate_backward(model: Transformer, tokenizer: Tokenizer, *, variant: str, prompt: str,
+                       max_new_tokens: int, temperature: float, top_k: int | None,
+                       top_p: float | None, seed: int) -> dict[str, Any]:
+    """The story before ``prompt`` from a model trained on token-reversed windows."""
+    if variant != "forward":
+        raise ValueError(f"token-order backward sampling needs the forward layout, not {variant!r}")
+    ending = tokenizer.encode_one(prompt)
+    if not ending:
+        raise ValueError("token-order backward sampling needs a non-empty ending")
+    ids = ending[::-1]  # the ending read last token first
+    budget = _room(model, len(ids), max_new_tokens)
+    new = generate(model, [ids], max_new_tokens=budget, temperature=temperature, top_k=top_k,
+                   top_p=top_p, stop_ids=(tokenizer.bos_id, tokenizer.eos_id), seed=seed)[0]
+    return {
+        "variant": variant,
+        "mode": "ending, token order backward",
+        "prompt": prompt,
+        "text": tokenizer.decode(new[::-1] + ending),
+        "n_new_tokens": len(new),
+        "stopped": len(new) < budget,
+        "seed": seed,
+    }
+
+
 def generate_story(
     model: Transformer,
     tokenizer: Tokenizer,
@@ -591,6 +615,7 @@ def generate_story(
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int = 0,
+    token_order: str = "forward",
 ) -> dict[str, Any]:
     """Generate one story in ``variant``'s mode; the result reads in normal order.
 
@@ -598,9 +623,16 @@ def generate_story(
     ending, generates the story backwards and returns it ending with that ending;
     instruct follows the instruction ``prompt`` (text = the story alone). Generation
     stops at BOS or EOS (``stopped`` True) or after the token budget.
+    ``token_order="backward"`` (forward layout only) takes an ending and generates the
+    tokens before it, last first, as the model was trained (Arrows of Time).
     """
     _check_variant(variant)
+    _check_order(token_order)
     check_sampling(temperature, top_k, top_p)
+    if token_order == "backward":
+        return _generate_backward(model, tokenizer, variant=variant, prompt=prompt,
+                                  max_new_tokens=max_new_tokens, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, seed=seed)
     ids = prompt_ids(tokenizer, variant, prompt)
     budget = _room(model, len(ids), max_new_tokens)
     stops = (tokenizer.bos_id, tokenizer.eos_id)
@@ -631,8 +663,12 @@ def _record_prompt(record: Mapping[str, Any], variant: str, index: int, seed: in
     return opening_prompt(story) if variant == "forward" else ending_prompt(story)
 
 
-def _store_prompt(store: TokenStore, tokenizer: Tokenizer, variant: str, i: int) -> str:
-    """The prompt for document i, decoded from the store (reversed text read back)."""
+def _store_prompt(store: TokenStore, tokenizer: Tokenizer, variant: str, i: int,
+                  token_order: str = "forward") -> str:
+    """The prompt for document i, decoded from the store (reversed text read back).
+
+    A token-order backward model writes towards the start, so it gets the ending.
+    """
     if variant == "instruct":
         # The instruction is what precedes the story; BOS/EOS decode to nothing.
         before = store.document(i)[: int(store.story_spans[i, 0] - store.doc_offsets[i])]
@@ -642,7 +678,7 @@ def _store_prompt(store: TokenStore, tokenizer: Tokenizer, variant: str, i: int)
         return instruction
     story = tokenizer.decode(store.story_tokens(i).tolist())
     if variant == "forward":
-        return opening_prompt(story)
+        return ending_prompt(story) if token_order == "backward" else opening_prompt(story)
     return ending_prompt(reverse_words(story))
 
 
@@ -654,6 +690,7 @@ def sample_prompts(
     n: int,
     seed: int = 0,
     max_prompt_tokens: int | None = None,
+    token_order: str = "forward",
 ) -> list[str]:
     """Prompts (normal reading order) from the first ``n`` validation documents or records.
 
@@ -672,7 +709,7 @@ def sample_prompts(
     for i in range(source.n_docs if is_store else len(source)):
         if len(prompts) == n:
             break
-        prompt = (_store_prompt(source, tokenizer, variant, i) if is_store
+        prompt = (_store_prompt(source, tokenizer, variant, i, token_order) if is_store
                   else _record_prompt(source[i], variant, i, seed))
         if max_prompt_tokens is not None and \
                 len(prompt_ids(tokenizer, variant, prompt)) > max_prompt_tokens:
@@ -700,6 +737,7 @@ def make_samples(
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int = 0,
+    token_order: str = "forward",
 ) -> list[dict[str, Any]]:
     """``n`` samples in the variant's natural mode, prompted from validation data.
 
@@ -710,11 +748,11 @@ def make_samples(
     context = model.config.max_seq_len
     longest = context - min(max_new_tokens, max(1, context // 4))
     prompts = sample_prompts(source, tokenizer, variant=variant, n=n, seed=seed,
-                             max_prompt_tokens=longest)
+                             max_prompt_tokens=longest, token_order=token_order)
     return [
         generate_story(model, tokenizer, variant=variant, prompt=prompt,
                        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                       top_p=top_p, seed=seed + i)
+                       top_p=top_p, seed=seed + i, token_order=token_order)
         for i, prompt in enumerate(tqdm(prompts, desc=f"{variant} samples", unit="story",
                                         leave=False))
     ]
@@ -794,5 +832,5 @@ def evaluate_model(
                 metrics["unigram_bpb"])
     samples = make_samples(model, tokenizer, val_store, variant=variant, n=n_samples,
                            max_new_tokens=max_new_tokens, temperature=temperature,
-                           top_k=top_k, top_p=top_p, seed=seed)
+                           top_k=top_k, top_p=top_p, seed=seed, token_order=token_order)
     return metrics, samples, samples_markdown(samples)

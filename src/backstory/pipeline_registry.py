@@ -5,7 +5,7 @@ from __future__ import annotations
 from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
-VARIANT_PIPELINES = ("forward", "reversed", "instruct")
+VARIANT_PIPELINES = ("forward", "reversed", "instruct", "backward")
 
 
 def register_pipelines() -> dict[str, Pipeline]:

@@ -18,18 +18,24 @@ def _bound(func, **kwargs):
     return update_wrapper(partial(func, **kwargs), func)
 
 
-def create_variant_pipeline(variant: str) -> Pipeline:
-    """Export, train and evaluate one variant, namespaced by its name."""
+def create_variant_pipeline(variant: str, *, tokens_from: str | None = None) -> Pipeline:
+    """Export, train and evaluate one variant, namespaced by its name.
+
+    With ``tokens_from``, the variant trains on that variant's token stores instead of
+    exporting its own (e.g. `backward` trains on `forward`'s tokens in reverse order).
+    """
+    text_variant = tokens_from or variant
+    exports = [
+        node(
+            _bound(export_tokens, variant=variant, split=split),
+            ["stories", "tokenizer", "ingest_report", "params:text"],
+            f"{split}_tokens",
+            name=f"export_{split}_tokens",
+        )
+        for split in ("train", "val")
+    ]
     template = Pipeline(
-        [
-            node(
-                _bound(export_tokens, variant=variant, split=split),
-                ["stories", "tokenizer", "ingest_report", "params:text"],
-                f"{split}_tokens",
-                name=f"export_{split}_tokens",
-            )
-            for split in ("train", "val")
-        ]
+        (exports if tokens_from is None else [])
         + [
             node(
                 train_model,
@@ -38,11 +44,22 @@ def create_variant_pipeline(variant: str) -> Pipeline:
                 name="train_model",
             ),
             node(
-                _bound(evaluate, variant=variant),
+                _bound(evaluate, variant=text_variant),
                 ["model", "val_tokens", "train_tokens", "tokenizer", "params:evaluate"],
                 ["metrics", "samples", "samples_report"],
                 name="evaluate_model",
             ),
         ]
     )
-    return Pipeline(template, namespace=variant, inputs=SHARED_INPUTS, tags=variant)
+    inputs: dict[str, str] = {name: name for name in SHARED_INPUTS - {"stories", "ingest_report"}}
+    if tokens_from is None:
+        inputs |= {name: name for name in SHARED_INPUTS}
+    else:
+        inputs |= {f"{split}_tokens": f"{tokens_from}.{split}_tokens" for split in ("train", "val")}
+    return Pipeline(template, namespace=variant, inputs=inputs, tags=variant)
+
+
+def export_pipeline(variant: str) -> Pipeline:
+    """Only the token export nodes of ``variant`` (what a variant with tokens_from needs)."""
+    names = [f"{variant}.export_{split}_tokens" for split in ("train", "val")]
+    return create_variant_pipeline(variant).only_nodes(*names)

@@ -37,7 +37,7 @@ from backstory.tokens import TokenStore
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("forward", "reversed", "instruct")
+VARIANTS = ("forward", "reversed", "instruct", "backward")
 # What each generated column holds: the variant that wrote it and how it was prompted.
 SOURCES = {
     "forward": ("forward", "the story's first sentence"),
@@ -67,12 +67,17 @@ def _model_info(trained: TrainedModel) -> dict[str, Any]:
 
 def score_validation_documents(
     forward_model: TrainedModel, reversed_model: TrainedModel, instruct_model: TrainedModel,
-    forward_val: TokenStore, reversed_val: TokenStore, instruct_val: TokenStore,
-    compare: dict,
+    backward_model: TrainedModel, forward_val: TokenStore, reversed_val: TokenStore,
+    instruct_val: TokenStore, backward_val: TokenStore, compare: dict,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Bits of every compared validation story under each variant's model, per document."""
-    models = dict(zip(VARIANTS, (forward_model, reversed_model, instruct_model), strict=True))
-    stores = dict(zip(VARIANTS, (forward_val, reversed_val, instruct_val), strict=True))
+    """Bits of every compared validation story under each variant's model, per document.
+
+    ``backward_val`` is forward's store: the backward model reads the same tokens.
+    """
+    models = dict(zip(VARIANTS, (forward_model, reversed_model, instruct_model,
+                                 backward_model), strict=True))
+    stores = dict(zip(VARIANTS, (forward_val, reversed_val, instruct_val, backward_val),
+                      strict=True))
     n_docs = min(covered_documents(store, compare.get("max_tokens")) for store in stores.values())
     check_same_stories(stores, n_docs)
     table = pd.DataFrame({"doc": np.arange(n_docs), "n_bytes": forward_val.doc_bytes[:n_docs]})

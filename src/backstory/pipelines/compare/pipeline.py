@@ -25,7 +25,7 @@ LOGS = [f"{v}_{log}" for v in VARIANTS for log in ("train_log", "val_log")]
 METRICS = [f"{v}_metrics" for v in VARIANTS]
 SHARED_INPUTS = {"stories": "stories", "tokenizer": "tokenizer"} | {
     name: name.replace("_", ".", 1) for name in (*MODELS, *VAL_TOKENS, *LOGS, *METRICS)
-}
+} | {"backward_val_tokens": "forward.val_tokens"}  # backward reads forward's tokens
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -35,7 +35,9 @@ def create_pipeline(**kwargs) -> Pipeline:
                  ["document_bits", "models"], name="score_validation_documents"),
             node(measure_arrow_of_time, ["document_bits", "models", "params:compare"],
                  "arrow_of_time", name="measure_arrow_of_time"),
-            node(generate_comparison_stories, [*MODELS, "tokenizer", "stories", "params:compare"],
+            node(generate_comparison_stories,
+                 ["forward_model", "reversed_model", "instruct_model", "tokenizer", "stories",
+                  "params:compare"],
                  "generated_stories", name="generate_comparison_stories"),
             node(score_coherence, ["forward_model", "reversed_model", "tokenizer",
                                    "generated_stories", "params:compare"],

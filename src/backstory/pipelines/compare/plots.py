@@ -10,8 +10,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-VARIANTS = ("forward", "reversed", "instruct")
-COLORS = {"forward": "tab:blue", "reversed": "tab:orange", "instruct": "tab:green"}
+VARIANTS = ("forward", "reversed", "instruct", "backward")
+COLORS = {"forward": "tab:blue", "reversed": "tab:orange", "instruct": "tab:green",
+          "backward": "tab:purple"}
 
 
 def _check_log(log: pd.DataFrame, columns: tuple[str, ...], name: str) -> None:
@@ -24,7 +25,9 @@ def plot_loss_curves(
     forward_train: pd.DataFrame, forward_val: pd.DataFrame,
     reversed_train: pd.DataFrame, reversed_val: pd.DataFrame,
     instruct_train: pd.DataFrame, instruct_val: pd.DataFrame,
+    backward_train: pd.DataFrame, backward_val: pd.DataFrame,
     forward_metrics: dict, reversed_metrics: dict, instruct_metrics: dict,
+    backward_metrics: dict,
 ) -> Figure:
     """Training (thin) and validation (thick, dots) loss of every variant over steps.
 
@@ -33,7 +36,8 @@ def plot_loss_curves(
     """
     logs = {"forward": (forward_train, forward_val, forward_metrics),
             "reversed": (reversed_train, reversed_val, reversed_metrics),
-            "instruct": (instruct_train, instruct_val, instruct_metrics)}
+            "instruct": (instruct_train, instruct_val, instruct_metrics),
+            "backward": (backward_train, backward_val, backward_metrics)}
     fig, ax = plt.subplots(figsize=(8, 5))
     for variant, (train, val, metrics) in logs.items():
         _check_log(train, ("step", "loss"), f"{variant}.train_log")
