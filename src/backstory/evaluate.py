@@ -593,15 +593,16 @@ def _generate_backward(model: Transformer, tokenizer: Tokenizer, *, variant: str
     budget = _room(model, len(ids), max_new_tokens)
     new = generate(model, [ids], max_new_tokens=budget, temperature=temperature, top_k=top_k,
                    top_p=top_p, stop_ids=(tokenizer.bos_id, tokenizer.eos_id), seed=seed)[0]
-    return {
-        "variant": variant,
-        "mode": "ending, token order backward",
-        "prompt": prompt,
-        "text": tokenizer.decode(new[::-1] + ending),
-        "n_new_tokens": len(new),
-        "stopped": len(new) < budget,
-        "seed": seed,
-    }
+    return _sample(variant, "ending, token order backward", prompt,
+                   tokenizer.decode(new[::-1] + ending), new, budget, seed)
+
+
+def _sample(variant: str, mode: str, prompt: str, text: str, new: list[int], budget: int,
+            seed: int) -> dict[str, Any]:
+    """One sample record; generate cuts before the first stop id, so a short result means
+    one was hit."""
+    return {"variant": variant, "mode": mode, "prompt": prompt, "text": text,
+            "n_new_tokens": len(new), "stopped": len(new) < budget, "seed": seed}
 
 
 def generate_story(
@@ -638,16 +639,8 @@ def generate_story(
     stops = (tokenizer.bos_id, tokenizer.eos_id)
     new = generate(model, [ids], max_new_tokens=budget, temperature=temperature, top_k=top_k,
                    top_p=top_p, stop_ids=stops, seed=seed)[0]
-    return {
-        "variant": variant,
-        "mode": MODES[variant],
-        "prompt": prompt,
-        "text": _story_text(tokenizer, variant, ids, new),
-        "n_new_tokens": len(new),
-        # generate cuts before the first stop id, so a short result means one was hit
-        "stopped": len(new) < budget,
-        "seed": seed,
-    }
+    return _sample(variant, MODES[variant], prompt, _story_text(tokenizer, variant, ids, new),
+                   new, budget, seed)
 
 
 def _record_prompt(record: Mapping[str, Any], variant: str, index: int, seed: int) -> str:
