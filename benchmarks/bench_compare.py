@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from machine import cpu_model
 
-from backstory.compare import bootstrap_delta, generate_batched, score_texts
-from backstory.corpus.storyworld import generate_record
-from backstory.evaluate import generate_story
-from backstory.model import ModelConfig, Transformer
-from backstory.tokenizer import Tokenizer, train_tokenizer
+from backstory.evaluation.compare import bootstrap_delta, generate_batched, score_texts
+from backstory.data.corpus.storyworld import generate_record
+from backstory.evaluation.evaluate import generate_story
+from backstory.lm.model import ModelConfig, Transformer
+from backstory.data.tokenizer import Tokenizer, train_tokenizer
 
 
 def bench_bootstrap(n_docs: int, n_boot: int) -> None:

@@ -22,8 +22,8 @@ import time
 import torch
 from machine import cpu_model
 
-from backstory.generate import generate
-from backstory.model import ModelConfig, Transformer
+from backstory.lm.generate import generate
+from backstory.lm.model import ModelConfig, Transformer
 
 
 def sync(device: torch.device) -> None:

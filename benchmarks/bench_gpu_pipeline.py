@@ -25,14 +25,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from backstory.checkpoint import build_model
-from backstory.corpus import clean, storyworld
-from backstory.documents import encode_documents, layout_name
-from backstory.evaluate import evaluate_loss, unigram_bpb
-from backstory.model import ModelConfig
-from backstory.tokenizer import Tokenizer, train_tokenizer
-from backstory.tokens import TokenStore, write_token_store
-from backstory.train import SPEED_LOG, TrainConfig, train
+from backstory.lm.checkpoint import build_model
+from backstory.data.corpus import clean, storyworld
+from backstory.data.documents import encode_documents, layout_name
+from backstory.evaluation.evaluate import evaluate_loss, unigram_bpb
+from backstory.lm.model import ModelConfig
+from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokens import TokenStore, write_token_store
+from backstory.lm.train import SPEED_LOG, TrainConfig, train
 
 
 def corpus(n_stories: int, seed: int, val_fraction: float) -> tuple[list[dict], dict]:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from machine import describe as machine
 
-from backstory.corpus.clean import clean_file, merge_reports
-from backstory.corpus.readers import read_json_shard
+from backstory.data.corpus.clean import clean_file, merge_reports
+from backstory.data.corpus.readers import read_json_shard
 
 WORDS = (
     "the a little big happy sad dog cat girl boy mom dad ball tree park sun day play run jump "

@@ -19,7 +19,7 @@ import time
 
 from machine import cpu_model
 
-from backstory.corpus import storyworld as sw
+from backstory.data.corpus import storyworld as sw
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:

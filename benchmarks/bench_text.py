@@ -1,7 +1,7 @@
 """Throughput of reverse_words on story-like text, on one core.
 
 Rerun: python benchmarks/bench_text.py [--mb 4] [--seed 0]
-Prints MB/s of backstory.text.reverse_words and of the published one-line expression
+Prints MB/s of backstory.data.text.reverse_words and of the published one-line expression
 (re.split + reversed + join) on the same stories, and the share of stories that took
 the fast path.
 """
@@ -16,7 +16,7 @@ import time
 
 from machine import describe as machine
 
-from backstory.text import _fast_path_applies, reverse_words
+from backstory.data.text import _fast_path_applies, reverse_words
 
 COMMON = (
     "the a and to was he she it they her his with in on of said so but then one day big "
@@ -73,7 +73,7 @@ def synthetic_stories(n: int, seed: int = 0) -> list[str]:
 def story_texts(n: int, seed: int = 0) -> tuple[list[str], str]:
     """Stories from the storyworld generator when it exists, else synthetic ones."""
     try:
-        from backstory.corpus.storyworld import generate_records
+        from backstory.data.corpus.storyworld import generate_records
     except ImportError:  # written by another module owner; may not exist yet
         return synthetic_stories(n, seed), "synthetic"
     return [r["story"].strip() for r in generate_records(seed, 0, n)], "storyworld"

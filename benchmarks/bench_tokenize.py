@@ -11,7 +11,7 @@ same stories, forward and word-reversed, of:
 Every method's ids are checked equal to the loop's. Batches of 1024 stories, as the
 pipeline uses. The cached path runs on one core (sentencepiece threads only encode new
 chunks); the machine is shared, so the load average is printed before and after.
-Stories come from backstory.corpus.storyworld when it exists, else from a synthetic maker.
+Stories come from backstory.data.corpus.storyworld when it exists, else from a synthetic maker.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from collections.abc import Callable
 import numpy as np
 from bench_text import machine, story_texts
 
-from backstory.documents import encode_documents
-from backstory.text import reverse_words
-from backstory.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.documents import encode_documents
+from backstory.data.text import reverse_words
+from backstory.data.tokenizer import Tokenizer, train_tokenizer
 
 BATCH = 1024
 

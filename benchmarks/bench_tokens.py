@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 from machine import cpu_model
 
-from backstory.tokens import DocBatch, TokenStore, write_token_store
+from backstory.data.tokens import DocBatch, TokenStore, write_token_store
 
 MEAN_DOC_TOKENS = 200  # about one TinyStories story with a 32k vocabulary
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from kedro.io import DatasetError
 
-import backstory.checkpoint as ckpt
-from backstory.checkpoint import (
+import backstory.lm.checkpoint as ckpt
+from backstory.lm.checkpoint import (
     CheckpointError,
     TrainedModel,
     capture_rng_state,
@@ -28,7 +28,7 @@ from backstory.checkpoint import (
     save_model,
 )
 from backstory.datasets.model_dataset import ModelDataset, RunDirDataset
-from backstory.model import ModelConfig, Transformer
+from backstory.lm.model import ModelConfig, Transformer
 
 CONFIG = ModelConfig(vocab_size=40, dim=16, n_layers=2, n_heads=2, max_seq_len=16)
 

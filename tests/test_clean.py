@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from backstory.corpus.clean import (
+from backstory.data.corpus.clean import (
     TABLE_COLUMNS,
     clean_file,
     merge_reports,
@@ -14,7 +14,7 @@ from backstory.corpus.clean import (
     split_of,
     to_columns,
 )
-from backstory.corpus.schema import PROMPT_KEY, BadRecordError
+from backstory.data.corpus.schema import PROMPT_KEY, BadRecordError
 
 
 def record(story: object, **extra: object) -> dict:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from backstory.compare import (
+from backstory.evaluation.compare import (
     CompareError,
     asymmetry_delta,
     bootstrap_delta,
@@ -22,13 +22,13 @@ from backstory.compare import (
     uses_words,
     word_forms,
 )
-from backstory.corpus.storyworld import generate_record
-from backstory.documents import encode_documents
-from backstory.evaluate import document_bits
-from backstory.model import ModelConfig, Transformer
-from backstory.text import reverse_words
-from backstory.tokenizer import Tokenizer, train_tokenizer
-from backstory.tokens import TokenStore, write_token_store
+from backstory.data.corpus.storyworld import generate_record
+from backstory.data.documents import encode_documents
+from backstory.evaluation.evaluate import document_bits
+from backstory.lm.model import ModelConfig, Transformer
+from backstory.data.text import reverse_words
+from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokens import TokenStore, write_token_store
 
 # ------------------------------------------------------------------------ the delta
 
@@ -210,8 +210,8 @@ def test_score_texts_rejects_empty_texts_and_unknown_forms(tokenizer):
 
 @pytest.mark.parametrize("variant", ["forward", "reversed"])
 def test_batched_generation_matches_one_story_at_a_time_when_greedy(tokenizer, variant):
-    from backstory.compare import generate_batched
-    from backstory.evaluate import generate_story
+    from backstory.evaluation.compare import generate_batched
+    from backstory.evaluation.evaluate import generate_story
 
     model = _model(tokenizer)
     prompts = ["Tom had a red ball.", "Once upon a time, there was a very little girl.", "Sue"]
@@ -305,7 +305,7 @@ def test_report_paths_lists_the_report_files_a_pipeline_writes(tiny_run):
 
 
 def test_score_coherence_counts_empty_stories_instead_of_scoring_them(tokenizer):
-    from backstory.checkpoint import TrainedModel
+    from backstory.lm.checkpoint import TrainedModel
     from backstory.pipelines.compare.nodes import score_coherence
 
     model = _model(tokenizer)

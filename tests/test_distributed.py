@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
-from backstory.checkpoint import latest_checkpoint, load_checkpoint, read_state
-from backstory.train import SPEED_LOG, TRAIN_LOG, train
+from backstory.lm.checkpoint import latest_checkpoint, load_checkpoint, read_state
+from backstory.lm.train import SPEED_LOG, TRAIN_LOG, train
 from tests.test_train import LINEAGE, MODEL, make_store, small_config
 
 
@@ -66,9 +66,9 @@ def test_two_processes_match_one(stores, single_process_run, tmp_path: Path) -> 
 TORCHRUN_SCRIPT = """
 import json, sys
 from pathlib import Path
-from backstory.model import ModelConfig
-from backstory.tokens import TokenStore
-from backstory.train import TrainConfig, train
+from backstory.lm.model import ModelConfig
+from backstory.data.tokens import TokenStore
+from backstory.lm.train import TrainConfig, train
 
 model, config, train_path, val_path, run_dir, lineage = json.loads(sys.argv[1])
 trained = train(ModelConfig.from_dict(model), TrainConfig.from_dict(config),

@@ -5,9 +5,9 @@ import random
 import numpy as np
 import pytest
 
-from backstory.documents import VARIANTS, encode_documents, layout_name, variant_text
-from backstory.text import DEFAULT_TEMPLATES, choose_template, reverse_words
-from backstory.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.documents import VARIANTS, encode_documents, layout_name, variant_text
+from backstory.data.text import DEFAULT_TEMPLATES, choose_template, reverse_words
+from backstory.data.tokenizer import Tokenizer, train_tokenizer
 
 SUMMARIES = [
     "Lily and Ben play in the park and find a big red ball.",

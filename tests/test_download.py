@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from backstory.corpus.download import (
+from backstory.data.corpus.download import (
     ChecksumError,
     CorruptArchiveError,
     DownloadError,

@@ -22,12 +22,12 @@ from kedro.framework.project import pipelines
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from backstory import dvc_stages
-from backstory.checkpoint import load_trained
-from backstory.evaluate import LineageError
+from backstory.tools import dvc_stages
+from backstory.lm.checkpoint import load_trained
+from backstory.evaluation.evaluate import LineageError
 from backstory.pipelines.lm_nodes import evaluate, params_sha256
-from backstory.tokenizer import Tokenizer
-from backstory.tokens import TokenStore
+from backstory.data.tokenizer import Tokenizer
+from backstory.data.tokens import TokenStore
 from tests.project import REPO, TINY_INGEST, deep_update, make_project, tiny_lm_params
 
 VARIANTS = ("forward", "reversed", "instruct")
@@ -127,14 +127,14 @@ def test_every_stage_matches_its_kedro_nodes(kedro_catalog):
 def test_code_deps_cover_the_modules_each_step_runs():
     stages = expand_stages(yaml.safe_load((REPO / "dvc.yaml").read_text()))
     deps = {name: set(body["deps"]) for name, body in stages.items()}
-    assert {"src/backstory/pipelines/ingest/nodes.py", "src/backstory/corpus/clean.py",
-            "src/backstory/tokenizer.py"} <= deps["ingest"]
-    assert {"src/backstory/train.py", "src/backstory/model.py", "src/backstory/checkpoint.py",
+    assert {"src/backstory/pipelines/ingest/nodes.py", "src/backstory/data/corpus/clean.py",
+            "src/backstory/data/tokenizer.py"} <= deps["ingest"]
+    assert {"src/backstory/lm/train.py", "src/backstory/lm/model.py", "src/backstory/lm/checkpoint.py",
             "src/backstory/datasets/model_dataset.py"} <= deps["train@reversed"]
-    assert {"src/backstory/documents.py", "src/backstory/text.py", "src/backstory/tokens.py",
+    assert {"src/backstory/data/documents.py", "src/backstory/data/text.py", "src/backstory/data/tokens.py",
             "src/backstory/pipelines/lm.py"} <= deps["export@instruct"]
-    assert "src/backstory/evaluate.py" in deps["evaluate@forward"]
-    assert "src/backstory/train.py" not in deps["ingest"]
+    assert "src/backstory/evaluation/evaluate.py" in deps["evaluate@forward"]
+    assert "src/backstory/lm/train.py" not in deps["ingest"]
     for name, paths in deps.items():
         missing = [p for p in paths if p.startswith("src/") and not (REPO / p).exists()]
         assert not missing, f"{name}: deps that do not exist: {missing}"

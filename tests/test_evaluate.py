@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backstory.checkpoint import TrainedModel
-from backstory.documents import encode_documents, layout_name, record_key
-from backstory.evaluate import (
+from backstory.lm.checkpoint import TrainedModel
+from backstory.data.documents import encode_documents, layout_name, record_key
+from backstory.evaluation.evaluate import (
     LineageError,
     check_lineage,
     covered_documents,
@@ -32,10 +32,10 @@ from backstory.evaluate import (
     story_token_counts,
     unigram_bpb,
 )
-from backstory.model import ModelConfig, Transformer
-from backstory.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
-from backstory.tokenizer import Tokenizer, train_tokenizer
-from backstory.tokens import DocBatch, TokenStore, write_token_store
+from backstory.lm.model import ModelConfig, Transformer
+from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
+from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokens import DocBatch, TokenStore, write_token_store
 
 VOCAB = 320  # sentencepiece's 256 byte pieces + 3 specials leave ~60 merges
 
@@ -349,7 +349,7 @@ def test_unigram_bpb_by_hand(tmp_path, tokenizer):
 
 
 def test_story_token_counts_in_small_blocks_match_the_whole(stores, monkeypatch):
-    import backstory.evaluate as evaluate_module
+    import backstory.evaluation.evaluate as evaluate_module
 
     store = stores["instruct"]
     whole = story_token_counts(store)

@@ -1,4 +1,4 @@
-"""Tests for backstory.generate: sampling helper and batched, cached generation."""
+"""Tests for backstory.lm.generate: sampling helper and batched, cached generation."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from backstory.generate import generate, sample_logits
-from backstory.model import ModelConfig, Transformer
+from backstory.lm.generate import generate, sample_logits
+from backstory.lm.model import ModelConfig, Transformer
 
 VOCAB = 53
 PROMPTS = [[1, 5, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9], [1], [1, 40, 41, 42, 43]]

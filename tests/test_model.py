@@ -1,4 +1,4 @@
-"""Tests for backstory.model: config validation, attention, cache, init, optimizer."""
+"""Tests for backstory.lm.model: config validation, attention, cache, init, optimizer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backstory.model import KVCache, ModelConfig, RMSNorm, Transformer, apply_rope, rope_tables
+from backstory.lm.model import KVCache, ModelConfig, RMSNorm, Transformer, apply_rope, rope_tables
 
 TINY = dict(vocab_size=61, dim=32, n_layers=2, n_heads=4, max_seq_len=48)
 

@@ -10,9 +10,9 @@ from kedro.framework.project import pipelines
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from backstory.text import reverse_words
-from backstory.tokenizer import Tokenizer
-from backstory.tokens import TokenStore
+from backstory.data.text import reverse_words
+from backstory.data.tokenizer import Tokenizer
+from backstory.data.tokens import TokenStore
 from tests.project import REPO, TINY_INGEST, make_project
 
 VARIANTS = ("forward", "reversed", "instruct")

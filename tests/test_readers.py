@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backstory.corpus import readers
-from backstory.corpus.readers import (
+from backstory.data.corpus import readers
+from backstory.data.corpus.readers import (
     EmptyChunk,
     detect_format,
     read_instruct_text,
@@ -17,7 +17,7 @@ from backstory.corpus.readers import (
     read_records,
     read_text_stories,
 )
-from backstory.corpus.schema import PROMPT_KEY, BadRecordError
+from backstory.data.corpus.schema import PROMPT_KEY, BadRecordError
 
 RECORDS = [
     {

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from backstory.schedules import cooldown_steps, lr_at
+from backstory.lm.schedules import cooldown_steps, lr_at
 
 BASE = dict(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110, cooldown_fraction=0.2)
 

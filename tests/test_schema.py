@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from backstory.corpus.schema import PROMPT_KEY, BadRecordError, validate_record
+from backstory.data.corpus.schema import PROMPT_KEY, BadRecordError, validate_record
 
 
 def full_record() -> dict:

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backstory.corpus import storyworld as sw
-from backstory.corpus import storyworld_lexicon as lex
+from backstory.data.corpus import storyworld as sw
+from backstory.data.corpus import storyworld_lexicon as lex
 
 N_CHECKED = 3000  # records whose text is checked sentence by sentence
 N_VARIETY = 20_000  # the size the variety requirement is stated for
@@ -242,7 +242,7 @@ def test_shard_bytes_are_stable_and_parse_back() -> None:
 def test_shard_bytes_do_not_depend_on_the_process() -> None:
     # String hashing is salted per process; the corpus must not depend on it.
     code = (
-        "import hashlib, sys; from backstory.corpus import storyworld as sw; "
+        "import hashlib, sys; from backstory.data.corpus import storyworld as sw; "
         "sys.stdout.write(hashlib.sha256(sw.shard_bytes(1337, 0, 300)).hexdigest())"
     )
     digests = set()

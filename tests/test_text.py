@@ -6,7 +6,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from backstory.text import (
+from backstory.data.text import (
     DEFAULT_TEMPLATES,
     TemplateError,
     choose_template,

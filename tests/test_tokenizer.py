@@ -12,18 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kedro.io.core import DatasetError
 
-from backstory import chunk_cache as chunk_cache_module
-from backstory.chunk_cache import (
+from backstory.data import chunk_cache as chunk_cache_module
+from backstory.data.chunk_cache import (
     DEFAULT_CACHE_ENTRIES,
     _pieces_allow_chunking,
     _slot_pair,
     _slots,
 )
-from backstory.corpus.storyworld import generate_records
+from backstory.data.corpus.storyworld import generate_records
 from backstory.datasets.tokenizer_dataset import SentencePieceDataset
-from backstory.documents import encode_documents
-from backstory.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
-from backstory.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.documents import encode_documents
+from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
+from backstory.data.tokenizer import Tokenizer, train_tokenizer
 
 NAMES = ["Lily", "Ben", "Tom", "Sue", "Max", "Mia"]
 WORDS = (

@@ -1,4 +1,4 @@
-"""Tests for the H5 token store (backstory.tokens) and its Kedro dataset."""
+"""Tests for the H5 token store (backstory.data.tokens) and its Kedro dataset."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from kedro.io import DataCatalog, DatasetError
 
 import backstory
 from backstory.datasets.token_store_dataset import TokenStoreDataset
-from backstory.tokens import (
+from backstory.data.tokens import (
     FORMAT,
     FORMAT_VERSION,
     DocBatch,

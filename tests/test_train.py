@@ -17,12 +17,12 @@ import pandas as pd
 import pytest
 import torch
 
-import backstory.train as train_module
-from backstory.checkpoint import latest_checkpoint, list_checkpoints, read_state
-from backstory.model import ModelConfig
-from backstory.schedules import lr_at
-from backstory.tokens import DocBatch, TokenStore, write_token_store
-from backstory.train import (
+import backstory.lm.train as train_module
+from backstory.lm.checkpoint import latest_checkpoint, list_checkpoints, read_state
+from backstory.lm.model import ModelConfig
+from backstory.lm.schedules import lr_at
+from backstory.data.tokens import DocBatch, TokenStore, write_token_store
+from backstory.lm.train import (
     SPEED_COLUMNS,
     SPEED_LOG,
     TRAIN_COLUMNS,
@@ -282,9 +282,9 @@ KILLED_RUN = """
 import sys, time
 import torch
 from pathlib import Path
-from backstory.model import ModelConfig
-from backstory.tokens import TokenStore
-from backstory.train import TrainConfig, train
+from backstory.lm.model import ModelConfig
+from backstory.data.tokens import TokenStore
+from backstory.lm.train import TrainConfig, train
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from backstory.checkpoint import (
+from backstory.lm.checkpoint import (
     MODEL_META_FILE,
     WEIGHTS_FILE,
     TrainedModel,

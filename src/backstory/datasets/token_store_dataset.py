@@ -7,7 +7,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from backstory.tokens import TokenStore, TokenStream, write_token_store
+from backstory.data.tokens import TokenStore, TokenStream, write_token_store
 
 
 class TokenStoreDataset(AbstractDataset[TokenStream, TokenStore]):

@@ -9,7 +9,7 @@ from typing import Any
 
 from kedro.io.core import AbstractDataset, DatasetError
 
-from backstory.tokenizer import Tokenizer
+from backstory.data.tokenizer import Tokenizer
 
 
 class SentencePieceDataset(AbstractDataset[bytes | Tokenizer, Tokenizer]):

@@ -12,14 +12,14 @@ from pathlib import Path
 import pandas as pd
 
 import backstory
-from backstory.checkpoint import TrainedModel
-from backstory.documents import encode_documents, layout_name
-from backstory.evaluate import evaluate_model
-from backstory.model import ModelConfig
+from backstory.lm.checkpoint import TrainedModel
+from backstory.data.documents import encode_documents, layout_name
+from backstory.evaluation.evaluate import evaluate_model
+from backstory.lm.model import ModelConfig
 from backstory.pipelines.ingest.nodes import iter_stories
-from backstory.tokenizer import Tokenizer
-from backstory.tokens import TokenStore, TokenStream
-from backstory.train import TrainConfig, train
+from backstory.data.tokenizer import Tokenizer
+from backstory.data.tokens import TokenStore, TokenStream
+from backstory.lm.train import TrainConfig, train
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Compare nodes: thin adapters from the variants' persisted outputs to backstory.compare."""
+"""Compare nodes: thin adapters from the variants' persisted outputs to backstory.evaluation.compare."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from backstory.checkpoint import TrainedModel, build_model
-from backstory.compare import (
+from backstory.lm.checkpoint import TrainedModel, build_model
+from backstory.evaluation.compare import (
     bootstrap_delta,
     check_same_stories,
     generate_batched,
@@ -22,18 +22,18 @@ from backstory.compare import (
     story_tokens_per_doc,
     token_order_pairs,
 )
-from backstory.evaluate import (
+from backstory.evaluation.evaluate import (
     covered_documents,
     document_bits,
     ending_prompt,
     opening_prompt,
     resolve_device,
 )
-from backstory.model import Transformer
+from backstory.lm.model import Transformer
 from backstory.pipelines.ingest.nodes import iter_stories
-from backstory.text import make_instruction
-from backstory.tokenizer import Tokenizer
-from backstory.tokens import TokenStore
+from backstory.data.text import make_instruction
+from backstory.data.tokenizer import Tokenizer
+from backstory.data.tokens import TokenStore
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from backstory.corpus import clean, download, storyworld
-from backstory.tokenizer import train_tokenizer
+from backstory.data.corpus import clean, download, storyworld
+from backstory.data.tokenizer import train_tokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from backstory.corpus.readers import EmptyChunk, read_records
-from backstory.corpus.schema import BadRecordError, validate_record
+from backstory.data.corpus.readers import EmptyChunk, read_records
+from backstory.data.corpus.schema import BadRecordError, validate_record
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from backstory.corpus import storyworld_lexicon as lex
+from backstory.data.corpus import storyworld_lexicon as lex
 
 DEFAULT_SEED = 1337
 FEATURES = ("Dialogue", "BadEnding", "MoralValue", "Twist", "Foreshadowing", "Conflict")

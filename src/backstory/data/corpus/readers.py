@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from backstory.corpus.schema import PROMPT_KEY, BadRecordError
+from backstory.data.corpus.schema import PROMPT_KEY, BadRecordError
 
 SEPARATOR = "<|endoftext|>"
 FORMATS = ("json", "text", "instruct")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from backstory.model import ModelConfig, Transformer
+from backstory.lm.model import ModelConfig, Transformer
 
 logger = logging.getLogger(__name__)
 

@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from backstory.checkpoint import TrainedModel, build_model
-from backstory.generate import check_sampling, generate
-from backstory.model import Transformer
-from backstory.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
-from backstory.tokenizer import Tokenizer
-from backstory.tokens import TokenStore
+from backstory.lm.checkpoint import TrainedModel, build_model
+from backstory.lm.generate import check_sampling, generate
+from backstory.lm.model import Transformer
+from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
+from backstory.data.tokenizer import Tokenizer
+from backstory.data.tokens import TokenStore
 
 logger = logging.getLogger(__name__)
 

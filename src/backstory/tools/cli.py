@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from backstory.checkpoint import MODEL_META_FILE, WEIGHTS_FILE, load_model
-from backstory.evaluate import VARIANTS, check_lineage, generate_story, model_variant
-from backstory.generate import check_sampling
-from backstory.tokenizer import Tokenizer
+from backstory.lm.checkpoint import MODEL_META_FILE, WEIGHTS_FILE, load_model
+from backstory.evaluation.evaluate import VARIANTS, check_lineage, generate_story, model_variant
+from backstory.lm.generate import check_sampling
+from backstory.data.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 

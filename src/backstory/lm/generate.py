@@ -19,7 +19,7 @@ from numbers import Integral
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from backstory.model import KVCache, Transformer
+from backstory.lm.model import KVCache, Transformer
 
 logger = logging.getLogger(__name__)
 

@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from backstory.documents import encode_documents, layout_name
-from backstory.evaluate import MODES, _story_text, document_bits, prompt_ids
-from backstory.generate import check_sampling, generate
-from backstory.model import Transformer
-from backstory.tokenizer import Tokenizer
-from backstory.tokens import TokenStore, write_token_store
+from backstory.data.documents import encode_documents, layout_name
+from backstory.evaluation.evaluate import MODES, _story_text, document_bits, prompt_ids
+from backstory.lm.generate import check_sampling, generate
+from backstory.lm.model import Transformer
+from backstory.data.tokenizer import Tokenizer
+from backstory.data.tokens import TokenStore, write_token_store
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from backstory.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
-from backstory.tokenizer import Tokenizer
-from backstory.tokens import DocBatch
+from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
+from backstory.data.tokenizer import Tokenizer
+from backstory.data.tokens import DocBatch
 
 VARIANTS = ("forward", "reversed", "instruct")
 

@@ -10,7 +10,7 @@ whitespace collapsing and byte fallback, ``decode(encode_one(s)) == s`` for ever
 that does not itself contain "▁" (U+2581), which decodes as a space. Leading, trailing and
 repeated spaces and newlines survive; unseen characters go through byte pieces.
 
-Encoding speed: ``Tokenizer.encode_arrays`` sends texts through ``backstory.chunk_cache``,
+Encoding speed: ``Tokenizer.encode_arrays`` sends texts through ``backstory.data.chunk_cache``,
 which gives the same ids as sentencepiece, faster.
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from backstory.chunk_cache import (
+from backstory.data.chunk_cache import (
     CACHE_ROUND_TEXTS,
     DEFAULT_CACHE_ENTRIES,
     ChunkCache,

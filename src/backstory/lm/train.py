@@ -12,7 +12,7 @@ in checkpoints. The loop itself draws no random numbers (dropout 0, the default)
 resumed run repeats the uninterrupted one exactly; with dropout > 0 each rank's RNG
 (seeded seed + rank) is saved per rank and restored when the world size is unchanged.
 
-Outputs in ``run_dir``: ``checkpoints/step_XXXXXXXX/`` (see ``backstory.checkpoint``),
+Outputs in ``run_dir``: ``checkpoints/step_XXXXXXXX/`` (see ``backstory.lm.checkpoint``),
 ``train_log.csv`` (step, loss, lr) and ``val_log.csv`` (step, val_loss), which are
 bit-identical between runs of the same settings on the same machine, and ``speed_log.csv``
 (step, tokens_per_s, mfu, elapsed_s): the wall-clock figures, kept apart so that
@@ -47,7 +47,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from backstory.checkpoint import (
+from backstory.lm.checkpoint import (
     WEIGHTS_FILE,
     TrainedModel,
     capture_rng_state,
@@ -61,9 +61,9 @@ from backstory.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from backstory.model import ModelConfig, Transformer
-from backstory.schedules import check_schedule, lr_at
-from backstory.tokens import TokenStore
+from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.schedules import check_schedule, lr_at
+from backstory.data.tokens import TokenStore
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Data layer: corpus ingest, text transforms, tokenizer, token stores. Knows nothing of Kedro."""

@@ -1,0 +1,1 @@
+"""Evaluation layer: metrics, lineage checks, sampling for reports, cross-run comparison."""

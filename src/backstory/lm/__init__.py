@@ -1,0 +1,1 @@
+"""Language-model layer: the model, sampling, checkpoints, schedules and training."""
