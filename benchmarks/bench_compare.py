@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from machine import cpu_model
 
-from backstory.evaluation.compare import bootstrap_delta, generate_batched, score_texts
 from backstory.data.corpus.storyworld import generate_record
-from backstory.evaluation.evaluate import generate_story
-from backstory.lm.model import ModelConfig, Transformer
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.evaluation.compare import bootstrap_delta, generate_batched, score_texts
+from backstory.evaluation.sampling import generate_story
+from backstory.lm.model import ModelConfig, Transformer
 
 
 def bench_bootstrap(n_docs: int, n_boot: int) -> None:
@@ -37,7 +37,7 @@ def bench_bootstrap(n_docs: int, n_boot: int) -> None:
 def bench_scoring(model: Transformer, tokenizer: Tokenizer, texts: list[str]) -> None:
     for form in ("forward", "reversed"):
         start = time.perf_counter()
-        bits, n_bytes = score_texts(model, tokenizer, texts, form=form, batch_size=16)
+        bits, n_bytes = score_texts(model, tokenizer, texts, variant=form, batch_size=16)
         took = time.perf_counter() - start
         print(f"score_texts {form}: {len(texts)} stories, {n_bytes.sum():,} bytes in "
               f"{took:.2f} s = {len(texts) / took:.1f} stories/s, "

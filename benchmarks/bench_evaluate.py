@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from machine import cpu_model as cpu_name
 
-from backstory.evaluation.evaluate import document_bits, evaluate_loss
-from backstory.lm.model import ModelConfig, Transformer
 from backstory.data.tokens import DocBatch, TokenStore, write_token_store
+from backstory.evaluation.metrics import document_bits, evaluate_loss
+from backstory.lm.model import ModelConfig, Transformer
 
 
 def synthetic_store(path: Path, n_tokens: int, vocab_size: int, seed: int) -> TokenStore:

@@ -25,14 +25,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from backstory.lm.checkpoint import build_model
+from backstory import variants
 from backstory.data.corpus import clean, storyworld
-from backstory.data.documents import encode_documents, layout_name
-from backstory.evaluation.evaluate import evaluate_loss, unigram_bpb
-from backstory.lm.model import ModelConfig
+from backstory.data.documents import encode_documents
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
 from backstory.data.tokens import TokenStore, write_token_store
-from backstory.lm.train import SPEED_LOG, TrainConfig, train
+from backstory.evaluation.metrics import evaluate_loss, unigram_bpb
+from backstory.lm.checkpoint import build_model
+from backstory.lm.model import ModelConfig
+from backstory.lm.training import SPEED_LOG, TrainConfig, train
 
 
 def corpus(n_stories: int, seed: int, val_fraction: float) -> tuple[list[dict], dict]:
@@ -49,7 +50,7 @@ def corpus(n_stories: int, seed: int, val_fraction: float) -> tuple[list[dict], 
 
 def export(records, tokenizer, variant, split, report, path: Path) -> TokenStore:
     chosen = [r for r in records if r["split"] == split]
-    attrs = {"variant": variant, "split": split, "layout": layout_name(variant),
+    attrs = {"variant": variant, "split": split, "layout": variants.get(variant).layout,
              "vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id,
              "eos_id": tokenizer.eos_id, "tokenizer_sha256": tokenizer.sha256,
              "corpus_fingerprint": report["corpus_fingerprint"]}

@@ -1,4 +1,4 @@
-"""Training throughput of backstory.lm.train: tokens per second, MFU and peak memory.
+"""Training throughput of backstory.lm.training: tokens per second, MFU and peak memory.
 
 Rerun with defaults (CPU: dim 128, 4 layers, seq 128, batch 16, vocab 4096; plus, when
 CUDA is present, the llama2.c 15M shape: dim 288, 6 layers, 6 heads, seq 256, vocab 4096,
@@ -33,9 +33,9 @@ import pandas as pd
 import torch
 from machine import cpu_model as cpu_name
 
-from backstory.lm.model import ModelConfig, Transformer
 from backstory.data.tokens import DocBatch, TokenStore, write_token_store
-from backstory.lm.train import SPEED_LOG, TrainConfig, train
+from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.training import SPEED_LOG, TrainConfig, train
 
 
 @dataclass(frozen=True)

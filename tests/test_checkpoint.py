@@ -13,6 +13,7 @@ import torch
 from kedro.io import DatasetError
 
 import backstory.lm.checkpoint as ckpt
+from backstory.datasets.model_dataset import ModelDataset, RunDirDataset
 from backstory.lm.checkpoint import (
     CheckpointError,
     TrainedModel,
@@ -27,7 +28,6 @@ from backstory.lm.checkpoint import (
     save_checkpoint,
     save_model,
 )
-from backstory.datasets.model_dataset import ModelDataset, RunDirDataset
 from backstory.lm.model import ModelConfig, Transformer
 
 CONFIG = ModelConfig(vocab_size=40, dim=16, n_layers=2, n_heads=2, max_seq_len=16)

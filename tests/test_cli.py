@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from backstory.lm.checkpoint import TrainedModel, save_model
-from backstory.tools.cli import main
-from backstory.lm.model import ModelConfig, Transformer
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.lm.checkpoint import TrainedModel, save_model
+from backstory.lm.model import ModelConfig, Transformer
+from backstory.tools.cli import main
 
 WORDS = ["Tom", "Lily", "ran", "jumped", "with", "the", "dog", "cat", "happy", "end"]
 

@@ -9,6 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
+from backstory.data.corpus.storyworld import generate_record
+from backstory.data.documents import encode_documents
+from backstory.data.text import reverse_words
+from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokens import TokenStore, write_token_store
 from backstory.evaluation.compare import (
     CompareError,
     asymmetry_delta,
@@ -22,13 +27,8 @@ from backstory.evaluation.compare import (
     uses_words,
     word_forms,
 )
-from backstory.data.corpus.storyworld import generate_record
-from backstory.data.documents import encode_documents
-from backstory.evaluation.evaluate import document_bits
+from backstory.evaluation.metrics import document_bits
 from backstory.lm.model import ModelConfig, Transformer
-from backstory.data.text import reverse_words
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
-from backstory.data.tokens import TokenStore, write_token_store
 
 # ------------------------------------------------------------------------ the delta
 
@@ -178,7 +178,7 @@ def _model(tokenizer: Tokenizer) -> Transformer:
 def test_score_texts_matches_document_bits_of_the_variant_layout(tokenizer, tmp_path, form):
     texts = [generate_record(1337, i)["story"] for i in range(3)]  # longer than the context
     model = _model(tokenizer)
-    bits, n_bytes = score_texts(model, tokenizer, texts, form=form, batch_size=4)
+    bits, n_bytes = score_texts(model, tokenizer, texts, variant=form, batch_size=4)
     records = [{"story": t} for t in texts]
     attrs = {"variant": form, "layout": "x", "vocab_size": tokenizer.vocab_size,
              "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id,
@@ -195,23 +195,23 @@ def test_score_texts_matches_document_bits_of_the_variant_layout(tokenizer, tmp_
 def test_score_texts_reads_reversed_text_the_reversed_way(tokenizer):
     model = _model(tokenizer)
     text = "Tom had a red ball. He liked to play with it."
-    bits_rev, _ = score_texts(model, tokenizer, [text], form="reversed")
-    bits_fw, _ = score_texts(model, tokenizer, [reverse_words(text)], form="forward")
+    bits_rev, _ = score_texts(model, tokenizer, [text], variant="reversed")
+    bits_fw, _ = score_texts(model, tokenizer, [reverse_words(text)], variant="forward")
     np.testing.assert_allclose(bits_rev, bits_fw, rtol=1e-9)
 
 
 def test_score_texts_rejects_empty_texts_and_unknown_forms(tokenizer):
     model = _model(tokenizer)
     with pytest.raises(ValueError, match="text 1 is empty"):
-        score_texts(model, tokenizer, ["A story.", "  "], form="forward")
-    with pytest.raises(ValueError, match="form must be one of"):
-        score_texts(model, tokenizer, ["A story."], form="instruct")
+        score_texts(model, tokenizer, ["A story.", "  "], variant="forward")
+    with pytest.raises(ValueError, match="carry an instruction"):
+        score_texts(model, tokenizer, ["A story."], variant="instruct")
 
 
 @pytest.mark.parametrize("variant", ["forward", "reversed"])
 def test_batched_generation_matches_one_story_at_a_time_when_greedy(tokenizer, variant):
     from backstory.evaluation.compare import generate_batched
-    from backstory.evaluation.evaluate import generate_story
+    from backstory.evaluation.sampling import generate_story
 
     model = _model(tokenizer)
     prompts = ["Tom had a red ball.", "Once upon a time, there was a very little girl.", "Sue"]

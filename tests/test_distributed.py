@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from backstory.lm.checkpoint import latest_checkpoint, load_checkpoint, read_state
-from backstory.lm.train import SPEED_LOG, TRAIN_LOG, train
+from backstory.lm.training import SPEED_LOG, TRAIN_LOG, train
 from tests.test_train import LINEAGE, MODEL, make_store, small_config
 
 
@@ -68,7 +68,7 @@ import json, sys
 from pathlib import Path
 from backstory.lm.model import ModelConfig
 from backstory.data.tokens import TokenStore
-from backstory.lm.train import TrainConfig, train
+from backstory.lm.training import TrainConfig, train
 
 model, config, train_path, val_path, run_dir, lineage = json.loads(sys.argv[1])
 trained = train(ModelConfig.from_dict(model), TrainConfig.from_dict(config),

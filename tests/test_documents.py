@@ -5,7 +5,10 @@ import random
 import numpy as np
 import pytest
 
-from backstory.data.documents import VARIANTS, encode_documents, layout_name, variant_text
+from backstory import variants
+from backstory.data.documents import encode_documents, variant_text
+
+VARIANTS = ("forward", "reversed", "instruct")
 from backstory.data.text import DEFAULT_TEMPLATES, choose_template, reverse_words
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -110,10 +113,10 @@ def test_numpy_list_columns_are_accepted(records, tok):
 
 
 def test_errors_name_the_record_or_the_variants(records, tok):
-    with pytest.raises(ValueError, match="forward, reversed, instruct"):
+    with pytest.raises(ValueError, match="'forward''s token stores"):
         next(encode_documents(records, tok, variant="backward"))
-    with pytest.raises(ValueError, match="forward, reversed, instruct"):
-        layout_name("sideways")
+    with pytest.raises(ValueError, match="registered variants: forward, reversed, instruct"):
+        next(encode_documents(records, tok, variant="sideways"))
     bare = dict(records[2], summary="", words=[], features=[], shard="data09.json", record=4)
     with pytest.raises(ValueError, match="data09.json:4"):
         list(encode_documents([bare], tok, variant="instruct"))
@@ -124,7 +127,7 @@ def test_errors_name_the_record_or_the_variants(records, tok):
 
 
 def test_layout_names():
-    assert [layout_name(v) for v in VARIANTS] == [
+    assert [variants.get(v).layout for v in VARIANTS] == [
         "bos+story", "bos+reversed_story", "prompt+bos+story+eos"
     ]
     assert list(encode_documents([], None, variant="forward")) == []

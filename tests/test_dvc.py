@@ -22,12 +22,12 @@ from kedro.framework.project import pipelines
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from backstory.tools import dvc_stages
-from backstory.lm.checkpoint import load_trained
-from backstory.evaluation.evaluate import LineageError
-from backstory.pipelines.lm_nodes import evaluate, params_sha256
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore
+from backstory.evaluation.lineage import LineageError
+from backstory.lm.checkpoint import load_trained
+from backstory.pipelines.lm_nodes import evaluate, params_sha256
+from backstory.tools import dvc_stages
 from tests.project import REPO, TINY_INGEST, deep_update, make_project, tiny_lm_params
 
 VARIANTS = ("forward", "reversed", "instruct")
@@ -129,12 +129,12 @@ def test_code_deps_cover_the_modules_each_step_runs():
     deps = {name: set(body["deps"]) for name, body in stages.items()}
     assert {"src/backstory/pipelines/ingest/nodes.py", "src/backstory/data/corpus/clean.py",
             "src/backstory/data/tokenizer.py"} <= deps["ingest"]
-    assert {"src/backstory/lm/train.py", "src/backstory/lm/model.py", "src/backstory/lm/checkpoint.py",
+    assert {"src/backstory/lm/training/loop.py", "src/backstory/lm/model.py", "src/backstory/lm/checkpoint.py",
             "src/backstory/datasets/model_dataset.py"} <= deps["train@reversed"]
     assert {"src/backstory/data/documents.py", "src/backstory/data/text.py", "src/backstory/data/tokens.py",
             "src/backstory/pipelines/lm.py"} <= deps["export@instruct"]
     assert "src/backstory/evaluation/evaluate.py" in deps["evaluate@forward"]
-    assert "src/backstory/lm/train.py" not in deps["ingest"]
+    assert "src/backstory/lm/training/loop.py" not in deps["ingest"]
     for name, paths in deps.items():
         missing = [p for p in paths if p.startswith("src/") and not (REPO / p).exists()]
         assert not missing, f"{name}: deps that do not exist: {missing}"
@@ -311,7 +311,9 @@ def test_evaluation_refuses_a_model_from_another_tokenizer(repo):
     with (TokenStore(root / "data/05_model_input/forward/val.h5") as val,
           TokenStore(root / "data/05_model_input/forward/train.h5") as train):
         with pytest.raises(LineageError) as err:
-            evaluate(foreign, val, train, tokenizer, {"n_samples": 1}, variant="forward")
+            settings = yaml.safe_load((REPO / "conf/base/parameters_lm.yml").read_text())
+            evaluate(foreign, val, train, tokenizer, settings["forward"]["evaluate"],
+                     variant="forward")
     assert tokenizer.sha256 in str(err.value) and foreign_sha in str(err.value)
 
 

@@ -13,30 +13,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backstory.lm.checkpoint import TrainedModel
-from backstory.data.documents import encode_documents, layout_name, record_key
-from backstory.evaluation.evaluate import (
-    LineageError,
-    check_lineage,
+from backstory import variants
+from backstory.data.documents import encode_documents, record_key
+from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
+from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokens import DocBatch, TokenStore, write_token_store
+from backstory.evaluation.evaluate import EvaluateConfig, evaluate_model
+from backstory.evaluation.lineage import LineageError, check_lineage
+from backstory.evaluation.metrics import (
     covered_documents,
     document_bits,
-    ending_prompt,
     evaluate_loss,
-    evaluate_model,
+    story_token_counts,
+    unigram_bpb,
+)
+from backstory.evaluation.sampling import (
+    ending_prompt,
     generate_story,
     make_samples,
     opening_prompt,
     prompt_ids,
     sample_prompts,
     samples_markdown,
-    story_token_counts,
-    unigram_bpb,
 )
+from backstory.lm.checkpoint import TrainedModel
 from backstory.lm.model import ModelConfig, Transformer
-from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
-from backstory.data.tokens import DocBatch, TokenStore, write_token_store
 
+EVAL_CONFIG = EvaluateConfig(batch_size=4, max_tokens=None, n_samples=1, max_new_tokens=4,
+                             temperature=0.8, top_k=None, top_p=None, seed=0, device="cpu")
 VOCAB = 320  # sentencepiece's 256 byte pieces + 3 specials leave ~60 merges
 
 NAMES = ["Tom", "Lily", "Sam", "Mia", "Ben"]
@@ -73,7 +77,7 @@ def tokenizer() -> Tokenizer:
 def store_attrs(tokenizer: Tokenizer, variant: str, **overrides: object) -> dict:
     attrs = {
         "variant": variant,
-        "layout": layout_name(variant),
+        "layout": variants.get(variant).layout,
         "vocab_size": tokenizer.vocab_size,
         "bos_id": tokenizer.bos_id,
         "eos_id": tokenizer.eos_id,
@@ -349,11 +353,11 @@ def test_unigram_bpb_by_hand(tmp_path, tokenizer):
 
 
 def test_story_token_counts_in_small_blocks_match_the_whole(stores, monkeypatch):
-    import backstory.evaluation.evaluate as evaluate_module
+    import backstory.evaluation.metrics as metrics_module
 
     store = stores["instruct"]
     whole = story_token_counts(store)
-    monkeypatch.setattr(evaluate_module, "_COUNT_BLOCK", 7)
+    monkeypatch.setattr(metrics_module, "_COUNT_BLOCK", 7)
     np.testing.assert_array_equal(story_token_counts(store), whole)
     assert whole.sum() == (store.story_spans[:, 1] - store.story_spans[:, 0]).sum()
 
@@ -407,13 +411,11 @@ def test_backward_token_order_sample_writes_what_comes_before_the_ending(tokeniz
     # Trained on token-reversed windows: it reads the ending last token first, then
     # writes the tokens before it, last first, and ends at the story's BOS.
     model = ScriptedModel(ending_ids[::-1] + before[::-1] + [tokenizer.bos_id, 5])
-    sample = generate_story(model, tokenizer, variant="forward", prompt=ending,
-                            max_new_tokens=40, temperature=0, token_order="backward")
+    sample = generate_story(model, tokenizer, variant="backward", prompt=ending,
+                            max_new_tokens=40, temperature=0)
     assert sample["text"] == "Tom played. Lily smiled with the dog."
     assert sample["stopped"] and sample["n_new_tokens"] == len(before)
-    with pytest.raises(ValueError, match="forward layout"):
-        generate_story(model, tokenizer, variant="reversed", prompt=ending,
-                       max_new_tokens=4, token_order="backward")
+    assert sample["mode"] == "ending, token order backward"
 
 
 def test_forward_sample_is_prompt_plus_continuation(tokenizer):
@@ -455,7 +457,7 @@ def test_budget_runs_out_without_a_stop_and_is_capped_by_the_context(tokenizer):
 
 def test_generate_story_rejects_bad_settings(tokenizer):
     model = tiny_transformer()
-    with pytest.raises(ValueError, match="variant must be one of"):
+    with pytest.raises(ValueError, match="registered variants: forward, reversed"):
         generate_story(model, tokenizer, variant="sideways", prompt="x")
     with pytest.raises(ValueError, match="temperature"):
         generate_story(model, tokenizer, variant="forward", prompt="x", temperature=-1)
@@ -475,7 +477,7 @@ def test_prompts_come_from_the_store_in_normal_reading_order(stores, tokenizer, 
                            seed=0, key=record_key(r))
         for r in records[:3]
     ]
-    with pytest.raises(ValueError, match="holds the 'forward' variant, not 'reversed'"):
+    with pytest.raises(ValueError, match="reads 'reversed' documents"):
         sample_prompts(stores["forward"], tokenizer, variant="reversed", n=1)
 
 
@@ -522,8 +524,10 @@ def test_evaluate_model_reports_metrics_and_samples(stores, train_store, tokeniz
             "train_config": {"token_order": "forward"}, "steps": 0}
     trained = TrainedModel(model.config, model.state_dict(), meta)
     metrics, samples, report = evaluate_model(
-        trained, stores[variant], train_store, tokenizer, variant=variant, batch_size=4,
-        n_samples=2, max_new_tokens=6, top_p=0.9, device="cpu",
+        trained, stores[variant], train_store, tokenizer,
+        EvaluateConfig(batch_size=4, max_tokens=None, n_samples=2, max_new_tokens=6,
+                       temperature=0.8, top_k=None, top_p=0.9, seed=0, device="cpu"),
+        variant=variant,
     )
     assert {"val_loss", "val_perplexity", "val_bpb", "unigram_bpb", "n_tokens"} <= set(metrics)
     assert metrics["variant"] == variant and metrics["token_order"] == "forward"
@@ -537,4 +541,5 @@ def test_evaluate_model_refuses_a_model_of_another_variant(stores, train_store, 
     meta = {"lineage": {"tokenizer_sha256": tokenizer.sha256, "variant": "reversed"}}
     trained = TrainedModel(model.config, model.state_dict(), meta)
     with pytest.raises(LineageError, match="trained for the 'reversed' variant, not 'forward'"):
-        evaluate_model(trained, stores["forward"], train_store, tokenizer, variant="forward")
+        evaluate_model(trained, stores["forward"], train_store, tokenizer, EVAL_CONFIG,
+                       variant="forward")

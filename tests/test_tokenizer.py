@@ -20,10 +20,10 @@ from backstory.data.chunk_cache import (
     _slots,
 )
 from backstory.data.corpus.storyworld import generate_records
-from backstory.datasets.tokenizer_dataset import SentencePieceDataset
 from backstory.data.documents import encode_documents
 from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.datasets.tokenizer_dataset import SentencePieceDataset
 
 NAMES = ["Lily", "Ben", "Tom", "Sue", "Max", "Mia"]
 WORDS = (

@@ -12,7 +12,6 @@ import pytest
 from kedro.io import DataCatalog, DatasetError
 
 import backstory
-from backstory.datasets.token_store_dataset import TokenStoreDataset
 from backstory.data.tokens import (
     FORMAT,
     FORMAT_VERSION,
@@ -23,6 +22,7 @@ from backstory.data.tokens import (
     token_dtype,
     write_token_store,
 )
+from backstory.datasets.token_store_dataset import TokenStoreDataset
 
 VOCAB = 65536  # the largest uint16 vocabulary: token value == position in the tests below
 ONES2 = np.ones(2, dtype=np.int64)

@@ -17,21 +17,20 @@ import pandas as pd
 import pytest
 import torch
 
-import backstory.lm.train as train_module
-from backstory.lm.checkpoint import latest_checkpoint, list_checkpoints, read_state
+from backstory.data.tokens import DocBatch, TokenStore, write_token_store
+from backstory.lm.checkpoint import TrainedModel, latest_checkpoint, list_checkpoints, read_state
 from backstory.lm.model import ModelConfig
 from backstory.lm.schedules import lr_at
-from backstory.data.tokens import DocBatch, TokenStore, write_token_store
-from backstory.lm.train import (
+from backstory.lm.training import TrainConfig, train
+from backstory.lm.training import logs as train_logs
+from backstory.lm.training import loop as train_loop
+from backstory.lm.training.logs import (
     SPEED_COLUMNS,
     SPEED_LOG,
     TRAIN_COLUMNS,
     TRAIN_LOG,
     VAL_COLUMNS,
     VAL_LOG,
-    TrainConfig,
-    TrainedModel,
-    train,
 )
 
 VOCAB = 64
@@ -144,8 +143,8 @@ def test_vocabulary_larger_than_model_is_rejected(stores, tmp_path: Path) -> Non
 
 
 def to_inputs(windows: np.ndarray, order: str) -> tuple[torch.Tensor, torch.Tensor]:
-    host = train_module._host_tensor(windows, order, pin=False)
-    return train_module._split(host, torch.device("cpu"))
+    host = train_loop.host_tensor(windows, order, pin=False)
+    return train_loop.split_batch(host, torch.device("cpu"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
@@ -247,7 +246,7 @@ def test_finished_run_is_returned_without_training(stores, tmp_path: Path, monke
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run must not train again")
 
-    monkeypatch.setattr(train_module._Session, "start", no_training)
+    monkeypatch.setattr(train_loop.Session, "start", no_training)
     again = run(stores, tmp_path)
     assert_same_weights(first.state_dict, again.state_dict)
     assert again.meta == first.meta
@@ -284,7 +283,7 @@ import torch
 from pathlib import Path
 from backstory.lm.model import ModelConfig
 from backstory.data.tokens import TokenStore
-from backstory.lm.train import TrainConfig, train
+from backstory.lm.training import TrainConfig, train
 
 torch.set_num_threads(1)
 
@@ -335,14 +334,14 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(stores, tmp_path: Pat
 
 def test_elapsed_before_comes_from_the_speed_log(tmp_path: Path, caplog) -> None:
     path = tmp_path / SPEED_LOG
-    assert train_module._elapsed_at(path, 6) == 0.0  # no log yet
+    assert train_logs.elapsed_at(path, 6) == 0.0  # no log yet
     path.write_text("step,tokens_per_s,mfu,elapsed_s\n3,100.0,,1.500\n6,100.0,,3.250\n"
                     "9,100.0,,4.000\n")
-    assert train_module._elapsed_at(path, 2) == 0.0
-    assert train_module._elapsed_at(path, 8) == 3.25  # the last row at or before step 8
-    assert train_module._elapsed_at(path, 9) == 4.0
+    assert train_logs.elapsed_at(path, 2) == 0.0
+    assert train_logs.elapsed_at(path, 8) == 3.25  # the last row at or before step 8
+    assert train_logs.elapsed_at(path, 9) == 4.0
     path.write_text("step,loss,lr\n3,1.0,0.1\n")
-    assert train_module._elapsed_at(path, 9) == 0.0
+    assert train_logs.elapsed_at(path, 9) == 0.0
     assert "does not have the columns" in caplog.text
 
 
@@ -353,7 +352,7 @@ def test_prefetcher_returns_what_direct_reads_return() -> None:
         reads.append(index)
         return torch.full((2, 3), index)
 
-    loader = train_module._Prefetcher(read, background=True)
+    loader = train_loop.Prefetcher(read, background=True)
     try:
         got = [int(loader.get(i)[0, 0]) for i in (0, 1, 2, 7, 8)]
     finally:

@@ -1,8 +1,10 @@
 """Variant document layouts and their batched, threaded encoding.
 
-forward:  [BOS] + ids(story)
-reversed: [BOS] + ids(reverse_words(story))
-instruct: ids(prompt) + [BOS] + ids(story) + [EOS]
+The layout follows from the variant's registry entry (``backstory.variants``):
+
+[BOS] + ids(story)                            words forward
+[BOS] + ids(reverse_words(story))             words reversed
+ids(prompt) + [BOS] + ids(story) + [EOS]      instruct
 
 ``story_spans`` mark the tokens of the story text inside each document (the BOS, prompt
 and EOS are outside); ``doc_bytes`` is the UTF-8 size of the story text, which the
@@ -17,28 +19,21 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from backstory import variants
 from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import DocBatch
 
-VARIANTS = ("forward", "reversed", "instruct")
 
-_LAYOUTS = {
-    "forward": "bos+story",
-    "reversed": "bos+reversed_story",
-    "instruct": "prompt+bos+story+eos",
-}
-
-
-def _check_variant(variant: str) -> None:
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
-
-
-def layout_name(variant: str) -> str:
-    """The token layout of a variant, as written in the token store's ``layout`` attribute."""
-    _check_variant(variant)
-    return _LAYOUTS[variant]
+def exporting_variant(name: str) -> variants.Variant:
+    """The registered variant ``name``, which must export its own documents."""
+    variant = variants.get(name)
+    if variant.tokens_from is not None:
+        raise ValueError(
+            f"variant {name!r} trains on {variant.tokens_from!r}'s token stores and has no "
+            "documents of its own to encode"
+        )
+    return variant
 
 
 def record_key(record: dict) -> str:
@@ -64,9 +59,8 @@ def _story(record: dict) -> str:
 
 def variant_text(record: dict, variant: str) -> str:
     """The story text a variant trains on: the story, or its word-reversed form."""
-    _check_variant(variant)
     story = _story(record)
-    return reverse_words(story) if variant == "reversed" else story
+    return reverse_words(story) if exporting_variant(variant).words == "reversed" else story
 
 
 def _prompt(record: dict, templates: Sequence[str], seed: int) -> str:
@@ -113,14 +107,14 @@ def _bos_parts(
 def _batch(
     records: list[dict],
     tokenizer: Tokenizer,
-    variant: str,
+    variant: variants.Variant,
     templates: Sequence[str],
     seed: int,
     num_threads: int,
 ) -> DocBatch:
     stories = [_story(r) for r in records]
-    texts = [reverse_words(s) for s in stories] if variant == "reversed" else stories
-    if variant == "instruct":
+    texts = [reverse_words(s) for s in stories] if variant.words == "reversed" else stories
+    if variant.instruct:
         parts, story_ids, prefix, suffix = _instruct_parts(
             records, texts, tokenizer, templates, seed, num_threads
         )
@@ -151,14 +145,14 @@ def encode_documents(
     ``templates`` (instruct only; default DEFAULT_TEMPLATES) and ``seed`` choose each
     record's prompt; ``num_threads`` threads encode a batch (0: all cores).
     """
-    _check_variant(variant)
+    spec = exporting_variant(variant)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     chosen = tuple(DEFAULT_TEMPLATES if templates is None else templates)
-    if variant == "instruct" and not chosen:
-        raise ValueError("instruct.templates is empty; give at least one template")
+    if spec.instruct and not chosen:
+        raise ValueError(f"{variant}: text.templates is empty; give at least one template")
     iterator = iter(records)
     with tqdm(desc=f"encode {variant}", unit="doc", unit_scale=True, leave=False) as bar:
         while batch := list(itertools.islice(iterator, batch_size)):
-            yield _batch(batch, tokenizer, variant, chosen, seed, num_threads)
+            yield _batch(batch, tokenizer, spec, chosen, seed, num_threads)
             bar.update(len(batch))

@@ -26,16 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from backstory.data.documents import encode_documents, layout_name
-from backstory.evaluation.evaluate import MODES, _story_text, document_bits, prompt_ids
-from backstory.lm.generate import check_sampling, generate
-from backstory.lm.model import Transformer
+from backstory import variants
+from backstory.data.documents import encode_documents
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore, write_token_store
+from backstory.evaluation.metrics import document_bits
+from backstory.evaluation.sampling import prompt_ids, story_text
+from backstory.lm.generate import check_sampling, generate
+from backstory.lm.model import Transformer
 
 logger = logging.getLogger(__name__)
 
-FORMS = ("forward", "reversed")
 # Resamples per bootstrap chunk: bounds memory at chunk x n_docs indices.
 _BOOT_CHUNK = 256
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
@@ -165,11 +166,6 @@ def token_order_pairs(models: Mapping[str, Mapping[str, Any]]) -> list[tuple[str
 # --------------------------------------------------------------------- scoring texts
 
 
-def _check_form(form: str) -> None:
-    if form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-
-
 def _text_records(texts: Sequence[str]) -> list[dict]:
     records = []
     for i, text in enumerate(texts):
@@ -179,18 +175,19 @@ def _text_records(texts: Sequence[str]) -> list[dict]:
     return records
 
 
-def _texts_store(path: Path, texts: Sequence[str], tokenizer: Tokenizer, form: str) -> TokenStore:
-    """Write ``texts`` as a token store in the ``form`` variant's layout and open it."""
+def _texts_store(path: Path, texts: Sequence[str], tokenizer: Tokenizer, source: str
+                 ) -> TokenStore:
+    """Write ``texts`` as a token store in the ``source`` variant's layout and open it."""
     attrs = {
-        "variant": form,
-        "layout": layout_name(form),
+        "variant": source,
+        "layout": variants.get(source).layout,
         "vocab_size": tokenizer.vocab_size,
         "bos_id": tokenizer.bos_id,
         "eos_id": tokenizer.eos_id,
         "tokenizer_sha256": tokenizer.sha256,
         "corpus_fingerprint": "scored-texts",
     }
-    batches = encode_documents(_text_records(texts), tokenizer, variant=form, num_threads=1)
+    batches = encode_documents(_text_records(texts), tokenizer, variant=source, num_threads=1)
     write_token_store(path, batches, attrs=attrs)
     return TokenStore(path)
 
@@ -200,23 +197,25 @@ def score_texts(
     tokenizer: Tokenizer,
     texts: Sequence[str],
     *,
-    form: str,
-    token_order: str = "forward",
+    variant: str,
     batch_size: int = 16,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(bits, bytes) of each text (normal reading order) under a model of ``form``.
+    """(bits, bytes) of each text (normal reading order) under a model of ``variant``.
 
-    ``form`` "reversed" scores ``reverse_words(text)``, the way the reversed model
-    reads; ``token_order`` is the order the model was trained in.
+    Each text is laid out as the variant's documents are (a reversed model reads
+    ``reverse_words(text)``) and scored in the variant's token order.
     """
-    _check_form(form)
+    spec = variants.get(variant)
+    if spec.instruct:
+        raise ValueError(f"score_texts scores plain stories; {variant} documents carry an "
+                         "instruction")
     if not texts:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
     with tempfile.TemporaryDirectory(prefix="backstory-score-") as folder:
-        store = _texts_store(Path(folder) / "texts.h5", texts, tokenizer, form)
+        store = _texts_store(Path(folder) / "texts.h5", texts, tokenizer, spec.token_source)
         try:
             bits = document_bits(model, store, seq_len=model.config.max_seq_len,
-                                 batch_size=batch_size, token_order=token_order)
+                                 batch_size=batch_size, token_order=spec.token_order)
             n_bytes = np.array(store.doc_bytes, dtype=np.int64)
         finally:
             store.close()
@@ -241,7 +240,7 @@ def generate_batched(
 ) -> list[dict[str, Any]]:
     """One story per prompt in ``variant``'s mode, ``batch_size`` prompts per decode.
 
-    Like ``evaluate.generate_story`` (same prompt ids, stop ids and text in reading
+    Like ``sampling.generate_story`` (same prompt ids, stop ids and text in reading
     order), but batched: batch b samples with seed + b, so a story depends on its batch.
     The token budget is capped by the context left after the batch's longest prompt.
     """
@@ -258,10 +257,11 @@ def generate_batched(
                              f"model's context of {model.config.max_seq_len} tokens")
         new = generate(model, batch, max_new_tokens=budget, temperature=temperature, top_k=top_k,
                        top_p=top_p, stop_ids=(tokenizer.bos_id, tokenizer.eos_id), seed=seed + b)
-        # evaluate._story_text is the one definition of how a sample reads in normal order.
+        # sampling.story_text is the one definition of how a sample reads in normal order.
         for prompt, prompt_tokens, tokens in zip(prompts[start:], batch, new, strict=False):
-            out.append({"variant": variant, "mode": MODES[variant], "prompt": prompt,
-                        "text": _story_text(tokenizer, variant, prompt_tokens, tokens),
+            out.append({"variant": variant, "mode": variants.get(variant).mode,
+                        "prompt": prompt,
+                        "text": story_text(tokenizer, variant, prompt_tokens, tokens),
                         "n_new_tokens": len(tokens), "stopped": len(tokens) < budget,
                         "seed": seed + b})
     return out

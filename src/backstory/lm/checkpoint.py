@@ -40,6 +40,8 @@ STATE_FILE = "state.json"
 MODEL_META_FILE = "model.json"
 MODEL_FORMAT = "backstory-model"
 MODEL_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT = "backstory-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 _TMP_PREFIX = ".tmp-"
 _OLD_PREFIX = ".old-"
@@ -116,7 +118,9 @@ def save_checkpoint(
     tmp.mkdir()
     save_file(model_state, str(tmp / WEIGHTS_FILE), metadata={"step": str(step)})
     torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
-    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, sort_keys=True, indent=1))
+    document = {**state, "step": step, "format": CHECKPOINT_FORMAT,
+                "format_version": CHECKPOINT_FORMAT_VERSION}
+    (tmp / STATE_FILE).write_text(json.dumps(document, sort_keys=True, indent=1))
     for file in (WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE):
         _fsync_file(tmp / file)
     _fsync_dir(tmp)
@@ -263,6 +267,15 @@ def load_checkpoint(path: Path) -> Checkpoint:
         model_state=load_file(str(path / WEIGHTS_FILE), device="cpu"),
         optimizer_state=torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True),
         state=state,
+    )
+
+
+def trained_at(path: Path, state: dict[str, Any]) -> TrainedModel:
+    """The model a checkpoint holds (weights, config and meta), without the optimizer."""
+    return TrainedModel(
+        config=ModelConfig.from_dict(state["model_config"]),
+        state_dict=load_file(str(Path(path) / WEIGHTS_FILE), device="cpu"),
+        meta=state["meta"],
     )
 
 

@@ -24,7 +24,6 @@ def create_variant_pipeline(variant: str, *, tokens_from: str | None = None) -> 
     With ``tokens_from``, the variant trains on that variant's token stores instead of
     exporting its own (e.g. `backward` trains on `forward`'s tokens in reverse order).
     """
-    text_variant = tokens_from or variant
     exports = [
         node(
             _bound(export_tokens, variant=variant, split=split),
@@ -38,13 +37,13 @@ def create_variant_pipeline(variant: str, *, tokens_from: str | None = None) -> 
         (exports if tokens_from is None else [])
         + [
             node(
-                train_model,
+                _bound(train_model, variant=variant),
                 ["train_tokens", "val_tokens", "training_run", "params:model", "params:train"],
                 "model",
                 name="train_model",
             ),
             node(
-                _bound(evaluate, variant=text_variant),
+                _bound(evaluate, variant=variant),
                 ["model", "val_tokens", "train_tokens", "tokenizer", "params:evaluate"],
                 ["metrics", "samples", "samples_report"],
                 name="evaluate_model",

@@ -12,14 +12,15 @@ from pathlib import Path
 import pandas as pd
 
 import backstory
-from backstory.lm.checkpoint import TrainedModel
-from backstory.data.documents import encode_documents, layout_name
-from backstory.evaluation.evaluate import evaluate_model
-from backstory.lm.model import ModelConfig
-from backstory.pipelines.ingest.nodes import iter_stories
+from backstory import variants
+from backstory.data.documents import encode_documents
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore, TokenStream
-from backstory.lm.train import TrainConfig, train
+from backstory.evaluation.evaluate import EvaluateConfig, evaluate_model
+from backstory.lm.checkpoint import TrainedModel
+from backstory.lm.model import ModelConfig
+from backstory.lm.training import TrainConfig, train
+from backstory.pipelines.ingest.nodes import iter_stories
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def export_tokens(
     attrs = {
         "variant": variant,
         "split": split,
-        "layout": layout_name(variant),
+        "layout": variants.get(variant).layout,
         "vocab_size": tokenizer.vocab_size,
         "bos_id": tokenizer.bos_id,
         "eos_id": tokenizer.eos_id,
@@ -78,10 +79,14 @@ def train_model(
     training_run: Path,
     model: dict,
     train_params: dict,
+    *,
+    variant: str,
 ) -> TrainedModel:
     """Train a model on one variant's training tokens; checkpoints go to the run folder."""
     model_config = ModelConfig(vocab_size=train_tokens.vocab_size, **model)
     lineage = lineage_of(train_tokens) | {
+        "variant": variant,
+        "tokens_variant": train_tokens.attrs["variant"],
         "package_version": backstory.__version__,
         "model_params_sha256": params_sha256(model),
     }
@@ -100,7 +105,8 @@ def evaluate(
 ) -> tuple[dict, list[dict], str]:
     """Validation metrics and samples in the variant's natural mode, with their lineage."""
     metrics, samples, report = evaluate_model(
-        trained, val_tokens, train_tokens, tokenizer, variant=variant, **evaluation
+        trained, val_tokens, train_tokens, tokenizer, EvaluateConfig.from_params(evaluation),
+        variant=variant,
     )
     model_lineage = trained.meta.get("lineage", {})
     metrics = metrics | {

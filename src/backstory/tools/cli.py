@@ -18,10 +18,12 @@ from pathlib import Path
 
 import torch
 
-from backstory.lm.checkpoint import MODEL_META_FILE, WEIGHTS_FILE, load_model
-from backstory.evaluation.evaluate import VARIANTS, check_lineage, generate_story, model_variant
-from backstory.lm.generate import check_sampling
+from backstory import variants
 from backstory.data.tokenizer import Tokenizer
+from backstory.evaluation.lineage import check_lineage, model_variant
+from backstory.evaluation.sampling import generate_story
+from backstory.lm.checkpoint import MODEL_META_FILE, WEIGHTS_FILE, load_model
+from backstory.lm.generate import check_sampling
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backstory", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="generate stories with a trained variant model")
-    gen.add_argument("--variant", required=True, choices=VARIANTS,
+    gen.add_argument("--variant", required=True, choices=variants.NAMES,
                      help="forward: continue the prompt; reversed: the prompt is the ending; "
                           "instruct: the prompt is an instruction")
     gen.add_argument("--prompt", required=True, help="text in normal reading order")

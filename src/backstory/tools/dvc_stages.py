@@ -382,7 +382,7 @@ def stages_section(stages: list[Stage]) -> dict:
 
 def plots_section(project: Project) -> list[dict]:
     """Training and validation loss of every variant, one plot each."""
-    from backstory.lm.train import TRAIN_LOG, VAL_LOG
+    from backstory.lm.training import TRAIN_LOG, VAL_LOG
 
     runs = {v: dataset_path(project, f"{v}.training_run") for v in VARIANTS
             if v in project.pipelines}

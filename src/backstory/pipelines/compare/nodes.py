@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from backstory.lm.checkpoint import TrainedModel, build_model
+from backstory.data.text import make_instruction
+from backstory.data.tokenizer import Tokenizer
+from backstory.data.tokens import TokenStore
 from backstory.evaluation.compare import (
     bootstrap_delta,
     check_same_stories,
@@ -22,18 +24,11 @@ from backstory.evaluation.compare import (
     story_tokens_per_doc,
     token_order_pairs,
 )
-from backstory.evaluation.evaluate import (
-    covered_documents,
-    document_bits,
-    ending_prompt,
-    opening_prompt,
-    resolve_device,
-)
+from backstory.evaluation.metrics import covered_documents, document_bits, resolve_device
+from backstory.evaluation.sampling import ending_prompt, opening_prompt
+from backstory.lm.checkpoint import TrainedModel, build_model
 from backstory.lm.model import Transformer
 from backstory.pipelines.ingest.nodes import iter_stories
-from backstory.data.text import make_instruction
-from backstory.data.tokenizer import Tokenizer
-from backstory.data.tokens import TokenStore
 
 logger = logging.getLogger(__name__)
 
@@ -201,8 +196,7 @@ def score_coherence(
     texts = list(table.loc[scored, "text"])
     for form, trained in (("forward", forward_model), ("reversed", reversed_model)):
         model = _model(trained, compare.get("device", "auto"))
-        bits, n_bytes = score_texts(model, tokenizer, texts, form=form,
-                                    token_order=_model_info(trained)["token_order"],
+        bits, n_bytes = score_texts(model, tokenizer, texts, variant=form,
                                     batch_size=int(compare["batch_size"]))
         table[f"{form}_bits"] = np.nan
         table.loc[scored, f"{form}_bits"] = bits

@@ -1,0 +1,266 @@
+"""Samples in each variant's natural mode, and the prompts they start from.
+
+How a variant is prompted and read back follows from its registry entry
+(``backstory.variants``): a forward model continues a story opening; a model that
+writes backwards (words reversed, or tokens in backward order) gets the story's last
+sentence and writes what came before it; an instruct model follows an instruction.
+Every text returned here reads in normal order.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tqdm import tqdm
+
+from backstory import variants
+from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
+from backstory.data.tokenizer import Tokenizer
+from backstory.data.tokens import TokenStore
+from backstory.evaluation.metrics import check_positive
+from backstory.lm.generate import check_sampling, generate
+from backstory.lm.model import Transformer
+
+logger = logging.getLogger(__name__)
+
+# Forward prompts: the story's first sentence, or its first words when that runs long.
+PROMPT_MAX_WORDS = 16
+PROMPT_FALLBACK_WORDS = 8
+# A sentence ends at . ! ? (optionally closed by a quote) followed by whitespace.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?][\"'\u201d])\s+")
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in _SENTENCE_END.split(text.strip()) if s]
+
+
+def opening_prompt(story: str) -> str:
+    """A forward prompt: the first sentence, or its first words when it runs long."""
+    sentences = _sentences(story)
+    if not sentences:
+        raise ValueError("cannot make a prompt from an empty story")
+    words = sentences[0].split()
+    if len(words) > PROMPT_MAX_WORDS:
+        return " ".join(words[:PROMPT_FALLBACK_WORDS])
+    return sentences[0]
+
+
+def ending_prompt(story: str) -> str:
+    """A reversed-model prompt: the story's last sentence, in normal word order."""
+    sentences = _sentences(story)
+    if not sentences:
+        raise ValueError("cannot make an ending from an empty story")
+    return sentences[-1]
+
+
+def prompt_ids(tokenizer: Tokenizer, variant: str, prompt: str) -> list[int]:
+    """The token ids that start generation for ``prompt`` (given in normal reading order).
+
+    completion: [BOS] + prompt; words reversed: [BOS] + reversed prompt; instruction:
+    [EOS] + instruction + [BOS] (the story follows the BOS); tokens backward: the
+    ending's ids, last first, as the model read its training windows.
+    """
+    spec = variants.get(variant)
+    if not prompt.strip() and spec.mode != "completion":
+        raise ValueError(f"the {variant} variant needs a non-empty prompt ({spec.mode})")
+    if spec.instruct:
+        return [tokenizer.eos_id] + tokenizer.encode_one(prompt) + [tokenizer.bos_id]
+    if spec.token_order == "backward":
+        return tokenizer.encode_one(prompt)[::-1]
+    text = reverse_words(prompt) if spec.words == "reversed" else prompt
+    return [tokenizer.bos_id] + (tokenizer.encode_one(text) if text else [])
+
+
+def story_text(tokenizer: Tokenizer, variant: str, ids: list[int], new: list[int]) -> str:
+    """The story in normal reading order from the prompt ids and the generated ids."""
+    spec = variants.get(variant)
+    if spec.instruct:
+        return tokenizer.decode(new)  # only what follows the prompt's BOS
+    if spec.token_order == "backward":
+        return tokenizer.decode((ids + new)[::-1])
+    text = tokenizer.decode(ids + new)
+    return reverse_words(text) if spec.words == "reversed" else text
+
+
+def _room(model: Transformer, n_prompt: int, max_new_tokens: int) -> int:
+    """max_new_tokens, capped by what is left of the model's context after the prompt."""
+    check_positive("max_new_tokens", max_new_tokens)
+    room = model.config.max_seq_len - n_prompt
+    if room < 1:
+        raise ValueError(
+            f"the prompt is {n_prompt} tokens, which leaves no room in the model's context "
+            f"of {model.config.max_seq_len} tokens; shorten it"
+        )
+    if max_new_tokens > room:
+        logger.info("max_new_tokens %d capped at %d: the context holds %d tokens",
+                    max_new_tokens, room, model.config.max_seq_len)
+    return min(max_new_tokens, room)
+
+
+def _sample(variant: str, mode: str, prompt: str, text: str, new: list[int], budget: int,
+            seed: int) -> dict[str, Any]:
+    """One sample record; generate cuts before the first stop id, so a short result means
+    one was hit."""
+    return {"variant": variant, "mode": mode, "prompt": prompt, "text": text,
+            "n_new_tokens": len(new), "stopped": len(new) < budget, "seed": seed}
+
+
+def generate_story(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    *,
+    variant: str,
+    prompt: str,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Generate one story in ``variant``'s mode; the result reads in normal order.
+
+    A completion model continues ``prompt`` (text = prompt + continuation); a model that
+    writes backwards takes an ending and returns the story ending with it; an instruct
+    model follows the instruction ``prompt`` (text = the story alone). Generation stops
+    at BOS or EOS (``stopped`` True) or after the token budget.
+    """
+    check_sampling(temperature, top_k, top_p)
+    ids = prompt_ids(tokenizer, variant, prompt)
+    budget = _room(model, len(ids), max_new_tokens)
+    stops = (tokenizer.bos_id, tokenizer.eos_id)
+    new = generate(model, [ids], max_new_tokens=budget, temperature=temperature, top_k=top_k,
+                   top_p=top_p, stop_ids=stops, seed=seed)[0]
+    return _sample(variant, variants.get(variant).mode, prompt,
+                   story_text(tokenizer, variant, ids, new), new, budget, seed)
+
+
+def _record_prompt(record: Mapping[str, Any], variant: str, index: int, seed: int) -> str:
+    spec = variants.get(variant)
+    if spec.instruct:
+        return record_instruction(
+            str(record.get("summary", "")), list(record.get("words", [])),
+            list(record.get("features", [])), templates=DEFAULT_TEMPLATES, seed=seed,
+            key=f"sample {index}",
+        )
+    story = record.get("story")
+    if not isinstance(story, str):
+        raise ValueError(f"sample record {index} has no 'story' text")
+    return ending_prompt(story) if spec.writes_backwards else opening_prompt(story)
+
+
+def _store_prompt(store: TokenStore, tokenizer: Tokenizer, variant: str, i: int) -> str:
+    """The prompt for document i, decoded from the store (reversed text read back)."""
+    spec = variants.get(variant)
+    if spec.instruct:
+        # The instruction is what precedes the story; BOS/EOS decode to nothing.
+        before = store.document(i)[: int(store.story_spans[i, 0] - store.doc_offsets[i])]
+        instruction = tokenizer.decode(before.tolist()).strip()
+        if not instruction:
+            raise ValueError(f"{store.path}: document {i} has no instruction before its story")
+        return instruction
+    story = tokenizer.decode(store.story_tokens(i).tolist())
+    if variants.get(spec.token_source).words == "reversed":
+        story = reverse_words(story)
+    return ending_prompt(story) if spec.writes_backwards else opening_prompt(story)
+
+
+def sample_prompts(
+    source: TokenStore | Sequence[Mapping[str, Any]],
+    tokenizer: Tokenizer,
+    *,
+    variant: str,
+    n: int,
+    seed: int = 0,
+    max_prompt_tokens: int | None = None,
+) -> list[str]:
+    """Prompts (normal reading order) from the first ``n`` validation documents or records.
+
+    With ``max_prompt_tokens``, documents whose prompt ids would be longer are passed
+    over (and counted in the log), so a short context still gets ``n`` samples.
+    """
+    check_positive("n", n)
+    source_variant = variants.get(variant).token_source
+    is_store = isinstance(source, TokenStore)
+    if is_store and source.attrs.get("variant") != source_variant:
+        raise ValueError(
+            f"{source.path} holds the {source.attrs.get('variant')!r} documents; the "
+            f"{variant} variant reads {source_variant!r} documents"
+        )
+    prompts: list[str] = []
+    skipped = 0
+    for i in range(source.n_docs if is_store else len(source)):
+        if len(prompts) == n:
+            break
+        prompt = (_store_prompt(source, tokenizer, variant, i) if is_store
+                  else _record_prompt(source[i], variant, i, seed))
+        if max_prompt_tokens is not None and \
+                len(prompt_ids(tokenizer, variant, prompt)) > max_prompt_tokens:
+            skipped += 1
+            continue
+        prompts.append(prompt)
+    if skipped:
+        logger.info("passed over %d validation documents whose prompts exceed %d tokens",
+                    skipped, max_prompt_tokens)
+    if len(prompts) < n:
+        logger.warning("asked for %d samples but found only %d usable validation documents",
+                       n, len(prompts))
+    return prompts
+
+
+def make_samples(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    source: TokenStore | Sequence[Mapping[str, Any]],
+    *,
+    variant: str,
+    n: int,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """``n`` samples in the variant's natural mode, prompted from validation data.
+
+    Prompts must leave room for at least min(max_new_tokens, max_seq_len // 4) new
+    tokens; sample i uses seed + i, so each sample is reproducible on its own.
+    """
+    check_positive("max_new_tokens", max_new_tokens)
+    context = model.config.max_seq_len
+    longest = context - min(max_new_tokens, max(1, context // 4))
+    prompts = sample_prompts(source, tokenizer, variant=variant, n=n, seed=seed,
+                             max_prompt_tokens=longest)
+    return [
+        generate_story(model, tokenizer, variant=variant, prompt=prompt,
+                       max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                       top_p=top_p, seed=seed + i)
+        for i, prompt in enumerate(tqdm(prompts, desc=f"{variant} samples", unit="story",
+                                        leave=False))
+    ]
+
+
+def samples_markdown(samples: Sequence[Mapping[str, Any]]) -> str:
+    """A readable report of samples: prompt, story and how generation ended."""
+    lines = ["# Samples", ""]
+    for i, sample in enumerate(samples, start=1):
+        ending = "stopped at end of story" if sample["stopped"] else "ran out of tokens"
+        lines += [
+            f"## {i}. {sample['variant']} ({sample['mode']})",
+            "",
+            f"**Prompt:** {_one_line(sample['prompt'])}",
+            "",
+            *(f"> {line}" if line else ">" for line in str(sample["text"]).splitlines() or [""]),
+            "",
+            f"*{sample['n_new_tokens']} new tokens, {ending}.*",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+

@@ -1,0 +1,83 @@
+"""What one training job is: model, settings, data, run folder and lineage.
+
+A checkpoint belongs to the same job when everything that changes the arithmetic of the
+updates agrees (`check_same_run`); only then may it be resumed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backstory.data.tokens import TokenStore
+from backstory.lm.model import ModelConfig
+from backstory.lm.training.config import RESUME_FREE_KEYS, TrainConfig
+
+# Store attributes that identify the data a run trained on (checked on resume).
+DATA_KEYS = ("variant", "layout", "vocab_size", "tokenizer_sha256", "corpus_fingerprint",
+              "n_tokens", "n_docs")
+
+
+
+
+@dataclass
+class TrainJob:
+    """Everything a process needs to train (picklable parts travel to workers as dicts)."""
+
+    model_config: ModelConfig
+    config: TrainConfig
+    train_store: TokenStore
+    val_store: TokenStore
+    run_dir: Path
+    lineage: dict
+
+    def data_identity(self) -> dict:
+        return {"train": store_identity(self.train_store), "val": store_identity(self.val_store)}
+
+
+def store_identity(store: TokenStore) -> dict:
+    attrs = getattr(store, "attrs", {}) or {}
+    return json_normal({k: attrs[k] for k in DATA_KEYS if k in attrs}, f"{store.path} attrs")
+
+
+def json_normal(value: Any, what: str) -> Any:
+    """``value`` as JSON reads it back (tuples become lists, numpy scalars numbers)."""
+    try:
+        return json.loads(json.dumps(value, default=_json_default))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what} must be JSON-serialisable: {err}") from err
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} {value!r} is not JSON-serialisable")
+
+
+def check_same_run(job: TrainJob, state: dict, path: Path) -> None:
+    """Raise ValueError if the checkpoint at ``path`` belongs to a different run."""
+    differences = []
+    if state.get("model_config") != json_normal(job.model_config.to_dict(), "model config"):
+        differences.append("model config")
+    saved = state.get("train_config", {})
+    now = job.config.to_dict()
+    changed = sorted(k for k in now.keys() | saved.keys()
+                     if k not in RESUME_FREE_KEYS and saved.get(k) != now.get(k))
+    if changed:
+        differences.append(f"train settings {changed}")
+    if state.get("lineage") != job.lineage:
+        differences.append("lineage")
+    if state.get("data") != job.data_identity():
+        differences.append("token stores")
+    if differences:
+        raise ValueError(
+            f"{job.run_dir} holds checkpoint {path.name} of a different run ("
+            f"{', '.join(differences)} differ). Delete {job.run_dir} or set "
+            "train.resume=false to start over, or restore the settings to continue it."
+        )

@@ -1,0 +1,122 @@
+"""`train()`: start, resume or return a finished run, in one process or several.
+
+Launch: ``train(model_config, TrainConfig(...), train_store, val_store, run_dir)``.
+With ``nproc_per_node > 1`` it starts that many worker processes itself (torch's elastic
+launcher, rendezvous on 127.0.0.1); under ``torchrun`` (RANK / WORLD_SIZE set) each
+process calls ``train`` and runs as its rank.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch.distributed as dist
+
+from backstory.data.tokens import TokenStore
+from backstory.lm.checkpoint import TrainedModel, latest_checkpoint, read_state, trained_at
+from backstory.lm.model import ModelConfig
+from backstory.lm.training.config import TrainConfig
+from backstory.lm.training.job import TrainJob, check_same_run, json_normal
+from backstory.lm.training.launch import (
+    Rank,
+    check_launchable,
+    env_world_size,
+    join_group,
+    launch_workers,
+    resolve_device,
+)
+from backstory.lm.training.loop import Session
+
+logger = logging.getLogger(__name__)
+
+
+def train(
+    model_config: ModelConfig,
+    config: TrainConfig,
+    train_store: TokenStore,
+    val_store: TokenStore,
+    run_dir: Path,
+    *,
+    lineage: dict | None = None,
+    progress: bool = True,
+) -> TrainedModel:
+    """Train (or resume, or return the finished run in ``run_dir``) and return the model."""
+    run_dir = Path(run_dir)
+    lineage = json_normal(lineage or {}, "lineage")
+    _check_inputs(model_config, config, train_store, val_store)
+    job = TrainJob(model_config, config, train_store, val_store, run_dir, lineage)
+    if env_world_size() > 1:
+        return _run_process(job, progress)
+    finished = _finished_run(job)
+    if finished is not None:
+        return finished
+    if config.nproc_per_node > 1:
+        launch_workers(job, progress)
+        return _trained_from_checkpoint(job)
+    return _run_process(job, progress)
+
+
+def _check_inputs(model_config: ModelConfig, config: TrainConfig, train_store: TokenStore,
+                  val_store: TokenStore) -> None:
+    for role, store in (("training", train_store), ("validation", val_store)):
+        if int(store.vocab_size) > model_config.vocab_size:
+            raise ValueError(
+                f"{role} tokens {store.path} use a vocabulary of {store.vocab_size} ids but "
+                f"model.vocab_size is {model_config.vocab_size}; set it to the store's"
+            )
+    if config.nproc_per_node > 1 and env_world_size() == 1:
+        check_launchable(config)
+
+
+def _finished_run(job: TrainJob) -> TrainedModel | None:
+    """The model of a complete matching run in ``run_dir``, or None."""
+    if not job.config.resume:
+        return None
+    path = latest_checkpoint(job.run_dir)
+    if path is None:
+        return None
+    state = read_state(path)
+    check_same_run(job, state, path)
+    if int(state["step"]) < job.config.max_steps:
+        return None
+    logger.info("Run in %s already finished at step %d; loading it", job.run_dir, state["step"])
+    return trained_at(path, state)
+
+
+
+def _trained_from_checkpoint(job: TrainJob) -> TrainedModel:
+    path = latest_checkpoint(job.run_dir)
+    state = None if path is None else read_state(path)
+    if state is None or int(state["step"]) != job.config.max_steps:
+        raise RuntimeError(
+            f"training workers exited without a final checkpoint in {job.run_dir} "
+            f"(latest: {path})"
+        )
+    return trained_at(path, state)
+
+
+def _run_process(job: TrainJob, progress: bool) -> TrainedModel:
+    """Train as this process's rank (rank 0 of 1 without a launcher)."""
+    world = env_world_size()
+    rank_ = Rank()
+    if world > 1:
+        rank_ = Rank(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", 0)))
+    device = resolve_device(job.config.device, rank_)
+    if rank_.distributed:
+        rank_ = join_group(rank_, device)
+    try:
+        if rank_.distributed:
+            finished = _finished_run(job)
+            if finished is not None:
+                return finished
+        session = Session.start(job, rank_, device)
+        trained = session.fit(progress)
+        if rank_.distributed:
+            dist.barrier()  # rank 0's final checkpoint is on disk for everyone
+            return _trained_from_checkpoint(job)
+        return trained
+    finally:
+        if rank_.owns_group:
+            dist.destroy_process_group()

@@ -1,0 +1,41 @@
+"""Typed settings from parameter mappings: every key known, none missing.
+
+Each settings dataclass (``TrainConfig``, ``EvaluateConfig``, ``CompareConfig``, ...)
+declares its fields without defaults: the defaults live once, in the project's
+``conf/base`` parameter files. ``build`` refuses an unknown key (a typo must not pass
+silently) and a missing one, naming the section, the key and the keys it knows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields, is_dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def build(cls: type[T], params: Any, section: str) -> T:
+    """``cls(**params)`` for a settings dataclass, with unknown and missing keys refused."""
+    if not is_dataclass(cls):
+        raise TypeError(f"{cls.__name__} is not a dataclass")
+    if not isinstance(params, Mapping):
+        raise ValueError(f"{section} must be a mapping of settings, got {type(params).__name__}")
+    known = [f.name for f in fields(cls) if f.init]
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(
+            f"unknown {section} key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            f"known keys: {', '.join(sorted(known))}"
+        )
+    required = [f.name for f in fields(cls) if f.init and _required(f)]
+    missing = [name for name in required if name not in params]
+    if missing:
+        raise ValueError(f"{section} lacks {', '.join(missing)} (conf/base holds every default)")
+    return cls(**params)
+
+
+def _required(field: Any) -> bool:
+    from dataclasses import MISSING
+
+    return field.default is MISSING and field.default_factory is MISSING

@@ -1,0 +1,126 @@
+"""The variant registry: what each kind of story model is, said once.
+
+A variant fixes how a story becomes a training document and how a model of it is read:
+
+- ``words``: the order of the words in the story text (``forward``, or ``reversed`` by
+  ``backstory.data.text.reverse_words``, which undoes itself);
+- ``instruct``: whether an instruction made from the record's summary comes first
+  (``prompt + [BOS] + story + [EOS]``; otherwise ``[BOS] + story``);
+- ``token_order``: the order the model reads each training window in (``backward``
+  reverses the window in token space after tokenization: the Arrows of Time setup);
+- ``tokens_from``: another variant whose token stores it trains on (the same tokens,
+  windows and split), instead of exporting its own;
+- ``compares_with`` and ``delta``: the variant it is measured against in the report, and
+  in which unit (word order: bits per byte of the same stories; token order: nats per
+  token of the very same tokens).
+
+Every consumer (documents, evaluation, sampling, compare, plots, `backstory generate`,
+the pipeline registry and the dvc.yaml generator) reads this table; nothing else lists
+variants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WORD_ORDERS = ("forward", "reversed")
+TOKEN_ORDERS = ("forward", "backward")
+DELTAS = ("word_order", "token_order")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One registered variant (see the module docstring for the fields)."""
+
+    name: str
+    description: str
+    words: str = "forward"
+    instruct: bool = False
+    token_order: str = "forward"
+    tokens_from: str | None = None
+    compares_with: str | None = None
+    delta: str | None = None
+    color: str = "tab:gray"  # its colour in every plot
+
+    def __post_init__(self) -> None:
+        if self.words not in WORD_ORDERS:
+            raise ValueError(f"variant {self.name}: words must be one of {WORD_ORDERS}")
+        if self.token_order not in TOKEN_ORDERS:
+            raise ValueError(f"variant {self.name}: token_order must be one of {TOKEN_ORDERS}")
+        if (self.compares_with is None) != (self.delta is None):
+            raise ValueError(f"variant {self.name}: compares_with and delta go together")
+        if self.delta is not None and self.delta not in DELTAS:
+            raise ValueError(f"variant {self.name}: delta must be one of {DELTAS}")
+
+    @property
+    def token_source(self) -> str:
+        """The variant whose exported token stores this one trains and is evaluated on."""
+        return self.tokens_from or self.name
+
+    @property
+    def layout(self) -> str:
+        """The document layout, as the token store's ``layout`` attribute records it."""
+        story = "reversed_story" if self.words == "reversed" else "story"
+        return f"prompt+bos+{story}+eos" if self.instruct else f"bos+{story}"
+
+    @property
+    def mode(self) -> str:
+        """How a model of this variant is prompted, in words."""
+        if self.instruct:
+            return "instruction"
+        if self.words == "reversed":
+            return "ending"
+        if self.token_order == "backward":
+            return "ending, token order backward"
+        return "completion"
+
+    @property
+    def writes_backwards(self) -> bool:
+        """True when generation starts from the story's ending (words or tokens reversed)."""
+        return self.words == "reversed" or self.token_order == "backward"
+
+
+REGISTRY: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("forward", "the usual next-word model: [BOS] + story",
+                color="tab:blue"),
+        Variant("reversed", "word order reversed: the model writes a story backwards from "
+                "its ending", words="reversed", compares_with="forward", delta="word_order",
+                color="tab:orange"),
+        Variant("instruct", "an instruction made from the summary, then the story",
+                instruct=True, color="tab:green"),
+        Variant("backward", "forward's very tokens, each training window reversed in token "
+                "space (Arrows of Time)", token_order="backward", tokens_from="forward",
+                compares_with="forward", delta="token_order", color="tab:purple"),
+    )
+}
+NAMES = tuple(REGISTRY)
+
+
+def get(name: str) -> Variant:
+    """The registered variant ``name``; ValueError naming the known ones otherwise."""
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown variant {name!r}; registered variants: {', '.join(NAMES)}"
+        ) from None
+
+
+def token_sources(names: tuple[str, ...] | list[str]) -> list[str]:
+    """The variants whose token stores ``names`` need exported, in registry order."""
+    needed = {get(name).token_source for name in names}
+    return [name for name in NAMES if name in needed]
+
+
+def _check_registry() -> None:
+    for variant in REGISTRY.values():
+        for other in (variant.tokens_from, variant.compares_with):
+            if other is not None and other not in REGISTRY:
+                raise ValueError(f"variant {variant.name} names unknown variant {other!r}")
+        if variant.tokens_from and get(variant.tokens_from).tokens_from:
+            raise ValueError(f"variant {variant.name}: tokens_from must name an exporting variant")
+
+
+_check_registry()
