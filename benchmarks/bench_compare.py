@@ -1,8 +1,9 @@
 """What the compare pipeline costs: bootstrap, scoring texts, generating stories.
 
 Rerun: ``python benchmarks/bench_compare.py`` (about half a minute on 2 CPU cores).
-Uses a randomly initialised model of the default size (conf/base/parameters_lm.yml:
-dim 128, 4 layers, context 256) and a tokenizer trained on storyworld stories; speed
+Uses a randomly initialised model of the default size (preset small in
+conf/base/parameters_runs.yml: dim 128, 4 layers, context 256) and a tokenizer trained
+on storyworld stories; speed
 does not depend on what the weights learned. Prints one line per figure.
 """
 

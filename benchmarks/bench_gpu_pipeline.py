@@ -31,9 +31,12 @@ from backstory.data.documents import encode_documents
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
 from backstory.data.tokens import TokenStore, write_token_store
 from backstory.evaluation.metrics import evaluate_loss, unigram_bpb
+from backstory.experiment import project_defaults
 from backstory.lm.checkpoint import build_model
 from backstory.lm.model import ModelConfig
 from backstory.lm.training import SPEED_LOG, TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]  # conf/base holds the training defaults
 
 
 def corpus(n_stories: int, seed: int, val_fraction: float) -> tuple[list[dict], dict]:
@@ -87,10 +90,11 @@ def main() -> None:
                   f"{stores['train'].n_tokens:,} train tokens")
             model_config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=args.dim,
                                        n_layers=args.layers, n_heads=6, max_seq_len=256)
-            config = TrainConfig(batch_size=args.batch_size, max_steps=args.steps, lr=5e-4,
-                                 min_lr=5e-5, warmup_steps=min(100, args.steps // 10),
-                                 eval_interval=args.steps, eval_batches=20, log_interval=50,
-                                 checkpoint_interval=args.steps, device=args.device)
+            config = TrainConfig(**project_defaults("train", REPO / "conf/base") | dict(
+                batch_size=args.batch_size, max_steps=args.steps, lr=5e-4, min_lr=5e-5,
+                warmup_steps=min(100, args.steps // 10), eval_interval=args.steps,
+                eval_batches=20, log_interval=50, checkpoint_interval=args.steps,
+                device=args.device, seed=1337, token_order="forward"))
             t2 = time.perf_counter()
             trained = train(model_config, config, stores["train"], stores["val"],
                             Path(tmp) / f"{variant}-run", lineage={"variant": variant},

@@ -34,8 +34,11 @@ import torch
 from machine import cpu_model as cpu_name
 
 from backstory.data.tokens import DocBatch, TokenStore, write_token_store
+from backstory.experiment import project_defaults
 from backstory.lm.model import ModelConfig, Transformer
 from backstory.lm.training import SPEED_LOG, TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]  # conf/base holds the training defaults
 
 
 @dataclass(frozen=True)
@@ -82,10 +85,11 @@ def cases(args: argparse.Namespace) -> list[Case]:
 
 def run_case(case: Case, store: TokenStore, folder: Path, steps: int) -> dict:
     log_interval = max(1, steps // 5)
-    config = TrainConfig(batch_size=case.batch_size, max_steps=steps, warmup_steps=0,
-                         eval_interval=steps, eval_batches=1, log_interval=log_interval,
-                         checkpoint_interval=steps, device=case.device, dtype=case.dtype,
-                         compile=case.compile, resume=False)
+    config = TrainConfig(**project_defaults("train", REPO / "conf/base") | dict(
+        batch_size=case.batch_size, max_steps=steps, warmup_steps=0, eval_interval=steps,
+        eval_batches=1, log_interval=log_interval, checkpoint_interval=steps,
+        device=case.device, dtype=case.dtype, compile=case.compile, resume=False, seed=1337,
+        token_order="forward"))
     if case.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trained = train(case.model, config, store, store, folder / case.name, progress=False)

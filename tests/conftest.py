@@ -25,9 +25,9 @@ def tiny_run(tmp_path_factory):
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    from tests.project import TINY_INGEST, make_project, tiny_lm_params
+    from tests.project import TINY_INGEST, learning_run_params, make_project
 
-    params = {"parameters_ingest.yml": TINY_INGEST, "parameters_lm.yml": tiny_lm_params(),
+    params = {"parameters_ingest.yml": TINY_INGEST, "parameters_runs.yml": learning_run_params(),
               "parameters_compare.yml": TINY_COMPARE}
     root = make_project(tmp_path_factory.mktemp("tiny_run") / "project", params)
     previous = os.getcwd()

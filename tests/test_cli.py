@@ -12,6 +12,7 @@ from backstory.data.tokenizer import Tokenizer, train_tokenizer
 from backstory.lm.checkpoint import TrainedModel, save_model
 from backstory.lm.model import ModelConfig, Transformer
 from backstory.tools.cli import main
+from tests.project import make_project
 
 WORDS = ["Tom", "Lily", "ran", "jumped", "with", "the", "dog", "cat", "happy", "end"]
 
@@ -33,15 +34,18 @@ def save_tiny_model(directory: Path, tokenizer: Tokenizer, variant: str,
     save_model(directory, TrainedModel(config, model.state_dict(), {"lineage": lineage}))
 
 
+VARIANTS = ("forward", "reversed", "instruct", "backward")
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tokenizer: Tokenizer) -> Path:
-    """A project folder laid out as the Kedro pipelines leave it."""
-    root = tmp_path_factory.mktemp("project")
+    """A project folder laid out as the Kedro pipelines leave it (the shipped conf)."""
+    root = make_project(tmp_path_factory.mktemp("project") / "p")
     tokenizer_file = root / "data/06_models/tokenizer/tokenizer.model"
     tokenizer_file.parent.mkdir(parents=True)
     tokenizer_file.write_bytes(tokenizer.model_bytes)
-    for variant in ("forward", "reversed", "instruct"):
-        save_tiny_model(root / f"data/06_models/{variant}/model", tokenizer, variant)
+    for variant in VARIANTS:
+        save_tiny_model(root / f"data/06_models/{variant}/small/s1337/model", tokenizer, variant)
     return root
 
 
@@ -49,7 +53,7 @@ def run(project: Path, *args: str) -> int:
     return main(["generate", "--project-dir", str(project), "--max-new-tokens", "8", *args])
 
 
-@pytest.mark.parametrize("variant", ["forward", "reversed", "instruct"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_generate_prints_a_story(project, capsys, variant):
     prompt = "Tom ran with the dog." if variant != "instruct" else "Write a story about a dog."
     assert run(project, "--variant", variant, "--prompt", prompt, "--seed", "3") == 0
@@ -70,13 +74,47 @@ def test_several_samples_are_numbered_by_seed(project, capsys):
     assert "--- sample 1 (seed 4) ---" in out and "--- sample 2 (seed 5) ---" in out
 
 
-def test_missing_model_names_the_command_that_makes_it(tmp_path, project, capsys):
+def test_missing_model_names_the_command_that_makes_it(tmp_path, capsys):
+    root = make_project(tmp_path / "p")
+    code = main(["generate", "--variant", "reversed", "--prompt", "The end.",
+                 "--project-dir", str(root)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "kedro run --pipelines reversed.small.s1337" in err and "Traceback" not in err
+    assert str(root / "data/06_models/reversed/small/s1337/model") in err
+
+
+def test_a_folder_without_conf_is_not_a_project(tmp_path, capsys):
     code = main(["generate", "--variant", "reversed", "--prompt", "The end.",
                  "--project-dir", str(tmp_path)])
     assert code == 2
+    assert "is not a backstory project" in capsys.readouterr().err
+
+
+def test_several_runs_of_a_variant_need_a_choice(tmp_path, tokenizer, capsys):
+    root = make_project(tmp_path / "p", {"parameters_runs.yml": {"experiment": {
+        "more_seeds": {"variants": ["forward"], "presets": ["small"], "seeds": [1, 2]}}}})
+    tokenizer_file = root / "data/06_models/tokenizer/tokenizer.model"
+    tokenizer_file.parent.mkdir(parents=True)
+    tokenizer_file.write_bytes(tokenizer.model_bytes)
+    save_tiny_model(root / "data/06_models/forward/small/s2/model", tokenizer, "forward")
+    assert main(["generate", "--variant", "forward", "--prompt", "Tom",
+                 "--project-dir", str(root)]) == 2
     err = capsys.readouterr().err
-    assert "kedro run --pipeline reversed" in err and "Traceback" not in err
-    assert str(tmp_path / "data/06_models/reversed/model") in err
+    assert "3 forward runs (forward.small.s1, forward.small.s2, forward.small.s1337)" in err
+    assert main(["generate", "--run", "forward.small.s2", "--prompt", "Tom",
+                 "--max-new-tokens", "4", "--project-dir", str(root)]) == 0
+    assert capsys.readouterr().out.startswith("Tom")
+
+
+def test_backward_model_is_not_sampled_forwards(project, capsys):
+    model_dir = project / "data/06_models/backward/small/s1337/model"
+    code = run(project, "--variant", "forward", "--prompt", "x", "--model-dir", str(model_dir))
+    assert code == 2
+    assert "trained for the 'backward' variant, not 'forward'" in capsys.readouterr().err
+    # Without --variant, a model folder is sampled the way its own variant writes.
+    assert run(project, "--prompt", "The dog was happy.", "--model-dir", str(model_dir)) == 0
+    assert capsys.readouterr().out.rstrip().endswith("The dog was happy.")
 
 
 def test_missing_tokenizer_is_a_clear_error(tmp_path, project, capsys):
@@ -101,7 +139,7 @@ def test_tokenizer_of_another_training_names_both_hashes(tmp_path, project, toke
 
 
 def test_model_of_another_variant_is_refused(project, capsys):
-    model_dir = project / "data/06_models/instruct/model"
+    model_dir = project / "data/06_models/instruct/small/s1337/model"
     code = run(project, "--variant", "forward", "--prompt", "x", "--model-dir", str(model_dir))
     assert code == 2
     assert "trained for the 'instruct' variant, not 'forward'" in capsys.readouterr().err

@@ -14,21 +14,19 @@ from backstory.data.documents import encode_documents
 from backstory.data.text import reverse_words
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
 from backstory.data.tokens import TokenStore, write_token_store
-from backstory.evaluation.compare import (
-    CompareError,
-    asymmetry_delta,
-    bootstrap_delta,
+from backstory.evaluation.compare import score_texts
+from backstory.evaluation.instructions import (
     instruction_checks,
     instruction_shares,
     names_characters,
-    score_texts,
     summary_characters,
-    token_order_pairs,
     uses_words,
     word_forms,
 )
 from backstory.evaluation.metrics import document_bits
+from backstory.evaluation.stats import StatsError, asymmetry_delta, bootstrap_delta
 from backstory.lm.model import ModelConfig, Transformer
+from tests.project import REPO
 
 # ------------------------------------------------------------------------ the delta
 
@@ -42,11 +40,11 @@ def test_delta_on_hand_examples():
 
 
 def test_delta_rejects_unpaired_or_empty_losses():
-    with pytest.raises(CompareError, match="paired"):
+    with pytest.raises(StatsError, match="paired"):
         asymmetry_delta([1.0, 2.0], [1.0])
-    with pytest.raises(CompareError, match="no documents"):
+    with pytest.raises(StatsError, match="no documents"):
         asymmetry_delta([], [])
-    with pytest.raises(CompareError, match="finite"):
+    with pytest.raises(StatsError, match="finite"):
         asymmetry_delta([1.0, float("nan")], [1.0, 1.0])
 
 
@@ -81,17 +79,6 @@ def test_bootstrap_is_deterministic_and_narrows_with_more_documents():
 def test_bootstrap_rejects_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         bootstrap_delta([1.0, 2.0], [1.0, 2.0], **kwargs)
-
-
-def test_token_order_pairs_need_the_same_layout_and_opposite_orders():
-    models = {
-        "forward": {"layout": "bos+story", "token_order": "forward"},
-        "reversed": {"layout": "bos+reversed_story", "token_order": "forward"},
-        "backward": {"layout": "bos+story", "token_order": "backward"},
-        "other": {"layout": "prompt+bos+story+eos", "token_order": "backward"},
-    }
-    assert token_order_pairs(models) == [("forward", "backward")]
-    assert token_order_pairs({k: models[k] for k in ("forward", "reversed")}) == []
 
 
 # --------------------------------------------------------------- instruction checks
@@ -143,7 +130,7 @@ def test_instruction_shares_count_each_requirement():
     shares = instruction_shares(stories, records)
     assert shares == {"n": 2, "uses_words": 1.0, "names_characters": 0.5, "both": 0.5}
     assert instruction_checks(stories[1], records[1])["characters"] == ["Lily", "Max"]
-    with pytest.raises(CompareError, match="1 stories but 2 records"):
+    with pytest.raises(ValueError, match="1 stories but 2 records"):
         instruction_shares(stories[:1], records)
 
 
@@ -229,34 +216,46 @@ def test_batched_generation_matches_one_story_at_a_time_when_greedy(tokenizer, v
 
 
 VARIANTS = ("forward", "reversed", "instruct", "backward")
+RUN = "small.s1337"  # the tiny run's preset and seed (tests/project.py)
 
 
-def test_compare_report_covers_every_variant(tiny_run):
+def test_compare_report_covers_every_run(tiny_run):
     folder = tiny_run / "data/08_reporting/compare"
     report = json.loads((folder / "report.json").read_text())
     arrow = report["arrow_of_time"]
-    assert set(arrow["levels"]) == set(VARIANTS)
+    (group,) = arrow["groups"]
+    assert (group["size"], group["seed"]) == ("small", 1337)
+    assert set(group["levels"]) == set(VARIANTS)
+    assert set(arrow["models"]) == {f"{v}.{RUN}" for v in VARIANTS}
     table = pd.read_parquet(folder / "document_bits.parquet")
-    assert len(table) == arrow["n_docs"] > 0
+    assert len(table) == len(VARIANTS) * arrow["n_docs"] and arrow["n_docs"] > 0
+    bits = {v: table[table["variant"] == v].sort_values("doc") for v in VARIANTS}
     for variant in VARIANTS:
-        level = arrow["levels"][variant]["bpb"]
-        assert level == pytest.approx(table[f"{variant}_bits"].sum() / table["n_bytes"].sum())
-    word = arrow["word_order"]
+        rows = bits[variant]
+        assert group["levels"][variant]["bpb"] == pytest.approx(
+            rows["bits"].sum() / rows["n_bytes"].sum())
+    word, token = group["deltas"]  # registry order: reversed, then backward
+    assert (word["kind"], word["backward"], word["forward"]) == ("word_order", "reversed",
+                                                                 "forward")
     assert word["low"] <= word["delta"] <= word["high"]
     assert word["delta"] == pytest.approx(
-        asymmetry_delta(table["reversed_bits"], table["forward_bits"]))
-    # backward reads forward's tokens in reverse order: one token-order pair, same stories
-    (token,) = arrow["token_order"]
-    assert (token["forward"], token["backward"]) == ("forward", "backward")
+        asymmetry_delta(bits["reversed"]["bits"], bits["forward"]["bits"]))
+    # backward reads forward's tokens in reverse order: same stories, same tokens
+    assert (token["kind"], token["backward"], token["forward"]) == ("token_order", "backward",
+                                                                    "forward")
     assert token["low"] <= token["delta"] <= token["high"]
     assert token["delta"] == pytest.approx(
-        asymmetry_delta(table["backward_bits"], table["forward_bits"]))
+        asymmetry_delta(bits["backward"]["bits"], bits["forward"]["bits"]))
+    # Every lead-group model writes in its own mode; the plain-story readers score them.
+    written = {"real", *VARIANTS, "forward_free"}
+    assert report["coherence"]["readers"] == ["forward", "reversed", "backward"]
     sources = report["coherence"]["sources"]
-    assert set(sources) == {"real", "forward", "reversed", "instruct", "forward_free"}
-    assert all(row["forward_bpb"] > 0 and row["reversed_bpb"] > 0 for row in sources.values())
+    assert set(sources) == written
+    assert all(row[f"{v}_bpb"] > 0 for row in sources.values()
+               for v in ("forward", "reversed", "backward"))
     shares = report["instruction_following"]["shares"]
     assert shares["real"]["uses_words"] == 1.0
-    assert set(shares) == {"instruct", "forward_free", "forward", "real"}
+    assert set(shares) == written
 
 
 def test_compare_writes_markdown_tables_and_plots(tiny_run):
@@ -266,7 +265,7 @@ def test_compare_writes_markdown_tables_and_plots(tiny_run):
     for name in ("loss_curves.png", "bpb_scatter.png", "delta.png"):
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     scores = pd.read_csv(folder / "story_scores.csv")
-    assert len(scores) == 2 * 5  # n_stories records x (real + four generated sources)
+    assert len(scores) == 2 * 6  # n_stories records x (real + five generated sources)
     assert (scores["forward_bpb"] > 0).all()
 
 
@@ -283,7 +282,7 @@ def test_default_pipeline_ends_with_compare_and_compare_runs_alone():
     assert compare_nodes <= {n.name for n in registered["__default__"].nodes}
     # compare alone only reads what the variants persisted: no training inside it
     assert not any(n.name.endswith("train_model") for n in registered["compare"].nodes)
-    assert {f"{v}.model" for v in VARIANTS} <= registered["compare"].inputs()
+    assert {f"{v}.small.s1337.model" for v in VARIANTS} <= registered["compare"].inputs()
 
 
 def test_report_paths_lists_the_report_files_a_pipeline_writes(tiny_run):
@@ -315,10 +314,17 @@ def test_score_coherence_counts_empty_stories_instead_of_scoring_them(tokenizer)
         "record": [0, 0, 1], "source": ["real", "instruct", "instruct"], "prompt": ["", "p", "p"],
         "text": ["Tom had a ball.", "", "Sue ran to the park."],
     })
-    summary, table = score_coherence(trained, trained, tokenizer, generated,
-                                     {"batch_size": 4, "device": "cpu"})
+    compare = load_compare() | {"batch_size": 4, "device": "cpu"}
+    runs = [{"run": f"{v}.small.s0", "variant": v} for v in ("forward", "reversed")]
+    summary, table = score_coherence(compare, tokenizer, generated, trained, trained, runs=runs)
     assert summary["sources"]["instruct"]["n"] == 2
     assert summary["sources"]["instruct"]["n_empty"] == 1
     assert np.isnan(table.loc[1, "forward_bpb"]) and table.loc[2, "forward_bpb"] > 0
     expected = table.loc[2, "reversed_bits"] / table.loc[2, "n_bytes"]
     assert summary["sources"]["instruct"]["reversed_bpb"] == pytest.approx(expected)
+
+
+def load_compare() -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO / "conf/base/parameters_compare.yml").read_text())["compare"]

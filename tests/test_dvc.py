@@ -1,9 +1,10 @@
 """dvc.yaml against the Kedro pipelines, and DVC behaviour on a tiny copy of the project.
 
-The fast tests hold dvc.yaml and Kedro together. The slow ones build a temporary git
-repository from the project's files with small parameters and run DVC in it: repro,
-no-op repro, bit-identity of two clean runs, checkout, push/pull through a local remote,
-and a parameter experiment.
+The fast tests hold dvc.yaml, the experiment and Kedro together. The slow ones build a
+temporary git repository from the project's files with small parameters and run DVC in
+it: repro, no-op repro, bit-identity of two clean runs, checkout, push/pull through a
+local remote, a parameter experiment, an edited module, an added seed, and a `dvc repro`
+killed during training and resumed.
 """
 
 from __future__ import annotations
@@ -13,43 +14,72 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
-from kedro.framework.project import pipelines
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
+from backstory import experiment, params
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore
 from backstory.evaluation.lineage import LineageError
 from backstory.lm.checkpoint import load_trained
-from backstory.pipelines.lm_nodes import evaluate, params_sha256
+from backstory.lm.model import ModelConfig
+from backstory.lm.training import TrainConfig, train
+from backstory.pipeline_registry import build_pipelines
+from backstory.pipelines.run.evaluate_nodes import evaluate
 from backstory.tools import dvc_stages
-from tests.project import REPO, TINY_INGEST, deep_update, make_project, tiny_lm_params
+from tests.project import REPO, TINY_INGEST, deep_update, make_project, tiny_run_params
 
-VARIANTS = ("forward", "reversed", "instruct")
 ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"}
-# Cross-variant comparison settings that keep it to seconds on CPU.
+RUNS_FILE = "conf/base/parameters_runs.yml"
+# Cross-run comparison settings that keep it to seconds on CPU.
 TINY_COMPARE = {"max_tokens": 4000, "n_boot": 50, "n_stories": 2, "generate_batch_size": 2,
                 "max_new_tokens": 16}
+
+
+def raw_params(root: Path = REPO) -> dict:
+    """Every conf/base parameter file of ``root``, merged (their top-level keys differ)."""
+    merged: dict = {}
+    for path in sorted((root / "conf/base").glob("parameters*.yml")):
+        merged |= yaml.safe_load(path.read_text()) or {}
+    return merged
+
+
+def base_experiment(root: Path = REPO) -> experiment.Experiment:
+    return experiment.declared(raw_params(root))
 
 
 # ------------------------------------------------------------------ dvc.yaml vs kedro
 
 
 def expand_stages(document: dict) -> dict[str, dict]:
-    """dvc.yaml stages with `foreach` expanded as DVC names them (train@reversed)."""
+    """dvc.yaml stages with `foreach` expanded as DVC names them (train@reversed-small-s1337)."""
+    variables = {k: v for entry in document.get("vars", []) for k, v in entry.items()}
     stages = {}
     for name, body in document["stages"].items():
         if "foreach" not in body:
             stages[name] = body
             continue
+        items = body["foreach"]
+        if isinstance(items, str):
+            items = variables[items.removeprefix("${").removesuffix("}")]
         text = json.dumps(body["do"])
-        for item in body["foreach"]:
-            stages[f"{name}@{item}"] = json.loads(text.replace("${item}", item))
+        if isinstance(items, list):
+            for item in items:
+                stages[f"{name}@{item}"] = json.loads(text.replace("${item}", item))
+            continue
+        for key, item in items.items():
+            done = text
+            for field, value in item.items():
+                done = done.replace("${item." + field + "}", str(value))
+            stages[f"{name}@{key}"] = json.loads(done)
     return stages
 
 
@@ -74,12 +104,33 @@ def paths_of(entries: list) -> set[str]:
     return {next(iter(e)) if isinstance(e, dict) else e for e in entries}
 
 
+def tracked(param: str, exp: experiment.Experiment) -> set[str]:
+    """The raw keys dvc.yaml must track for a node input ``params:<key>``."""
+    key = param.removeprefix("params:")
+    for run in exp.runs:
+        if key.startswith(run.namespace + "."):
+            section = key[len(run.namespace) + 1:]
+            return set(experiment.tracked_keys(section, variant=run.variant, preset=run.preset))
+    for source in exp.token_sources:
+        if key == f"{source}.text":
+            return set(experiment.tracked_keys("text", variant=source))
+    return {key}
+
+
+def has_key(data: dict, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
 @pytest.fixture(scope="module")
 def kedro_catalog():
     bootstrap_project(REPO)
     with KedroSession.create(project_path=REPO, env="base") as session:
         catalog = session.load_context().catalog
-    registered = dict(pipelines)
+    registered = build_pipelines(base_experiment())
 
     def path_of(name: str) -> str | None:
         dataset = catalog.get(name)
@@ -97,9 +148,11 @@ def test_dvc_yaml_is_current():
 
 
 def test_every_stage_matches_its_kedro_nodes(kedro_catalog):
-    """deps and outs equal the catalog paths the stage's nodes read and write; params
-    equal the parameters they read; every node runs in exactly one stage."""
+    """deps and outs equal the catalog paths the stage's nodes read and write; params are
+    the raw keys the nodes' merged settings come from; every node runs in one stage."""
     registered, path_of = kedro_catalog
+    exp = base_experiment()
+    raw = raw_params()
     stages = expand_stages(yaml.safe_load((REPO / "dvc.yaml").read_text()))
     run_by: dict[str, str] = {}
     for name, body in stages.items():
@@ -114,9 +167,12 @@ def test_every_stage_matches_its_kedro_nodes(kedro_catalog):
         assert data_deps == read_paths - workdirs, name
         assert paths_of(body.get("outs", [])) | paths_of(body.get("metrics", [])) == (
             out_paths | workdirs), name
-        wanted = {i.removeprefix("params:") for n in nodes for i in n.inputs
-                  if i.startswith("params:")}
+        persisted = {next(iter(e)) for e in body.get("outs", []) if isinstance(e, dict)}
+        assert persisted == workdirs, name  # run folders survive a rerun, nothing else
+        wanted = set().union(*[tracked(i, exp) for n in nodes for i in n.inputs
+                               if i.startswith("params:")])
         assert {key for _, key in params_of(body)} == wanted, name
+        assert all(has_key(raw, key) for _, key in params_of(body)), name
         for node in nodes:
             assert node.name not in run_by, f"{node.name} runs in two stages"
             run_by[node.name] = name
@@ -124,31 +180,51 @@ def test_every_stage_matches_its_kedro_nodes(kedro_catalog):
     assert set(run_by) == every
 
 
-def test_code_deps_cover_the_modules_each_step_runs():
+def src(*paths: str) -> set[str]:
+    return {f"src/backstory/{p}" for p in paths}
+
+
+def test_each_stage_depends_on_the_code_its_own_nodes_run():
     stages = expand_stages(yaml.safe_load((REPO / "dvc.yaml").read_text()))
-    deps = {name: set(body["deps"]) for name, body in stages.items()}
-    assert {"src/backstory/pipelines/ingest/nodes.py", "src/backstory/data/corpus/clean.py",
-            "src/backstory/data/tokenizer.py"} <= deps["ingest"]
-    assert {"src/backstory/lm/training/loop.py", "src/backstory/lm/model.py", "src/backstory/lm/checkpoint.py",
-            "src/backstory/datasets/model_dataset.py"} <= deps["train@reversed"]
-    assert {"src/backstory/data/documents.py", "src/backstory/data/text.py", "src/backstory/data/tokens.py",
-            "src/backstory/pipelines/lm.py"} <= deps["export@instruct"]
-    assert "src/backstory/evaluation/evaluate.py" in deps["evaluate@forward"]
-    assert "src/backstory/lm/training/loop.py" not in deps["ingest"]
+    deps = {name: {d for d in body["deps"] if d.startswith("src/")}
+            for name, body in stages.items()}
+    assert src("pipelines/ingest/nodes.py", "data/corpus/clean.py",
+               "data/corpus/storyworld.py", "data/tokenizer.py") <= deps["ingest"]
+    assert src("data/documents.py", "data/text.py", "data/tokens.py", "variants.py",
+               "pipelines/run/export_nodes.py") <= deps["export@instruct"]
+    assert src("lm/training/loop.py", "lm/model.py", "lm/checkpoint.py",
+               "datasets/model_dataset.py") <= deps["train@reversed-small-s1337"]
+    assert src("evaluation/evaluate.py", "evaluation/metrics.py") <= deps[
+        "evaluate@forward-small-s1337"]
     for name, paths in deps.items():
-        missing = [p for p in paths if p.startswith("src/") and not (REPO / p).exists()]
+        layer = {p.split("/")[2] for p in paths}
+        if name.startswith("export"):  # exports: no training, evaluation or model code
+            assert {"lm", "evaluation"}.isdisjoint(layer), name
+        if name.startswith("train"):  # training: not the corpus generator or the report
+            assert not any("corpus" in p for p in paths) and "evaluation" not in layer, name
+        if name.startswith(("evaluate", "compare")):  # evaluation runs no training code
+            assert not any("lm/training" in p for p in paths), name
+        if name == "ingest":
+            assert {"lm", "evaluation"}.isdisjoint(layer), name
+        # The wiring (pipeline.py) is not code a stage runs: a wiring change shows in
+        # dvc.yaml itself.
+        assert not any(p.endswith("/pipeline.py") for p in paths), name
+        missing = [p for p in paths if not (REPO / p).exists()]
         assert not missing, f"{name}: deps that do not exist: {missing}"
 
 
-def test_metrics_and_plots_are_declared():
+def test_metrics_and_plots_cover_every_run():
     document = yaml.safe_load((REPO / "dvc.yaml").read_text())
     stages = expand_stages(document)
-    for variant in VARIANTS:
-        assert stages[f"evaluate@{variant}"]["metrics"] == [
-            f"data/08_reporting/{variant}/metrics.json"]
+    runs = base_experiment().runs
+    assert {r.variant for r in runs} == {"forward", "reversed", "instruct", "backward"}
+    for run in runs:
+        folder = f"{run.variant}/{run.size}/s{run.seed}"
+        assert stages[f"evaluate@{run.key}"]["metrics"] == [
+            f"data/08_reporting/{folder}/metrics.json"]
     titles = {next(iter(p)): next(iter(p.values())) for p in document["plots"]}
     assert set(titles["training loss"]["y"]) == {
-        f"data/06_models/{v}/run/train_log.csv" for v in VARIANTS}
+        f"data/06_models/{r.variant}/{r.size}/s{r.seed}/run/train_log.csv" for r in runs}
     assert set(titles["validation loss"]["y"].values()) == {"val_loss"}
 
 
@@ -158,25 +234,45 @@ def test_renamed_dataset_makes_dvc_yaml_stale(tmp_path):
     assert dvc_stages.main(["--root", str(root), "--check"]) == 0
     catalog = root / "conf/base/catalog.yml"
     catalog.write_text(catalog.read_text().replace(
-        "data/08_reporting/{variant}/metrics.json", "data/08_reporting/{variant}/scores.json"))
+        "data/08_reporting/{variant}/{size}/{seed}/metrics.json",
+        "data/08_reporting/{variant}/{size}/{seed}/scores.json"))
     assert dvc_stages.main(["--root", str(root), "--check"]) == 1
     assert dvc_stages.main(["--root", str(root)]) == 0
-    assert "data/08_reporting/${item}/scores.json" in (root / "dvc.yaml").read_text()
+    assert "data/08_reporting/${item.variant}/${item.size}/${item.seed}/scores.json" in (
+        root / "dvc.yaml").read_text()
     assert dvc_stages.main(["--root", str(root), "--check"]) == 0
 
 
 def test_parameter_files_must_be_plain_and_complete(tmp_path):
     root = make_project(tmp_path / "project")
-    params = root / "conf/base/parameters_lm.yml"
-    text = params.read_text()
-    params.write_text(text.replace("lr: 0.002", "lr: ${forward.train.min_lr}", 1))
-    with pytest.raises(dvc_stages.StageError, match="parameters_lm.yml.*interpolation"):
+    path = root / RUNS_FILE
+    text = path.read_text()
+    path.write_text(text.replace("lr: 0.002", "lr: ${run_defaults.train.min_lr}", 1))
+    with pytest.raises(dvc_stages.StageError, match="parameters_runs.yml.*interpolation"):
         dvc_stages.build(root)
     data = yaml.safe_load(text)
-    del data["reversed"]["evaluate"]
-    params.write_text(yaml.safe_dump(data))
-    with pytest.raises(dvc_stages.StageError, match="reversed.evaluate"):
+    del data["variant_settings"]["reversed"]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="variant_settings lacks 'reversed'"):
         dvc_stages.build(root)
+
+
+def test_an_added_seed_adds_its_own_stages_and_changes_no_other(tmp_path):
+    root = make_project(tmp_path / "project")
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    before = expand_stages(yaml.safe_load((root / "dvc.yaml").read_text()))
+    path = root / RUNS_FILE
+    data = yaml.safe_load(path.read_text())
+    data["experiment"]["more_seeds"] = {"variants": ["forward", "reversed"],
+                                        "presets": ["small"], "seeds": [1, 2]}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert dvc_stages.main(["--root", str(root)]) == 0
+    after = expand_stages(yaml.safe_load((root / "dvc.yaml").read_text()))
+    added = set(after) - set(before)
+    assert added == {f"{step}@{v}-small-s{s}" for step in ("train", "evaluate")
+                     for v in ("forward", "reversed") for s in (1, 2)}
+    changed = {name for name in before if after[name] != before[name]}
+    assert changed == {"compare"}  # it reads every run
 
 
 # ------------------------------------------------------------------ the temporary repo
@@ -199,22 +295,19 @@ def project_files() -> list[str]:
     return [f for f in listed if (REPO / f).is_file()]
 
 
-def make_repo(root: Path) -> Path:
+def make_repo(root: Path, runs_changes: dict | None = None) -> Path:
     """A git repo holding the project's files, with parameters small enough for CPU."""
     for name in project_files():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, root / name)
-    changes = {"parameters_ingest.yml": TINY_INGEST, "parameters_lm.yml": tiny_lm_params(),
+    changes = {"parameters_ingest.yml": TINY_INGEST,
+               "parameters_runs.yml": deep_update(tiny_run_params(), runs_changes or {}),
                "parameters_compare.yml": {"compare": TINY_COMPARE}}
     for file_name, change in changes.items():
         path = root / "conf/base" / file_name
-        if not path.is_file():  # the compare pipeline is optional
-            continue
         data = yaml.safe_load(path.read_text())
-        known = {k: v for k, v in change.items() if k in data}
-        for block, values in known.items():  # only keys the file has: unknown ones may fail
-            known[block] = {k: v for k, v in values.items() if k in data[block]}
-        path.write_text(yaml.safe_dump(deep_update(data, known), sort_keys=False))
+        path.write_text(yaml.safe_dump(deep_update(data, change), sort_keys=False))
+    sh(root, "python", "-m", "backstory.tools.dvc_stages", "--root", str(root))
     sh(root, "git", "init", "-q")
     sh(root, "git", "config", "user.email", "test@example.com")
     sh(root, "git", "config", "user.name", "test")
@@ -243,6 +336,10 @@ def lock_hashes(root: Path) -> dict[str, str]:
     return hashes
 
 
+def repo_stages(root: Path) -> set[str]:
+    return set(expand_stages(yaml.safe_load((root / "dvc.yaml").read_text())))
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """The tiny project after one `dvc repro` (committed), with both runs' output."""
@@ -253,23 +350,23 @@ def repo(tmp_path_factory):
     return {"root": root, "first": first, "second": second, "lock": lock_hashes(root)}
 
 
-def expected_stages() -> set[str]:
-    return set(expand_stages(yaml.safe_load((REPO / "dvc.yaml").read_text())))
+RUN = "small/s1337"  # the tiny repo's runs: preset small, seed 1337
+VARIANTS = ("forward", "reversed", "instruct", "backward")
 
 
 @pytest.mark.slow
 def test_repro_runs_every_stage_then_none(repo):
-    assert ran(repo["first"]) == expected_stages()
+    root = repo["root"]
+    assert ran(repo["first"]) == repo_stages(root)
     assert ran(repo["second"]) == set()
     assert "up to date" in repo["second"]
-    metrics = json.loads(sh(repo["root"], "dvc", "metrics", "show", "--json"))
-    shown = json.dumps(metrics)
+    shown = json.dumps(json.loads(sh(root, "dvc", "metrics", "show", "--json")))
     for variant in VARIANTS:
-        assert f"data/08_reporting/{variant}/metrics.json" in shown
-    plots = json.loads(sh(repo["root"], "dvc", "plots", "show", "--json"))["data"]
+        assert f"data/08_reporting/{variant}/{RUN}/metrics.json" in shown
+    plots = json.loads(sh(root, "dvc", "plots", "show", "--json"))["data"]
     for title in ("training loss", "validation loss"):
         values = plots[title][0]["content"]["data"]["values"]
-        assert {row["rev"] for row in values} and len({row["filename"] for row in values}) == 3
+        assert {row["rev"] for row in values} and len({row["filename"] for row in values}) == 4
 
 
 @pytest.mark.slow
@@ -277,43 +374,51 @@ def test_artifacts_record_their_lineage(repo):
     root = repo["root"]
     report = json.loads((root / "data/08_reporting/ingest_report.json").read_text())
     tokenizer = Tokenizer.from_file(root / "data/06_models/tokenizer/tokenizer.model")
-    lm = yaml.safe_load((root / "conf/base/parameters_lm.yml").read_text())
-    for variant in VARIANTS:
-        with TokenStore(root / f"data/05_model_input/{variant}/train.h5") as store:
+    raw = raw_params(root)
+    for run in experiment.declared(raw).runs:
+        settings = experiment.run_settings(raw, run)
+        with TokenStore(root / f"data/05_model_input/{run.token_source}/train.h5") as store:
             attrs = dict(store.attrs)
         assert attrs["corpus_fingerprint"] == report["corpus_fingerprint"]
         assert attrs["tokenizer_sha256"] == tokenizer.sha256
-        assert attrs["text_params_sha256"] == params_sha256(lm[variant]["text"])
+        assert attrs["text_params_sha256"] == params.sha256(
+            experiment.text_settings(raw, run.token_source))
         assert attrs["package_version"]
-        meta = load_trained(root / f"data/06_models/{variant}/model").meta
-        assert meta["lineage"]["tokenizer_sha256"] == tokenizer.sha256
-        assert meta["lineage"]["corpus_fingerprint"] == report["corpus_fingerprint"]
-        assert meta["lineage"]["package_version"]
-        assert meta["params_sha256"] == params_sha256(
-            {"model": lm[variant]["model"], "train": lm[variant]["train"]})
-        assert "elapsed_s" not in meta
-        lineage = json.loads(
-            (root / f"data/08_reporting/{variant}/metrics.json").read_text())["lineage"]
-        assert lineage["corpus_fingerprint"] == report["corpus_fingerprint"]
+        folder = f"{run.variant}/{run.size}/s{run.seed}"
+        meta = load_trained(root / f"data/06_models/{folder}/model").meta
+        lineage = meta["lineage"]
         assert lineage["tokenizer_sha256"] == tokenizer.sha256
-        assert lineage["train_params_sha256"] == meta["params_sha256"]
-        assert lineage["evaluate_params_sha256"] == params_sha256(lm[variant]["evaluate"])
+        assert lineage["corpus_fingerprint"] == report["corpus_fingerprint"]
+        assert (lineage["variant"], lineage["tokens_variant"]) == (run.variant, run.token_source)
+        assert lineage["run"] == run.describe() and lineage["package_version"]
+        assert meta["params_sha256"] == params.sha256(
+            {"model": settings["model"], "train": settings["train"]})
+        assert meta["train_config"]["seed"] == run.seed
+        assert "elapsed_s" not in meta
+        metrics = json.loads((root / f"data/08_reporting/{folder}/metrics.json").read_text())
+        assert metrics["run"] == run.describe()
+        assert metrics["lineage"]["corpus_fingerprint"] == report["corpus_fingerprint"]
+        assert metrics["lineage"]["tokenizer_sha256"] == tokenizer.sha256
+        assert metrics["lineage"]["train_params_sha256"] == meta["params_sha256"]
+        assert metrics["lineage"]["evaluate_params_sha256"] == params.sha256(
+            settings["evaluate"])
 
 
 @pytest.mark.slow
 def test_evaluation_refuses_a_model_from_another_tokenizer(repo):
     root = repo["root"]
     tokenizer = Tokenizer.from_file(root / "data/06_models/tokenizer/tokenizer.model")
-    trained = load_trained(root / "data/06_models/forward/model")
+    trained = load_trained(root / f"data/06_models/forward/{RUN}/model")
     foreign_sha = "f" * 64  # as if trained with another tokenizer
     meta = trained.meta | {"lineage": trained.meta["lineage"] | {"tokenizer_sha256": foreign_sha}}
     foreign = dataclasses.replace(trained, meta=meta)
+    run = base_experiment(root).run("forward.small.s1337")
+    settings = experiment.run_settings(raw_params(root), run)
     with (TokenStore(root / "data/05_model_input/forward/val.h5") as val,
-          TokenStore(root / "data/05_model_input/forward/train.h5") as train):
+          TokenStore(root / "data/05_model_input/forward/train.h5") as train_store):
         with pytest.raises(LineageError) as err:
-            settings = yaml.safe_load((REPO / "conf/base/parameters_lm.yml").read_text())
-            evaluate(foreign, val, train, tokenizer, settings["forward"]["evaluate"],
-                     variant="forward")
+            evaluate(foreign, val, train_store, tokenizer, settings["evaluate"],
+                     run=run.describe())
     assert tokenizer.sha256 in str(err.value) and foreign_sha in str(err.value)
 
 
@@ -323,13 +428,13 @@ def test_two_clean_runs_give_the_same_hashes(repo):
     machine-specific speed logs are there but ignored by DVC (.dvcignore)."""
     root = repo["root"]
     output = sh(root, "dvc", "repro", "--force")
-    assert ran(output) == expected_stages()
+    assert ran(output) == repo_stages(root)
     again = lock_hashes(root)
     assert again.keys() == repo["lock"].keys()
     differ = sorted(path for path in again if again[path] != repo["lock"][path])
     assert differ == []
     for variant in VARIANTS:
-        run = root / f"data/06_models/{variant}/run"
+        run = root / f"data/06_models/{variant}/{RUN}/run"
         assert (run / "speed_log.csv").is_file()
         assert "speed_log.csv" not in json.dumps(lock_entry(root, str(run.relative_to(root))))
     sh(root, "git", "checkout", "--", "dvc.lock")
@@ -350,8 +455,8 @@ def lock_entry(root: Path, path: str) -> dict:
 @pytest.mark.slow
 def test_checkout_restores_a_deleted_checkpoint(repo):
     root = repo["root"]
-    weights = root / "data/06_models/reversed/model/model.safetensors"
-    checkpoint = root / "data/06_models/reversed/run/checkpoints"
+    weights = root / f"data/06_models/reversed/{RUN}/model/model.safetensors"
+    checkpoint = root / f"data/06_models/reversed/{RUN}/run/checkpoints"
     original = weights.read_bytes()
     shutil.rmtree(checkpoint)
     weights.unlink()
@@ -375,31 +480,68 @@ def test_push_and_pull_round_trip_through_a_local_remote(repo):
     assert "added" in pulled or "fetched" in pulled
     assert lock_hashes(root) == repo["lock"]
     assert sh(root, "dvc", "status").strip().endswith("Data and pipelines are up to date.")
-    assert (root / "data/06_models/forward/model/model.safetensors").is_file()
+    assert (root / f"data/06_models/forward/{RUN}/model/model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_edited_training_code_makes_only_training_stale(repo):
+    root = repo["root"]
+    loop = root / "src/backstory/lm/training/loop.py"
+    original = loop.read_text()
+    loop.write_text(original + "\n# an edit\n")
+    try:
+        status = sh(root, "dvc", "status")
+    finally:
+        loop.write_text(original)
+    stale = set(re.findall(r"^(\S+):\s*$", status, flags=re.M))
+    assert stale == {f"train@{v}-small-s1337" for v in VARIANTS}
+    assert sh(root, "dvc", "status").strip().endswith("Data and pipelines are up to date.")
 
 
 @pytest.mark.slow
 def test_parameter_experiment_reruns_only_that_variant(repo):
     root = repo["root"]
-    key = "reversed.train.lr"
+    # `+` adds a key DVC's file does not have yet (variant_settings.reversed is {}).
     output = sh(root, "dvc", "exp", "run", "-n", "slow-lr", "-S",
-                f"conf/base/parameters_lm.yml:{key}=0.0005")
-    # Stages over several variants rerun too; `backward` reads only forward's tokens.
-    cross = expected_stages() - {f"{s}@{v}" for s in ("export", "train", "evaluate")
-                                 for v in VARIANTS} - {"ingest", "backward"}
-    assert ran(output) == {"train@reversed", "evaluate@reversed"} | cross
+                f"{RUNS_FILE}:+variant_settings.reversed.train.lr=0.0005")
+    assert ran(output) == {"train@reversed-small-s1337", "evaluate@reversed-small-s1337",
+                           "compare"}
     shown = json.loads(sh(root, "dvc", "exp", "show", "--json"))
     rows = {row.get("name") or row.get("rev"): row for row in flatten_exps(shown)}
     assert "slow-lr" in rows
     # The baseline is the commit row the experiment hangs under.
     baseline = next(entry for entry in shown if any(
         exp.get("name") == "slow-lr" for exp in entry.get("experiments") or []))
-    path = "data/08_reporting/reversed/metrics.json"
+    path = f"data/08_reporting/reversed/{RUN}/metrics.json"
     exp_loss = metrics_of(rows["slow-lr"])[path]["data"]["val_loss"]
     base_loss = metrics_of(baseline)[path]["data"]["val_loss"]
     assert exp_loss != base_loss
-    forward = "data/08_reporting/forward/metrics.json"
+    forward = f"data/08_reporting/forward/{RUN}/metrics.json"
     assert metrics_of(rows["slow-lr"])[forward] == metrics_of(baseline)[forward]
+    # `exp run` left the experiment in the workspace: back to the committed baseline.
+    sh(root, "git", "checkout", "--", RUNS_FILE, "dvc.lock")
+    sh(root, "dvc", "checkout", "--force")
+    assert sh(root, "dvc", "status").strip().endswith("Data and pipelines are up to date.")
+
+
+@pytest.mark.slow
+def test_an_added_seed_runs_only_its_own_stages(repo):
+    root = repo["root"]
+    path = root / RUNS_FILE
+    original = path.read_text()
+    data = yaml.safe_load(original)
+    data["experiment"]["extra"] = {"variants": ["forward"], "presets": ["small"], "seeds": [7]}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    sh(root, "python", "-m", "backstory.tools.dvc_stages", "--root", str(root))
+    try:
+        output = sh(root, "dvc", "repro")
+        assert ran(output) == {"train@forward-small-s7", "evaluate@forward-small-s7", "compare"}
+        assert (root / "data/08_reporting/forward/small/s7/metrics.json").is_file()
+    finally:
+        path.write_text(original)
+        sh(root, "python", "-m", "backstory.tools.dvc_stages", "--root", str(root))
+        sh(root, "git", "checkout", "--", "dvc.lock")
+        sh(root, "dvc", "checkout", "--force")
 
 
 def flatten_exps(shown: list) -> list[dict]:
@@ -416,3 +558,46 @@ def flatten_exps(shown: list) -> list[dict]:
 def metrics_of(row: dict) -> dict:
     data = row.get("data") or {}
     return data.get("metrics") or {}
+
+
+# -------------------------------------------------------------- a killed dvc repro
+
+
+@pytest.mark.slow
+def test_killed_repro_resumes_training_and_ends_as_an_uninterrupted_run(tmp_path):
+    steps, every = 40, 5
+    root = make_repo(tmp_path / "repo", {
+        "experiment": {"main": {"variants": ["forward"]}},
+        "run_defaults": {"train": {"max_steps": steps, "checkpoint_interval": every,
+                                   "eval_interval": 20}},
+    })
+    stage = "train@forward-small-s1337"
+    sh(root, "dvc", "repro", "export@forward")
+    run_dir = root / "data/06_models/forward/small/s1337/run"
+    proc = subprocess.Popen(["dvc", "repro", stage], cwd=root, env=ENV, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    killed_after = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = sorted((run_dir / "checkpoints").glob("step_*"))
+        if any(int(p.name[5:]) >= 2 * every for p in found):
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed_after = max(int(p.name[5:]) for p in found)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed_after is not None and killed_after < steps, "training ended before the kill"
+    resumed = sh(root, "dvc", "repro", stage)
+    assert "Resumed" in resumed  # from the newest checkpoint, not from step 0
+    final = load_trained(root / "data/06_models/forward/small/s1337/model")
+    # The same run, uninterrupted, with the settings the project merges for it.
+    raw = raw_params(root)
+    settings = experiment.run_settings(raw, experiment.declared(raw).run("forward.small.s1337"))
+    with (TokenStore(root / "data/05_model_input/forward/train.h5") as train_store,
+          TokenStore(root / "data/05_model_input/forward/val.h5") as val_store):
+        clean = train(ModelConfig(vocab_size=train_store.vocab_size, **settings["model"]),
+                      TrainConfig.from_params(settings["train"]), train_store, val_store,
+                      tmp_path / "clean", lineage=final.meta["lineage"], progress=False)
+    assert final.state_dict.keys() == clean.state_dict.keys()
+    for name, tensor in clean.state_dict.items():
+        assert torch.equal(final.state_dict[name], tensor), name

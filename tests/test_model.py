@@ -280,3 +280,23 @@ def test_optimizer_decays_only_matrices() -> None:
     counted = sum(p.numel() for g in opt.param_groups for p in g["params"])
     assert counted == model.num_parameters()  # tied matrix appears once
     assert opt.defaults["lr"] == 1e-3 and opt.defaults["betas"] == (0.9, 0.95)
+
+
+def test_grouped_query_attention_takes_the_fast_sdpa_path(monkeypatch):
+    """On torch >= 2.5 the kv heads go to SDPA as they are, with enable_gqa (no copies)."""
+    import torch.nn.functional as F
+
+    from backstory.lm import model as model_module
+
+    assert model_module.SDPA_HAS_GQA  # torch 2.13 here; "2.13" < "2.5" as strings
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        seen.append((q.shape[1], k.shape[1], kwargs.get("enable_gqa")))
+        return real(q, k, v, **kwargs)
+
+    monkeypatch.setattr(model_module.F, "scaled_dot_product_attention", spy)
+    model = make_model(n_heads=4, n_kv_heads=2)
+    model(torch.zeros(1, 5, dtype=torch.long))
+    assert seen and all(entry == (4, 2, True) for entry in seen)

@@ -18,7 +18,13 @@ import pytest
 import torch
 
 from backstory.data.tokens import DocBatch, TokenStore, write_token_store
-from backstory.lm.checkpoint import TrainedModel, latest_checkpoint, list_checkpoints, read_state
+from backstory.lm.checkpoint import (
+    TrainedModel,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    read_state,
+)
 from backstory.lm.model import ModelConfig
 from backstory.lm.schedules import lr_at
 from backstory.lm.training import TrainConfig, train
@@ -32,6 +38,7 @@ from backstory.lm.training.logs import (
     VAL_COLUMNS,
     VAL_LOG,
 )
+from tests.project import load_defaults
 
 VOCAB = 64
 MODEL = ModelConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, max_seq_len=32)
@@ -39,10 +46,11 @@ LINEAGE = {"tokenizer_sha256": "0" * 64, "corpus_fingerprint": "fp-test"}
 
 
 def small_config(**overrides: object) -> TrainConfig:
+    """The project's training defaults (conf/base) with settings that train in seconds."""
     settings = dict(batch_size=8, max_steps=12, lr=3e-3, min_lr=3e-4, warmup_steps=2,
                     eval_interval=4, eval_batches=2, log_interval=2, checkpoint_interval=4,
-                    device="cpu")
-    return TrainConfig(**{**settings, **overrides})
+                    device="cpu", seed=1337, token_order="forward")
+    return TrainConfig(**{**load_defaults("train"), **settings, **overrides})
 
 
 def make_store(path: Path, *, seed: int = 0, n_docs: int = 40, vocab: int = VOCAB) -> TokenStore:
@@ -126,14 +134,18 @@ def deterministic_logs(run_dir: Path) -> tuple[bytes, bytes]:
 )
 def test_bad_settings_name_their_key(overrides: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        TrainConfig(**overrides)
+        small_config(**overrides)
 
 
-def test_from_dict_round_trip_and_unknown_keys() -> None:
-    config = TrainConfig(batch_size=4, schedule="wsd", compile=False, device="cuda:1")
-    assert TrainConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="learning_rate"):
-        TrainConfig.from_dict({"learning_rate": 1e-3})
+def test_from_params_round_trip_and_unknown_or_missing_keys() -> None:
+    config = small_config(batch_size=4, schedule="wsd", compile=False, device="cuda:1")
+    assert TrainConfig.from_params(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown train key learning_rate; known keys: .*lr"):
+        TrainConfig.from_params(config.to_dict() | {"learning_rate": 1e-3})
+    settings = config.to_dict()
+    del settings["lr"]
+    with pytest.raises(ValueError, match="train lacks lr"):
+        TrainConfig.from_params(settings)
 
 
 def test_vocabulary_larger_than_model_is_rejected(stores, tmp_path: Path) -> None:
@@ -253,18 +265,30 @@ def test_finished_run_is_returned_without_training(stores, tmp_path: Path, monke
     assert (tmp_path / "train_log.csv").read_text() == log_before
 
 
-def test_resume_refuses_a_different_run(stores, tmp_path: Path) -> None:
-    run(stores, tmp_path, small_config(max_steps=4))
-    with pytest.raises(ValueError, match=r"train\.resume=false.*") as info:
-        run(stores, tmp_path, small_config(max_steps=4, lr=1e-3))
-    assert "'lr'" in str(info.value)
-    with pytest.raises(ValueError, match="lineage"):
-        run(stores, tmp_path, small_config(max_steps=4), lineage={"corpus_fingerprint": "other"})
-    with pytest.raises(ValueError, match="model config"):
-        train(replace(MODEL, dim=64), small_config(max_steps=4), *stores, tmp_path,
-              lineage=LINEAGE, progress=False)
-    # Logging and checkpoint cadence may change on resume.
-    run(stores, tmp_path, small_config(max_steps=4, log_interval=1, checkpoint_interval=2))
+def test_a_changed_input_moves_the_old_run_aside_and_starts_afresh(
+        stores, tmp_path: Path, caplog) -> None:
+    run_dir = tmp_path / "run"
+    first = run(stores, run_dir, small_config(max_steps=4))
+    changed = small_config(max_steps=4, lr=1e-3)
+    with caplog.at_level("WARNING", logger="backstory.lm.training.run"):
+        moved = run(stores, run_dir, changed)
+    assert_same_weights(moved.state_dict, run(stores, tmp_path / "clean", changed).state_dict)
+    aside = tmp_path / "run.previous"
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(said) == 1 and str(run_dir) in said[0] and str(aside) in said[0]
+    assert "['lr']" in said[0]  # what differed, so the user can tell a mistake
+    kept = latest_checkpoint(aside)  # the earlier run is kept, not deleted
+    assert_same_weights(first.state_dict, load_checkpoint(kept).model_state)
+    # Other data (lineage) or another model shape: the same, replacing the older copy.
+    run(stores, run_dir, changed, lineage={"corpus_fingerprint": "other"})
+    assert read_state(latest_checkpoint(aside))["train_config"]["lr"] == 1e-3
+    train(replace(MODEL, dim=64), changed, *stores, run_dir, lineage=LINEAGE, progress=False)
+    assert read_state(latest_checkpoint(run_dir))["model_config"]["dim"] == 64
+    # Logging and checkpoint cadence may change on resume: no new run.
+    steps = read_state(latest_checkpoint(run_dir))["step"]
+    train(replace(MODEL, dim=64), replace(changed, log_interval=1, checkpoint_interval=2),
+          *stores, run_dir, lineage=LINEAGE, progress=False)
+    assert read_state(latest_checkpoint(run_dir))["step"] == steps
 
 
 def test_resume_false_starts_over(stores, tmp_path: Path) -> None:
@@ -294,7 +318,7 @@ class SlowStore(TokenStore):
         return super().random_windows(*args, **kwargs)
 
 model, config, train_path, val_path, run_dir, lineage = __import__("json").loads(sys.argv[1])
-train(ModelConfig.from_dict(model), TrainConfig.from_dict(config), SlowStore(Path(train_path)),
+train(ModelConfig.from_dict(model), TrainConfig.from_params(config), SlowStore(Path(train_path)),
       TokenStore(Path(val_path)), Path(run_dir), lineage=lineage, progress=False)
 """
 

@@ -10,11 +10,16 @@ from pathlib import Path
 
 import pytest
 
-VARIANTS = ("forward", "reversed", "instruct")
-PIPELINES = {"__default__", "ingest", "compare", "backward", *VARIANTS}
+from backstory import variants
+
+VARIANTS = variants.NAMES
+EXPORTS = ("forward", "reversed", "instruct")  # backward reads forward's tokens
+RUNS = tuple(f"{v}.small.s1337" for v in VARIANTS)  # the tiny run's experiment
+PIPELINES = {"__default__", "ingest", "compare", *VARIANTS, *RUNS}
 LAYERS = ["raw", "intermediate", "primary", "model_input", "models", "reporting"]
 INGEST_NODES = {"acquire_corpus", "clean_corpus", "fit_tokenizer"}
-VARIANT_NODES = {"export_train_tokens", "export_val_tokens", "train_model", "evaluate_model"}
+EXPORT_NODES = {"export_train_tokens", "export_val_tokens"}
+RUN_NODES = {"train_model", "evaluate_model"}
 COMPARE_NODES = {"score_validation_documents", "measure_arrow_of_time", "build_report",
                  "generate_comparison_stories", "score_coherence", "check_instruction_following",
                  "plot_loss_curves", "plot_bpb_scatter", "plot_delta"}
@@ -49,49 +54,53 @@ def test_every_pipeline_is_built(viz_api):
     assert main["layers"] == LAYERS
 
 
-def test_variants_and_compare_are_namespaces_with_their_nodes(viz_api):
+def test_variants_presets_and_seeds_are_nested_namespaces(viz_api):
     main = _load(viz_api / "main")
     modular = main["modular_pipelines"]
-    assert {*VARIANTS, "backward", "compare"} <= set(modular)
+    assert {*VARIANTS, *(f"{v}.small" for v in VARIANTS), *RUNS, "compare"} <= set(modular)
     nodes = _nodes_by_name(main)
     by_id = {node["id"]: node for node in main["nodes"]}
-    groups = {"compare": COMPARE_NODES} | {v: VARIANT_NODES for v in VARIANTS}
-    groups["backward"] = {"train_model", "evaluate_model"}  # it reads forward's tokens
+
+    def children(namespace: str, kind: str) -> set[str]:
+        return {by_id[c["id"]]["name"] if kind != "modularPipeline" else c["id"]
+                for c in modular[namespace]["children"] if c["type"] == kind}
+
+    groups = {"compare": COMPARE_NODES} | {v: EXPORT_NODES for v in EXPORTS} | {
+        run: RUN_NODES for run in RUNS}
     for namespace, names in groups.items():
-        children = {by_id[c["id"]]["name"] for c in modular[namespace]["children"]
-                    if c["type"] == "task"}
-        assert names <= children, namespace
+        assert names <= children(namespace, "task"), namespace
         for name in names:
             assert nodes[f"{namespace}.{name}"]["modular_pipelines"] == [namespace]
-    for variant in VARIANTS:
-        inside = {by_id[c["id"]]["name"] for c in modular[variant]["children"]
-                  if c["type"] == "data"}
-        # What other groups read leaves the collapsed group as its outputs
-        # (backward reads forward's token stores).
+    for variant in VARIANTS:  # variant > preset > seed
+        assert children(variant, "modularPipeline") == {f"{variant}.small"}
+        assert children(f"{variant}.small", "modularPipeline") == {f"{variant}.small.s1337"}
         outputs = {by_id[i]["name"] for i in modular[variant]["outputs"]}
-        assert f"{variant}.train_tokens" in inside | outputs
-        assert {f"{variant}.model", f"{variant}.metrics", f"{variant}.val_tokens"} <= outputs
+        assert {f"{variant}.small.s1337.model", f"{variant}.small.s1337.metrics"} <= outputs
+    # What other groups read leaves the collapsed group as its outputs (backward and
+    # compare read forward's token stores).
+    outputs = {by_id[i]["name"] for i in modular["forward"]["outputs"]}
+    assert {"forward.train_tokens", "forward.val_tokens"} <= outputs
 
 
 def test_ingest_nodes_are_shared_and_not_namespaced(viz_api):
     nodes = _nodes_by_name(_load(viz_api / "main"))
     for name in INGEST_NODES:
         assert nodes[name]["modular_pipelines"] is None
-        assert {"ingest", *VARIANTS, "__default__"} <= set(nodes[name]["pipelines"])
-    for variant in VARIANTS:
-        pipeline = _load(viz_api / "pipelines" / variant)
+        assert {"ingest", *VARIANTS, *RUNS, "__default__"} <= set(nodes[name]["pipelines"])
+    for run in RUNS:
+        pipeline = _load(viz_api / "pipelines" / run)
         names = {n["name"] for n in pipeline["nodes"] if n["type"] == "task"}
-        assert INGEST_NODES | VARIANT_NODES <= names
+        assert INGEST_NODES | EXPORT_NODES | RUN_NODES <= names
 
 
 def test_datasets_have_layers_and_previews(viz_api):
     main = _load(viz_api / "main")
     nodes = _nodes_by_name(main)
     assert nodes["raw_corpus"]["layer"] == "raw"
-    assert nodes["forward.model"]["layer"] == "models"
+    assert nodes["forward.small.s1337.model"]["layer"] == "models"
     assert nodes["compare.report"]["layer"] == "reporting"
     previews = {
-        "forward.metrics": "JSONPreview",
+        "forward.small.s1337.metrics": "JSONPreview",
         "compare.report": "JSONPreview",
         "compare.loss_curves": "ImagePreview",
         "compare.delta_plot": "ImagePreview",
@@ -104,9 +113,10 @@ def test_datasets_have_layers_and_previews(viz_api):
         assert detail["preview"], name
 
 
-def test_compare_pipeline_reads_every_variant(viz_api):
+def test_compare_pipeline_reads_every_run(viz_api):
     pipeline = _load(viz_api / "pipelines" / "compare")
     names = {n["name"] for n in pipeline["nodes"] if n["type"] == "data"}
-    for variant in VARIANTS:
-        assert {f"{variant}.model", f"{variant}.val_tokens", f"{variant}.train_log"} <= names
+    for run in RUNS:
+        assert {f"{run}.model", f"{run}.train_log", f"{run}.metrics"} <= names
+    assert {f"{v}.val_tokens" for v in EXPORTS} <= names
     assert {"compare.report", "compare.report_markdown", "compare.bpb_scatter"} <= names

@@ -1,18 +1,79 @@
-"""Project hooks: say where the reports of a run are once it has finished."""
+"""Project hooks: keep the registered pipelines in step with the session's experiment,
+and say where the reports of a run are once it has finished."""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
+
+from backstory import experiment
+from backstory.experiment import Experiment
 
 logger = logging.getLogger(__name__)
 
 # Outputs a reader opens first after a run (matched on the name after the namespace).
 REPORT_NAMES = frozenset({"ingest_report", "metrics", "samples_report", "report",
                           "report_markdown", "loss_curves", "bpb_scatter", "delta_plot"})
+REGISTRY_MODULE = "backstory.pipeline_registry"
+
+_active: Experiment | None = None
+
+
+def active_experiment() -> Experiment:
+    """The experiment the pipelines are built from.
+
+    Inside a Kedro session it is the session environment's (set by ExperimentHooks);
+    elsewhere (``kedro registry list``, a notebook before a session) it is read from the
+    project in the working directory, environment $KEDRO_ENV or the default.
+    """
+    if _active is not None:
+        return _active
+    return experiment.declared(_load_parameters(Path.cwd(), os.environ.get("KEDRO_ENV")))
+
+
+def _load_parameters(project: Path, env: str | None) -> dict[str, Any]:
+    from kedro.framework.project import settings
+
+    conf = project / settings.CONF_SOURCE
+    if not conf.is_dir():
+        raise ValueError(f"{project} holds no {settings.CONF_SOURCE}/ folder: run from the "
+                         "project root, where the experiment is declared")
+    loader = settings.CONFIG_LOADER_CLASS(conf_source=str(conf), env=env,
+                                          **settings.CONFIG_LOADER_ARGS)
+    return loader["parameters"]
+
+
+class ExperimentHooks:
+    """Build the registry from the session's experiment (its env and --params).
+
+    The session's experiment holds from its context's creation to the end of its run;
+    after that, pipelines read outside a session come from the working directory again.
+    """
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        _activate(experiment.declared(context.config_loader["parameters"]))
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        _activate(None)
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        _activate(None)
+
+
+def _activate(declared: Experiment | None) -> None:
+    global _active
+    if declared != _active:
+        from kedro.framework.project import pipelines
+
+        _active = declared
+        pipelines.configure(REGISTRY_MODULE)  # the next access registers afresh
 
 
 def report_paths(pipeline: Any, catalog: Any) -> list[str]:

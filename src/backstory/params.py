@@ -39,3 +39,23 @@ def _required(field: Any) -> bool:
     from dataclasses import MISSING
 
     return field.default is MISSING and field.default_factory is MISSING
+
+
+def sha256(settings: Any) -> str:
+    """sha256 of settings as canonical JSON (sorted keys), recorded as lineage."""
+    import hashlib
+    import json
+
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_int(section: str, name: str, value: Any, minimum: int, *,
+              optional: bool = False) -> None:
+    """Raise ValueError naming ``section.name`` unless ``value`` is an int >= ``minimum``
+    (or None, when ``optional``)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        null = "null or " if optional else ""
+        raise ValueError(f"{section}.{name}={value!r} must be {null}an integer >= {minimum}")

@@ -1,15 +1,22 @@
 """Kedro project settings for backstory."""
 
-from kedro.config import OmegaConfigLoader
+import warnings
 
-from backstory.hooks import ReportLocationHooks
+from backstory.config_loader import ProjectConfigLoader
+from backstory.hooks import ExperimentHooks, ReportLocationHooks
 
-HOOKS = (ReportLocationHooks(),)
+HOOKS = (ExperimentHooks(), ReportLocationHooks())
 
-CONFIG_LOADER_CLASS = OmegaConfigLoader
+# OmegaConfigLoader, with the experiment's runs expanded into the parameters.
+CONFIG_LOADER_CLASS = ProjectConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
     # Environments such as conf/tinystories override single keys, not whole blocks.
     "merge_strategy": {"parameters": "soft"},
 }
+
+# Runs read datasets of other namespaces on purpose (backward reads forward.train_tokens,
+# compare reads every run's model): Kedro's advice against dotted names does not apply.
+warnings.filterwarnings("ignore", message="One or more dataset names contain '.'",
+                        category=UserWarning)

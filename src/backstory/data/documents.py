@@ -14,15 +14,43 @@ reversal leaves unchanged (it only reorders pieces).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from backstory import variants
+from backstory import params, variants
 from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import DocBatch
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """How stories become documents (defaults: ``text.defaults`` in conf/base)."""
+
+    seed: int  # instruction template choice is seeded per record
+    batch_size: int  # stories per encode batch (threads share a batch)
+    num_threads: int  # sentencepiece encode threads (0: all cores)
+    templates: list[str] | None  # None: backstory.data.text.DEFAULT_TEMPLATES
+
+    def __post_init__(self) -> None:
+        for name, low in (("seed", 0), ("batch_size", 1), ("num_threads", 0)):
+            params.check_int("text", name, getattr(self, name), low)
+        if self.templates is not None and (
+                not isinstance(self.templates, list | tuple)
+                or not all(isinstance(x, str) for x in self.templates)):
+            raise ValueError(f"text.templates must be null or a list of strings, "
+                             f"got {self.templates!r}")
+
+    @classmethod
+    def from_params(cls, settings: Mapping[str, Any]) -> TextConfig:
+        return params.build(cls, settings, "text")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def exporting_variant(name: str) -> variants.Variant:

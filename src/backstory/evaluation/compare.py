@@ -1,32 +1,23 @@
-"""Cross-variant comparison: the arrow-of-time delta, text scoring and instruction checks.
-
-The asymmetry measure is that of Arrows of Time (Papadopoulos et al., 2024):
-``delta = E[x_bw - x_fw] / (0.5 * E[x_bw + x_fw])`` over documents, where x is a
-document's loss under the backward and the forward model. Documents are the unit of
-the bootstrap, because tokens inside one story are not independent.
+"""Cross-run comparison: its settings, the shared validation stories, scoring texts and
+batched generation for the report.
 
 Texts (generated or real stories, in normal reading order) are scored by writing them
 as a small token store in a variant's own layout and passing that to
-``evaluate.document_bits``, so a text is scored exactly as the validation stories are.
-
-Instruction following is checked on the words and characters of a record: a story
-"uses" a required word when one of its words is that word or a regular inflection of
-it (fill -> fills, filled, filling); it "names the characters" when every name of the
-summary occurs in it as a whole word.
+``metrics.document_bits``, so a text is scored exactly as the validation stories are.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from backstory import variants
+from backstory import params, variants
 from backstory.data.documents import encode_documents
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore, write_token_store
@@ -37,83 +28,48 @@ from backstory.lm.model import Transformer
 
 logger = logging.getLogger(__name__)
 
-# Resamples per bootstrap chunk: bounds memory at chunk x n_docs indices.
-_BOOT_CHUNK = 256
-_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
-_CAPITALIZED = re.compile(r"\b[A-Z][a-z]+(?:'s)?\b")
-# Stripped before a word to see what precedes it: spaces, tabs and quotes.
-_OPENERS = " \t\"'\u201c\u201d"
-_VOWELS = set("aeiou")
-# Capitalized words that are never a character's name even mid-sentence.
-_NOT_NAMES = frozenset({"I", "Once", "The", "A", "An", "One", "In", "On", "At", "Then"})
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """The report's settings (``compare`` in conf/base/parameters_compare.yml)."""
+
+    max_tokens: int | None  # validation documents: the first whole ones up to this many tokens
+    batch_size: int  # windows per scoring batch
+    n_boot: int  # bootstrap resamples of documents per interval
+    confidence: float  # interval coverage
+    seed: int  # bootstrap seed; generation batch b samples with seed + b
+    n_stories: int  # validation records prompted per source
+    generate_batch_size: int  # stories decoded together
+    max_new_tokens: int  # per generated story (capped by the model's context)
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    instruction_template: str  # the instruction given to instruct models
+    device: str  # auto: cuda when available, else cpu
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "n_stories", "generate_batch_size", "max_new_tokens"):
+            params.check_int("compare", name, getattr(self, name), 1)
+        params.check_int("compare", "n_boot", self.n_boot, 10)
+        params.check_int("compare", "seed", self.seed, 0)
+        params.check_int("compare", "max_tokens", self.max_tokens, 1, optional=True)
+        if not isinstance(self.confidence, int | float) or not 0 < self.confidence < 1:
+            raise ValueError(f"compare.confidence={self.confidence!r} must be in (0, 1)")
+        try:
+            check_sampling(self.temperature, self.top_k, self.top_p)
+        except ValueError as err:
+            raise ValueError(f"compare: {err}") from err
+
+    @classmethod
+    def from_params(cls, settings: Any) -> CompareConfig:
+        return params.build(cls, settings, "compare")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class CompareError(ValueError):
     """Inputs to the comparison that do not fit together (different stories, sizes, ...)."""
-
-
-# ----------------------------------------------------------------------- the delta
-
-
-def _paired(x_bw: Sequence[float], x_fw: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    bw = np.asarray(x_bw, dtype=np.float64)
-    fw = np.asarray(x_fw, dtype=np.float64)
-    if bw.ndim != 1 or bw.shape != fw.shape:
-        raise CompareError(
-            f"backward and forward losses must be 1-D and paired per document, got shapes "
-            f"{bw.shape} and {fw.shape}"
-        )
-    if bw.size == 0:
-        raise CompareError("no documents to compare")
-    if not (np.isfinite(bw).all() and np.isfinite(fw).all()):
-        raise CompareError("losses must be finite numbers")
-    return bw, fw
-
-
-def asymmetry_delta(x_bw: Sequence[float], x_fw: Sequence[float]) -> float:
-    """E[x_bw - x_fw] / (0.5 E[x_bw + x_fw]) over paired documents."""
-    bw, fw = _paired(x_bw, x_fw)
-    scale = 0.5 * (bw.mean() + fw.mean())
-    if scale <= 0:
-        raise CompareError("the mean loss is not positive, so the relative delta is undefined")
-    return float((bw.mean() - fw.mean()) / scale)
-
-
-def bootstrap_delta(
-    x_bw: Sequence[float],
-    x_fw: Sequence[float],
-    *,
-    n_boot: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> dict[str, float | int]:
-    """The delta and its percentile bootstrap interval, resampling documents in pairs.
-
-    Same inputs and seed give the same interval. Returns delta, low, high, n_docs,
-    n_boot and confidence.
-    """
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 10:
-        raise ValueError(f"compare.n_boot must be an integer >= 10, got {n_boot!r}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"compare.confidence must be in (0, 1), got {confidence!r}")
-    bw, fw = _paired(x_bw, x_fw)
-    rng = np.random.default_rng(seed)
-    deltas = []
-    for start in range(0, n_boot, _BOOT_CHUNK):
-        size = min(_BOOT_CHUNK, n_boot - start)
-        index = rng.integers(0, bw.size, size=(size, bw.size))  # (size, n_docs)
-        mean_bw, mean_fw = bw[index].mean(axis=1), fw[index].mean(axis=1)
-        deltas.append((mean_bw - mean_fw) / (0.5 * (mean_bw + mean_fw)))
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(np.concatenate(deltas), [tail, 100 - tail])
-    return {
-        "delta": asymmetry_delta(bw, fw),
-        "low": float(low),
-        "high": float(high),
-        "n_docs": int(bw.size),
-        "n_boot": n_boot,
-        "confidence": confidence,
-    }
 
 
 # --------------------------------------------------------------- validation documents
@@ -144,23 +100,6 @@ def story_tokens_per_doc(store: TokenStore, n_docs: int) -> np.ndarray:
     """int64 (n_docs,): the story-text tokens of each of the first ``n_docs`` documents."""
     spans = store.story_spans[:n_docs]
     return (spans[:, 1] - spans[:, 0]).astype(np.int64)
-
-
-def token_order_pairs(models: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str]]:
-    """(forward-order name, backward-order name) pairs that share one token layout.
-
-    ``models`` maps a name to ``{"layout": ..., "token_order": ...}``. Only such pairs
-    predict the same tokens, so only they compare in nats per token.
-    """
-    pairs = []
-    for fw, fw_info in models.items():
-        if fw_info.get("token_order") != "forward":
-            continue
-        for bw, bw_info in models.items():
-            if bw_info.get("token_order") == "backward" and bw_info.get("layout") == \
-                    fw_info.get("layout"):
-                pairs.append((fw, bw))
-    return pairs
 
 
 # --------------------------------------------------------------------- scoring texts
@@ -267,93 +206,3 @@ def generate_batched(
     return out
 
 
-# ----------------------------------------------------------- instruction following
-
-
-def word_forms(word: str) -> set[str]:
-    """Lower-case regular inflections of ``word``: -s/-es, -ed, -ing, -er, -est, -y rules."""
-    w = word.strip().lower()
-    if not w or not _WORD.fullmatch(w):
-        raise ValueError(f"required word {word!r} is not a single word")
-    forms = {w, w + "s", w + "es", w + "ed", w + "ing", w + "er", w + "est", w + "ly"}
-    if w.endswith("e"):
-        stem = w[:-1]
-        forms |= {w + "d", w + "r", w + "st", stem + "ing"}
-    if w.endswith("y") and len(w) > 1 and w[-2] not in _VOWELS:
-        stem = w[:-1]
-        forms |= {stem + "ies", stem + "ied", stem + "ier", stem + "iest", stem + "ily"}
-    if len(w) >= 3 and w[-1] not in _VOWELS | {"w", "x", "y"} and w[-2] in _VOWELS \
-            and w[-3] not in _VOWELS:
-        # stop -> stopped, big -> bigger: a short final consonant doubles
-        forms |= {w + w[-1] + end for end in ("ed", "ing", "er", "est")}
-    return forms
-
-
-def story_words(story: str) -> set[str]:
-    """The lower-case words of a story (a trailing 's drops: "Pete's" counts as "pete")."""
-    return {w.lower().removesuffix("'s") for w in _WORD.findall(story)}
-
-
-def uses_words(story: str, words: Iterable[str]) -> bool:
-    """Whether every required word occurs in ``story`` (any regular inflection)."""
-    present = story_words(story)
-    return all(word_forms(w) & present for w in words)
-
-
-def _mid_sentence_capitals(text: str) -> set[str]:
-    """Capitalized words of ``text`` that do not start a sentence (so names, mostly)."""
-    found = set()
-    for match in _CAPITALIZED.finditer(text):
-        before = text[max(0, match.start() - 8) : match.start()].rstrip(_OPENERS)
-        if before and before[-1] not in ".!?\n":
-            found.add(match.group().removesuffix("'s"))
-    return found
-
-
-def summary_characters(summary: str, reference: str = "") -> list[str]:
-    """Names of the characters in ``summary``, in order of first mention.
-
-    A capitalized word is a name when it stands mid-sentence in the summary or in the
-    ``reference`` story (a sentence's first word is capitalized anyway, so it counts
-    only when it is capitalized elsewhere too: "Shy Pete meets ..." gives ["Pete"]).
-    """
-    known = _mid_sentence_capitals(summary) | _mid_sentence_capitals(reference)
-    names: list[str] = []
-    for match in _CAPITALIZED.finditer(summary):
-        name = match.group().removesuffix("'s")
-        if name in known and name not in _NOT_NAMES and name not in names:
-            names.append(name)
-    return names
-
-
-def names_characters(story: str, names: Iterable[str]) -> bool:
-    """Whether every name occurs in ``story`` as a whole word (case-sensitive)."""
-    present = {w.removesuffix("'s") for w in _WORD.findall(story)}
-    return all(name in present for name in names)
-
-
-def instruction_checks(story: str, record: Mapping[str, Any]) -> dict[str, Any]:
-    """Which requirements of ``record`` (words, summary characters) ``story`` meets."""
-    words = [str(w) for w in record.get("words", [])]
-    names = summary_characters(str(record.get("summary", "")), str(record.get("story", "")))
-    return {
-        "words": words,
-        "characters": names,
-        "uses_words": uses_words(story, words),
-        "names_characters": names_characters(story, names),
-    }
-
-
-def instruction_shares(stories: Sequence[str], records: Sequence[Mapping[str, Any]]
-                       ) -> dict[str, float | int]:
-    """Shares of ``stories`` that use all words / name all characters of their record."""
-    if len(stories) != len(records):
-        raise CompareError(f"{len(stories)} stories but {len(records)} records to check them by")
-    if not stories:
-        raise CompareError("no stories to check")
-    checks = [instruction_checks(s, r) for s, r in zip(stories, records, strict=True)]
-    n = len(checks)
-    words = sum(c["uses_words"] for c in checks)
-    names = sum(c["names_characters"] for c in checks)
-    both = sum(c["uses_words"] and c["names_characters"] for c in checks)
-    return {"n": n, "uses_words": words / n, "names_characters": names / n, "both": both / n}

@@ -39,15 +39,9 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "n_samples", "max_new_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"evaluate.{name}={value!r} must be an integer >= 1")
-        if self.max_tokens is not None and (isinstance(self.max_tokens, bool)
-                                            or not isinstance(self.max_tokens, int)
-                                            or self.max_tokens < 1):
-            raise ValueError(f"evaluate.max_tokens={self.max_tokens!r} must be null or >= 1")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"evaluate.seed={self.seed!r} must be an integer >= 0")
+            params.check_int("evaluate", name, getattr(self, name), 1)
+        params.check_int("evaluate", "max_tokens", self.max_tokens, 1, optional=True)
+        params.check_int("evaluate", "seed", self.seed, 0)
         try:
             check_sampling(self.temperature, self.top_k, self.top_p)
         except ValueError as err:

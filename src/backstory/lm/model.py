@@ -17,11 +17,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.torch_version import TorchVersion
 
 logger = logging.getLogger(__name__)
 
 # SDPA learned `enable_gqa` in torch 2.5; older versions repeat the kv heads instead.
-_SDPA_HAS_GQA = torch.__version__ >= "2.5"
+# TorchVersion compares as a version against a tuple (a plain str would not: "2.13" < "2.5").
+SDPA_HAS_GQA = TorchVersion(torch.__version__) >= (2, 5)
 
 _INT_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "multiple_of", "max_seq_len")
 _FLOAT_FIELDS = ("norm_eps", "rope_theta", "dropout")
@@ -212,7 +214,7 @@ class Attention(nn.Module):
                 mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
         gqa = self.n_kv_heads != self.n_heads
         extra = {}
-        if gqa and _SDPA_HAS_GQA:
+        if gqa and SDPA_HAS_GQA:
             extra["enable_gqa"] = True
         elif gqa:
             groups = self.n_heads // self.n_kv_heads

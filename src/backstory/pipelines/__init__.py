@@ -1,1 +1,1 @@
-"""Kedro pipelines: `ingest`, the variant template (`lm.py`) and one package per variant."""
+"""Kedro pipelines: `ingest`, the run template (`run/`) and `compare`."""

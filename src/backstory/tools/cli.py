@@ -2,10 +2,13 @@
 
     backstory generate --variant forward --prompt "Once upon a time"
     backstory generate --variant reversed --prompt "They were happy forever."
+    backstory generate --variant backward --prompt "They were happy forever."
     backstory generate --variant instruct --prompt "Write a story about a brave cat."
+    backstory generate --run reversed.small.s1337 --prompt "They were happy forever."
 
-The model and tokenizer default to where `kedro run --pipeline <variant>` writes them
-under --project-dir. The story is printed in normal reading order.
+The model and tokenizer are where the project's catalog puts the run's files (the run:
+--run, or the only run of --variant in the experiment of --env). The story is printed in
+normal reading order, whatever direction the model writes in.
 """
 
 from __future__ import annotations
@@ -24,12 +27,10 @@ from backstory.evaluation.lineage import check_lineage, model_variant
 from backstory.evaluation.sampling import generate_story
 from backstory.lm.checkpoint import MODEL_META_FILE, WEIGHTS_FILE, load_model
 from backstory.lm.generate import check_sampling
+from backstory.tools.locate import Project
 
 logger = logging.getLogger(__name__)
 
-# The catalog's layout (conf/base/catalog.yml): <variant>.model and the shared tokenizer.
-MODEL_DIR = "data/06_models/{variant}/model"
-TOKENIZER_FILE = "data/06_models/tokenizer/tokenizer.model"
 EXIT_USAGE = 2  # argparse's code for bad usage; we use it for every user error
 
 
@@ -41,17 +42,22 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backstory", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="generate stories with a trained variant model")
-    gen.add_argument("--variant", required=True, choices=variants.NAMES,
-                     help="forward: continue the prompt; reversed: the prompt is the ending; "
-                          "instruct: the prompt is an instruction")
+    gen.add_argument("--variant", choices=variants.NAMES,
+                     help="; ".join(f"{v.name}: {v.description} (prompt: {v.mode})"
+                                    for v in variants.REGISTRY.values()))
+    gen.add_argument("--run", default=None,
+                     help="the run, e.g. reversed.small.s1337 (default: the only run of "
+                          "--variant)")
     gen.add_argument("--prompt", required=True, help="text in normal reading order")
     gen.add_argument("--project-dir", type=Path, default=Path("."),
                      help="the Kedro project whose data/ holds the model (default: .)")
+    gen.add_argument("--env", default=None,
+                     help="the Kedro environment whose experiment lists the runs")
     gen.add_argument("--model-dir", type=Path, default=None,
-                     help="model folder (default: <project-dir>/"
-                          f"{MODEL_DIR.format(variant='<variant>')})")
+                     help="a model folder instead of the run's (its variant is read from it "
+                          "unless --variant is given)")
     gen.add_argument("--tokenizer", type=Path, default=None,
-                     help=f"sentencepiece model (default: <project-dir>/{TOKENIZER_FILE})")
+                     help="a sentencepiece model instead of the project's")
     gen.add_argument("--max-new-tokens", type=int, default=200,
                      help="most tokens to generate (capped by the model's context)")
     gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -63,21 +69,30 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    model_dir = args.model_dir or args.project_dir / MODEL_DIR.format(variant=args.variant)
-    tokenizer = args.tokenizer or args.project_dir / TOKENIZER_FILE
+def _paths(args: argparse.Namespace) -> tuple[str | None, Path, Path]:
+    """(variant or None, model folder, tokenizer file) the arguments point at."""
+    variant, model_dir, tokenizer, make = args.variant, args.model_dir, args.tokenizer, None
+    if model_dir is None or tokenizer is None:
+        try:
+            project = Project.load(args.project_dir, args.env)
+            if model_dir is None:
+                run = project.find_run(args.variant, args.run)
+                variant, model_dir = run.variant, project.path(f"{run.namespace}.model")
+                make = f"kedro run --pipelines {run.namespace}"
+            if tokenizer is None:
+                tokenizer = project.path("tokenizer")
+        except ValueError as err:
+            raise UsageError(str(err)) from err
     for name in (WEIGHTS_FILE, MODEL_META_FILE):
         if not (model_dir / name).is_file():
-            raise UsageError(
-                f"no trained {args.variant} model at {model_dir} (missing {name}); "
-                f"make it with `kedro run --pipeline {args.variant}` in the project folder"
-            )
+            hint = f"; make it with `{make}` in the project folder" if make else ""
+            raise UsageError(f"no trained model at {model_dir} (missing {name}){hint}")
     if not tokenizer.is_file():
         raise UsageError(
-            f"no tokenizer at {tokenizer}; make it with `kedro run --pipeline ingest` "
+            f"no tokenizer at {tokenizer}; make it with `kedro run --pipelines ingest` "
             "(or pass --tokenizer)"
         )
-    return model_dir, tokenizer
+    return variant, model_dir, tokenizer
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -99,20 +114,23 @@ def _check_args(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> list[str]:
     """The stories the arguments ask for; UsageError for anything the user can fix."""
     _check_args(args)
-    model_dir, tokenizer_path = _paths(args)
+    variant, model_dir, tokenizer_path = _paths(args)
     try:
         tokenizer = Tokenizer.from_file(tokenizer_path)
         model, meta = load_model(model_dir, device=args.device)
         check_lineage(meta, tokenizer.sha256, model_path=str(model_dir),
                       tokenizer_path=str(tokenizer_path))
         trained_for = model_variant(meta)
-        if trained_for is not None and trained_for != args.variant:
+        variant = variant or trained_for
+        if variant is None:
+            raise UsageError(f"the model at {model_dir} records no variant; pass --variant")
+        if trained_for is not None and trained_for != variant:
             raise UsageError(
                 f"the model at {model_dir} was trained for the {trained_for!r} variant, not "
-                f"{args.variant!r}; pass --variant {trained_for} or the right --model-dir"
+                f"{variant!r}; pass --variant {trained_for} or the right --model-dir"
             )
         return [
-            generate_story(model, tokenizer, variant=args.variant, prompt=args.prompt,
+            generate_story(model, tokenizer, variant=variant, prompt=args.prompt,
                            max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                            top_k=args.top_k, top_p=args.top_p, seed=args.seed + i)["text"]
             for i in range(args.num_samples)

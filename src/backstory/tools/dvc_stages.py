@@ -1,17 +1,20 @@
-"""Write dvc.yaml from the registered Kedro pipelines and the catalog.
+"""Write dvc.yaml from the experiment's Kedro pipelines and the catalog.
 
 ``python -m backstory.tools.dvc_stages`` rewrites ``dvc.yaml``; ``--check`` exits 1 when the
 file on disk differs from what the pipelines give. One DVC stage runs one step:
 
 - ``ingest``: the ``ingest`` pipeline;
-- ``export``, ``train``, ``evaluate`` (``foreach`` variant): the variant's nodes grouped by
-  the first word of their name (``export_train_tokens`` -> ``export``);
-- one stage per other registered pipeline (e.g. ``compare``), for its remaining nodes.
+- ``export`` (``foreach`` text variant): that variant's token export;
+- ``train`` and ``evaluate`` (``foreach`` run of the experiment, keyed
+  ``<variant>-<size>-s<seed>``): one run's training and its evaluation;
+- ``compare``: the cross-run report.
 
 A stage's deps are the catalog paths its nodes read (made by other stages) plus the
-source files of its node functions, pipeline package and datasets with every backstory
-module they import; its params are exactly the ``params:`` keys its nodes read; its outs
-are the catalog paths its nodes write.
+source files of its node functions and datasets, with every backstory module they
+import (not the wiring: a pipeline change shows in this file itself); its params are
+the raw parameter keys the merged settings of its nodes come from
+(``backstory.experiment.tracked_keys``); its outs are the catalog paths its nodes
+write. A training run folder is a persisted out, so a killed ``dvc repro`` resumes it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib.util
+import json
 import logging
 import re
 import sys
@@ -28,12 +32,16 @@ from typing import Any
 
 import yaml
 
+from backstory.experiment import Experiment, RunSpec, declared, tracked_keys
+
 logger = logging.getLogger(__name__)
 
 PACKAGE = "backstory"
-VARIANTS = ("forward", "reversed", "instruct")
-SKIP_PIPELINES = {"__default__", "ingest", *VARIANTS}
 KEDRO = "env KEDRO_DISABLE_TELEMETRY=1 kedro run --env base"
+RUNS_VAR = "runs"  # the dvc.yaml variable holding the experiment's runs
+# Sentinels standing for a run's fields while its stage is written as a foreach template.
+SENTINELS = {"VARIANT": "${item.variant}", "SIZE": "${item.size}", "SEED": "${item.seed}",
+             "PRESET": "${item.preset}", "TOKENS": "${item.tokens}", "RUN": "${item.run}"}
 # Datasets a node loads as a folder and writes into (checkpoints): outs of that stage.
 WORKDIR_TYPES = {"backstory.datasets.model_dataset.RunDirDataset"}
 # Small JSON results shown by `dvc metrics show` / `dvc exp show`. They stay in DVC's
@@ -64,6 +72,7 @@ class Stage:
     deps: list[str] = field(default_factory=list)
     params: dict[str, list[str]] = field(default_factory=dict)
     outs: list[str] = field(default_factory=list)
+    persist: list[str] = field(default_factory=list)  # outs that survive a rerun
     metrics: list[str] = field(default_factory=list)
 
     @property
@@ -84,6 +93,7 @@ class Project:
     """The registered pipelines, the catalog config and the parameter files of one project."""
 
     root: Path
+    experiment: Experiment
     pipelines: dict[str, Any]
     catalog: dict[str, Any]
     param_files: dict[str, dict]  # relative path -> raw YAML
@@ -106,9 +116,12 @@ class Project:
 
 
 def load_project(root: Path) -> Project:
-    """Bootstrap the Kedro project at ``root`` and read pipelines, catalog and parameters."""
-    from kedro.framework.project import pipelines, settings
+    """Read the Kedro project at ``root`` as DVC sees it: conf/base alone (DVC reads the
+    raw parameter files), the pipelines of its experiment, and the catalog."""
+    from kedro.framework.project import settings
     from kedro.framework.startup import bootstrap_project
+
+    from backstory.pipeline_registry import build_pipelines
 
     bootstrap_project(root)
     loader = settings.CONFIG_LOADER_CLASS(
@@ -118,7 +131,8 @@ def load_project(root: Path) -> Project:
     param_files = {}
     for path in sorted((root / settings.CONF_SOURCE / "base").glob("parameters*.yml")):
         param_files[path.relative_to(root).as_posix()] = _raw_params(path)
-    return Project(root, dict(pipelines), catalog, param_files)
+    experiment = declared(loader["parameters"])
+    return Project(root, experiment, build_pipelines(experiment), catalog, param_files)
 
 
 def _raw_params(path: Path) -> dict:
@@ -145,9 +159,8 @@ def dataset_path(project: Project, name: str) -> str | None:
                      "needs a file to track")
 
 
-def param_entry(project: Project, param: str) -> tuple[str, str]:
-    """(parameter file, dotted key) for a node input ``params:<key>``."""
-    key = param.removeprefix("params:")
+def param_file(project: Project, key: str) -> str:
+    """The conf/base parameter file that defines the dotted ``key`` (which must exist)."""
     top = key.split(".")[0]
     holders = [f for f, data in project.param_files.items() if top in data]
     if len(holders) != 1:
@@ -159,7 +172,7 @@ def param_entry(project: Project, param: str) -> tuple[str, str]:
         if not isinstance(data, dict) or part not in data:
             raise StageError(f"parameter {key!r} is missing from {holders[0]}")
         data = data[part]
-    return holders[0], key
+    return holders[0]
 
 
 # ------------------------------------------------------------------------------ code deps
@@ -231,68 +244,114 @@ def _func_module(func: Any) -> str:
 # ------------------------------------------------------------------------------ stages
 
 
-def plan_stages(project: Project) -> list[Stage]:
-    """Every stage, in run order, each holding the nodes it runs."""
+@dataclass(frozen=True)
+class Naming:
+    """How a stage names its datasets and parameters: as they are, or as a template.
+
+    ``run`` and ``source`` are the run or text variant the stage belongs to; with
+    ``template`` the names are written with sentinels that become ``${item.<field>}``.
+    """
+
+    run: RunSpec | None = None
+    source: str | None = None
+    template: bool = False
+
+    def dataset(self, name: str) -> str:
+        if not self.template:
+            return name
+        if self.run is not None and name.startswith(self.run.namespace + "."):
+            return "VARIANT.SIZE.SEED." + name[len(self.run.namespace) + 1:]
+        source = self.source or (self.run.token_source if self.run else None)
+        if source is not None and name.startswith(source + "."):
+            return "TOKENS." + name[len(source) + 1:]
+        return name
+
+    def params(self, param: str) -> list[str]:
+        """Raw parameter keys behind a node input ``params:<key>``."""
+        key = param.removeprefix("params:")
+        if self.run is not None and key.startswith(self.run.namespace + "."):
+            section = key[len(self.run.namespace) + 1:]
+            variant, preset = (("VARIANT", "PRESET") if self.template
+                                else (self.run.variant, self.run.preset))
+            return tracked_keys(section, variant=variant, preset=preset)
+        if self.source is not None and key.startswith(self.source + "."):
+            section = key[len(self.source) + 1:]
+            return tracked_keys(section, variant="TOKENS" if self.template else self.source)
+        return [key]
+
+    def text(self, value: str) -> str:
+        """A path, key or command with sentinels made into ``${item.<field>}``."""
+        if not self.template:
+            return value
+        for sentinel, placeholder in SENTINELS.items():
+            value = re.sub(rf"\b{sentinel}\b", placeholder, value)
+        return value
+
+
+def _node(project: Project, name: str) -> Any:
+    nodes = {n.name: n for n in project.pipelines["__default__"].nodes}
+    if name not in nodes:
+        raise StageError(f"node {name!r} is not in the default pipeline")
+    return nodes[name]
+
+
+def plan_stages(project: Project) -> list[tuple[Stage, Naming]]:
+    """Every stage, in run order, with how it names things."""
     pipelines = project.pipelines
     if "ingest" not in pipelines:
         raise StageError("no `ingest` pipeline is registered")
-    stages = [Stage("ingest", "ingest", list(pipelines["ingest"].nodes), select_nodes=False)]
-    covered = {n.name for n in pipelines["ingest"].nodes}
-    for variant in VARIANTS:
-        if variant not in pipelines:
-            continue
-        own = [n for n in pipelines[variant].nodes if n.name not in covered]
-        for step in dict.fromkeys(_step_of(n.name) for n in own):
-            nodes = [n for n in own if _step_of(n.name) == step]
-            stages.append(Stage(f"{step}@{variant}", variant, nodes))
-        covered.update(n.name for n in own)
-    for name in sorted(set(pipelines) - SKIP_PIPELINES):
-        nodes = [n for n in pipelines[name].nodes if n.name not in covered]
-        if nodes:
-            overlaps = len(nodes) != len(pipelines[name].nodes)
-            stages.append(Stage(name, name, nodes, select_nodes=overlaps))
-            covered.update(n.name for n in nodes)
+    experiment = project.experiment
+    stages = [(Stage("ingest", "ingest", list(pipelines["ingest"].nodes), select_nodes=False),
+               Naming())]
+    for source in experiment.token_sources:
+        nodes = [_node(project, f"{source}.export_{split}_tokens") for split in ("train", "val")]
+        stages.append((Stage(f"export@{source}", "__default__", nodes), Naming(source=source)))
+    for step, node_name in (("train", "train_model"), ("evaluate", "evaluate_model")):
+        for run in experiment.runs:
+            nodes = [_node(project, f"{run.namespace}.{node_name}")]
+            stages.append((Stage(f"{step}@{run.key}", "__default__", nodes), Naming(run=run)))
+    stages.append((Stage("compare", "compare", list(pipelines["compare"].nodes),
+                         select_nodes=False), Naming()))
     return stages
 
 
-def _step_of(node_name: str) -> str:
-    return node_name.rpartition(".")[2].split("_")[0]
-
-
-def fill_stage(project: Project, stage: Stage, pipeline_module: str) -> Stage:
+def fill_stage(project: Project, stage: Stage, naming: Naming) -> Stage:
     """Resolve a stage's deps, params, outs and metrics from its nodes."""
     written = {out for n in stage.nodes for out in n.outputs}
-    data_deps, outs, params, modules = set(), set(), {}, {pipeline_module}
+    data_deps, outs, persist, metrics, modules = set(), set(), set(), set(), set()
+    params: dict[str, set[str]] = {}
     for node in stage.nodes:
         modules.add(_func_module(node.func))
         for name in node.inputs:
             if name.startswith("params:"):
-                path, key = param_entry(project, name)
-                params.setdefault(path, set()).add(key)
+                for key in naming.params(name):
+                    # A templated key names no real entry; its top-level key finds the file.
+                    lookup = key.split(".")[0] if naming.template else key
+                    params.setdefault(param_file(project, lookup), set()).add(key)
             elif name == "parameters":
                 raise StageError(f"node {node.name} reads all parameters; DVC needs exact keys")
             elif name not in written:
                 config = project.dataset_config(name)
+                path = _required_path(project, naming.dataset(name), node.name)
                 if config is not None and config.get("type") in WORKDIR_TYPES:
-                    outs.add(_required_path(project, name, node.name))
+                    persist.add(path)
                 else:
-                    data_deps.add(_required_path(project, name, node.name))
+                    data_deps.add(path)
                 modules.update(_dataset_modules(config))
         for name in node.outputs:
-            path = dataset_path(project, name)
+            path = dataset_path(project, naming.dataset(name))
             if path is None and _read_elsewhere(project, name, stage):
                 raise StageError(f"{name!r} (from node {node.name}) is read by another stage "
                                  "but is not in the catalog; persist it")
             if path is not None:
-                if _is_metric(name):
-                    stage.metrics.append(path)
-                else:
-                    outs.add(path)
+                (metrics if _is_metric(name) else outs).add(path)
                 modules.update(_dataset_modules(project.dataset_config(name)))
-    stage.deps = sorted(data_deps) + source_paths(modules)
-    stage.params = {path: sorted(keys) for path, keys in sorted(params.items())}
-    stage.outs = sorted(outs)
-    stage.metrics = sorted(set(stage.metrics))
+    stage.deps = sorted(naming.text(p) for p in data_deps) + source_paths(modules)
+    stage.params = {path: sorted(naming.text(k) for k in keys)
+                    for path, keys in sorted(params.items())}
+    stage.outs = sorted(naming.text(p) for p in outs)
+    stage.persist = sorted(naming.text(p) for p in persist)
+    stage.metrics = sorted(naming.text(p) for p in metrics)
     return stage
 
 
@@ -306,10 +365,8 @@ def _required_path(project: Project, name: str, node_name: str) -> str:
 
 def _read_elsewhere(project: Project, name: str, stage: Stage) -> bool:
     own = set(stage.node_names)
-    return any(
-        name in n.inputs and n.name not in own
-        for p in project.pipelines.values() for n in p.nodes
-    )
+    every = project.pipelines["__default__"].nodes
+    return any(name in n.inputs and n.name not in own for n in every)
 
 
 def _is_metric(name: str) -> bool:
@@ -325,74 +382,113 @@ def _dataset_modules(config: dict | None) -> set[str]:
     return {t.rpartition(".")[0] for t in types if t.startswith(PACKAGE + ".")}
 
 
-def _pipeline_module(name: str) -> str:
-    return f"{PACKAGE}.pipelines.{name}"
-
-
 # ------------------------------------------------------------------------------ dvc.yaml
 
 
 def stage_dict(stage: Stage) -> dict:
     """The dvc.yaml body of one stage."""
-    body: dict[str, Any] = {"cmd": stage.cmd, "deps": stage.deps}
+    cmd = stage.cmd
+    body: dict[str, Any] = {"cmd": cmd, "deps": stage.deps}
     if stage.params:
         body["params"] = [{path: keys} for path, keys in stage.params.items()]
-    if stage.outs:
-        body["outs"] = stage.outs
+    outs: list[Any] = list(stage.outs) + [{path: {"persist": True}} for path in stage.persist]
+    if outs:
+        body["outs"] = outs
     if stage.metrics:
         body["metrics"] = list(stage.metrics)
     return body
 
 
-def _template(value: Any, variant: str) -> Any:
-    """Replace the variant name (as a whole word) by ${item}."""
-    if isinstance(value, dict):
-        return {_template(k, variant): _template(v, variant) for k, v in value.items()}
-    if isinstance(value, list):
-        items = [_template(v, variant) for v in value]
-        # Paths sort differently once the variant is replaced; order carries no meaning.
-        return sorted(items) if all(isinstance(v, str) for v in items) else items
-    if isinstance(value, str):
-        return re.sub(rf"(?<![A-Za-z0-9_]){re.escape(variant)}(?![A-Za-z0-9_])", "${item}", value)
-    return value
+def _item(naming: Naming) -> dict[str, str] | str:
+    if naming.run is None:
+        return naming.source or ""
+    run = naming.run
+    return {"run": run.namespace, "variant": run.variant, "size": run.size,
+            "seed": f"s{run.seed}", "preset": run.preset, "tokens": run.token_source}
 
 
-def stages_section(stages: list[Stage]) -> dict:
-    """dvc.yaml `stages:`; per-variant steps become `foreach` stages when they agree."""
+def _instantiate(template: Any, item: dict[str, str] | str) -> Any:
+    """A foreach body with one item's values put in (as DVC would)."""
+    text = json.dumps(template)
+    if isinstance(item, str):
+        text = text.replace("${item}", item)
+    else:
+        for key, value in item.items():
+            text = text.replace("${item." + key + "}", value)
+    return json.loads(text)
+
+
+def _templated(project: Project, stage: Stage, naming: Naming) -> dict:
+    symbolic = Naming(run=naming.run, source=naming.source, template=True)
+    body = stage_dict(fill_stage(project, Stage(stage.name, stage.pipeline, stage.nodes,
+                                                stage.select_nodes), symbolic))
+    names = ",".join(symbolic.dataset(n) for n in stage.node_names)
+    body["cmd"] = f"{KEDRO} --pipelines {stage.pipeline} --nodes " + symbolic.text(
+        names.replace("VARIANT.SIZE.SEED", "RUN"))
+    if naming.source is not None:  # an export: the item is the text variant itself
+        body = json.loads(json.dumps(body).replace("${item.tokens}", "${item}"))
+    return body
+
+
+def _normal(body: dict) -> str:
+    """A body compared regardless of list order (sorting differs once values are put in)."""
+    def unordered(value: Any) -> Any:
+        if isinstance(value, list):
+            return sorted(json.dumps(unordered(v), sort_keys=True) for v in value)
+        if isinstance(value, dict):
+            return {k: unordered(v) for k, v in value.items()}
+        return value
+
+    return json.dumps(unordered(body), sort_keys=True)
+
+
+def stages_section(project: Project, planned: list[tuple[Stage, Naming]]
+                   ) -> tuple[dict, dict]:
+    """dvc.yaml ``stages:`` (export, train and evaluate as ``foreach`` over their items)
+    and ``vars:`` (the runs, declared once for every per-run step)."""
     section: dict[str, Any] = {}
-    by_step: dict[str, dict[str, dict]] = {}
-    for stage in stages:
-        step, _, variant = stage.name.partition("@")
-        if variant:
-            by_step.setdefault(step, {})[variant] = stage_dict(stage)
-        else:
-            section[stage.name] = stage_dict(stage)
-        if variant and step not in section:
+    shared: dict[str, Any] = {}
+    groups: dict[str, list[tuple[Stage, Naming]]] = {}
+    for stage, naming in planned:
+        step, _, key = stage.name.partition("@")
+        if not key:
+            section[stage.name] = stage_dict(fill_stage(project, stage, naming))
+            continue
+        if step not in groups:
+            groups[step] = []
             section[step] = None  # keep run order
-    for step, bodies in by_step.items():
-        templates = [_template(body, variant) for variant, body in bodies.items()]
-        if all(t == templates[0] for t in templates):
-            section[step] = {"foreach": list(bodies), "do": templates[0]}
+        groups[step].append((stage, naming))
+    for step, members in groups.items():
+        template = _templated(project, *members[0])
+        items = {}
+        for stage, naming in members:
+            concrete = stage_dict(fill_stage(project, stage, naming))
+            item = _item(naming)
+            if _normal(_instantiate(template, item)) != _normal(concrete):
+                raise StageError(f"stage {stage.name} does not fit the {step} template; "
+                                 "its runs must differ only in their names")
+            items[stage.name.partition("@")[2]] = item
+        if all(isinstance(i, str) for i in items.values()):
+            foreach: Any = list(items)
         else:
-            logger.warning("stage %s differs between variants; writing one stage each", step)
-            del section[step]
-            section.update({f"{step}-{variant}": body for variant, body in bodies.items()})
-    return section
+            shared.setdefault(RUNS_VAR, items)
+            if shared[RUNS_VAR] != items:
+                raise StageError(f"stage {step} runs over other runs than {RUNS_VAR}")
+            foreach = "${" + RUNS_VAR + "}"
+        section[step] = {"foreach": foreach, "do": template}
+    return section, shared
 
 
 def plots_section(project: Project) -> list[dict]:
-    """Training and validation loss of every variant, one plot each."""
+    """Training and validation loss of every run, one plot each."""
     from backstory.lm.training import TRAIN_LOG, VAL_LOG
 
-    runs = {v: dataset_path(project, f"{v}.training_run") for v in VARIANTS
-            if v in project.pipelines}
-    runs = {v: p for v, p in runs.items() if p is not None}
-    if not runs:
-        return []
+    runs = [dataset_path(project, f"{run.namespace}.training_run")
+            for run in project.experiment.runs]
     curves = (("training loss", TRAIN_LOG, "loss"), ("validation loss", VAL_LOG, "val_loss"))
     return [
         {title: {"template": "linear", "x": "step",
-                 "y": {f"{run}/{log}": column for run in runs.values()}}}
+                 "y": {f"{run}/{log}": column for run in runs}}}
         for title, log, column in curves
     ]
 
@@ -400,8 +496,11 @@ def plots_section(project: Project) -> list[dict]:
 def build(root: Path) -> tuple[list[Stage], dict]:
     """The stages and the dvc.yaml document of the project at ``root``."""
     project = load_project(root)
-    stages = [fill_stage(project, s, _pipeline_module(s.pipeline)) for s in plan_stages(project)]
-    document: dict[str, Any] = {"stages": stages_section(stages)}
+    planned = plan_stages(project)
+    stages = [fill_stage(project, stage, naming) for stage, naming in planned]
+    section, shared = stages_section(project, planned)
+    document: dict[str, Any] = {"vars": [shared]} if shared else {}
+    document["stages"] = section
     plots = plots_section(project)
     if plots:
         document["plots"] = plots
@@ -415,7 +514,8 @@ def render(document: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Write (or, with --check, verify) dvc.yaml of the project in --root."""
-    parser = argparse.ArgumentParser(prog="python -m backstory.tools.dvc_stages", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m backstory.tools.dvc_stages",
+                                     description=__doc__)
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="project root")
     parser.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml is stale")
     args = parser.parse_args(argv)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
+from backstory import params
 from backstory.lm.schedules import check_schedule
+from backstory.variants import TOKEN_ORDERS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TOKEN_ORDERS = ("forward", "backward")
 # Keys that change neither the data nor the arithmetic of the updates: a run may be
 # resumed under new values (e.g. on more GPUs, or logging more often).
 RESUME_FREE_KEYS = frozenset(
@@ -22,31 +23,36 @@ RESUME_FREE_KEYS = frozenset(
 
 @dataclass
 class TrainConfig:
-    """Training settings; tokens per optimizer step = batch_size * grad_accum * seq_len."""
+    """Training settings; tokens per optimizer step = batch_size * grad_accum * seq_len.
 
-    batch_size: int = 16  # sequences per micro-batch, summed over all processes
-    grad_accum: int = 1  # micro-batches per optimizer step
-    max_steps: int = 200  # optimizer steps in the whole run
-    lr: float = 1e-3  # peak learning rate, reached at the end of warmup
-    min_lr: float = 1e-4  # final learning rate (~ lr / 10, Chinchilla)
-    schedule: str = "cosine"  # "cosine" (llama2.c) or "wsd" (warmup-stable-decay)
-    warmup_steps: int = 20  # linear warmup steps
-    cooldown_fraction: float = 0.2  # wsd only: share of max_steps spent decaying to min_lr
-    weight_decay: float = 0.1  # AdamW decay on matrices and embeddings only
-    beta1: float = 0.9
-    beta2: float = 0.95  # llama2.c; shorter memory than 0.999 suits small batches
-    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
-    eval_interval: int = 50  # steps between validation losses
-    eval_batches: int = 8  # micro-batches averaged per validation loss
-    log_interval: int = 10  # steps between train_log rows (the only host syncs on GPU)
-    checkpoint_interval: int = 50  # steps between checkpoints
-    seed: int = 1337  # model init and data order
-    device: str = "auto"  # auto: cuda, then mps, then cpu
-    dtype: str = "auto"  # auto: bfloat16 on cuda (float16 if unsupported), float32 elsewhere
-    compile: str | bool = "auto"  # auto: torch.compile on cuda only
-    token_order: str = "forward"  # "backward" reverses every window (Arrows of Time)
-    nproc_per_node: int = 1  # processes (GPUs) to launch; batch_size must divide by it
-    resume: bool = True  # continue from run_dir's latest checkpoint when it matches
+    No field has a default: the project's defaults are ``run_defaults.train`` in
+    conf/base/parameters_runs.yml, and a run's seed and token order come from the
+    experiment (``backstory.experiment``).
+    """
+
+    batch_size: int  # sequences per micro-batch, summed over all processes
+    grad_accum: int  # micro-batches per optimizer step
+    max_steps: int  # optimizer steps in the whole run
+    lr: float  # peak learning rate, reached at the end of warmup
+    min_lr: float  # final learning rate (~ lr / 10, Chinchilla)
+    schedule: str  # "cosine" (llama2.c) or "wsd" (warmup-stable-decay)
+    warmup_steps: int  # linear warmup steps
+    cooldown_fraction: float  # wsd only: share of max_steps spent decaying to min_lr
+    weight_decay: float  # AdamW decay on matrices and embeddings only
+    beta1: float
+    beta2: float  # llama2.c; shorter memory than 0.999 suits small batches
+    grad_clip: float  # max global gradient norm; 0 turns clipping off
+    eval_interval: int  # steps between validation losses
+    eval_batches: int  # micro-batches averaged per validation loss
+    log_interval: int  # steps between train_log rows (the only host syncs on GPU)
+    checkpoint_interval: int  # steps between checkpoints
+    seed: int  # model init and data order
+    device: str  # auto: cuda, then mps, then cpu
+    dtype: str  # auto: bfloat16 on cuda (float16 if unsupported), float32 elsewhere
+    compile: str | bool  # auto: torch.compile on cuda only
+    token_order: str  # "backward" reverses every window (Arrows of Time)
+    nproc_per_node: int  # processes (GPUs) to launch; batch_size must divide by it
+    resume: bool  # continue from run_dir's latest checkpoint when it matches
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
@@ -86,15 +92,9 @@ class TrainConfig:
             raise ValueError(f"train.resume={self.resume!r} must be true or false")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """Build from parameters; unknown keys are errors (a typo must not pass silently)."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"train parameters must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown train keys {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
+    def from_params(cls, settings: Mapping[str, Any]) -> TrainConfig:
+        """Build from parameters; unknown and missing keys are errors naming the key."""
+        return params.build(cls, settings, "train")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -60,8 +60,12 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} {value!r} is not JSON-serialisable")
 
 
-def check_same_run(job: TrainJob, state: dict, path: Path) -> None:
-    """Raise ValueError if the checkpoint at ``path`` belongs to a different run."""
+def run_differences(job: TrainJob, state: dict) -> list[str]:
+    """What differs between ``job`` and the run a checkpoint's ``state`` belongs to.
+
+    Only what changes the data or the arithmetic of the updates counts; an empty list
+    means the checkpoint may be resumed.
+    """
     differences = []
     if state.get("model_config") != json_normal(job.model_config.to_dict(), "model config"):
         differences.append("model config")
@@ -75,9 +79,14 @@ def check_same_run(job: TrainJob, state: dict, path: Path) -> None:
         differences.append("lineage")
     if state.get("data") != job.data_identity():
         differences.append("token stores")
+    return differences
+
+
+def check_same_run(job: TrainJob, state: dict, path: Path) -> None:
+    """Raise ValueError if the checkpoint at ``path`` belongs to a different run."""
+    differences = run_differences(job, state)
     if differences:
         raise ValueError(
-            f"{job.run_dir} holds checkpoint {path.name} of a different run ("
-            f"{', '.join(differences)} differ). Delete {job.run_dir} or set "
-            "train.resume=false to start over, or restore the settings to continue it."
+            f"{job.run_dir} holds checkpoint {path.name} of a different run "
+            f"({', '.join(differences)} differ)"
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch.distributed as dist
@@ -18,7 +19,7 @@ from backstory.data.tokens import TokenStore
 from backstory.lm.checkpoint import TrainedModel, latest_checkpoint, read_state, trained_at
 from backstory.lm.model import ModelConfig
 from backstory.lm.training.config import TrainConfig
-from backstory.lm.training.job import TrainJob, check_same_run, json_normal
+from backstory.lm.training.job import TrainJob, check_same_run, json_normal, run_differences
 from backstory.lm.training.launch import (
     Rank,
     check_launchable,
@@ -49,6 +50,7 @@ def train(
     job = TrainJob(model_config, config, train_store, val_store, run_dir, lineage)
     if env_world_size() > 1:
         return _run_process(job, progress)
+    _set_aside_other_run(job)
     finished = _finished_run(job)
     if finished is not None:
         return finished
@@ -68,6 +70,32 @@ def _check_inputs(model_config: ModelConfig, config: TrainConfig, train_store: T
             )
     if config.nproc_per_node > 1 and env_world_size() == 1:
         check_launchable(config)
+
+
+def previous_run_dir(run_dir: Path) -> Path:
+    """Where a run folder of other data or settings is moved when a new run starts."""
+    return run_dir.with_name(run_dir.name + ".previous")
+
+
+def _set_aside_other_run(job: TrainJob) -> None:
+    """Move ``run_dir`` aside when its newest checkpoint is of other data or settings.
+
+    A changed input must recompute, never stop or mix: the old run goes to
+    ``<run_dir>.previous`` (replacing an older one there), so hours of training are not
+    deleted by a mistaken change, and the new run starts from step 0.
+    """
+    path = latest_checkpoint(job.run_dir) if job.config.resume else None
+    if path is None:
+        return
+    differences = run_differences(job, read_state(path))
+    if not differences:
+        return
+    aside = previous_run_dir(job.run_dir)
+    if aside.exists():
+        shutil.rmtree(aside)
+    os.replace(job.run_dir, aside)
+    logger.warning("%s held a run of other data or settings (%s differ): moved it to %s and "
+                   "starting afresh", job.run_dir, ", ".join(differences), aside)
 
 
 def _finished_run(job: TrainJob) -> TrainedModel | None:

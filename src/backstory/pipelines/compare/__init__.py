@@ -1,5 +1,1 @@
-"""The `compare` pipeline: cross-variant report on the variants' persisted outputs."""
-
-from backstory.pipelines.compare.pipeline import create_pipeline
-
-__all__ = ["create_pipeline"]
+"""The `compare` pipeline: the cross-run report on the runs' persisted outputs."""

@@ -1,57 +1,110 @@
-"""Compare nodes: thin adapters from the variants' persisted outputs to backstory.evaluation.compare."""
+"""Compare nodes: thin adapters from the runs' persisted outputs to the evaluation layer.
+
+Runs are compared within a group: the runs of one size (preset and context) and one
+seed, which differ only in their variant. Every group is scored on the same validation
+stories. The generated-story parts of the report (coherence, instruction following)
+use the lead group: the experiment's first size at its lowest seed.
+
+Node inputs that vary with the experiment (one model per run, one token store per text
+variant) arrive positionally; the pipeline binds ``runs`` (their identities, in the same
+order) and ``sources``.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from backstory import variants
+from backstory.data.stories import iter_stories
 from backstory.data.text import make_instruction
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore
 from backstory.evaluation.compare import (
-    bootstrap_delta,
+    CompareConfig,
     check_same_stories,
     generate_batched,
-    instruction_checks,
-    instruction_shares,
     score_texts,
     story_tokens_per_doc,
-    token_order_pairs,
 )
+from backstory.evaluation.instructions import instruction_checks, instruction_shares
 from backstory.evaluation.metrics import covered_documents, document_bits, resolve_device
 from backstory.evaluation.sampling import ending_prompt, opening_prompt
+from backstory.evaluation.stats import bootstrap_delta
 from backstory.lm.checkpoint import TrainedModel, build_model
 from backstory.lm.model import Transformer
-from backstory.pipelines.ingest.nodes import iter_stories
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("forward", "reversed", "instruct", "backward")
-# What each generated column holds: the variant that wrote it and how it was prompted.
-SOURCES = {
-    "forward": ("forward", "the story's first sentence"),
-    "reversed": ("reversed", "the story's last sentence (written backwards)"),
-    "instruct": ("instruct", "an instruction naming the summary and the words"),
-    "forward_free": ("forward", "nothing (BOS only): a baseline that is told nothing"),
-}
 LN2 = math.log(2.0)
+# How a generated story is prompted, by the writing variant's mode (backstory.variants).
+PROMPTS = {
+    "completion": "the story's first sentence",
+    "ending": "the story's last sentence (written backwards)",
+    "ending, token order backward": "the story's last sentence (written backwards, in tokens)",
+    "instruction": "an instruction naming the summary and the words",
+}
+FREE = "free"  # suffix of the baseline source: a completion model told nothing
+GROUP_KEYS = ("size", "seed")
 
 
 def _model(trained: TrainedModel, device: str) -> Transformer:
     return build_model(trained).to(resolve_device(device)).eval()
 
 
-def _model_info(trained: TrainedModel) -> dict[str, Any]:
-    lineage = trained.meta.get("lineage", {})
+def _by_run(runs: Sequence[Mapping[str, Any]], items: Sequence[Any]) -> dict[str, Any]:
+    if len(runs) != len(items):
+        raise ValueError(f"{len(items)} inputs for {len(runs)} runs")
+    return {run["run"]: item for run, item in zip(runs, items, strict=True)}
+
+
+def _size(run: Mapping[str, Any]) -> str:
+    context = run.get("context")
+    return run["preset"] if context is None else f"{run['preset']}-c{context}"
+
+
+def lead_group(runs: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
+    """(size, seed) of the group whose models write the report's stories."""
+    first = _size(runs[0])
+    return first, min(run["seed"] for run in runs if _size(run) == first)
+
+
+def lead_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """The lead group's runs, by variant, in registry order."""
+    size, seed = lead_group(runs)
+    found = {run["variant"]: run for run in runs if _size(run) == size and run["seed"] == seed}
+    return {v: found[v] for v in variants.NAMES if v in found}
+
+
+def story_readers(lead: Mapping[str, Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Lead runs that can score a plain story: every variant without an instruction."""
+    return [run for variant, run in lead.items() if not variants.get(variant).instruct]
+
+
+def story_sources(writers: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Generated-story sources: name -> (the variant that writes it, how it is prompted).
+
+    Each writer writes in its own mode; the first completion writer also writes from
+    nothing (``<variant>_free``), a baseline that is told nothing.
+    """
+    sources = {v: (v, PROMPTS[variants.get(v).mode]) for v in writers}
+    completion = [v for v in writers if variants.get(v).mode == "completion"]
+    if completion:
+        sources[f"{completion[0]}_{FREE}"] = (completion[0], "nothing (BOS only)")
+    return sources
+
+
+def _model_info(run: Mapping[str, Any], trained: TrainedModel) -> dict[str, Any]:
     return {
-        "layout": lineage.get("layout"),
-        "token_order": str(trained.meta.get("train_config", {}).get("token_order", "forward")),
+        **run,
+        "size": _size(run),
+        "token_order": variants.get(run["variant"]).token_order,
         "steps": trained.meta.get("steps"),
         "n_params": sum(int(t.numel()) for t in trained.state_dict.values()),
     }
@@ -61,71 +114,83 @@ def _model_info(trained: TrainedModel) -> dict[str, Any]:
 
 
 def score_validation_documents(
-    forward_model: TrainedModel, reversed_model: TrainedModel, instruct_model: TrainedModel,
-    backward_model: TrainedModel, forward_val: TokenStore, reversed_val: TokenStore,
-    instruct_val: TokenStore, backward_val: TokenStore, compare: dict,
+    compare: dict, *inputs: TrainedModel | TokenStore, runs: Sequence[Mapping[str, Any]],
+    sources: Sequence[str],
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Bits of every compared validation story under each variant's model, per document.
+    """Bits of every compared validation story under each run's model, per document.
 
-    ``backward_val`` is forward's store: the backward model reads the same tokens.
+    ``inputs`` are the runs' models (in ``runs`` order), then the validation stores of
+    the text variants in ``sources``; a run is scored on its variant's token source.
     """
-    models = dict(zip(VARIANTS, (forward_model, reversed_model, instruct_model,
-                                 backward_model), strict=True))
-    stores = dict(zip(VARIANTS, (forward_val, reversed_val, instruct_val, backward_val),
-                      strict=True))
-    n_docs = min(covered_documents(store, compare.get("max_tokens")) for store in stores.values())
+    config = CompareConfig.from_params(compare)
+    models = _by_run(runs, inputs[: len(runs)])
+    stores = dict(zip(sources, inputs[len(runs):], strict=True))
+    n_docs = min(covered_documents(store, config.max_tokens) for store in stores.values())
     check_same_stories(stores, n_docs)
-    table = pd.DataFrame({"doc": np.arange(n_docs), "n_bytes": forward_val.doc_bytes[:n_docs]})
-    info = {}
-    for variant in tqdm(VARIANTS, desc="compare: score validation", unit="model"):
-        info[variant] = _model_info(models[variant])
-        model = _model(models[variant], compare.get("device", "auto"))
-        table[f"{variant}_bits"] = document_bits(
-            model, stores[variant], seq_len=model.config.max_seq_len,
-            batch_size=int(compare["batch_size"]), token_order=info[variant]["token_order"],
-            docs=range(n_docs),
-        )
-        table[f"{variant}_tokens"] = story_tokens_per_doc(stores[variant], n_docs)
-    logger.info("Scored %d validation stories under %d models", n_docs, len(VARIANTS))
-    return table, info
+    n_bytes = next(iter(stores.values())).doc_bytes[:n_docs]
+    frames, info = [], {}
+    for run in tqdm(runs, desc="compare: score validation", unit="model"):
+        trained, store = models[run["run"]], stores[variants.get(run["variant"]).token_source]
+        info[run["run"]] = _model_info(run, trained)
+        model = _model(trained, config.device)
+        bits = document_bits(model, store, seq_len=model.config.max_seq_len,
+                             batch_size=config.batch_size,
+                             token_order=info[run["run"]]["token_order"], docs=range(n_docs))
+        frames.append(pd.DataFrame({
+            "run": run["run"], "variant": run["variant"], "size": _size(run),
+            "seed": run["seed"], "doc": np.arange(n_docs), "n_bytes": n_bytes, "bits": bits,
+            "story_tokens": story_tokens_per_doc(store, n_docs),
+        }))
+    logger.info("Scored %d validation stories under %d models", n_docs, len(runs))
+    return pd.concat(frames, ignore_index=True), info
 
 
-def _level(table: pd.DataFrame, variant: str) -> dict[str, float]:
-    bits = table[f"{variant}_bits"].sum()
-    return {
-        "bpb": float(bits / table["n_bytes"].sum()),
-        "nats_per_token": float(bits * LN2 / table[f"{variant}_tokens"].sum()),
-    }
+def _level(rows: pd.DataFrame) -> dict[str, float]:
+    bits = rows["bits"].sum()
+    return {"bpb": float(bits / rows["n_bytes"].sum()),
+            "nats_per_token": float(bits * LN2 / rows["story_tokens"].sum())}
 
 
-def _delta(x_bw: np.ndarray, x_fw: np.ndarray, compare: dict) -> dict[str, Any]:
-    return bootstrap_delta(x_bw, x_fw, n_boot=int(compare["n_boot"]),
-                           confidence=float(compare["confidence"]), seed=int(compare["seed"]))
+def _delta(variant: str, partner: str, group: pd.DataFrame, config: CompareConfig
+           ) -> dict[str, Any]:
+    spec = variants.get(variant)
+    ours = group[group["variant"] == variant].sort_values("doc")
+    theirs = group[group["variant"] == partner].sort_values("doc")
+    # Same stories: the ratio of mean bits is the ratio of bits per byte. Same tokens
+    # (token order): nats per document compare as nats per token.
+    scale = LN2 if spec.delta == "token_order" else 1.0
+    entry = bootstrap_delta(ours["bits"].to_numpy() * scale, theirs["bits"].to_numpy() * scale,
+                            n_boot=config.n_boot, confidence=config.confidence,
+                            seed=config.seed)
+    level = "nats_per_token" if spec.delta == "token_order" else "bpb"
+    entry.update(kind=spec.delta, backward=variant, forward=partner,
+                 unit="nats per token" if spec.delta == "token_order" else "bits per byte",
+                 backward_level=_level(ours)[level], forward_level=_level(theirs)[level])
+    return entry
 
 
 def measure_arrow_of_time(document_bits: pd.DataFrame, models: dict, compare: dict
                           ) -> dict[str, Any]:
-    """Per-variant levels and the asymmetry deltas with their bootstrap intervals."""
-    levels = {v: _level(document_bits, v) for v in VARIANTS}
-    # Same stories, same bytes: the ratio of mean bits is the ratio of bits per byte.
-    word_order = _delta(document_bits["reversed_bits"].to_numpy(),
-                        document_bits["forward_bits"].to_numpy(), compare)
-    word_order.update(backward="reversed", forward="forward", unit="bits per byte",
-                      backward_level=levels["reversed"]["bpb"],
-                      forward_level=levels["forward"]["bpb"])
-    token_order = []
-    for fw, bw in token_order_pairs(models):
-        # The same tokens under both models: nats per token compare directly.
-        entry = _delta(document_bits[f"{bw}_bits"].to_numpy() * LN2,
-                       document_bits[f"{fw}_bits"].to_numpy() * LN2, compare)
-        entry.update(backward=bw, forward=fw, unit="nats per token",
-                     backward_level=levels[bw]["nats_per_token"],
-                     forward_level=levels[fw]["nats_per_token"])
-        token_order.append(entry)
-    logger.info("Word-order delta (reversed vs forward): %+.4f [%+.4f, %+.4f]",
-                word_order["delta"], word_order["low"], word_order["high"])
-    return {"n_docs": int(len(document_bits)), "levels": levels, "models": models,
-            "word_order": word_order, "token_order": token_order}
+    """Per-run levels and, per group, each variant's delta against its partner."""
+    config = CompareConfig.from_params(compare)
+    groups = []
+    for (size, seed), group in document_bits.groupby(list(GROUP_KEYS), sort=False):
+        present = list(dict.fromkeys(group["variant"]))
+        levels = {v: _level(group[group["variant"] == v]) for v in present}
+        deltas = []
+        for variant in present:
+            partner = variants.get(variant).compares_with
+            if partner is None:
+                continue
+            if partner not in present:
+                logger.warning("%s/s%s: no %s run to compare %s with", size, seed, partner,
+                               variant)
+                continue
+            deltas.append(_delta(variant, partner, group, config))
+            logger.info("%s s%s %s vs %s: %+.4f [%+.4f, %+.4f]", size, seed, variant, partner,
+                        deltas[-1]["delta"], deltas[-1]["low"], deltas[-1]["high"])
+        groups.append({"size": size, "seed": int(seed), "levels": levels, "deltas": deltas})
+    return {"n_docs": int(document_bits["doc"].nunique()), "groups": groups, "models": models}
 
 
 # ------------------------------------------------------------- generated stories
@@ -144,36 +209,41 @@ def _records(stories: dict[str, Callable[[], pd.DataFrame]], n: int) -> list[dic
     return records
 
 
-def _prompt(source: str, record: Mapping[str, Any], template: str) -> str:
-    if source == "forward":
-        return opening_prompt(record["story"])
-    if source == "reversed":
-        return ending_prompt(record["story"])
-    if source == "instruct":
+def _prompt(source: str, variant: str, record: Mapping[str, Any], template: str) -> str:
+    spec = variants.get(variant)
+    if source.endswith(f"_{FREE}"):
+        return ""
+    if spec.instruct:
         return make_instruction(record["summary"], record["words"], record["features"], template)
-    return ""
+    return ending_prompt(record["story"]) if spec.writes_backwards else opening_prompt(
+        record["story"])
 
 
 def generate_comparison_stories(
-    forward_model: TrainedModel, reversed_model: TrainedModel, instruct_model: TrainedModel,
-    tokenizer: Tokenizer, stories: dict[str, Callable[[], pd.DataFrame]], compare: dict,
+    compare: dict, tokenizer: Tokenizer, stories: dict[str, Callable[[], pd.DataFrame]],
+    *models: TrainedModel, runs: Sequence[Mapping[str, Any]],
 ) -> pd.DataFrame:
-    """One story per (validation record, source), plus the real story, as a long table."""
-    device = compare.get("device", "auto")
-    models = {"forward": _model(forward_model, device), "reversed": _model(reversed_model, device),
-              "instruct": _model(instruct_model, device)}
-    records = _records(stories, int(compare["n_stories"]))
-    sampling = {key: compare[key] for key in ("max_new_tokens", "temperature", "top_k", "top_p")}
+    """One story per (validation record, source), plus the real story, as a long table.
+
+    ``models`` are the lead group's models (``runs``); each writes in its own mode.
+    """
+    config = CompareConfig.from_params(compare)
+    by_variant = {run["variant"]: trained for run, trained in zip(runs, models, strict=True)}
+    records = _records(stories, config.n_stories)
     # Words as one space-separated string: table previews cannot show list cells.
     bases = [{"record": i, "summary": r["summary"], "words": " ".join(r["words"]),
               "reference": r["story"]} for i, r in enumerate(records)]
     rows = [base | {"source": "real", "prompt": "", "text": r["story"], "n_new_tokens": 0,
                     "stopped": True} for base, r in zip(bases, records, strict=True)]
-    for source, (variant, _) in tqdm(SOURCES.items(), desc="compare: generate", unit="source"):
-        prompts = [_prompt(source, r, compare["instruction_template"]) for r in records]
-        samples = generate_batched(models[variant], tokenizer, prompts, variant=variant,
-                                   batch_size=int(compare["generate_batch_size"]),
-                                   seed=int(compare["seed"]), **sampling)
+    sources = story_sources(list(by_variant))
+    for source, (variant, _) in tqdm(sources.items(), desc="compare: generate", unit="source"):
+        model = _model(by_variant[variant], config.device)
+        prompts = [_prompt(source, variant, r, config.instruction_template) for r in records]
+        samples = generate_batched(model, tokenizer, prompts, variant=variant,
+                                   batch_size=config.generate_batch_size, seed=config.seed,
+                                   max_new_tokens=config.max_new_tokens,
+                                   temperature=config.temperature, top_k=config.top_k,
+                                   top_p=config.top_p)
         rows += [base | {key: sample[key] for key in ("prompt", "text", "n_new_tokens", "stopped")}
                  | {"source": source} for base, sample in zip(bases, samples, strict=True)]
     logger.info("Generated %d stories from %d validation records", len(rows) - len(records),
@@ -183,53 +253,55 @@ def generate_comparison_stories(
 
 
 def score_coherence(
-    forward_model: TrainedModel, reversed_model: TrainedModel, tokenizer: Tokenizer,
-    generated: pd.DataFrame, compare: dict,
+    compare: dict, tokenizer: Tokenizer, generated: pd.DataFrame, *models: TrainedModel,
+    runs: Sequence[Mapping[str, Any]],
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Every story (generated or real) scored by the forward and by the reversed model.
+    """Every story (generated or real) scored by the lead group's models that read plain
+    stories (``runs``), each reading it its own way.
 
     A generated story can be empty (the model ended it at once): it has no bytes to score,
     so its scores are NaN and it is counted as ``n_empty`` of its source.
     """
+    config = CompareConfig.from_params(compare)
     table = generated[["record", "source", "prompt", "text"]].copy()
     scored = table["text"].str.strip() != ""
     texts = list(table.loc[scored, "text"])
-    for form, trained in (("forward", forward_model), ("reversed", reversed_model)):
-        model = _model(trained, compare.get("device", "auto"))
-        bits, n_bytes = score_texts(model, tokenizer, texts, variant=form,
-                                    batch_size=int(compare["batch_size"]))
-        table[f"{form}_bits"] = np.nan
-        table.loc[scored, f"{form}_bits"] = bits
-        table["n_bytes"] = 0
+    table["n_bytes"] = 0
+    readers = []
+    for run, trained in zip(runs, models, strict=True):
+        variant = run["variant"]
+        readers.append(variant)
+        bits, n_bytes = score_texts(_model(trained, config.device), tokenizer, texts,
+                                    variant=variant, batch_size=config.batch_size)
+        table[f"{variant}_bits"] = np.nan
+        table.loc[scored, f"{variant}_bits"] = bits
         table.loc[scored, "n_bytes"] = n_bytes
-    table["forward_bpb"] = table["forward_bits"] / table["n_bytes"].where(scored)
-    table["reversed_bpb"] = table["reversed_bits"] / table["n_bytes"].where(scored)
-    return {"sources": _coherence_summary(table)}, table
+    for variant in readers:
+        table[f"{variant}_bpb"] = table[f"{variant}_bits"] / table["n_bytes"].where(scored)
+    return {"readers": readers, "sources": _coherence_summary(table, readers)}, table
 
 
-def _coherence_summary(table: pd.DataFrame) -> dict[str, dict[str, Any]]:
+def _coherence_summary(table: pd.DataFrame, readers: list[str]) -> dict[str, dict[str, Any]]:
     summary = {}
     for source, rows in table.groupby("source", sort=True):
         n_bytes = rows["n_bytes"].sum()
-        summary[str(source)] = {
-            "n": int(len(rows)),
-            "n_empty": int((rows["n_bytes"] == 0).sum()),
+        entry: dict[str, Any] = {"n": int(len(rows)), "n_empty": int((rows["n_bytes"] == 0).sum()),
+                                 "mean_bytes": float(rows["n_bytes"].mean())}
+        for variant in readers:
             # None (JSON null) when every story of the source was empty
-            "forward_bpb": float(rows["forward_bits"].sum() / n_bytes) if n_bytes else None,
-            "reversed_bpb": float(rows["reversed_bits"].sum() / n_bytes) if n_bytes else None,
-            "mean_bytes": float(rows["n_bytes"].mean()),
-        }
+            entry[f"{variant}_bpb"] = (float(rows[f"{variant}_bits"].sum() / n_bytes)
+                                       if n_bytes else None)
+        summary[str(source)] = entry
     return summary
 
 
 def check_instruction_following(generated: pd.DataFrame) -> dict[str, Any]:
     """Shares of stories using all required words / naming all summary characters."""
     shares = {}
-    for source in ("instruct", "forward_free", "forward", "real"):
-        rows = generated[generated["source"] == source]
+    for source, rows in generated.groupby("source", sort=True):
         records = [{"words": r.words.split(), "summary": r.summary, "story": r.reference}
                    for r in rows.itertuples(index=False)]
-        shares[source] = instruction_shares(list(rows["text"]), records)
+        shares[str(source)] = instruction_shares(list(rows["text"]), records)
     first = generated[generated["source"] == "real"].iloc[0]
     example = instruction_checks(first["text"], {"words": first["words"].split(),
                                                  "summary": first["summary"],
@@ -244,9 +316,10 @@ def check_instruction_following(generated: pd.DataFrame) -> dict[str, Any]:
 def build_report(arrow: dict, coherence: dict, instructions: dict, compare: dict
                  ) -> tuple[dict[str, Any], str]:
     """The comparison report as JSON and as Markdown."""
+    config = CompareConfig.from_params(compare)
+    settings = {k: v for k, v in sorted(config.to_dict().items()) if k != "device"}
     report = {"arrow_of_time": arrow, "coherence": coherence,
-              "instruction_following": instructions,
-              "settings": {k: compare[k] for k in sorted(compare) if k != "device"}}
+              "instruction_following": instructions, "settings": settings}
     return report, report_markdown(report)
 
 
@@ -264,39 +337,50 @@ def _delta_line(d: Mapping[str, Any]) -> str:
             f"[{_pct(d['low'])}, {_pct(d['high'])}] |")
 
 
+def _group_lines(group: Mapping[str, Any], models: Mapping[str, Any]) -> list[str]:
+    lines = [f"### {group['size']}, seed {group['seed']}", "",
+             "| variant | token order | steps | parameters | bits per byte | "
+             "nats per story token |", "|---|---|---|---|---|---|"]
+    for variant in (v for v in variants.NAMES if v in group["levels"]):
+        level = group["levels"][variant]
+        info = next(m for m in models.values() if m["variant"] == variant
+                    and m["size"] == group["size"] and m["seed"] == group["seed"])
+        lines.append(f"| {variant} | {info['token_order']} | {info['steps']} | "
+                     f"{info['n_params']:,} | {level['bpb']:.4f} | "
+                     f"{level['nats_per_token']:.4f} |")
+    lines += ["", "| pair | unit | backward | forward | delta | interval |",
+              "|---|---|---|---|---|---|", *(_delta_line(d) for d in group["deltas"])]
+    if not group["deltas"]:
+        lines.append("| (no pair of a variant and its partner in this group) | | | | | |")
+    return [*lines, ""]
+
+
 def report_markdown(report: Mapping[str, Any]) -> str:
     """A readable Markdown rendering of the report."""
     arrow = report["arrow_of_time"]
-    lines = ["# Variant comparison", "",
+    settings = report["settings"]
+    lines = ["# Run comparison", "",
              f"## Arrow of time ({arrow['n_docs']} validation stories, the same for every model)",
-             "", "| variant | token order | steps | bits per byte | nats per story token |",
-             "|---|---|---|---|---|"]
-    for variant, level in arrow["levels"].items():
-        info = arrow["models"][variant]
-        lines.append(f"| {variant} | {info['token_order']} | {info['steps']} | "
-                     f"{level['bpb']:.4f} | {level['nats_per_token']:.4f} |")
-    d = arrow["word_order"]
-    lines += ["", f"delta = E[x_bw - x_fw] / (0.5 E[x_bw + x_fw]); "
-              f"{100 * d['confidence']:.0f}% bootstrap interval over documents "
-              f"({d['n_boot']} resamples).", "",
-              "| pair | unit | backward | forward | delta | interval |",
-              "|---|---|---|---|---|---|",
-              _delta_line(d), *(_delta_line(t) for t in arrow["token_order"])]
-    if not arrow["token_order"]:
-        lines += ["", "No backward token-order model was trained (train.token_order: backward "
-                  "on a layout that also has a forward-order model), so no token-order delta."]
-    lines += ["", "## Coherence of generated stories (bits per byte; lower reads as more likely)",
-              "", "| stories | n | empty | forward model | reversed model |",
-              "|---|---|---|---|---|"]
+             "", "delta = E[x_bw - x_fw] / (0.5 E[x_bw + x_fw]) over documents; "
+             f"{100 * settings['confidence']:.0f}% bootstrap interval over documents "
+             f"({settings['n_boot']} resamples), within one training seed.", ""]
+    for group in arrow["groups"]:
+        lines += _group_lines(group, arrow["models"])
+    readers = report["coherence"]["readers"]
+    lines += ["## Coherence of generated stories (bits per byte; lower reads as more likely)",
+              "", "| stories | n | empty | " + " | ".join(f"{r} model" for r in readers) + " |",
+              "|---|---|---|" + "---|" * len(readers)]
     for source, row in report["coherence"]["sources"].items():
-        lines.append(f"| {source} | {row['n']} | {row['n_empty']} | {_num(row['forward_bpb'])} | "
-                     f"{_num(row['reversed_bpb'])} |")
+        cells = " | ".join(_num(row[f"{r}_bpb"]) for r in readers)
+        lines.append(f"| {source} | {row['n']} | {row['n_empty']} | {cells} |")
     lines += ["", "## Instruction following", "",
               "| stories | n | uses all words | names the characters | both |",
               "|---|---|---|---|---|"]
     for source, row in report["instruction_following"]["shares"].items():
         lines.append(f"| {source} | {row['n']} | {row['uses_words']:.0%} | "
                      f"{row['names_characters']:.0%} | {row['both']:.0%} |")
-    lines += ["", "Prompts: " + "; ".join(f"{s}: {how}" for s, (_, how) in SOURCES.items()) + ".",
-              ""]
+    sources = story_sources([s for s in report["instruction_following"]["shares"]
+                             if s in variants.REGISTRY])
+    lines += ["", "Prompts: " + "; ".join(f"{s}: {how}" for s, (_, how) in sources.items())
+              + ".", ""]
     return "\n".join(lines)

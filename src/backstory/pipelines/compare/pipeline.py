@@ -1,56 +1,83 @@
-"""Wire the compare nodes; they read what the variant pipelines persisted.
+"""Wire the compare nodes over the runs of an experiment; they read what the runs persisted.
 
 Namespaced `compare`, so its datasets are `compare.<name>` and kedro-viz shows it as one
-collapsible group next to the variants.
+collapsible group. Inputs that vary with the experiment (a model per run, a store per
+text variant) are passed positionally under template names without dots (dots are
+reserved for namespaces) and mapped to the runs' datasets.
 """
+
+from __future__ import annotations
+
+from functools import partial, update_wrapper
 
 from kedro.pipeline import Pipeline, node
 
+from backstory.experiment import Experiment
 from backstory.pipelines.compare.nodes import (
-    VARIANTS,
     build_report,
     check_instruction_following,
     generate_comparison_stories,
+    lead_runs,
     measure_arrow_of_time,
     score_coherence,
     score_validation_documents,
+    story_readers,
 )
 from backstory.pipelines.compare.plots import plot_bpb_scatter, plot_delta, plot_loss_curves
 
-# Template names (forward_model) map to the variants' datasets (forward.model): dots in
-# a template's own names are reserved for namespaces.
-MODELS = [f"{v}_model" for v in VARIANTS]
-VAL_TOKENS = [f"{v}_val_tokens" for v in VARIANTS]
-LOGS = [f"{v}_{log}" for v in VARIANTS for log in ("train_log", "val_log")]
-METRICS = [f"{v}_metrics" for v in VARIANTS]
-SHARED_INPUTS = {"stories": "stories", "tokenizer": "tokenizer"} | {
-    name: name.replace("_", ".", 1) for name in (*MODELS, *VAL_TOKENS, *LOGS, *METRICS)
-} | {"backward_val_tokens": "forward.val_tokens"}  # backward reads forward's tokens
+LOGS = ("train_log", "val_log", "metrics")
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    template = Pipeline(
-        [
-            node(score_validation_documents, [*MODELS, *VAL_TOKENS, "params:compare"],
-                 ["document_bits", "models"], name="score_validation_documents"),
-            node(measure_arrow_of_time, ["document_bits", "models", "params:compare"],
-                 "arrow_of_time", name="measure_arrow_of_time"),
-            node(generate_comparison_stories,
-                 ["forward_model", "reversed_model", "instruct_model", "tokenizer", "stories",
-                  "params:compare"],
+def _bound(func, **kwargs):
+    return update_wrapper(partial(func, **kwargs), func)
+
+
+def _local(dataset: str) -> str:
+    """The template name of an outside dataset: dots become double underscores."""
+    return dataset.replace(".", "__")
+
+
+def create_pipeline(experiment: Experiment) -> Pipeline:
+    runs = [run.describe() for run in experiment.runs]
+    sources = experiment.token_sources
+    lead = lead_runs(runs)
+    writers = list(lead.values())
+    readers = story_readers(lead)
+    models = [f"{run['run']}.model" for run in runs]
+    stores = [f"{source}.val_tokens" for source in sources]
+    logs = [f"{run['run']}.{log}" for run in runs for log in LOGS]
+    outside = [*models, *stores, *logs, "stories", "tokenizer"]
+
+    def local(names: list[str]) -> list[str]:
+        return [_local(name) for name in names]
+
+    nodes = [
+        node(_bound(score_validation_documents, runs=runs, sources=sources),
+             ["params:compare", *local(models), *local(stores)], ["document_bits", "models"],
+             name="score_validation_documents"),
+        node(measure_arrow_of_time, ["document_bits", "models", "params:compare"],
+             "arrow_of_time", name="measure_arrow_of_time"),
+        node(plot_bpb_scatter, "document_bits", "bpb_scatter", name="plot_bpb_scatter"),
+        node(plot_delta, "arrow_of_time", "delta_plot", name="plot_delta"),
+        node(_bound(plot_loss_curves, runs=runs), local(logs), "loss_curves",
+             name="plot_loss_curves"),
+    ]
+    if writers:
+        nodes += [
+            node(_bound(generate_comparison_stories, runs=writers),
+                 ["params:compare", "tokenizer", "stories",
+                  *local([f"{run['run']}.model" for run in writers])],
                  "generated_stories", name="generate_comparison_stories"),
-            node(score_coherence, ["forward_model", "reversed_model", "tokenizer",
-                                   "generated_stories", "params:compare"],
+            node(_bound(score_coherence, runs=readers),
+                 ["params:compare", "tokenizer", "generated_stories",
+                  *local([f"{run['run']}.model" for run in readers])],
                  ["coherence", "story_scores"], name="score_coherence"),
             node(check_instruction_following, "generated_stories", "instruction_following",
                  name="check_instruction_following"),
             node(build_report, ["arrow_of_time", "coherence", "instruction_following",
                                 "params:compare"], ["report", "report_markdown"],
                  name="build_report"),
-            node(plot_loss_curves, [*LOGS, *METRICS], "loss_curves", name="plot_loss_curves"),
-            node(plot_bpb_scatter, "document_bits", "bpb_scatter", name="plot_bpb_scatter"),
-            node(plot_delta, "arrow_of_time", "delta_plot", name="plot_delta"),
         ]
-    )
-    return Pipeline(template, namespace="compare", inputs=SHARED_INPUTS,
+    return Pipeline(nodes, namespace="compare",
+                    inputs={_local(name): name for name in outside},
                     parameters={"params:compare"}, tags="compare")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import matplotlib
 
 matplotlib.use("Agg")  # no display in pipelines or CI
@@ -10,9 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-VARIANTS = ("forward", "reversed", "instruct", "backward")
-COLORS = {"forward": "tab:blue", "reversed": "tab:orange", "instruct": "tab:green",
-          "backward": "tab:purple"}
+from backstory import variants  # noqa: E402
+
+LINESTYLES = ("-", "--", ":", "-.")
 
 
 def _check_log(log: pd.DataFrame, columns: tuple[str, ...], name: str) -> None:
@@ -21,68 +24,79 @@ def _check_log(log: pd.DataFrame, columns: tuple[str, ...], name: str) -> None:
         raise ValueError(f"{name} lacks columns {missing}; it has {list(log.columns)}")
 
 
-def plot_loss_curves(
-    forward_train: pd.DataFrame, forward_val: pd.DataFrame,
-    reversed_train: pd.DataFrame, reversed_val: pd.DataFrame,
-    instruct_train: pd.DataFrame, instruct_val: pd.DataFrame,
-    backward_train: pd.DataFrame, backward_val: pd.DataFrame,
-    forward_metrics: dict, reversed_metrics: dict, instruct_metrics: dict,
-    backward_metrics: dict,
-) -> Figure:
-    """Training (thin) and validation (thick, dots) loss of every variant over steps.
+def plot_loss_curves(*logs: pd.DataFrame | dict, runs: Sequence[Mapping[str, Any]]) -> Figure:
+    """Training (thin) and validation (thick, dots) loss of every run over steps.
 
-    The metrics are inputs so that Kedro draws this after every variant is evaluated;
-    the final validation loss is marked on the right.
+    ``logs`` are (train_log, val_log, metrics) for each run in ``runs`` order. The metrics
+    are inputs so that Kedro draws this after every run is evaluated; the final
+    validation loss is a dotted line. Colour is the variant; line style the seed.
     """
-    logs = {"forward": (forward_train, forward_val, forward_metrics),
-            "reversed": (reversed_train, reversed_val, reversed_metrics),
-            "instruct": (instruct_train, instruct_val, instruct_metrics),
-            "backward": (backward_train, backward_val, backward_metrics)}
+    if len(logs) != 3 * len(runs):
+        raise ValueError(f"{len(logs)} logs for {len(runs)} runs (3 per run)")
+    seeds = sorted({run["seed"] for run in runs})
     fig, ax = plt.subplots(figsize=(8, 5))
-    for variant, (train, val, metrics) in logs.items():
-        _check_log(train, ("step", "loss"), f"{variant}.train_log")
-        _check_log(val, ("step", "val_loss"), f"{variant}.val_log")
-        color = COLORS[variant]
-        ax.plot(train["step"], train["loss"], color=color, alpha=0.5, lw=1,
-                label=f"{variant} train")
-        ax.plot(val["step"], val["val_loss"], color=color, lw=2, marker="o", ms=3,
-                label=f"{variant} validation")
+    for i, run in enumerate(runs):
+        train, val, metrics = logs[3 * i: 3 * i + 3]
+        _check_log(train, ("step", "loss"), f"{run['run']}.train_log")
+        _check_log(val, ("step", "val_loss"), f"{run['run']}.val_log")
+        color = variants.get(run["variant"]).color
+        style = LINESTYLES[seeds.index(run["seed"]) % len(LINESTYLES)]
+        ax.plot(train["step"], train["loss"], color=color, alpha=0.4, lw=1, ls=style)
+        ax.plot(val["step"], val["val_loss"], color=color, lw=2, marker="o", ms=3, ls=style,
+                label=run["run"])
         ax.axhline(metrics["val_loss"], color=color, ls=":", lw=1)
     ax.set(xlabel="step", ylabel="loss (nats per token)",
-           title="Training and validation loss (dotted: final evaluation)")
-    ax.legend(fontsize=8)
+           title="Training (thin) and validation loss (dotted: final evaluation)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
 def plot_bpb_scatter(document_bits: pd.DataFrame) -> Figure:
-    """Per-document bits per byte, reversed model against forward model."""
-    fw = document_bits["forward_bits"] / document_bits["n_bytes"]
-    bw = document_bits["reversed_bits"] / document_bits["n_bytes"]
+    """Per-document bits per byte of each word-order pair, in the first group."""
+    first = document_bits.iloc[0]
+    group = document_bits[(document_bits["size"] == first["size"])
+                          & (document_bits["seed"] == first["seed"])]
+    present = set(group["variant"])
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    ax.scatter(fw, bw, s=8, alpha=0.6)
-    low, high = min(fw.min(), bw.min()), max(fw.max(), bw.max())
+    for variant in variants.NAMES:
+        spec = variants.get(variant)
+        if variant not in present or spec.delta != "word_order" \
+                or spec.compares_with not in present:
+            continue
+        ours = group[group["variant"] == variant].sort_values("doc")
+        theirs = group[group["variant"] == spec.compares_with].sort_values("doc")
+        x = theirs["bits"].to_numpy() / theirs["n_bytes"].to_numpy()
+        y = ours["bits"].to_numpy() / ours["n_bytes"].to_numpy()
+        ax.scatter(x, y, s=8, alpha=0.6, color=spec.color,
+                   label=f"{variant} vs {spec.compares_with}")
+    low, high = ax.get_xlim()
     ax.plot([low, high], [low, high], color="grey", lw=1, ls="--", label="equal")
-    ax.set(xlabel="forward model (bits per byte)", ylabel="reversed model (bits per byte)",
-           title=f"Validation stories (n={len(document_bits)})")
+    ax.set(xlabel="partner model (bits per byte)", ylabel="model (bits per byte)",
+           title=f"Validation stories, {first['size']} seed {first['seed']} "
+                 f"(n={group['doc'].nunique()})")
     ax.legend()
     fig.tight_layout()
     return fig
 
 
 def plot_delta(arrow: dict) -> Figure:
-    """Each asymmetry delta (percent) with its bootstrap interval."""
-    entries = [arrow["word_order"], *arrow["token_order"]]
-    labels = [f"{e['backward']} vs {e['forward']}\n({e['unit']})" for e in entries]
-    deltas = [100 * e["delta"] for e in entries]
-    errors = [[100 * (e["delta"] - e["low"]) for e in entries],
-              [100 * (e["high"] - e["delta"]) for e in entries]]
-    fig, ax = plt.subplots(figsize=(6, 1.5 + 0.8 * len(entries)))
-    ax.errorbar(deltas, range(len(entries)), xerr=errors, fmt="o", capsize=4)
+    """Every group's asymmetry deltas (percent) with their bootstrap intervals."""
+    entries = [(group, d) for group in arrow["groups"] for d in group["deltas"]]
+    fig, ax = plt.subplots(figsize=(6.5, 1.5 + 0.6 * max(1, len(entries))))
+    if entries:
+        labels = [f"{d['backward']} vs {d['forward']}, {g['size']} s{g['seed']}\n({d['unit']})"
+                  for g, d in entries]
+        deltas = [100 * d["delta"] for _, d in entries]
+        errors = [[100 * (d["delta"] - d["low"]) for _, d in entries],
+                  [100 * (d["high"] - d["delta"]) for _, d in entries]]
+        colors = [variants.get(d["backward"]).color for _, d in entries]
+        for y, (x, lo, hi, c) in enumerate(zip(deltas, *errors, colors, strict=True)):
+            ax.errorbar([x], [y], xerr=[[lo], [hi]], fmt="o", capsize=4, color=c)
+        ax.set_yticks(range(len(entries)), labels)
+        ax.invert_yaxis()
     ax.axvline(0, color="grey", lw=1, ls="--")
-    ax.set_yticks(range(len(entries)), labels)
     ax.set(xlabel="delta (%): positive = backward is harder",
-           title=f"Arrow-of-time asymmetry, {100 * entries[0]['confidence']:.0f}% interval")
-    ax.invert_yaxis()
+           title="Arrow-of-time asymmetry, bootstrap interval over documents")
     fig.tight_layout()
     return fig

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
 from backstory.data.corpus import clean, download, storyworld
+from backstory.data.stories import iter_stories
 from backstory.data.tokenizer import train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -102,17 +103,6 @@ def clean_corpus(
 
 def _table_of(name: str, load: Callable[[], bytes], ingest: dict, split: dict) -> pd.DataFrame:
     return _stories_frame(_clean(name, load, ingest, split))
-
-
-def iter_stories(stories: dict[str, Callable[[], pd.DataFrame]], split: str) -> Iterator[dict]:
-    """Yield the records of one split, partition by partition, in a stable order."""
-    for name in sorted(stories):
-        frame = stories[name]()
-        for row in frame[frame["split"] == split].itertuples(index=False):
-            record = row._asdict()
-            record["words"] = [str(w) for w in record["words"]]
-            record["features"] = [str(f) for f in record["features"]]
-            yield record
 
 
 def fit_tokenizer(stories: dict[str, Callable[[], pd.DataFrame]], tokenizer: dict) -> bytes:

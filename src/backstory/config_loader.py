@@ -1,0 +1,51 @@
+"""Kedro glue: the project's config loader, which turns the experiment into parameters.
+
+It is Kedro's OmegaConfigLoader (environments, soft merge, ``--params``) with one step
+added when parameters are read: every section is validated (an unknown key anywhere is
+an error naming it and the known keys), and each run of the experiment gets its merged
+settings under its namespace (``backstory.experiment.expand``). A bad parameter
+therefore stops ``kedro run`` before any work, with a message that names the setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kedro.config import OmegaConfigLoader
+
+from backstory import experiment, variants
+from backstory.evaluation.compare import CompareConfig
+
+# Top-level parameter sections besides the experiment declaration, and their checks.
+SECTION_CHECKS: dict[str, Callable[[Any], object]] = {
+    "compare": CompareConfig.from_params,
+    # Ingest sections: checked by their nodes (backstory.pipelines.ingest).
+    "corpus": lambda settings: None,
+    "ingest": lambda settings: None,
+    "split": lambda settings: None,
+    "tokenizer": lambda settings: None,
+}
+
+
+def project_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate every section of ``parameters`` and expand the experiment's runs."""
+    known = (*experiment.DECLARATION_KEYS, *SECTION_CHECKS, *variants.NAMES)
+    unknown = sorted(set(parameters) - set(known))
+    if unknown:
+        raise ValueError(f"unknown parameter section{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(unknown)}; known sections: {', '.join(known)}")
+    for section, check in SECTION_CHECKS.items():
+        if section in parameters:
+            check(parameters[section])
+    return experiment.expand(parameters)
+
+
+class ProjectConfigLoader(OmegaConfigLoader):
+    """OmegaConfigLoader whose ``parameters`` are validated and expanded per run."""
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        config = super().__getitem__(key)
+        if key == "parameters":
+            return project_parameters(config)
+        return config

@@ -1,0 +1,336 @@
+"""The experiment: which runs to train, and the one merge that gives each run its settings.
+
+A run is (variant, preset, seed, context). The experiment is declared once, in
+parameters (conf/base/parameters_runs.yml)::
+
+    experiment:             # the union of named grids
+      main: {variants: all, presets: [small], seeds: [1337]}
+    text: {defaults: ..., forward: {}, reversed: {}, instruct: {}}
+    run_defaults: {model: ..., train: ..., evaluate: ...}
+    presets: {small: {model: ..., train?: ..., evaluate?: ...}, ...}
+    variant_settings: {forward: {}, reversed: {train: {lr: ...}}, ...}
+
+A run's settings are ``run_defaults < presets[preset] < variant_settings[variant] < its
+own axes`` (seed -> train.seed, context -> model.max_seq_len, token order from the
+variant registry), then anything set for that run alone at run time
+(``--params reversed.small.s1337.train.lr=...``). A text variant's export settings are
+``text.defaults < text.<variant>``. Every section is validated by its typed settings
+class, so an unknown or missing key is an error naming it.
+
+``expand`` adds the merged blocks to the parameters under each run's namespace
+(``<variant>.<preset>.s<seed>``) and each text variant's export (``<variant>.text``),
+which is what the namespaced Kedro pipelines read. ``tracked_keys`` names the raw
+keys each merged block comes from, which is what dvc.yaml tracks.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backstory import variants
+from backstory.data.documents import TextConfig
+from backstory.evaluation.evaluate import EvaluateConfig
+from backstory.lm.model import ModelConfig
+from backstory.lm.training.config import TrainConfig
+
+EXPERIMENT, TEXT, RUN_DEFAULTS, PRESETS, VARIANT_SETTINGS = (
+    "experiment", "text", "run_defaults", "presets", "variant_settings")
+DECLARATION_KEYS = (EXPERIMENT, TEXT, RUN_DEFAULTS, PRESETS, VARIANT_SETTINGS)
+TEXT_DEFAULTS = "defaults"
+GRID_KEYS = ("variants", "presets", "seeds", "contexts")
+RUN_SECTIONS = ("model", "train", "evaluate")
+# Settings a run's identity or its variant fixes: never set in parameter files.
+AXIS_SETTINGS = {("train", "seed"): "experiment seeds", ("train", "token_order"):
+                 "the variant registry (backstory/variants.py)",
+                 ("model", "vocab_size"): "the tokenizer"}
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_PLACEHOLDER_VOCAB = 256  # model settings are checked before the tokenizer exists
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the experiment."""
+
+    variant: str
+    preset: str
+    seed: int
+    context: int | None = None
+
+    @property
+    def size(self) -> str:
+        """The preset, with the context length when the run sets one."""
+        return self.preset if self.context is None else f"{self.preset}-c{self.context}"
+
+    @property
+    def namespace(self) -> str:
+        """The Kedro namespace: ``<variant>.<size>.s<seed>``."""
+        return f"{self.variant}.{self.size}.s{self.seed}"
+
+    @property
+    def key(self) -> str:
+        """The run's name where dots are not allowed (DVC stage names, file names)."""
+        return self.namespace.replace(".", "-")
+
+    @property
+    def token_source(self) -> str:
+        """The variant whose token stores the run trains and is evaluated on."""
+        return variants.get(self.variant).token_source
+
+    def describe(self) -> dict[str, Any]:
+        """The run's identity as plain data (recorded in its lineage and metrics)."""
+        return {"run": self.namespace, "variant": self.variant, "preset": self.preset,
+                "seed": self.seed, "context": self.context}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """The declared runs, in a stable order (registry, then preset, context and seed)."""
+
+    runs: tuple[RunSpec, ...]
+
+    @property
+    def variants(self) -> list[str]:
+        """Registered variants that have runs, in registry order."""
+        present = {run.variant for run in self.runs}
+        return [name for name in variants.NAMES if name in present]
+
+    @property
+    def token_sources(self) -> list[str]:
+        """Variants whose documents must be exported for these runs."""
+        return variants.token_sources(self.variants)
+
+    def runs_of(self, variant: str) -> list[RunSpec]:
+        return [run for run in self.runs if run.variant == variant]
+
+    def run(self, namespace: str) -> RunSpec:
+        for run in self.runs:
+            if run.namespace == namespace:
+                return run
+        raise ValueError(f"no run {namespace!r} in the experiment; runs: "
+                         f"{', '.join(r.namespace for r in self.runs)}")
+
+
+# ------------------------------------------------------------------- the declaration
+
+
+def declared(parameters: Mapping[str, Any]) -> Experiment:
+    """The runs ``parameters`` declare; ValueError naming the key that is wrong."""
+    for key in DECLARATION_KEYS:
+        if not isinstance(parameters.get(key), Mapping):
+            raise ValueError(f"parameters lack the {key!r} mapping (conf/base/parameters_runs.yml)")
+    presets = parameters[PRESETS]
+    blocks = parameters[EXPERIMENT]
+    if not blocks:
+        raise ValueError("experiment declares no runs; give at least one grid")
+    runs: set[RunSpec] = set()
+    for name, block in blocks.items():
+        runs.update(_grid(f"experiment.{name}", block, presets))
+    order = {name: i for i, name in enumerate(variants.NAMES)}
+    preset_order = {name: i for i, name in enumerate(presets)}
+    ranked = sorted(runs, key=lambda r: (order[r.variant], preset_order[r.preset],
+                                          r.context or 0, r.seed))
+    return Experiment(tuple(ranked))
+
+
+def _grid(where: str, block: Any, presets: Mapping[str, Any]) -> list[RunSpec]:
+    if not isinstance(block, Mapping):
+        raise ValueError(f"{where} must be a mapping with keys {', '.join(GRID_KEYS)}")
+    _refuse_unknown(where, block, GRID_KEYS)
+    for key in ("variants", "presets", "seeds"):
+        if key not in block:
+            raise ValueError(f"{where} lacks {key!r}")
+    names = _variant_names(where, block["variants"])
+    chosen = _list(f"{where}.presets", block["presets"], str)
+    for preset in chosen:
+        if preset not in presets:
+            raise ValueError(f"{where}.presets names {preset!r}, which is not in presets "
+                             f"(known: {', '.join(presets)})")
+    seeds = _list(f"{where}.seeds", block["seeds"], int)
+    if any(seed < 0 for seed in seeds):
+        raise ValueError(f"{where}.seeds must be integers >= 0, got {seeds}")
+    contexts = block.get("contexts")
+    contexts = [None] if contexts is None else _list(f"{where}.contexts", contexts, int)
+    if any(c is not None and c < 2 for c in contexts):
+        raise ValueError(f"{where}.contexts must be integers >= 2, got {contexts}")
+    return [RunSpec(v, p, s, c) for v in names for p in chosen for c in contexts for s in seeds]
+
+
+def _variant_names(where: str, value: Any) -> list[str]:
+    if value == "all":
+        return list(variants.NAMES)
+    names = _list(f"{where}.variants", value, str)
+    for name in names:
+        try:
+            variants.get(name)
+        except ValueError as err:
+            raise ValueError(f"{where}.variants: {err}") from None
+    return names
+
+
+def _list(where: str, value: Any, kind: type) -> list[Any]:
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError(f"{where} must be a non-empty list, got {value!r}")
+    bad = [v for v in value if not isinstance(v, kind) or isinstance(v, bool)]
+    if bad:
+        raise ValueError(f"{where} must hold {kind.__name__}s, got {bad}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"{where} lists a value twice: {value}")
+    return list(value)
+
+
+def _refuse_unknown(where: str, block: Mapping[str, Any], known: tuple[str, ...]) -> None:
+    unknown = sorted(set(block) - set(known))
+    if unknown:
+        raise ValueError(f"unknown key{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(f'{where}.{k}' for k in unknown)}; known keys: "
+                         f"{', '.join(known)}")
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def _merged(*layers: Any) -> dict[str, Any]:
+    """Deep merge of mappings, later layers winning; lists and scalars are replaced."""
+    result: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+                result[key] = _merged(result[key], value)
+            else:
+                result[key] = copy.deepcopy(value)
+    return result
+
+
+def _section(source: Mapping[str, Any], where: str, section: str) -> dict[str, Any]:
+    value = source.get(section) or {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}.{section} must be a mapping, got {value!r}")
+    for (sec, key), owner in AXIS_SETTINGS.items():
+        if sec == section and key in value:
+            raise ValueError(f"{where}.{section}.{key} is set by {owner}, not in parameters")
+    return dict(value)
+
+
+def _entry(block: Mapping[str, Any], where: str, name: str, sections: tuple[str, ...]
+           ) -> Mapping[str, Any]:
+    """``block[name]``, which every registered name must have (``{}`` for no changes)."""
+    if name not in block:
+        raise ValueError(f"{where} lacks {name!r}: every registered variant has an entry "
+                         f"({name}: {{}} for none), so dvc.yaml can track it")
+    own = block[name] or {}
+    if not isinstance(own, Mapping):
+        raise ValueError(f"{where}.{name} must be a mapping, got {own!r}")
+    _refuse_unknown(f"{where}.{name}", own, sections)
+    return own
+
+
+def _run_layers(parameters: Mapping[str, Any], variant: str, preset: str
+                ) -> tuple[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]]:
+    defaults = parameters[RUN_DEFAULTS]
+    _refuse_unknown(RUN_DEFAULTS, defaults, RUN_SECTIONS)
+    settings = parameters[VARIANT_SETTINGS]
+    _refuse_unknown(VARIANT_SETTINGS, settings, variants.NAMES)
+    own = _entry(settings, VARIANT_SETTINGS, variant, RUN_SECTIONS)
+    preset_block = parameters[PRESETS].get(preset)
+    if not isinstance(preset_block, Mapping):
+        raise ValueError(f"presets.{preset} must be a mapping with model settings")
+    _refuse_unknown(f"presets.{preset}", preset_block, RUN_SECTIONS)
+    return defaults, preset_block, own
+
+
+def run_settings(parameters: Mapping[str, Any], run: RunSpec) -> dict[str, dict[str, Any]]:
+    """The merged, validated model, train and evaluate settings of ``run``."""
+    defaults, preset, own = _run_layers(parameters, run.variant, run.preset)
+    override = (parameters.get(run.variant, {}) or {}).get(run.size, {}) or {}
+    override = override.get(f"s{run.seed}", {}) or {}
+    merged = {}
+    for section in RUN_SECTIONS:
+        layers = [_section(defaults, RUN_DEFAULTS, section),
+                  _section(preset, f"presets.{run.preset}", section),
+                  _section(own, f"variant_settings.{run.variant}", section)]
+        merged[section] = _merged(*layers, override.get(section))
+    merged["train"].update(seed=run.seed, token_order=variants.get(run.variant).token_order)
+    if run.context is not None:
+        merged["model"]["max_seq_len"] = run.context
+    _validate_run(run, merged)
+    return merged
+
+
+def text_settings(parameters: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The merged, validated text (export) settings of the exporting variant ``source``."""
+    block = parameters[TEXT]
+    exporting = [v for v in variants.NAMES if variants.get(v).tokens_from is None]
+    _refuse_unknown(TEXT, block, (TEXT_DEFAULTS, *exporting))
+    own = block.get(source) or {}
+    if source not in block or not isinstance(own, Mapping):
+        raise ValueError(f"text lacks {source!r}: every variant with documents of its own "
+                         f"has an entry ({source}: {{}} for none), so dvc.yaml can track it")
+    override = (parameters.get(source, {}) or {}).get("text")
+    merged = _merged(block.get(TEXT_DEFAULTS), own, override)
+    try:
+        TextConfig.from_params(merged)
+    except ValueError as err:
+        raise ValueError(f"text of {source}: {err}") from err
+    return merged
+
+
+def _validate_run(run: RunSpec, merged: dict[str, dict[str, Any]]) -> None:
+    where = f"run {run.namespace}"
+    try:
+        if "vocab_size" in merged["model"]:
+            raise ValueError("model.vocab_size comes from the tokenizer; do not set it")
+        ModelConfig.from_dict({**merged["model"], "vocab_size": _PLACEHOLDER_VOCAB})
+        TrainConfig.from_params(merged["train"])
+        EvaluateConfig.from_params(merged["evaluate"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from err
+
+
+def expand(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """``parameters`` plus each export's text block and each run's merged settings."""
+    experiment = declared(parameters)
+    expanded = dict(parameters)
+    for name in variants.NAMES:
+        extra = parameters.get(name)
+        if extra is not None and name not in experiment.variants \
+                and name not in experiment.token_sources:
+            raise ValueError(f"parameters set {name!r}, which has no run in the experiment")
+    for source in experiment.token_sources:
+        expanded[source] = {"text": text_settings(parameters, source)}
+    for run in experiment.runs:
+        block = expanded.setdefault(run.variant, {})
+        block.setdefault(run.size, {})[f"s{run.seed}"] = run_settings(parameters, run)
+    return expanded
+
+
+def tracked_keys(section: str, *, variant: str, preset: str | None = None) -> list[str]:
+    """The raw parameter keys a merged ``section`` of a run (or of an export, ``text``)
+    is made from."""
+    if section == TEXT:
+        return [f"{TEXT}.{TEXT_DEFAULTS}", f"{TEXT}.{variant}"]
+    keys = [f"{RUN_DEFAULTS}.{section}"]
+    if preset is not None:
+        keys.append(f"{PRESETS}.{preset}")
+    keys.append(f"{VARIANT_SETTINGS}.{variant}")
+    return keys
+
+
+def project_defaults(section: str, conf: Path | str = Path("conf/base")) -> dict[str, Any]:
+    """``run_defaults.<section>`` as a project's conf/base declares it.
+
+    For library use outside Kedro (benchmarks, tests, scripts): the settings classes
+    have no defaults of their own, and this reads the one place that holds them.
+    """
+    import yaml
+
+    path = Path(conf) / "parameters_runs.yml"
+    data = yaml.safe_load(path.read_text())
+    try:
+        return dict(data[RUN_DEFAULTS][section])
+    except (KeyError, TypeError):
+        raise ValueError(f"{path} has no {RUN_DEFAULTS}.{section}") from None
