@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from backstory.errors import SettingError
 from backstory.lm.schedules import check_schedule
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -49,6 +50,14 @@ class TrainConfig:
     resume: bool = True  # continue from run_dir's latest checkpoint when it matches
 
     def __post_init__(self) -> None:
+        try:
+            self._validate()
+        except SettingError:
+            raise
+        except ValueError as err:  # the checks (and check_schedule) name the setting
+            raise SettingError(str(err)) from err
+
+    def _validate(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
                      "log_interval", "checkpoint_interval", "nproc_per_node"):
             _require_int(name, getattr(self, name), 1)
@@ -89,11 +98,11 @@ class TrainConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         """Build from parameters; unknown keys are errors (a typo must not pass silently)."""
         if not isinstance(d, Mapping):
-            raise ValueError(f"train parameters must be a mapping, got {type(d).__name__}")
+            raise SettingError(f"train parameters must be a mapping, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown train keys {unknown}; known keys: {sorted(known)}")
+            raise SettingError(f"unknown train keys {unknown}; known keys: {sorted(known)}")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
