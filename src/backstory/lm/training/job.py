@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from backstory.data.tokens import TokenStore
+from backstory.errors import InputError
 from backstory.lm.model import ModelConfig
 from backstory.lm.training.config import RESUME_FREE_KEYS, TrainConfig
 
@@ -61,7 +62,8 @@ def _json_default(value: Any) -> Any:
 
 
 def check_same_run(job: TrainJob, state: dict, path: Path) -> None:
-    """Raise ValueError if the checkpoint at ``path`` belongs to a different run."""
+    """Raise InputError (a ValueError) if the checkpoint at ``path`` belongs to a different
+    run."""
     differences = []
     if state.get("model_config") != json_normal(job.model_config.to_dict(), "model config"):
         differences.append("model config")
@@ -76,7 +78,7 @@ def check_same_run(job: TrainJob, state: dict, path: Path) -> None:
     if state.get("data") != job.data_identity():
         differences.append("token stores")
     if differences:
-        raise ValueError(
+        raise InputError(
             f"{job.run_dir} holds checkpoint {path.name} of a different run ("
             f"{', '.join(differences)} differ). Delete {job.run_dir} or set "
             "train.resume=false to start over, or restore the settings to continue it."
