@@ -8,7 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backstory.lm.model import KVCache, ModelConfig, RMSNorm, Transformer, apply_rope, rope_tables
+from backstory.errors import SettingError
+from backstory.lm.model import (
+    MAX_PARAMETERS,
+    KVCache,
+    ModelConfig,
+    RMSNorm,
+    Transformer,
+    apply_rope,
+    rope_tables,
+)
 
 TINY = dict(vocab_size=61, dim=32, n_layers=2, n_heads=4, max_seq_len=48)
 
@@ -61,6 +70,30 @@ def test_ffn_hidden_rounds_up_and_override_wins() -> None:
 def test_config_rejects_bad_values(overrides: dict, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         ModelConfig(**{**TINY, **overrides})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"max_seq_len": 10**9}, "max_seq_len=1,000,000,000 is above the limit of 65,536"),
+        ({"vocab_size": 2**31}, "vocab_size=2,147,483,648 is above the limit"),
+        ({"dim": 2**20, "n_heads": 4}, "dim=1048576, .* parameters, above the limit"),
+        ({"n_layers": 10**6, "dim": 1024, "n_heads": 8}, "n_layers=1000000, .* above the limit"),
+    ],
+)
+def test_absurd_sizes_are_refused_by_name(overrides: dict, fragment: str) -> None:
+    # The config is checked when built, so no model of that size is ever allocated.
+    with pytest.raises(SettingError, match=fragment):
+        ModelConfig(**{**TINY, **overrides})
+
+
+@pytest.mark.parametrize("overrides", [{}, {"n_kv_heads": 2}, {"hidden_dim": 100},
+                                       {"n_layers": 3, "dim": 48, "n_heads": 6}])
+def test_parameter_count_without_building_the_model(overrides: dict) -> None:
+    config = ModelConfig(**{**TINY, **overrides})
+    assert config.num_parameters == Transformer(config).num_parameters()
+    assert MAX_PARAMETERS > ModelConfig(vocab_size=32000, dim=4096, n_layers=32,
+                                        n_heads=32).num_parameters  # a 7B model passes
 
 
 def test_config_dict_round_trip_and_float_coercion() -> None:

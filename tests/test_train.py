@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import pytest
 import torch
 
 from backstory.data.tokens import DocBatch, TokenStore, write_token_store
+from backstory.errors import InputError
 from backstory.lm.checkpoint import (
     TrainedModel,
     latest_checkpoint,
@@ -38,7 +41,9 @@ from backstory.lm.training.logs import (
     VAL_COLUMNS,
     VAL_LOG,
 )
+from backstory.locks import LockedError
 from tests.project import load_defaults
+from tests.test_checkpoint import DAMAGES, flip_one_bit
 
 VOCAB = 64
 MODEL = ModelConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, max_seq_len=32)
@@ -53,7 +58,8 @@ def small_config(**overrides: object) -> TrainConfig:
     return TrainConfig(**{**load_defaults("train"), **settings, **overrides})
 
 
-def make_store(path: Path, *, seed: int = 0, n_docs: int = 40, vocab: int = VOCAB) -> TokenStore:
+def make_store(path: Path, *, seed: int = 0, n_docs: int = 40, vocab: int = VOCAB,
+               tokenizer_sha256: str = "0" * 64) -> TokenStore:
     """Documents of BOS + an arithmetic progression of ids: learnable in a few steps."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(20, 60, n_docs)
@@ -69,7 +75,7 @@ def make_store(path: Path, *, seed: int = 0, n_docs: int = 40, vocab: int = VOCA
         doc_bytes=(4 * lengths).astype(np.int64),
     )
     attrs = dict(variant="forward", layout="bos_story", vocab_size=vocab, bos_id=1, eos_id=2,
-                 tokenizer_sha256="0" * 64, corpus_fingerprint=f"fp-{seed}")
+                 tokenizer_sha256=tokenizer_sha256, corpus_fingerprint=f"fp-{seed}")
     write_token_store(path, [batch], attrs=attrs)
     return TokenStore(path)
 
@@ -148,10 +154,24 @@ def test_from_params_round_trip_and_unknown_or_missing_keys() -> None:
         TrainConfig.from_params(settings)
 
 
-def test_vocabulary_larger_than_model_is_rejected(stores, tmp_path: Path) -> None:
-    small = replace(MODEL, vocab_size=VOCAB - 1)
-    with pytest.raises(ValueError, match="model.vocab_size"):
-        train(small, small_config(), *stores, tmp_path, progress=False)
+@pytest.mark.parametrize("model_vocab", [VOCAB - 1, VOCAB + 1])
+def test_model_vocabulary_must_equal_the_stores(stores, tmp_path: Path, model_vocab) -> None:
+    model = replace(MODEL, vocab_size=model_vocab)
+    with pytest.raises(InputError, match=rf"model vocab_size is {model_vocab} .*{VOCAB} ids"):
+        train(model, small_config(), *stores, tmp_path, progress=False)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_validation_tokens_of_another_tokenizer_are_refused_before_training(
+        stores, tmp_path: Path) -> None:
+    other = make_store(tmp_path / "other_val.h5", seed=1, tokenizer_sha256="f" * 64)
+    with pytest.raises(InputError, match="different tokenizers") as info:
+        train(MODEL, small_config(), stores[0], other, tmp_path / "run", progress=False)
+    assert str(stores[0].path) in str(info.value) and str(other.path) in str(info.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    bigger = make_store(tmp_path / "bigger_val.h5", seed=1, vocab=VOCAB + 8)
+    with pytest.raises(InputError, match="vocab_size 64 vs 72"):
+        train(MODEL, small_config(), stores[0], bigger, tmp_path / "run", progress=False)
 
 
 def to_inputs(windows: np.ndarray, order: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -385,3 +405,108 @@ def test_prefetcher_returns_what_direct_reads_return() -> None:
     # 3 was read ahead and skipped; 9 may have been read ahead before close cancelled it.
     assert {0, 1, 2, 7, 8} <= set(reads) <= {0, 1, 2, 3, 7, 8, 9}
     assert reads.count(1) == 1 and reads.count(8) == 1  # read ahead once, not read again
+
+
+# --- damaged checkpoints and concurrent runs ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clean_run(stores, tmp_path_factory) -> tuple[TrainedModel, Path]:
+    """The uninterrupted reference run of small_config() (12 steps, checkpoints every 4)."""
+    run_dir = tmp_path_factory.mktemp("clean")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run(stores, run_dir), run_dir
+    finally:
+        torch.set_num_threads(before)
+
+
+class _Crash(Exception):
+    pass
+
+
+def crash_after_checkpoint(stores, run_dir: Path, step: int, monkeypatch) -> None:
+    """Train small_config() in run_dir until checkpoint ``step`` is written, then crash."""
+    real = train_loop.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        path = real(*args, **kwargs)
+        if kwargs["step"] == step:
+            raise _Crash
+        return path
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_loop, "save_checkpoint", save_then_crash)
+        with pytest.raises(_Crash):
+            run(stores, run_dir)
+
+
+def backstory_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.WARNING and r.name.startswith("backstory")]
+
+
+@pytest.mark.parametrize("damage", [*DAMAGES, "newest folder deleted"])
+def test_resume_past_a_damaged_checkpoint_matches_an_uninterrupted_run(
+        stores, clean_run, tmp_path: Path, monkeypatch, caplog, damage: str) -> None:
+    run_dir = tmp_path / "run"
+    crash_after_checkpoint(stores, run_dir, 8, monkeypatch)
+    newest = run_dir / "checkpoints" / "step_00000008"
+    if damage == "newest folder deleted":
+        shutil.rmtree(newest)
+        named = f"{run_dir / 'checkpoints' / 'latest'} names step_00000008"
+    else:
+        name, spoil = DAMAGES[damage]
+        spoil(newest / name)
+        named = f"{newest / name} is damaged"
+    resumed = run(stores, run_dir)
+    (warning,) = backstory_warnings(caplog)
+    assert named in warning and "step_00000004" in warning
+    clean, clean_dir = clean_run
+    assert_same_weights(clean.state_dict, resumed.state_dict)
+    assert deterministic_logs(run_dir) == deterministic_logs(clean_dir)
+
+
+def test_a_finished_run_with_damaged_weights_is_trained_again_from_the_intact_one(
+        stores, clean_run, tmp_path: Path, caplog) -> None:
+    run(stores, tmp_path)
+    flip_one_bit(tmp_path / "checkpoints" / "step_00000012" / "model.safetensors")
+    again = run(stores, tmp_path)  # not handed back as finished: retrained from step 8
+    (warning,) = backstory_warnings(caplog)
+    assert "step_00000012/model.safetensors is damaged" in warning
+    assert_same_weights(clean_run[0].state_dict, again.state_dict)
+    assert (tmp_path / "checkpoints" / "damaged-step_00000012").is_dir()
+
+
+def test_a_second_run_on_the_same_folder_fails_at_once_naming_the_first(
+        stores, tmp_path: Path, monkeypatch) -> None:
+    config = small_config(max_steps=40, checkpoint_interval=4)
+    run_dir = tmp_path / "run"
+    script = tmp_path / "slow_run.py"
+    script.write_text(textwrap.dedent(KILLED_RUN))
+    arguments = json.dumps([MODEL.to_dict(), config.to_dict(), str(stores[0].path),
+                            str(stores[1].path), str(run_dir), LINEAGE])
+    first = subprocess.Popen([sys.executable, str(script), arguments],
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        latest = run_dir / "checkpoints" / "latest"
+        deadline = time.monotonic() + 120
+        while not latest.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert latest.exists(), "the first run never wrote a checkpoint"
+
+        def no_training(*args, **kwargs):
+            raise AssertionError("the second run must not touch the folder")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(train_loop.Session, "start", no_training)
+            with pytest.raises(LockedError, match=rf"{run_dir} is in use .*pid {first.pid}"):
+                run(stores, run_dir, config)
+        assert first.poll() is None  # refused while the first still runs: no waiting
+    finally:
+        first.kill()
+        first.wait()
+    # The lock died with its holder: the next run takes the folder and resumes it.
+    resumed = run(stores, run_dir, config)
+    assert resumed.meta["steps"] == config.max_steps

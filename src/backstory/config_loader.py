@@ -15,6 +15,7 @@ from typing import Any
 from kedro.config import OmegaConfigLoader
 
 from backstory import experiment, variants
+from backstory.errors import SettingError
 from backstory.evaluation.compare import CompareConfig
 
 # Top-level parameter sections besides the experiment declaration, and their checks.
@@ -33,7 +34,7 @@ def project_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
     known = (*experiment.DECLARATION_KEYS, *SECTION_CHECKS, *variants.NAMES)
     unknown = sorted(set(parameters) - set(known))
     if unknown:
-        raise ValueError(f"unknown parameter section{'s' if len(unknown) > 1 else ''} "
+        raise SettingError(f"unknown parameter section{'s' if len(unknown) > 1 else ''} "
                          f"{', '.join(unknown)}; known sections: {', '.join(known)}")
     for section, check in SECTION_CHECKS.items():
         if section in parameters:

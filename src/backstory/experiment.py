@@ -34,6 +34,7 @@ from typing import Any
 
 from backstory import variants
 from backstory.data.documents import TextConfig
+from backstory.errors import SettingError
 from backstory.evaluation.evaluate import EvaluateConfig
 from backstory.lm.model import ModelConfig
 from backstory.lm.training.config import TrainConfig
@@ -111,7 +112,7 @@ class Experiment:
         for run in self.runs:
             if run.namespace == namespace:
                 return run
-        raise ValueError(f"no run {namespace!r} in the experiment; runs: "
+        raise SettingError(f"no run {namespace!r} in the experiment; runs: "
                          f"{', '.join(r.namespace for r in self.runs)}")
 
 
@@ -122,11 +123,12 @@ def declared(parameters: Mapping[str, Any]) -> Experiment:
     """The runs ``parameters`` declare; ValueError naming the key that is wrong."""
     for key in DECLARATION_KEYS:
         if not isinstance(parameters.get(key), Mapping):
-            raise ValueError(f"parameters lack the {key!r} mapping (conf/base/parameters_runs.yml)")
+            raise SettingError(f"parameters lack the {key!r} mapping "
+                               "(conf/base/parameters_runs.yml)")
     presets = parameters[PRESETS]
     blocks = parameters[EXPERIMENT]
     if not blocks:
-        raise ValueError("experiment declares no runs; give at least one grid")
+        raise SettingError("experiment declares no runs; give at least one grid")
     runs: set[RunSpec] = set()
     for name, block in blocks.items():
         runs.update(_grid(f"experiment.{name}", block, presets))
@@ -139,24 +141,24 @@ def declared(parameters: Mapping[str, Any]) -> Experiment:
 
 def _grid(where: str, block: Any, presets: Mapping[str, Any]) -> list[RunSpec]:
     if not isinstance(block, Mapping):
-        raise ValueError(f"{where} must be a mapping with keys {', '.join(GRID_KEYS)}")
+        raise SettingError(f"{where} must be a mapping with keys {', '.join(GRID_KEYS)}")
     _refuse_unknown(where, block, GRID_KEYS)
     for key in ("variants", "presets", "seeds"):
         if key not in block:
-            raise ValueError(f"{where} lacks {key!r}")
+            raise SettingError(f"{where} lacks {key!r}")
     names = _variant_names(where, block["variants"])
     chosen = _list(f"{where}.presets", block["presets"], str)
     for preset in chosen:
         if preset not in presets:
-            raise ValueError(f"{where}.presets names {preset!r}, which is not in presets "
+            raise SettingError(f"{where}.presets names {preset!r}, which is not in presets "
                              f"(known: {', '.join(presets)})")
     seeds = _list(f"{where}.seeds", block["seeds"], int)
     if any(seed < 0 for seed in seeds):
-        raise ValueError(f"{where}.seeds must be integers >= 0, got {seeds}")
+        raise SettingError(f"{where}.seeds must be integers >= 0, got {seeds}")
     contexts = block.get("contexts")
     contexts = [None] if contexts is None else _list(f"{where}.contexts", contexts, int)
     if any(c is not None and c < 2 for c in contexts):
-        raise ValueError(f"{where}.contexts must be integers >= 2, got {contexts}")
+        raise SettingError(f"{where}.contexts must be integers >= 2, got {contexts}")
     return [RunSpec(v, p, s, c) for v in names for p in chosen for c in contexts for s in seeds]
 
 
@@ -168,25 +170,25 @@ def _variant_names(where: str, value: Any) -> list[str]:
         try:
             variants.get(name)
         except ValueError as err:
-            raise ValueError(f"{where}.variants: {err}") from None
+            raise SettingError(f"{where}.variants: {err}") from None
     return names
 
 
 def _list(where: str, value: Any, kind: type) -> list[Any]:
     if not isinstance(value, list | tuple) or not value:
-        raise ValueError(f"{where} must be a non-empty list, got {value!r}")
+        raise SettingError(f"{where} must be a non-empty list, got {value!r}")
     bad = [v for v in value if not isinstance(v, kind) or isinstance(v, bool)]
     if bad:
-        raise ValueError(f"{where} must hold {kind.__name__}s, got {bad}")
+        raise SettingError(f"{where} must hold {kind.__name__}s, got {bad}")
     if len(set(value)) != len(value):
-        raise ValueError(f"{where} lists a value twice: {value}")
+        raise SettingError(f"{where} lists a value twice: {value}")
     return list(value)
 
 
 def _refuse_unknown(where: str, block: Mapping[str, Any], known: tuple[str, ...]) -> None:
     unknown = sorted(set(block) - set(known))
     if unknown:
-        raise ValueError(f"unknown key{'s' if len(unknown) > 1 else ''} "
+        raise SettingError(f"unknown key{'s' if len(unknown) > 1 else ''} "
                          f"{', '.join(f'{where}.{k}' for k in unknown)}; known keys: "
                          f"{', '.join(known)}")
 
@@ -209,10 +211,10 @@ def _merged(*layers: Any) -> dict[str, Any]:
 def _section(source: Mapping[str, Any], where: str, section: str) -> dict[str, Any]:
     value = source.get(section) or {}
     if not isinstance(value, Mapping):
-        raise ValueError(f"{where}.{section} must be a mapping, got {value!r}")
+        raise SettingError(f"{where}.{section} must be a mapping, got {value!r}")
     for (sec, key), owner in AXIS_SETTINGS.items():
         if sec == section and key in value:
-            raise ValueError(f"{where}.{section}.{key} is set by {owner}, not in parameters")
+            raise SettingError(f"{where}.{section}.{key} is set by {owner}, not in parameters")
     return dict(value)
 
 
@@ -220,11 +222,11 @@ def _entry(block: Mapping[str, Any], where: str, name: str, sections: tuple[str,
            ) -> Mapping[str, Any]:
     """``block[name]``, which every registered name must have (``{}`` for no changes)."""
     if name not in block:
-        raise ValueError(f"{where} lacks {name!r}: every registered variant has an entry "
+        raise SettingError(f"{where} lacks {name!r}: every registered variant has an entry "
                          f"({name}: {{}} for none), so dvc.yaml can track it")
     own = block[name] or {}
     if not isinstance(own, Mapping):
-        raise ValueError(f"{where}.{name} must be a mapping, got {own!r}")
+        raise SettingError(f"{where}.{name} must be a mapping, got {own!r}")
     _refuse_unknown(f"{where}.{name}", own, sections)
     return own
 
@@ -238,7 +240,7 @@ def _run_layers(parameters: Mapping[str, Any], variant: str, preset: str
     own = _entry(settings, VARIANT_SETTINGS, variant, RUN_SECTIONS)
     preset_block = parameters[PRESETS].get(preset)
     if not isinstance(preset_block, Mapping):
-        raise ValueError(f"presets.{preset} must be a mapping with model settings")
+        raise SettingError(f"presets.{preset} must be a mapping with model settings")
     _refuse_unknown(f"presets.{preset}", preset_block, RUN_SECTIONS)
     return defaults, preset_block, own
 
@@ -268,14 +270,14 @@ def text_settings(parameters: Mapping[str, Any], source: str) -> dict[str, Any]:
     _refuse_unknown(TEXT, block, (TEXT_DEFAULTS, *exporting))
     own = block.get(source) or {}
     if source not in block or not isinstance(own, Mapping):
-        raise ValueError(f"text lacks {source!r}: every variant with documents of its own "
+        raise SettingError(f"text lacks {source!r}: every variant with documents of its own "
                          f"has an entry ({source}: {{}} for none), so dvc.yaml can track it")
     override = (parameters.get(source, {}) or {}).get("text")
     merged = _merged(block.get(TEXT_DEFAULTS), own, override)
     try:
         TextConfig.from_params(merged)
     except ValueError as err:
-        raise ValueError(f"text of {source}: {err}") from err
+        raise SettingError(f"text of {source}: {err}") from err
     return merged
 
 
@@ -283,12 +285,12 @@ def _validate_run(run: RunSpec, merged: dict[str, dict[str, Any]]) -> None:
     where = f"run {run.namespace}"
     try:
         if "vocab_size" in merged["model"]:
-            raise ValueError("model.vocab_size comes from the tokenizer; do not set it")
+            raise SettingError("model.vocab_size comes from the tokenizer; do not set it")
         ModelConfig.from_dict({**merged["model"], "vocab_size": _PLACEHOLDER_VOCAB})
         TrainConfig.from_params(merged["train"])
         EvaluateConfig.from_params(merged["evaluate"])
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: {err}") from err
+        raise SettingError(f"{where}: {err}") from err
 
 
 def expand(parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -299,7 +301,7 @@ def expand(parameters: Mapping[str, Any]) -> dict[str, Any]:
         extra = parameters.get(name)
         if extra is not None and name not in experiment.variants \
                 and name not in experiment.token_sources:
-            raise ValueError(f"parameters set {name!r}, which has no run in the experiment")
+            raise SettingError(f"parameters set {name!r}, which has no run in the experiment")
     for source in experiment.token_sources:
         expanded[source] = {"text": text_settings(parameters, source)}
     for run in experiment.runs:
@@ -333,4 +335,4 @@ def project_defaults(section: str, conf: Path | str = Path("conf/base")) -> dict
     try:
         return dict(data[RUN_DEFAULTS][section])
     except (KeyError, TypeError):
-        raise ValueError(f"{path} has no {RUN_DEFAULTS}.{section}") from None
+        raise SettingError(f"{path} has no {RUN_DEFAULTS}.{section}") from None

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from backstory.errors import UserError
+
 try:  # POSIX; on other platforms locks are not taken (and say so once)
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -25,7 +27,7 @@ except ImportError:  # pragma: no cover - Windows
 LOCK_FILE = ".lock"
 
 
-class LockedError(RuntimeError):
+class LockedError(UserError, RuntimeError):
     """The folder is locked by another live process."""
 
 

@@ -3,7 +3,9 @@
 Each settings dataclass (``TrainConfig``, ``EvaluateConfig``, ``CompareConfig``, ...)
 declares its fields without defaults: the defaults live once, in the project's
 ``conf/base`` parameter files. ``build`` refuses an unknown key (a typo must not pass
-silently) and a missing one, naming the section, the key and the keys it knows.
+silently) and a missing one, naming the section, the key and the keys it knows. Every
+refusal, the dataclass's own value checks included, is a ``SettingError``: the command
+line prints it without a traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
 from typing import Any, TypeVar
+
+from backstory.errors import SettingError
 
 T = TypeVar("T")
 
@@ -20,19 +24,24 @@ def build(cls: type[T], params: Any, section: str) -> T:
     if not is_dataclass(cls):
         raise TypeError(f"{cls.__name__} is not a dataclass")
     if not isinstance(params, Mapping):
-        raise ValueError(f"{section} must be a mapping of settings, got {type(params).__name__}")
+        raise SettingError(f"{section} must be a mapping of settings, got {type(params).__name__}")
     known = [f.name for f in fields(cls) if f.init]
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise ValueError(
+        raise SettingError(
             f"unknown {section} key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
             f"known keys: {', '.join(sorted(known))}"
         )
     required = [f.name for f in fields(cls) if f.init and _required(f)]
     missing = [name for name in required if name not in params]
     if missing:
-        raise ValueError(f"{section} lacks {', '.join(missing)} (conf/base holds every default)")
-    return cls(**params)
+        raise SettingError(f"{section} lacks {', '.join(missing)} (conf/base holds every default)")
+    try:
+        return cls(**params)
+    except SettingError:
+        raise
+    except ValueError as err:  # the dataclass's value checks name the key
+        raise SettingError(str(err)) from err
 
 
 def _required(field: Any) -> bool:

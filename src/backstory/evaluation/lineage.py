@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from backstory.errors import UserError
 
-class LineageError(ValueError):
+
+class LineageError(UserError, ValueError):
     """A model, tokenizer or token store that were not made to go together."""
 
 

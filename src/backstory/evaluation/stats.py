@@ -12,11 +12,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from backstory.errors import UserError
+
 # Resamples per bootstrap chunk: bounds memory at chunk x n_docs indices.
 _BOOT_CHUNK = 256
 
 
-class StatsError(ValueError):
+class StatsError(UserError, ValueError):
     """Losses that cannot be compared (unpaired, empty, not finite)."""
 
 

@@ -2,11 +2,14 @@
 
 A checkpoint is a directory ``<run_dir>/checkpoints/step_XXXXXXXX/`` holding
 ``model.safetensors`` (weights), ``optimizer.pt`` (optimizer state, tensors and plain
-numbers only) and ``state.json`` (step, data position, configs, lineage, RNG states).
+numbers only), ``state.json`` (step, data position, configs, lineage, RNG states) and
+``SHA256SUMS`` (the sha256 of those three, in ``sha256sum`` format, written last).
 It is written into a temporary sibling, fsynced, renamed into place, and only then
 named by ``checkpoints/latest``: a crash at any point leaves the previous checkpoint
-loadable. Loading never unpickles code: safetensors, ``torch.load(weights_only=True)``
-and JSON only.
+loadable. Loading verifies the sums first, so a truncated, overwritten or bit-flipped
+file is refused by name; ``resumable_checkpoint`` then falls back to the newest intact
+checkpoint (``KEEP_LAST`` keeps one in reserve for that). Loading never unpickles code:
+safetensors, ``torch.load(weights_only=True)`` and JSON only.
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from backstory.errors import InputError, UserError
 from backstory.lm.model import ModelConfig, Transformer
 
 logger = logging.getLogger(__name__)
@@ -37,18 +43,26 @@ KEEP_LAST = 2  # checkpoints kept on disk: the newest, plus one in case it is da
 WEIGHTS_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
+SUMS_FILE = "SHA256SUMS"
+CHECKPOINT_FILES = (WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE)  # what SUMS_FILE covers
 MODEL_META_FILE = "model.json"
 MODEL_FORMAT = "backstory-model"
 MODEL_FORMAT_VERSION = 1
 CHECKPOINT_FORMAT = "backstory-checkpoint"
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 2  # 2: SHA256SUMS; version 1 checkpoints are trial-loaded
+DAMAGED_PREFIX = "damaged-"  # a damaged checkpoint set aside by resumable_checkpoint
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+_SUM_LINE = re.compile(r"^([0-9a-f]{64}) [ *](\S+)$")
 _TMP_PREFIX = ".tmp-"
 _OLD_PREFIX = ".old-"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint or model directory is incomplete, damaged, or does not fit."""
+
+
+class CheckpointWriteError(UserError, OSError):
+    """A checkpoint could not be written (full disk, size limit, permissions)."""
 
 
 @dataclass
@@ -107,7 +121,12 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int = KEEP_LAST,
 ) -> Path:
-    """Write checkpoint ``step`` atomically, point ``latest`` at it, keep the last ``keep``."""
+    """Write checkpoint ``step`` atomically, point ``latest`` at it, keep the last ``keep``.
+
+    A failed write (full disk, file size limit, permissions) raises
+    ``CheckpointWriteError`` naming the file; the half-written folder is removed at once
+    (a full disk needs the space back) and the checkpoints already there are untouched.
+    """
     if keep < 1:
         raise ValueError(f"keep={keep} must be >= 1: the newest checkpoint is always kept")
     root = checkpoints_dir(run_dir)
@@ -115,20 +134,46 @@ def save_checkpoint(
     _remove_leftovers(root)
     name = checkpoint_name(step)
     tmp = root / f"{_TMP_PREFIX}{name}"
-    tmp.mkdir()
-    save_file(model_state, str(tmp / WEIGHTS_FILE), metadata={"step": str(step)})
-    torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
     document = {**state, "step": step, "format": CHECKPOINT_FORMAT,
                 "format_version": CHECKPOINT_FORMAT_VERSION}
-    (tmp / STATE_FILE).write_text(json.dumps(document, sort_keys=True, indent=1))
-    for file in (WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE):
-        _fsync_file(tmp / file)
-    _fsync_dir(tmp)
+    writers: tuple[tuple[str, Callable[[Path], object]], ...] = (
+        (WEIGHTS_FILE, lambda f: save_file(model_state, str(f), metadata={"step": str(step)})),
+        (OPTIMIZER_FILE, lambda f: torch.save(optimizer_state, f)),
+        (STATE_FILE, lambda f: f.write_text(json.dumps(document, sort_keys=True, indent=1))),
+        # Last: the sums of what is on disk, so a damaged write shows as a mismatch.
+        (SUMS_FILE, lambda f: f.write_text(
+            "".join(f"{_sha256(tmp / file)}  {file}\n" for file in CHECKPOINT_FILES))),
+    )
+    try:
+        tmp.mkdir()
+        for file, write in writers:
+            _write_or_explain(tmp / file, write)
+        _fsync_dir(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     final = root / name
     _rename_into_place(tmp, final)
-    _write_text_atomic(root / LATEST_FILE, name + "\n")
+    _write_or_explain(root / LATEST_FILE, lambda f: _write_text_atomic(f, name + "\n"))
     prune_checkpoints(run_dir, keep=keep)
     return final
+
+
+def _write_or_explain(file: Path, write: Callable[[Path], object]) -> None:
+    """``write(file)`` and fsync it; an I/O failure becomes a ``CheckpointWriteError``.
+
+    The writers report a full disk three ways (OSError, safetensors' SafetensorError,
+    torch's RuntimeError from its zip writer), none naming the file.
+    """
+    try:
+        write(file)
+        _fsync_file(file)
+    except (OSError, RuntimeError, SafetensorError) as err:
+        raise CheckpointWriteError(
+            f"cannot write {file}: {err}. The checkpoints already in {file.parent.parent} "
+            "are untouched: free disk space (or fix the folder's permissions) and run "
+            "again to resume from the newest"
+        ) from err
 
 
 def _rename_into_place(tmp: Path, final: Path) -> None:
@@ -232,51 +277,194 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     if not pointer.exists():
         found = list_checkpoints(run_dir)
         return found[-1] if found else None
-    name = pointer.read_text().strip()
+    name = pointer.read_text(errors="replace").strip()
     if not _STEP_DIR.match(name):
-        raise CheckpointError(f"{pointer} holds {name!r}, not a checkpoint name; delete it")
+        raise CheckpointError(f"{pointer} holds {name[:40]!r}, not a checkpoint name; "
+                              "delete it to use the newest checkpoint")
     path = root / name
     if not path.is_dir():
-        raise CheckpointError(
-            f"{pointer} names {path}, which does not exist; delete {root} to start over"
-        )
+        found = list_checkpoints(run_dir)
+        advice = (f"write {found[-1].name} (the newest one present) into it" if found
+                  else "delete it to start over: no checkpoint is left")
+        raise CheckpointError(f"{pointer} names {path}, which does not exist; {advice}")
     return path
 
 
+def resumable_checkpoint(run_dir: Path, *, repair: bool = True) -> Path | None:
+    """The newest intact checkpoint of ``run_dir`` to resume from; None if there is none.
+
+    Candidates are the checkpoint ``latest`` names, then the older ones, newest first
+    (all of them, newest first, when ``latest`` is absent or names nothing usable); each
+    is verified with ``verify_checkpoint``. Damaged ones are passed over. With
+    ``repair`` (the one process that owns the run folder) they are moved aside to
+    ``damaged-step_XXXXXXXX``, ``latest`` is pointed at the intact one, and one warning
+    names what was damaged, so that later calls find a clean folder. Raises
+    ``CheckpointError`` naming every damaged file when no intact checkpoint is left.
+    """
+    root = checkpoints_dir(run_dir)
+    pointer_problem, candidates = _resume_candidates(run_dir)
+    damaged: list[tuple[Path, CheckpointError]] = []
+    for path in candidates:
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as err:
+            damaged.append((path, err))
+            continue
+        if pointer_problem or damaged:
+            _fall_back(root, path, pointer_problem, damaged, repair)
+        return path
+    problems = ([pointer_problem] if pointer_problem else []) + [str(e) for _, e in damaged]
+    if damaged:
+        raise CheckpointError(
+            f"no intact checkpoint to resume in {root}: {'; '.join(problems)}. Restore the "
+            "damaged files from a copy, or set train.resume=false to start over (that "
+            f"deletes {root})"
+        )
+    if pointer_problem:
+        raise CheckpointError(
+            f"{pointer_problem}, and {root} holds no checkpoint; delete "
+            f"{root / LATEST_FILE} to start over"
+        )
+    return None
+
+
+def _resume_candidates(run_dir: Path) -> tuple[str | None, list[Path]]:
+    """(what is wrong with ``latest`` or None, the checkpoints to try, newest first)."""
+    root = checkpoints_dir(run_dir)
+    newest_first = list_checkpoints(run_dir)[::-1]
+    pointer = root / LATEST_FILE
+    if not pointer.exists():
+        return None, newest_first
+    name = pointer.read_text(errors="replace").strip()
+    if not _STEP_DIR.match(name):
+        return f"{pointer} holds {name[:40]!r}, not a checkpoint name", newest_first
+    if not (root / name).is_dir():
+        return f"{pointer} names {name}, which does not exist", newest_first
+    # Newer checkpoints than `latest` were renamed into place by a save that crashed
+    # before moving `latest`: the pointer is the commit, so they are not resumed.
+    step = _step_of(root / name)
+    return None, [p for p in newest_first if _step_of(p) <= step]
+
+
+def _fall_back(root: Path, intact: Path, pointer_problem: str | None,
+               damaged: list[tuple[Path, CheckpointError]], repair: bool) -> None:
+    """Report (once, from the repairing process) and repair a fallback to ``intact``."""
+    if not repair:
+        logger.debug("Passing over damaged checkpoints %s", [p.name for p, _ in damaged])
+        return
+    problems = [pointer_problem] if pointer_problem else []
+    for path, err in damaged:
+        aside = path.with_name(f"{DAMAGED_PREFIX}{path.name}")
+        if aside.exists():
+            shutil.rmtree(aside)
+        os.rename(path, aside)
+        problems.append(f"{err} (checkpoint moved to {aside}; delete it once you have "
+                        "looked at it)")
+    _write_text_atomic(root / LATEST_FILE, intact.name + "\n")
+    logger.warning("Resuming from %s, the newest intact checkpoint: %s", intact,
+                   "; ".join(problems))
+
+
 def read_state(path: Path) -> dict[str, Any]:
-    """The ``state.json`` of checkpoint ``path`` (cheap: no tensors)."""
+    """The ``state.json`` of checkpoint ``path`` (cheap: no tensors, not verified)."""
     file = Path(path) / STATE_FILE
-    if not file.exists():
-        raise FileNotFoundError(f"checkpoint {path} has no {STATE_FILE}")
+    if not file.is_file():
+        raise CheckpointError(f"{file} is missing")
     try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{file} is not valid JSON: {err}") from err
+        document = json.loads(file.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file} is not valid JSON (damaged?): {err}") from err
+    if not isinstance(document, dict) or not isinstance(document.get("step"), int):
+        raise CheckpointError(f"{file} is not a checkpoint state (no integer 'step')")
+    return document
+
+
+def verify_checkpoint(path: Path, files: tuple[str, ...] = CHECKPOINT_FILES) -> None:
+    """Raise ``CheckpointError`` naming the file unless ``files`` of checkpoint ``path``
+    are exactly as written (their sha256 in ``SHA256SUMS``).
+
+    A checkpoint from before checksums (format version 1) can only be checked by
+    reading it: its files must load.
+    """
+    path = Path(path)
+    for name in files:
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path / name} is missing")
+    sums = path / SUMS_FILE
+    if not sums.is_file():
+        if read_state(path).get("format_version", 1) != 1:
+            raise CheckpointError(f"{sums} is missing")
+        _load_files(path, files)
+        return
+    recorded = _read_sums(sums)
+    for name in files:
+        if name not in recorded:
+            raise CheckpointError(f"{sums} records no sha256 for {name}")
+        if _sha256(path / name) != recorded[name]:
+            raise CheckpointError(
+                f"{path / name} is damaged: its sha256 differs from the one {sums} "
+                "recorded when it was written"
+            )
+
+
+def _read_sums(file: Path) -> dict[str, str]:
+    recorded = {}
+    for number, line in enumerate(file.read_text(errors="replace").splitlines(), 1):
+        match = _SUM_LINE.match(line)
+        if match is None:
+            raise CheckpointError(f"{file} line {number} is not '<sha256>  <file>' (damaged?)")
+        recorded[match.group(2)] = match.group(1)
+    return recorded
+
+
+def _load_files(path: Path, files: tuple[str, ...]) -> None:
+    for name in files:
+        if name == WEIGHTS_FILE:
+            _load_weights(path / name)
+        elif name == OPTIMIZER_FILE:
+            _load_optimizer(path / name)
+        else:
+            read_state(path)
+
+
+def _load_weights(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file), device="cpu")
+    except Exception as err:  # any decoding failure means the same thing: a bad file
+        raise CheckpointError(f"{file} cannot be read as safetensors weights: {err}") from err
+
+
+def _load_optimizer(file: Path) -> dict[str, Any]:
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, foreign pickle, refused global, ...
+        raise CheckpointError(f"{file} cannot be read as an optimizer state: {err}") from err
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
-    """Load checkpoint directory ``path`` onto the CPU."""
+    """Verify and load checkpoint directory ``path`` onto the CPU."""
     path = Path(path)
-    for file in (WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE):
-        if not (path / file).exists():
-            raise FileNotFoundError(f"checkpoint {path} has no {file}")
+    verify_checkpoint(path)
     state = read_state(path)
     return Checkpoint(
         path=path,
-        step=int(state["step"]),
-        model_state=load_file(str(path / WEIGHTS_FILE), device="cpu"),
-        optimizer_state=torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True),
+        step=state["step"],
+        model_state=_load_weights(path / WEIGHTS_FILE),
+        optimizer_state=_load_optimizer(path / OPTIMIZER_FILE),
         state=state,
     )
 
 
 def trained_at(path: Path, state: dict[str, Any]) -> TrainedModel:
     """The model a checkpoint holds (weights, config and meta), without the optimizer."""
-    return TrainedModel(
-        config=ModelConfig.from_dict(state["model_config"]),
-        state_dict=load_file(str(Path(path) / WEIGHTS_FILE), device="cpu"),
-        meta=state["meta"],
-    )
+    path = Path(path)
+    verify_checkpoint(path, (WEIGHTS_FILE, STATE_FILE))
+    try:
+        config = ModelConfig.from_dict(state["model_config"])
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{path / STATE_FILE}: bad model_config: {err}") from err
+    return TrainedModel(config=config, state_dict=_load_weights(path / WEIGHTS_FILE),
+                        meta=state["meta"])
 
 
 # --- RNG states ------------------------------------------------------------------------
@@ -350,20 +538,28 @@ def save_model(directory: Path, trained: TrainedModel) -> None:
 
 
 def load_trained(directory: Path) -> TrainedModel:
-    """Read a directory ``save_model`` wrote back into a ``TrainedModel`` (CPU tensors)."""
+    """Read a directory ``save_model`` wrote back into a ``TrainedModel`` (CPU tensors).
+
+    The config is checked (sizes within bounds) and compared with the weights' shapes
+    before any model is allocated; every error names the file at fault.
+    """
     directory = Path(directory)
     document = _read_model_document(directory)
     weights = directory / WEIGHTS_FILE
+    meta_file = directory / MODEL_META_FILE
     if _sha256(weights) != document["weights_sha256"]:
         raise CheckpointError(
-            f"{weights} does not match the sha256 in {directory / MODEL_META_FILE} "
-            "(an interrupted save?); save the model again"
+            f"{weights} does not match the sha256 in {meta_file} (damaged, or an "
+            "interrupted save?); save the model again"
         )
     try:
         config = ModelConfig.from_dict(document["model_config"])
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{directory / MODEL_META_FILE}: bad model_config: {err}") from err
-    return TrainedModel(config=config, state_dict=load_file(str(weights)), meta=document["meta"])
+        raise CheckpointError(f"{meta_file}: bad model_config: {err}") from err
+    trained = TrainedModel(config=config, state_dict=_load_weights(weights),
+                           meta=document["meta"])
+    check_weights_fit(trained, source=f"{weights} and the model_config in {meta_file}")
+    return trained
 
 
 def load_model(directory: Path, *, device: str = "cpu") -> tuple[Transformer, dict[str, Any]]:
@@ -374,6 +570,7 @@ def load_model(directory: Path, *, device: str = "cpu") -> tuple[Transformer, di
 
 def build_model(trained: TrainedModel, *, source: Path | str = "model") -> Transformer:
     """A CPU ``Transformer`` holding ``trained``'s weights; every weight must fit exactly."""
+    check_weights_fit(trained, source=source)
     # The random init of the fresh model must not move the caller's global RNG.
     with torch.random.fork_rng(devices=[]):
         model = Transformer(trained.config)
@@ -382,6 +579,27 @@ def build_model(trained: TrainedModel, *, source: Path | str = "model") -> Trans
     except RuntimeError as err:
         raise CheckpointError(f"{source}: weights do not fit the model config: {err}") from err
     return model
+
+
+def check_weights_fit(trained: TrainedModel, *, source: Path | str = "model") -> None:
+    """Raise ``CheckpointError`` unless the weights have exactly the config's names and
+    shapes; compared on the meta device, so nothing is allocated (a vocab_size edited
+    in model.json must not first build a model of that size)."""
+    with torch.device("meta"), torch.random.fork_rng(devices=[]):
+        expected = {name: tuple(t.shape) for name, t in
+                    Transformer(trained.config).state_dict().items()}
+    got = {name: tuple(t.shape) for name, t in trained.state_dict.items()}
+    problems = [f"{name} is missing" for name in sorted(expected.keys() - got.keys())]
+    problems += [f"{name} is unexpected" for name in sorted(got.keys() - expected.keys())]
+    problems += [f"{name} is {got[name]} but the config needs {expected[name]}"
+                 for name in sorted(expected.keys() & got.keys()) if got[name] != expected[name]]
+    if problems:
+        shown = "; ".join(problems[:4]) + ("; ..." if len(problems) > 4 else "")
+        raise CheckpointError(
+            f"{source}: weights do not fit the model config (vocab_size="
+            f"{trained.config.vocab_size}, dim={trained.config.dim}, n_layers="
+            f"{trained.config.n_layers}): {shown}"
+        )
 
 
 def _read_model_document(directory: Path) -> dict[str, Any]:

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.torch_version import TorchVersion
 
+from backstory.errors import SettingError
+
 logger = logging.getLogger(__name__)
 
 # SDPA learned `enable_gqa` in torch 2.5; older versions repeat the kv heads instead.
@@ -27,6 +29,13 @@ SDPA_HAS_GQA = TorchVersion(torch.__version__) >= (2, 5)
 
 _INT_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "multiple_of", "max_seq_len")
 _FLOAT_FIELDS = ("norm_eps", "rope_theta", "dropout")
+# Bounds far above any model this project trains, so that a typo (an extra zero or three)
+# is refused by name before tensors are allocated instead of exhausting memory: the RoPE
+# tables and a generation cache grow with max_seq_len (TinyStories documents are under
+# ~1,000 tokens), the embedding with vocab_size, everything with the parameter count.
+MAX_SEQ_LEN = 1 << 16
+MAX_VOCAB_SIZE = 1 << 20
+MAX_PARAMETERS = 1 << 34  # ~17 billion: 64 GiB of float32 weights before any optimizer state
 
 
 @dataclass
@@ -54,21 +63,41 @@ class ModelConfig:
         for name in _FLOAT_FIELDS:
             setattr(self, name, _as_float(name, getattr(self, name)))
         if self.dim % self.n_heads:
-            raise ValueError(f"dim={self.dim} must be divisible by n_heads={self.n_heads}")
+            raise SettingError(f"model config dim={self.dim} must be divisible by "
+                               f"n_heads={self.n_heads}")
         if self.n_heads % self.kv_heads:
-            raise ValueError(
-                f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.kv_heads}"
+            raise SettingError(
+                f"model config n_heads={self.n_heads} must be a multiple of "
+                f"n_kv_heads={self.kv_heads}"
             )
         if self.head_dim % 2:
-            raise ValueError(
+            raise SettingError(
                 f"head_dim = dim / n_heads = {self.head_dim} must be even for RoPE; "
-                "change dim or n_heads"
+                "change model config dim or n_heads"
             )
         if not (self.norm_eps > 0 and self.rope_theta > 0):
-            raise ValueError(f"norm_eps and rope_theta must be > 0, got {self.norm_eps}, "
-                             f"{self.rope_theta}")
+            raise SettingError(f"model config norm_eps and rope_theta must be > 0, got "
+                               f"{self.norm_eps}, {self.rope_theta}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise SettingError(f"model config dropout must be in [0, 1), got {self.dropout}")
+        self._check_size()
+
+    def _check_size(self) -> None:
+        """Refuse sizes no machine holds (a typo), before anything is allocated."""
+        for name, limit in (("max_seq_len", MAX_SEQ_LEN), ("vocab_size", MAX_VOCAB_SIZE)):
+            value = getattr(self, name)
+            if value > limit:
+                raise SettingError(
+                    f"model config {name}={value:,} is above the limit of {limit:,}; "
+                    "is it a typo?"
+                )
+        if self.num_parameters > MAX_PARAMETERS:
+            raise SettingError(
+                f"model config dim={self.dim}, n_layers={self.n_layers}, vocab_size="
+                f"{self.vocab_size}, hidden_dim={self.ffn_hidden_dim} describe "
+                f"{self.num_parameters:,} parameters, above the limit of {MAX_PARAMETERS:,}; "
+                "is one of them a typo?"
+            )
 
     @property
     def kv_heads(self) -> int:
@@ -87,6 +116,14 @@ class ModelConfig:
         hidden = int(2 * 4 * self.dim / 3)
         return self.multiple_of * math.ceil(hidden / self.multiple_of)
 
+    @property
+    def num_parameters(self) -> int:
+        """Parameters of the model this config describes (tied embedding counted once),
+        computed without building it."""
+        attention = 2 * self.dim * (self.n_heads + self.kv_heads) * self.head_dim
+        layer = attention + 3 * self.dim * self.ffn_hidden_dim + 2 * self.dim
+        return self.vocab_size * self.dim + self.n_layers * layer + self.dim
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -94,25 +131,27 @@ class ModelConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
         """Build from a mapping (e.g. parameters or a checkpoint); unknown keys are errors."""
         if not isinstance(d, Mapping):
-            raise ValueError(f"model config must be a mapping, got {type(d).__name__}")
+            raise SettingError(f"model config must be a mapping, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
+            raise SettingError(
+                f"unknown model config keys {unknown}; known keys: {sorted(known)}"
+            )
         if "vocab_size" not in d:
-            raise ValueError("model config is missing vocab_size")
+            raise SettingError("model config is missing vocab_size")
         return cls(**d)
 
 
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"model config {name} must be a positive integer, got {value!r}")
+        raise SettingError(f"model config {name} must be a positive integer, got {value!r}")
 
 
 def _as_float(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         # PyYAML reads 1e-5 (no dot) as a string, hence the hint.
-        raise ValueError(
+        raise SettingError(
             f"model config {name} must be a number, got {value!r} ({type(value).__name__}); "
             "in YAML write e.g. 1.0e-5"
         )

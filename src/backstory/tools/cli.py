@@ -23,6 +23,7 @@ import torch
 
 from backstory import variants
 from backstory.data.tokenizer import Tokenizer
+from backstory.errors import EXIT_USER_ERROR, UserError
 from backstory.evaluation.lineage import check_lineage, model_variant
 from backstory.evaluation.sampling import generate_story
 from backstory.lm.checkpoint import MODEL_META_FILE, WEIGHTS_FILE, load_model
@@ -31,7 +32,7 @@ from backstory.tools.locate import Project
 
 logger = logging.getLogger(__name__)
 
-EXIT_USAGE = 2  # argparse's code for bad usage; we use it for every user error
+EXIT_USAGE = EXIT_USER_ERROR  # argparse's code for bad usage; we use it for every user error
 
 
 class UsageError(Exception):
@@ -135,7 +136,7 @@ def _generate(args: argparse.Namespace) -> list[str]:
                            top_k=args.top_k, top_p=args.top_p, seed=args.seed + i)["text"]
             for i in range(args.num_samples)
         ]
-    except (ValueError, OSError) as err:
+    except (UserError, ValueError, OSError) as err:
         # Unreadable or mismatched files and bad settings (CheckpointError and
         # LineageError are ValueErrors) are the user's to fix, not crashes.
         raise UsageError(str(err)) from err

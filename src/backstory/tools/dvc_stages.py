@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from backstory.errors import UserError
 from backstory.experiment import Experiment, RunSpec, declared, tracked_keys
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ HEADER = """\
 """
 
 
-class StageError(ValueError):
+class StageError(UserError, ValueError):
     """The pipelines cannot be split into DVC stages (unpersisted data between stages...)."""
 
 

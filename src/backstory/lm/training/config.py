@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from backstory import params
+from backstory.errors import SettingError
 from backstory.lm.schedules import check_schedule
 from backstory.variants import TOKEN_ORDERS
 
@@ -55,6 +56,14 @@ class TrainConfig:
     resume: bool  # continue from run_dir's latest checkpoint when it matches
 
     def __post_init__(self) -> None:
+        try:
+            self._validate()
+        except SettingError:
+            raise
+        except ValueError as err:  # the checks (and check_schedule) name the setting
+            raise SettingError(str(err)) from err
+
+    def _validate(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
                      "log_interval", "checkpoint_interval", "nproc_per_node"):
             _require_int(name, getattr(self, name), 1)

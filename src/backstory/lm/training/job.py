@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from backstory.data.tokens import TokenStore
+from backstory.errors import InputError
 from backstory.lm.model import ModelConfig
 from backstory.lm.training.config import RESUME_FREE_KEYS, TrainConfig
 
@@ -86,7 +87,7 @@ def check_same_run(job: TrainJob, state: dict, path: Path) -> None:
     """Raise ValueError if the checkpoint at ``path`` belongs to a different run."""
     differences = run_differences(job, state)
     if differences:
-        raise ValueError(
+        raise InputError(
             f"{job.run_dir} holds checkpoint {path.name} of a different run "
             f"({', '.join(differences)} differ)"
         )

@@ -20,6 +20,10 @@ from backstory.lm.training.job import TrainJob
 
 logger = logging.getLogger(__name__)
 
+# Prefix of the rendezvous id of the workers `launch_workers` starts; torch's elastic
+# agent hands it to them as TORCHELASTIC_RUN_ID.
+RUN_ID_PREFIX = "backstory-"
+
 
 @dataclass(frozen=True)
 class Rank:
@@ -100,7 +104,7 @@ def launch_workers(job: TrainJob, progress: bool) -> None:
         min_nodes=1,
         max_nodes=1,
         nproc_per_node=n,
-        run_id=f"backstory-{uuid.uuid4().hex[:12]}",
+        run_id=f"{RUN_ID_PREFIX}{uuid.uuid4().hex[:12]}",
         rdzv_backend="c10d",
         rdzv_endpoint=f"127.0.0.1:{_free_port()}",
         max_restarts=0,  # a crash is reported, not retried: resume is the user's call
@@ -129,6 +133,11 @@ def _worker(model_config: dict, train_config: dict, train_path: str, val_path: s
     train(ModelConfig.from_dict(model_config), TrainConfig.from_params(train_config),
           TokenStore(Path(train_path)), TokenStore(Path(val_path)), Path(run_dir),
           lineage=lineage, progress=progress)
+
+
+def launched_by_backstory() -> bool:
+    """Whether this process is a worker `launch_workers` started (not torchrun's)."""
+    return os.environ.get("TORCHELASTIC_RUN_ID", "").startswith(RUN_ID_PREFIX)
 
 
 def check_launchable(config: TrainConfig) -> None:

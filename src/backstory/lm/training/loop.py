@@ -35,11 +35,11 @@ from backstory.lm.checkpoint import (
     checkpoints_dir,
     cpu_state_dict,
     discard_checkpoints_after,
-    latest_checkpoint,
     load_checkpoint,
     read_state,
     remove_checkpoints,
     restore_rng_state,
+    resumable_checkpoint,
     save_checkpoint,
 )
 from backstory.lm.model import Transformer
@@ -123,7 +123,9 @@ class Session:
 
     def _prepare_run_dir(self) -> None:
         job = self.job
-        path = latest_checkpoint(job.run_dir) if job.config.resume else None
+        # Damaged checkpoints are passed over; only rank 0 sets them aside and warns.
+        path = resumable_checkpoint(job.run_dir, repair=self.rank.main) \
+            if job.config.resume else None
         if path is not None:
             self._resume(path)
         if self.rank.main:

@@ -4,10 +4,16 @@ Launch: ``train(model_config, TrainConfig(...), train_store, val_store, run_dir)
 With ``nproc_per_node > 1`` it starts that many worker processes itself (torch's elastic
 launcher, rendezvous on 127.0.0.1); under ``torchrun`` (RANK / WORLD_SIZE set) each
 process calls ``train`` and runs as its rank.
+
+One run at a time per run folder: the process that owns the run (the caller, or rank 0
+under torchrun; never the workers ``train`` launches itself) holds a ``FolderLock`` on
+``run_dir`` from the first look at its checkpoints to the last, so a second run on the
+same folder fails at once, naming the first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -16,7 +22,14 @@ from pathlib import Path
 import torch.distributed as dist
 
 from backstory.data.tokens import TokenStore
-from backstory.lm.checkpoint import TrainedModel, latest_checkpoint, read_state, trained_at
+from backstory.errors import InputError
+from backstory.lm.checkpoint import (
+    TrainedModel,
+    latest_checkpoint,
+    read_state,
+    resumable_checkpoint,
+    trained_at,
+)
 from backstory.lm.model import ModelConfig
 from backstory.lm.training.config import TrainConfig
 from backstory.lm.training.job import TrainJob, check_same_run, json_normal, run_differences
@@ -26,11 +39,15 @@ from backstory.lm.training.launch import (
     env_world_size,
     join_group,
     launch_workers,
+    launched_by_backstory,
     resolve_device,
 )
 from backstory.lm.training.loop import Session
+from backstory.locks import LOCK_FILE, FolderLock
 
 logger = logging.getLogger(__name__)
+
+LOCKED_WHAT = "training checkpoints and logs"  # what the run folder's lock protects
 
 
 def train(
@@ -49,25 +66,33 @@ def train(
     _check_inputs(model_config, config, train_store, val_store)
     job = TrainJob(model_config, config, train_store, val_store, run_dir, lineage)
     if env_world_size() > 1:
+        with _rank_lock(run_dir):
+            return _run_process(job, progress)
+    with FolderLock(run_dir, LOCKED_WHAT):
+        _set_aside_other_run(job)
+        finished = _finished_run(job)
+        if finished is not None:
+            return finished
+        if config.nproc_per_node > 1:
+            launch_workers(job, progress)
+            return _trained_from_checkpoint(job)
         return _run_process(job, progress)
-    _set_aside_other_run(job)
-    finished = _finished_run(job)
-    if finished is not None:
-        return finished
-    if config.nproc_per_node > 1:
-        launch_workers(job, progress)
-        return _trained_from_checkpoint(job)
-    return _run_process(job, progress)
+
+
+def _rank_lock(run_dir: Path) -> contextlib.AbstractContextManager:
+    """The run folder's lock for one process of a multi-process run.
+
+    Workers that ``train`` launched run under their launcher's lock (taking it again
+    would fail: a flock is held per process); under torchrun, rank 0 takes it.
+    """
+    if launched_by_backstory() or int(os.environ["RANK"]) != 0:
+        return contextlib.nullcontext()
+    return FolderLock(run_dir, LOCKED_WHAT)
 
 
 def _check_inputs(model_config: ModelConfig, config: TrainConfig, train_store: TokenStore,
                   val_store: TokenStore) -> None:
-    for role, store in (("training", train_store), ("validation", val_store)):
-        if int(store.vocab_size) > model_config.vocab_size:
-            raise ValueError(
-                f"{role} tokens {store.path} use a vocabulary of {store.vocab_size} ids but "
-                f"model.vocab_size is {model_config.vocab_size}; set it to the store's"
-            )
+    check_tokens_agree(model_config, train_store, val_store)
     if config.nproc_per_node > 1 and env_world_size() == 1:
         check_launchable(config)
 
@@ -78,13 +103,14 @@ def previous_run_dir(run_dir: Path) -> Path:
 
 
 def _set_aside_other_run(job: TrainJob) -> None:
-    """Move ``run_dir`` aside when its newest checkpoint is of other data or settings.
+    """Move the run in ``run_dir`` aside when its checkpoint is of other data or settings.
 
-    A changed input must recompute, never stop or mix: the old run goes to
+    A changed input must recompute, never stop or mix: the old run's files go to
     ``<run_dir>.previous`` (replacing an older one there), so hours of training are not
-    deleted by a mistaken change, and the new run starts from step 0.
+    deleted by a mistaken change, and the new run starts from step 0. The folder itself
+    stays, with the lock this process holds in it.
     """
-    path = latest_checkpoint(job.run_dir) if job.config.resume else None
+    path = resumable_checkpoint(job.run_dir) if job.config.resume else None
     if path is None:
         return
     differences = run_differences(job, read_state(path))
@@ -93,16 +119,38 @@ def _set_aside_other_run(job: TrainJob) -> None:
     aside = previous_run_dir(job.run_dir)
     if aside.exists():
         shutil.rmtree(aside)
-    os.replace(job.run_dir, aside)
+    aside.mkdir()
+    for entry in job.run_dir.iterdir():
+        if entry.name != LOCK_FILE:
+            os.replace(entry, aside / entry.name)
     logger.warning("%s held a run of other data or settings (%s differ): moved it to %s and "
                    "starting afresh", job.run_dir, ", ".join(differences), aside)
 
 
-def _finished_run(job: TrainJob) -> TrainedModel | None:
+def check_tokens_agree(model_config: ModelConfig, train_store: TokenStore,
+                       val_store: TokenStore) -> None:
+    """Refuse, before training, stores from different tokenizers or a model of another
+    vocabulary: otherwise training runs and only evaluation (or an index error) fails."""
+    both = f"training tokens {train_store.path} and validation tokens {val_store.path}"
+    for key in ("tokenizer_sha256", "vocab_size"):
+        ours, theirs = train_store.attrs.get(key), val_store.attrs.get(key)
+        if ours != theirs:
+            raise InputError(
+                f"{both} were made with different tokenizers ({key} {ours!r} vs "
+                f"{theirs!r}); export both splits again with the same tokenizer"
+            )
+    if model_config.vocab_size != int(train_store.vocab_size):
+        raise InputError(
+            f"model vocab_size is {model_config.vocab_size} but the {both} use a "
+            f"vocabulary of {train_store.vocab_size} ids; set the model's vocab_size to it"
+        )
+
+
+def _finished_run(job: TrainJob, *, repair: bool = True) -> TrainedModel | None:
     """The model of a complete matching run in ``run_dir``, or None."""
     if not job.config.resume:
         return None
-    path = latest_checkpoint(job.run_dir)
+    path = resumable_checkpoint(job.run_dir, repair=repair)
     if path is None:
         return None
     state = read_state(path)
@@ -111,7 +159,6 @@ def _finished_run(job: TrainJob) -> TrainedModel | None:
         return None
     logger.info("Run in %s already finished at step %d; loading it", job.run_dir, state["step"])
     return trained_at(path, state)
-
 
 
 def _trained_from_checkpoint(job: TrainJob) -> TrainedModel:
@@ -136,7 +183,7 @@ def _run_process(job: TrainJob, progress: bool) -> TrainedModel:
         rank_ = join_group(rank_, device)
     try:
         if rank_.distributed:
-            finished = _finished_run(job)
+            finished = _finished_run(job, repair=rank_.main)
             if finished is not None:
                 return finished
         session = Session.start(job, rank_, device)
