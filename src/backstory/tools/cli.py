@@ -1,11 +1,16 @@
-"""`backstory generate`: write stories with a trained model from the command line.
+"""The `backstory` command: generate stories, export and import models, reverse words.
 
     backstory generate --variant forward --prompt "Once upon a time"
     backstory generate --variant reversed --prompt "They were happy forever."
     backstory generate --variant instruct --prompt "Write a story about a brave cat."
+    backstory generate --variant forward --prompt "Once" --beam-width 4 --length-penalty 1
+    backstory generate --variant forward --prompt "Once" --constraint pilish
+    backstory export --variant reversed --format llama2c --out exports/reversed
+    backstory import --source stories15M.pt --tokenizer tokenizer.model --out imported/
+    echo "They were happy." | backstory reverse-words
 
-The model and tokenizer default to where `kedro run --pipeline <variant>` writes them
-under --project-dir. The story is printed in normal reading order.
+Models and the tokenizer default to where `kedro run --pipeline <variant>` writes them
+under --project-dir. Stories are printed in normal reading order.
 """
 
 from __future__ import annotations
@@ -19,11 +24,15 @@ from pathlib import Path
 import torch
 
 from backstory import variants
+from backstory.data.text import reverse_words
 from backstory.data.tokenizer import Tokenizer
 from backstory.evaluation.lineage import check_lineage, model_variant
 from backstory.evaluation.sampling import generate_story
-from backstory.lm.checkpoint import MODEL_META_FILE, WEIGHTS_FILE, load_model
+from backstory.lm.beam import check_beam
+from backstory.lm.checkpoint import MODEL_META_FILE, WEIGHTS_FILE, load_model, load_trained
+from backstory.lm.constraints import CONSTRAINTS
 from backstory.lm.generate import check_sampling
+from backstory.lm.interop import FORMATS, export_model, load_external, save_imported
 
 logger = logging.getLogger(__name__)
 
@@ -40,18 +49,32 @@ class UsageError(Exception):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backstory", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    _generate_parser(commands)
+    _export_parser(commands)
+    _import_parser(commands)
+    commands.add_parser(
+        "reverse-words", help="reverse the word order of stdin (Mahurin's reversal; undoes "
+        "itself): the text a reversed model reads and writes")
+    return parser
+
+
+def _add_model_paths(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--project-dir", type=Path, default=Path("."),
+                         help="the Kedro project whose data/ holds the model (default: .)")
+    command.add_argument("--model-dir", type=Path, default=None,
+                         help="model folder (default: <project-dir>/"
+                              f"{MODEL_DIR.format(variant='<variant>')})")
+    command.add_argument("--tokenizer", type=Path, default=None,
+                         help=f"sentencepiece model (default: <project-dir>/{TOKENIZER_FILE})")
+
+
+def _generate_parser(commands: argparse._SubParsersAction) -> None:
     gen = commands.add_parser("generate", help="generate stories with a trained variant model")
     gen.add_argument("--variant", required=True, choices=variants.NAMES,
                      help="forward: continue the prompt; reversed: the prompt is the ending; "
                           "instruct: the prompt is an instruction")
     gen.add_argument("--prompt", required=True, help="text in normal reading order")
-    gen.add_argument("--project-dir", type=Path, default=Path("."),
-                     help="the Kedro project whose data/ holds the model (default: .)")
-    gen.add_argument("--model-dir", type=Path, default=None,
-                     help="model folder (default: <project-dir>/"
-                          f"{MODEL_DIR.format(variant='<variant>')})")
-    gen.add_argument("--tokenizer", type=Path, default=None,
-                     help=f"sentencepiece model (default: <project-dir>/{TOKENIZER_FILE})")
+    _add_model_paths(gen)
     gen.add_argument("--max-new-tokens", type=int, default=200,
                      help="most tokens to generate (capped by the model's context)")
     gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -59,15 +82,55 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
     gen.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     gen.add_argument("--num-samples", type=int, default=1, help="how many stories")
+    gen.add_argument("--beam-width", type=int, default=1,
+                     help="> 1: beam search instead of sampling (deterministic)")
+    gen.add_argument("--length-penalty", type=float, default=1.0,
+                     help="beam score = log-probability / length ** penalty (0: total, "
+                          "1: per token; larger favours longer stories)")
+    gen.add_argument("--constraint", choices=CONSTRAINTS, default=None,
+                     help="pilish: the i-th generated word has as many letters as the i-th "
+                          "digit of pi (0 = 10 letters)")
     gen.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    return parser
+
+
+def _export_parser(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export", help="write a trained model for llama2.c's run.c or Hugging Face transformers")
+    export.add_argument("--variant", choices=variants.NAMES, default=None,
+                        help="whose model to export (sets the default --model-dir)")
+    export.add_argument("--format", required=True, choices=FORMATS, dest="fmt",
+                        help="llama2c: model.bin + tokenizer.bin for run.c; hf: a folder for "
+                             "AutoModelForCausalLM / AutoTokenizer")
+    _add_model_paths(export)
+    export.add_argument("--out", type=Path, required=True, help="folder to write into")
+
+
+def _import_parser(commands: argparse._SubParsersAction) -> None:
+    imp = commands.add_parser(
+        "import", help="turn a llama2.c .bin / ckpt.pt or a Hugging Face Llama folder into a "
+                       "backstory model folder")
+    imp.add_argument("--source", type=Path, required=True,
+                     help="a run.c .bin, a llama2.c ckpt.pt or a Hugging Face model folder")
+    imp.add_argument("--tokenizer", type=Path, default=None,
+                     help="its sentencepiece .model (default: tokenizer.model next to it)")
+    imp.add_argument("--tokenizer-bin", type=Path, default=None,
+                     help="run.c's tokenizer.bin to check against --tokenizer (default: "
+                          "tokenizer.bin next to a .bin, when present)")
+    imp.add_argument("--variant", choices=variants.NAMES, default=None,
+                     help="the text layout the model was trained on, when it records none")
+    imp.add_argument("--out", type=Path, required=True,
+                     help="folder for model.safetensors, model.json and tokenizer.model")
 
 
 def _paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    if args.model_dir is None and args.variant is None:
+        raise UsageError("pass --variant (for the pipeline's model folder) or --model-dir")
     model_dir = args.model_dir or args.project_dir / MODEL_DIR.format(variant=args.variant)
     tokenizer = args.tokenizer or args.project_dir / TOKENIZER_FILE
     for name in (WEIGHTS_FILE, MODEL_META_FILE):
         if not (model_dir / name).is_file():
+            if args.variant is None:
+                raise UsageError(f"no trained model at {model_dir} (missing {name})")
             raise UsageError(
                 f"no trained {args.variant} model at {model_dir} (missing {name}); "
                 f"make it with `kedro run --pipeline {args.variant}` in the project folder"
@@ -87,8 +150,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if args.beam_width > 1 and args.num_samples > 1:
+        raise UsageError("beam search is deterministic: use --num-samples 1 with --beam-width")
     try:
         check_sampling(args.temperature, args.top_k, args.top_p)
+        check_beam(args.beam_width, args.length_penalty)
         device = torch.device(args.device)
     except (ValueError, RuntimeError) as err:  # torch rejects unknown device strings
         raise UsageError(str(err)) from err
@@ -114,13 +180,50 @@ def _generate(args: argparse.Namespace) -> list[str]:
         return [
             generate_story(model, tokenizer, variant=args.variant, prompt=args.prompt,
                            max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                           top_k=args.top_k, top_p=args.top_p, seed=args.seed + i)["text"]
+                           top_k=args.top_k, top_p=args.top_p, seed=args.seed + i,
+                           beam_width=args.beam_width, length_penalty=args.length_penalty,
+                           constraint=args.constraint)["text"]
             for i in range(args.num_samples)
         ]
     except (ValueError, OSError) as err:
         # Unreadable or mismatched files and bad settings (CheckpointError and
         # LineageError are ValueErrors) are the user's to fix, not crashes.
         raise UsageError(str(err)) from err
+
+
+def _export(args: argparse.Namespace) -> list[Path]:
+    """Export the model the arguments name; the files written."""
+    model_dir, tokenizer_path = _paths(args)
+    try:
+        tokenizer = Tokenizer.from_file(tokenizer_path)
+        trained = load_trained(model_dir)
+        check_lineage(trained.meta, tokenizer.sha256, model_path=str(model_dir),
+                      tokenizer_path=str(tokenizer_path))
+        trained_for = model_variant(trained.meta)
+        if args.variant is not None and trained_for not in (None, args.variant):
+            raise UsageError(f"the model at {model_dir} was trained for the {trained_for!r} "
+                             f"variant, not {args.variant!r}")
+        return export_model(trained, tokenizer, args.out, fmt=args.fmt)
+    except (ValueError, OSError) as err:
+        raise UsageError(str(err)) from err
+
+
+def _import(args: argparse.Namespace) -> list[Path]:
+    """Import the model the arguments name into a backstory model folder; the files."""
+    try:
+        trained, tokenizer = load_external(args.source, tokenizer=args.tokenizer,
+                                           tokenizer_bin=args.tokenizer_bin,
+                                           variant=args.variant)
+        return save_imported(trained, tokenizer, args.out)
+    except (ValueError, OSError) as err:
+        raise UsageError(str(err)) from err
+
+
+def _reverse_words() -> str:
+    """stdin with its word order reversed; a final newline stays at the end."""
+    text = sys.stdin.read()
+    body = text[:-1] if text.endswith("\n") else text
+    return reverse_words(body) + ("\n" if text.endswith("\n") else "")
 
 
 def _print_stories(stories: list[str], seed: int) -> None:
@@ -132,6 +235,19 @@ def _print_stories(stories: list[str], seed: int) -> None:
         print(story, end="\n\n" if i + 1 < len(stories) else "\n")
 
 
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "generate":
+        _print_stories(_generate(args), args.seed)
+    elif args.command == "export":
+        for path in _export(args):
+            print(path)
+    elif args.command == "import":
+        for path in _import(args):
+            print(path)
+    else:
+        sys.stdout.write(_reverse_words())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `backstory` console script; returns the exit code."""
     try:
@@ -140,11 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        stories = _generate(args)
+        _run(args)
     except UsageError as err:
         print(f"backstory {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    _print_stories(stories, args.seed)
     return 0
 
 
