@@ -12,6 +12,12 @@ repeated spaces and newlines survive; unseen characters go through byte pieces.
 
 Encoding speed: ``Tokenizer.encode_arrays`` sends texts through ``backstory.data.chunk_cache``,
 which gives the same ids as sentencepiece, faster.
+
+Interop: ``llama2c_tokenizer_bin`` writes the vocabulary in llama2.c's tokenizer.bin layout
+(uint32 longest piece in bytes, then per id: float32 score, int32 byte length, the bytes)
+and ``check_llama2c_tokenizer_bin`` checks such a file against a sentencepiece model.
+tokenizer.bin holds no normalisation rules, so it cannot stand in for the model: run.c
+re-implements BPE encoding from the scores alone, which is why only BPE tokenizers export.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import io
 import itertools
 import logging
 import os
+import struct
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -41,6 +48,11 @@ log = logging.getLogger(__name__)
 
 MODEL_TYPES = ("bpe", "unigram", "word", "char")
 UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
+SPACE_MARK = "\u2581"  # sentencepiece's visible space
+# sentencepiece's TrainerSpec.ModelType enum values, in MODEL_TYPES order
+_MODEL_TYPE_CODES = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}
+# llama2.c writes BOS/EOS as these texts so that run.c prints them on lines of their own.
+LLAMA2C_CONTROL_TEXT = {BOS_ID: "\n<s>\n", EOS_ID: "\n</s>\n"}
 
 # sentencepiece's own default is 4192 bytes, below the longest TinyStories stories.
 DEFAULT_MAX_SENTENCE_BYTES = 65_536
@@ -256,6 +268,49 @@ class Tokenizer:
         return self._sp.eos_id()
 
     @property
+    def model_type(self) -> str:
+        """The sentencepiece algorithm: one of MODEL_TYPES."""
+        return model_type_of(self._bytes)
+
+    def piece(self, token_id: int) -> str:
+        """The sentencepiece piece of ``token_id`` as stored (spaces shown as U+2581)."""
+        return self._sp.id_to_piece(int(token_id))
+
+    def piece_id(self, piece: str) -> int | None:
+        """The id of ``piece`` (spaces as U+2581), or None when it is not in the vocabulary."""
+        i = self._sp.piece_to_id(piece)
+        return None if i == self._sp.unk_id() and piece != self.piece(i) else i
+
+    def score(self, token_id: int) -> float:
+        return self._sp.get_score(int(token_id))
+
+    def is_byte(self, token_id: int) -> bool:
+        return self._sp.is_byte(int(token_id))
+
+    def is_special(self, token_id: int) -> bool:
+        """True for control pieces (BOS, EOS), the unknown piece and unused pieces."""
+        i = int(token_id)
+        return self._sp.is_control(i) or self._sp.is_unknown(i) or self._sp.is_unused(i)
+
+    def token_texts(self) -> list[str | None]:
+        """The text each id adds when decoded in the middle of a sequence.
+
+        Pieces with their U+2581 marks as spaces; a byte piece of an ASCII byte as that
+        character. None where an id has no text of its own: specials, and byte pieces
+        of non-ASCII bytes (only a run of them makes a character).
+        """
+        texts: list[str | None] = []
+        for i in range(self.vocab_size):
+            if self.is_special(i):
+                texts.append(None)
+            elif self.is_byte(i):
+                value = int(self.piece(i)[3:5], 16)  # "<0x41>" -> 0x41
+                texts.append(chr(value) if value < 0x80 else None)
+            else:
+                texts.append(self.piece(i).replace(SPACE_MARK, " "))
+        return texts
+
+    @property
     def uses_chunk_cache(self) -> bool:
         """Whether ``encode_arrays`` sends single-spaced texts through the chunk cache."""
         return self._cache is not None
@@ -332,3 +387,143 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
+
+
+# --- model type and llama2.c's tokenizer.bin -------------------------------------------
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data):
+            raise ValueError("truncated protobuf varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def _fields(data: bytes):
+    """(field number, wire type, value) of each top-level field of a protobuf message."""
+    pos = 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire == 1:
+            value, pos = data[pos:pos + 8], pos + 8
+        elif wire == 2:
+            size, pos = _varint(data, pos)
+            value, pos = data[pos:pos + size], pos + size
+        elif wire == 5:
+            value, pos = data[pos:pos + 4], pos + 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield number, wire, value
+
+
+def model_type_of(model_bytes: bytes) -> str:
+    """The algorithm a serialized sentencepiece model uses (one of MODEL_TYPES).
+
+    Read from ModelProto.trainer_spec (field 2) .model_type (field 3), so no protobuf
+    package is needed; an absent field means sentencepiece's default, unigram.
+    """
+    try:
+        for number, wire, value in _fields(model_bytes):
+            if number == 2 and wire == 2:
+                for inner, inner_wire, code in _fields(value):
+                    if inner == 3 and inner_wire == 0:
+                        return _MODEL_TYPE_CODES.get(code, f"unknown({code})")
+                return "unigram"
+    except (ValueError, IndexError) as exc:
+        raise ValueError(f"cannot read the sentencepiece model's trainer spec: {exc}") from exc
+    return "unigram"
+
+
+def llama2c_piece_bytes(tokenizer: Tokenizer, token_id: int) -> bytes:
+    """How tokenizer.bin spells ``token_id``: spaces for U+2581, llama2.c's BOS/EOS texts."""
+    if token_id in LLAMA2C_CONTROL_TEXT and tokenizer.is_special(token_id):
+        return LLAMA2C_CONTROL_TEXT[token_id].encode("utf-8")
+    return tokenizer.piece(token_id).replace(SPACE_MARK, " ").encode("utf-8")
+
+
+def check_llama2c_encodable(tokenizer: Tokenizer) -> None:
+    """Raise ValueError unless run.c encodes prompts with ``tokenizer`` as sentencepiece does.
+
+    run.c merges adjacent pieces in order of score (sentencepiece's BPE), maps an unknown
+    byte b to id b + 3 (byte fallback right after unk, BOS, EOS) and starts every prompt
+    with the piece " " (the dummy prefix).
+    """
+    if tokenizer.model_type != "bpe":
+        raise ValueError(
+            f"the tokenizer is a sentencepiece {tokenizer.model_type} model; llama2.c's run.c "
+            "encodes prompts by merging pieces in score order, which only reproduces BPE; "
+            "train the model with tokenizer.model_type: bpe to export it"
+        )
+    if (tokenizer.bos_id, tokenizer.eos_id) != (BOS_ID, EOS_ID):
+        raise ValueError(f"run.c needs BOS=1 and EOS=2, the tokenizer has BOS="
+                         f"{tokenizer.bos_id} and EOS={tokenizer.eos_id}")
+    bytes_at = [i for i in range(3, 259) if i < tokenizer.vocab_size and tokenizer.is_byte(i)]
+    if len(bytes_at) != 256 or any(tokenizer.piece(i) != f"<0x{i - 3:02X}>" for i in bytes_at):
+        raise ValueError("run.c maps byte b to id b + 3; the tokenizer's byte pieces are not "
+                         "at ids 3..258 (train it with byte_fallback, as backstory does)")
+    if tokenizer.piece_id(SPACE_MARK) is None:
+        raise ValueError("run.c starts every prompt with the piece ' ', which this tokenizer "
+                         "lacks (train it with allow_whitespace_only_pieces, as backstory does)")
+
+
+def llama2c_tokenizer_bin(tokenizer: Tokenizer) -> bytes:
+    """The vocabulary in llama2.c's tokenizer.bin layout (see the module docstring)."""
+    check_llama2c_encodable(tokenizer)
+    pieces = [llama2c_piece_bytes(tokenizer, i) for i in range(tokenizer.vocab_size)]
+    out = [struct.pack("<I", max(len(p) for p in pieces))]
+    for i, piece in enumerate(pieces):
+        out.append(struct.pack("<fi", tokenizer.score(i), len(piece)))
+        out.append(piece)
+    return b"".join(out)
+
+
+def read_llama2c_tokenizer_bin(data: bytes, vocab_size: int, *, source: str = "tokenizer.bin"
+                               ) -> list[tuple[bytes, float]]:
+    """(piece bytes, score) of each of the ``vocab_size`` ids of a tokenizer.bin.
+
+    The file does not record its vocabulary size (run.c takes it from the model), so
+    the caller gives it; the file must hold exactly that many entries.
+    """
+    if len(data) < 4:
+        raise ValueError(f"{source} is too short to be a llama2.c tokenizer.bin")
+    (longest,) = struct.unpack_from("<I", data, 0)
+    pos, entries = 4, []
+    for i in range(vocab_size):
+        if pos + 8 > len(data):
+            raise ValueError(f"{source} ends at entry {i}; the model has {vocab_size} ids")
+        score, size = struct.unpack_from("<fi", data, pos)
+        pos += 8
+        if size < 0 or size > longest or pos + size > len(data):
+            raise ValueError(f"{source}: entry {i} has a bad length {size}")
+        entries.append((data[pos:pos + size], score))
+        pos += size
+    if pos != len(data):
+        raise ValueError(f"{source} holds {len(data) - pos} bytes after its {vocab_size} "
+                         "entries; it belongs to a model with a larger vocabulary")
+    return entries
+
+
+def check_llama2c_tokenizer_bin(tokenizer: Tokenizer, data: bytes, *,
+                                source: str = "tokenizer.bin") -> None:
+    """Raise ValueError unless ``data`` spells ``tokenizer``'s pieces and scores.
+
+    Special ids are compared by score only: exporters write their own texts for them.
+    """
+    entries = read_llama2c_tokenizer_bin(data, tokenizer.vocab_size, source=source)
+    for i, (piece, score) in enumerate(entries):
+        expected = tokenizer.piece(i).replace(SPACE_MARK, " ").encode("utf-8")
+        if (not tokenizer.is_special(i) and piece != expected) or score != tokenizer.score(i):
+            raise ValueError(
+                f"{source} does not belong to this sentencepiece model: id {i} is "
+                f"{piece!r} (score {score}) there but {expected!r} (score "
+                f"{tokenizer.score(i)}) in the model"
+            )

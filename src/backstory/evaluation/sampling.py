@@ -21,6 +21,8 @@ from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_w
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore
 from backstory.evaluation.metrics import check_positive
+from backstory.lm.beam import beam_search, check_beam
+from backstory.lm.constraints import make_constraint
 from backstory.lm.generate import check_sampling, generate
 from backstory.lm.model import Transformer
 
@@ -119,22 +121,43 @@ def generate_story(
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int = 0,
+    beam_width: int = 1,
+    length_penalty: float = 1.0,
+    constraint: str | None = None,
 ) -> dict[str, Any]:
     """Generate one story in ``variant``'s mode; the result reads in normal order.
 
     A completion model continues ``prompt`` (text = prompt + continuation); a model that
     writes backwards takes an ending and returns the story ending with it; an instruct
     model follows the instruction ``prompt`` (text = the story alone). Generation stops
-    at BOS or EOS (``stopped`` True) or after the token budget.
+    at BOS or EOS (``stopped`` True) or after the token budget. ``beam_width`` > 1 runs
+    beam search (deterministic; temperature, top-k, top-p and seed unused);
+    ``constraint`` names a rule from ``backstory.lm.constraints`` (e.g. "pilish") that
+    the generated text keeps, in the order the model writes it.
     """
     check_sampling(temperature, top_k, top_p)
+    check_beam(beam_width, length_penalty)
+    spec = variants.get(variant)
     ids = prompt_ids(tokenizer, variant, prompt)
     budget = _room(model, len(ids), max_new_tokens)
     stops = (tokenizer.bos_id, tokenizer.eos_id)
-    new = generate(model, [ids], max_new_tokens=budget, temperature=temperature, top_k=top_k,
-                   top_p=top_p, stop_ids=stops, seed=seed)[0]
-    return _sample(variant, variants.get(variant).mode, prompt,
-                   story_text(tokenizer, variant, ids, new), new, budget, seed)
+    processors = []
+    if constraint is not None:
+        if spec.token_order == "backward":
+            raise ValueError(f"the {variant} variant writes tokens last first, so a constraint "
+                             "on its text cannot be checked token by token")
+        processors.append(make_constraint(constraint, tokenizer.token_texts(), stop_ids=stops))
+    if beam_width > 1:
+        best = beam_search(model, ids, beam_width=beam_width, max_new_tokens=budget,
+                           length_penalty=length_penalty, stop_ids=stops,
+                           logits_processors=processors)[0]
+        new = best.tokens[:-1] if best.stopped else best.tokens
+    else:
+        new = generate(model, [ids], max_new_tokens=budget, temperature=temperature,
+                       top_k=top_k, top_p=top_p, stop_ids=stops, seed=seed,
+                       logits_processors=processors)[0]
+    return _sample(variant, spec.mode, prompt, story_text(tokenizer, variant, ids, new), new,
+                   budget, seed)
 
 
 def _record_prompt(record: Mapping[str, Any], variant: str, index: int, seed: int) -> str:

@@ -1,5 +1,9 @@
 """Sampling from a Transformer: temperature, top-k, top-p, stop ids, batched, KV-cached.
 
+Logits processors (``LogitsProcessor``) change the next-token logits before sampling,
+e.g. a constraint that forbids tokens (``backstory.lm.constraints``); beam search
+(``backstory.lm.beam``) applies the same processors.
+
 Prompts of different lengths run in lock step: every row sits at the same
 position, and a row still inside its prompt is fed its own next prompt token
 instead of a sample. Each row therefore sees exactly its own tokens at their
@@ -15,6 +19,7 @@ import logging
 import math
 from collections.abc import Sequence
 from numbers import Integral
+from typing import Protocol
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -22,6 +27,32 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from backstory.lm.model import KVCache, Transformer
 
 logger = logging.getLogger(__name__)
+
+
+class LogitsProcessor(Protocol):
+    """Changes next-token logits given what each row holds so far.
+
+    ``prompts[r]`` and ``generated[r]`` are row r's prompt ids and the ids generated after
+    it; ``logits`` is (B, V). Returns new logits (B, V); -inf forbids a token. Must not
+    change its inputs, and must give the same answer for the same tokens (beam search
+    calls it on reordered rows).
+    """
+
+    def __call__(self, prompts: Sequence[Sequence[int]], generated: Sequence[Sequence[int]],
+                 logits: torch.Tensor) -> torch.Tensor: ...
+
+
+def apply_processors(processors: Sequence[LogitsProcessor], prompts: Sequence[Sequence[int]],
+                     generated: Sequence[Sequence[int]], logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` after every processor in turn; ValueError when one leaves a row no token."""
+    for processor in processors:
+        logits = processor(prompts, generated, logits)
+    blocked = torch.isneginf(logits).all(dim=-1)  # (B,)
+    if bool(blocked.any()):
+        row = int(blocked.nonzero()[0])
+        raise ValueError(f"the logits processors forbid every token for row {row} after "
+                         f"{len(generated[row])} generated tokens")
+    return logits
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -71,18 +102,21 @@ def _nucleus(scaled: torch.Tensor, top_p: float) -> torch.Tensor:
 def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              stop_ids: Sequence[int] = (), seed: int = 0, use_cache: bool = True,
-             device: torch.device | str | None = None) -> list[list[int]]:
+             device: torch.device | str | None = None,
+             logits_processors: Sequence[LogitsProcessor] = ()) -> list[list[int]]:
     """Continue each prompt; return only the new tokens, cut before the first stop id.
 
     temperature 0 is greedy decoding. The same seed gives the same output for the same
     prompts and batch. Every prompt plus max_new_tokens must fit in the model's
     max_seq_len (ValueError otherwise; no sliding window, the cache has fixed size).
     use_cache=False recomputes the whole sequence at each step (a reference and
-    benchmark baseline). The model runs in eval mode and its mode is restored after.
+    benchmark baseline). ``logits_processors`` change each step's logits before sampling
+    (rows still inside their prompt see an empty ``generated``). The model runs in eval
+    mode and its mode is restored after.
     """
     check_sampling(temperature, top_k, top_p)
-    device = _resolve_device(model, device)
-    _check_request(model, prompts, max_new_tokens, stop_ids)
+    device = resolve_device(model, device)
+    check_request(model, prompts, max_new_tokens, stop_ids)
     if not prompts or max_new_tokens == 0:
         return [[] for _ in prompts]
     tokens, in_prompt = _prompt_grid(prompts, max_new_tokens, device)
@@ -90,15 +124,16 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
     was_training = model.training
     model.eval()
     try:
-        with _attention_backends(device):
-            end = _decode(model, tokens, in_prompt, prompts, max_new_tokens, temperature,
-                          top_k, top_p, stop_ids, generator, use_cache)
+        with attention_backends(device):
+            end = _decode(model, tokens, in_prompt, prompts, max_new_tokens,
+                          _Sampler(temperature, top_k, top_p, generator, logits_processors),
+                          stop_ids, use_cache)
     finally:
         model.train(was_training)
     return _collect(tokens[:, :end].tolist(), prompts, max_new_tokens, stop_ids)
 
 
-def _attention_backends(device: torch.device) -> contextlib.AbstractContextManager:
+def attention_backends(device: torch.device) -> contextlib.AbstractContextManager:
     """Keep SDPA off cuDNN on CUDA while decoding.
 
     cuDNN attention builds a plan for every new key length (measured ~70 ms each on an
@@ -111,7 +146,7 @@ def _attention_backends(device: torch.device) -> contextlib.AbstractContextManag
                         SDPBackend.MATH])
 
 
-def _resolve_device(model: Transformer, device: torch.device | str | None) -> torch.device:
+def resolve_device(model: Transformer, device: torch.device | str | None) -> torch.device:
     model_device = model.tok_embeddings.weight.device
     if device is None:
         return model_device
@@ -122,8 +157,9 @@ def _resolve_device(model: Transformer, device: torch.device | str | None) -> to
     return model_device
 
 
-def _check_request(model: Transformer, prompts: list[list[int]], max_new_tokens: int,
-                   stop_ids: Sequence[int]) -> None:
+def check_request(model: Transformer, prompts: list[list[int]], max_new_tokens: int,
+                  stop_ids: Sequence[int]) -> None:
+    """ValueError unless every prompt is non-empty, in the vocabulary and fits the context."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
             or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
@@ -160,10 +196,27 @@ def _prompt_grid(prompts: list[list[int]], max_new_tokens: int, device: torch.de
     return tokens.to(device), in_prompt.to(device)
 
 
+class _Sampler:
+    """Picks each step's tokens: processors first, then temperature / top-k / top-p."""
+
+    def __init__(self, temperature: float, top_k: int | None, top_p: float | None,
+                 generator: torch.Generator, processors: Sequence[LogitsProcessor]) -> None:
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.generator = generator
+        self.processors = tuple(processors)
+
+    def __call__(self, logits: torch.Tensor, tokens: torch.Tensor, pos: int,
+                 prompts: list[list[int]]) -> torch.Tensor:
+        if self.processors:
+            rows = tokens[:, :pos].tolist()
+            generated = [row[len(prompt):] for row, prompt in zip(rows, prompts, strict=True)]
+            logits = apply_processors(self.processors, prompts, generated, logits)
+        return sample_logits(logits, self.temperature, self.top_k, self.top_p, self.generator)
+
+
 def _decode(model: Transformer, tokens: torch.Tensor, in_prompt: torch.Tensor,
-            prompts: list[list[int]], max_new_tokens: int, temperature: float,
-            top_k: int | None, top_p: float | None, stop_ids: Sequence[int],
-            generator: torch.Generator, use_cache: bool) -> int:
+            prompts: list[list[int]], max_new_tokens: int, sampler: _Sampler,
+            stop_ids: Sequence[int], use_cache: bool) -> int:
     """Fill `tokens` in place, position by position; return the first unfilled position."""
     B, width = tokens.shape
     cache = model.new_cache(B, width) if use_cache else None
@@ -172,7 +225,7 @@ def _decode(model: Transformer, tokens: torch.Tensor, in_prompt: torch.Tensor,
     stopped = torch.zeros(B, dtype=torch.bool, device=tokens.device)
     for pos in range(min(len(p) for p in prompts), width):
         logits = _next_logits(model, tokens, pos, cache)  # (B, V)
-        sampled = sample_logits(logits, temperature, top_k, top_p, generator)  # (B,)
+        sampled = sampler(logits, tokens, pos, prompts)  # (B,)
         fresh = ~in_prompt[:, pos]
         tokens[:, pos] = torch.where(fresh, sampled, tokens[:, pos])
         stopped |= fresh & torch.isin(sampled, stops)

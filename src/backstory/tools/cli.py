@@ -1,14 +1,20 @@
-"""`backstory generate`: write stories with a trained model from the command line.
+"""The `backstory` command: generate stories, export and import models, reverse words.
 
     backstory generate --variant forward --prompt "Once upon a time"
     backstory generate --variant reversed --prompt "They were happy forever."
     backstory generate --variant backward --prompt "They were happy forever."
     backstory generate --variant instruct --prompt "Write a story about a brave cat."
     backstory generate --run reversed.small.s1337 --prompt "They were happy forever."
+    backstory generate --variant forward --prompt "Once" --beam-width 4 --length-penalty 1
+    backstory generate --variant forward --prompt "Once" --constraint pilish
+    backstory export --variant reversed --format llama2c --out exports/reversed
+    backstory import --source stories15M.pt --tokenizer tokenizer.model --out imported/
+    echo "They were happy." | backstory reverse-words
 
 The model and tokenizer are where the project's catalog puts the run's files (the run:
---run, or the only run of --variant in the experiment of --env). The story is printed in
-normal reading order, whatever direction the model writes in.
+--run, or the only run of --variant in the experiment of --env), unless --model-dir and
+--tokenizer name others. Stories are printed in normal reading order, whatever direction
+the model writes in.
 """
 
 from __future__ import annotations
@@ -18,16 +24,21 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from backstory import variants
+from backstory.data.text import reverse_words
 from backstory.data.tokenizer import Tokenizer
 from backstory.errors import EXIT_USER_ERROR, UserError
 from backstory.evaluation.lineage import check_lineage, model_variant
 from backstory.evaluation.sampling import generate_story
-from backstory.lm.checkpoint import MODEL_META_FILE, WEIGHTS_FILE, load_model
+from backstory.lm.beam import check_beam
+from backstory.lm.checkpoint import MODEL_META_FILE, WEIGHTS_FILE, load_model, load_trained
+from backstory.lm.constraints import CONSTRAINTS
 from backstory.lm.generate import check_sampling
+from backstory.lm.interop import FORMATS, export_model, load_external, save_imported
 from backstory.tools.locate import Project
 
 logger = logging.getLogger(__name__)
@@ -38,27 +49,40 @@ EXIT_USAGE = EXIT_USER_ERROR  # argparse's code for bad usage; we use it for eve
 class UsageError(Exception):
     """A problem the user can fix: printed without a traceback, exit code 2."""
 
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backstory", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    gen = commands.add_parser("generate", help="generate stories with a trained variant model")
-    gen.add_argument("--variant", choices=variants.NAMES,
-                     help="; ".join(f"{v.name}: {v.description} (prompt: {v.mode})"
-                                    for v in variants.REGISTRY.values()))
-    gen.add_argument("--run", default=None,
-                     help="the run, e.g. reversed.small.s1337 (default: the only run of "
-                          "--variant)")
+    _generate_parser(commands)
+    _export_parser(commands)
+    _import_parser(commands)
+    commands.add_parser(
+        "reverse-words", help="reverse the word order of stdin (Mahurin's reversal; undoes "
+        "itself): the text a reversed model reads and writes")
+    return parser
+
+
+def _add_model_paths(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--variant", choices=variants.NAMES, default=None,
+                         help="; ".join(f"{v.name}: {v.description} (prompt: {v.mode})"
+                                        for v in variants.REGISTRY.values()))
+    command.add_argument("--run", default=None,
+                         help="the run, e.g. reversed.small.s1337 (default: the only run of "
+                              "--variant)")
+    command.add_argument("--project-dir", type=Path, default=Path("."),
+                         help="the Kedro project whose data/ holds the model (default: .)")
+    command.add_argument("--env", default=None,
+                         help="the Kedro environment whose experiment lists the runs")
+    command.add_argument("--model-dir", type=Path, default=None,
+                         help="a model folder instead of the run's (its variant is read from "
+                              "it unless --variant is given)")
+    command.add_argument("--tokenizer", type=Path, default=None,
+                         help="a sentencepiece model instead of the project's")
+
+
+def _generate_parser(commands: argparse._SubParsersAction) -> None:
+    gen = commands.add_parser("generate", help="generate stories with a trained model")
     gen.add_argument("--prompt", required=True, help="text in normal reading order")
-    gen.add_argument("--project-dir", type=Path, default=Path("."),
-                     help="the Kedro project whose data/ holds the model (default: .)")
-    gen.add_argument("--env", default=None,
-                     help="the Kedro environment whose experiment lists the runs")
-    gen.add_argument("--model-dir", type=Path, default=None,
-                     help="a model folder instead of the run's (its variant is read from it "
-                          "unless --variant is given)")
-    gen.add_argument("--tokenizer", type=Path, default=None,
-                     help="a sentencepiece model instead of the project's")
+    _add_model_paths(gen)
     gen.add_argument("--max-new-tokens", type=int, default=200,
                      help="most tokens to generate (capped by the model's context)")
     gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -66,8 +90,42 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
     gen.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     gen.add_argument("--num-samples", type=int, default=1, help="how many stories")
+    gen.add_argument("--beam-width", type=int, default=1,
+                     help="> 1: beam search instead of sampling (deterministic)")
+    gen.add_argument("--length-penalty", type=float, default=1.0,
+                     help="beam score = log-probability / length ** penalty (0: total, "
+                          "1: per token; larger favours longer stories)")
+    gen.add_argument("--constraint", choices=CONSTRAINTS, default=None,
+                     help="pilish: the i-th generated word has as many letters as the i-th "
+                          "digit of pi (0 = 10 letters)")
     gen.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    return parser
+
+
+def _export_parser(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export", help="write a trained model for llama2.c's run.c or Hugging Face transformers")
+    export.add_argument("--format", required=True, choices=FORMATS, dest="fmt",
+                        help="llama2c: model.bin + tokenizer.bin for run.c; hf: a folder for "
+                             "AutoModelForCausalLM / AutoTokenizer")
+    _add_model_paths(export)
+    export.add_argument("--out", type=Path, required=True, help="folder to write into")
+
+
+def _import_parser(commands: argparse._SubParsersAction) -> None:
+    imp = commands.add_parser(
+        "import", help="turn a llama2.c .bin / ckpt.pt or a Hugging Face Llama folder into a "
+                       "backstory model folder")
+    imp.add_argument("--source", type=Path, required=True,
+                     help="a run.c .bin, a llama2.c ckpt.pt or a Hugging Face model folder")
+    imp.add_argument("--tokenizer", type=Path, default=None,
+                     help="its sentencepiece .model (default: tokenizer.model next to it)")
+    imp.add_argument("--tokenizer-bin", type=Path, default=None,
+                     help="run.c's tokenizer.bin to check against --tokenizer (default: "
+                          "tokenizer.bin next to a .bin, when present)")
+    imp.add_argument("--variant", choices=variants.NAMES, default=None,
+                     help="the text layout the model was trained on, when it records none")
+    imp.add_argument("--out", type=Path, required=True,
+                     help="folder for model.safetensors, model.json and tokenizer.model")
 
 
 def _paths(args: argparse.Namespace) -> tuple[str | None, Path, Path]:
@@ -96,6 +154,20 @@ def _paths(args: argparse.Namespace) -> tuple[str | None, Path, Path]:
     return variant, model_dir, tokenizer
 
 
+def _checked_variant(variant: str | None, meta: dict[str, Any], model_dir: Path) -> str:
+    """The variant to sample or export as: the one asked for, which must be the model's."""
+    trained_for = model_variant(meta)
+    variant = variant or trained_for
+    if variant is None:
+        raise UsageError(f"the model at {model_dir} records no variant; pass --variant")
+    if trained_for is not None and trained_for != variant:
+        raise UsageError(
+            f"the model at {model_dir} was trained for the {trained_for!r} variant, not "
+            f"{variant!r}; pass --variant {trained_for} or the right --model-dir"
+        )
+    return variant
+
+
 def _check_args(args: argparse.Namespace) -> None:
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
@@ -103,8 +175,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if args.beam_width > 1 and args.num_samples > 1:
+        raise UsageError("beam search is deterministic: use --num-samples 1 with --beam-width")
     try:
         check_sampling(args.temperature, args.top_k, args.top_p)
+        check_beam(args.beam_width, args.length_penalty)
         device = torch.device(args.device)
     except (ValueError, RuntimeError) as err:  # torch rejects unknown device strings
         raise UsageError(str(err)) from err
@@ -121,25 +196,51 @@ def _generate(args: argparse.Namespace) -> list[str]:
         model, meta = load_model(model_dir, device=args.device)
         check_lineage(meta, tokenizer.sha256, model_path=str(model_dir),
                       tokenizer_path=str(tokenizer_path))
-        trained_for = model_variant(meta)
-        variant = variant or trained_for
-        if variant is None:
-            raise UsageError(f"the model at {model_dir} records no variant; pass --variant")
-        if trained_for is not None and trained_for != variant:
-            raise UsageError(
-                f"the model at {model_dir} was trained for the {trained_for!r} variant, not "
-                f"{variant!r}; pass --variant {trained_for} or the right --model-dir"
-            )
+        variant = _checked_variant(variant, meta, model_dir)
         return [
             generate_story(model, tokenizer, variant=variant, prompt=args.prompt,
                            max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                           top_k=args.top_k, top_p=args.top_p, seed=args.seed + i)["text"]
+                           top_k=args.top_k, top_p=args.top_p, seed=args.seed + i,
+                           beam_width=args.beam_width, length_penalty=args.length_penalty,
+                           constraint=args.constraint)["text"]
             for i in range(args.num_samples)
         ]
     except (UserError, ValueError, OSError) as err:
         # Unreadable or mismatched files and bad settings (CheckpointError and
         # LineageError are ValueErrors) are the user's to fix, not crashes.
         raise UsageError(str(err)) from err
+
+
+def _export(args: argparse.Namespace) -> list[Path]:
+    """Export the model the arguments name; the files written."""
+    variant, model_dir, tokenizer_path = _paths(args)
+    try:
+        tokenizer = Tokenizer.from_file(tokenizer_path)
+        trained = load_trained(model_dir)
+        check_lineage(trained.meta, tokenizer.sha256, model_path=str(model_dir),
+                      tokenizer_path=str(tokenizer_path))
+        _checked_variant(variant, trained.meta, model_dir)
+        return export_model(trained, tokenizer, args.out, fmt=args.fmt)
+    except (UserError, ValueError, OSError) as err:
+        raise UsageError(str(err)) from err
+
+
+def _import(args: argparse.Namespace) -> list[Path]:
+    """Import the model the arguments name into a backstory model folder; the files."""
+    try:
+        trained, tokenizer = load_external(args.source, tokenizer=args.tokenizer,
+                                           tokenizer_bin=args.tokenizer_bin,
+                                           variant=args.variant)
+        return save_imported(trained, tokenizer, args.out)
+    except (UserError, ValueError, OSError) as err:
+        raise UsageError(str(err)) from err
+
+
+def _reverse_words() -> str:
+    """stdin with its word order reversed; a final newline stays at the end."""
+    text = sys.stdin.read()
+    body = text[:-1] if text.endswith("\n") else text
+    return reverse_words(body) + ("\n" if text.endswith("\n") else "")
 
 
 def _print_stories(stories: list[str], seed: int) -> None:
@@ -151,6 +252,19 @@ def _print_stories(stories: list[str], seed: int) -> None:
         print(story, end="\n\n" if i + 1 < len(stories) else "\n")
 
 
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "generate":
+        _print_stories(_generate(args), args.seed)
+    elif args.command == "export":
+        for path in _export(args):
+            print(path)
+    elif args.command == "import":
+        for path in _import(args):
+            print(path)
+    else:
+        sys.stdout.write(_reverse_words())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `backstory` console script; returns the exit code."""
     try:
@@ -159,11 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        stories = _generate(args)
+        _run(args)
     except UsageError as err:
         print(f"backstory {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    _print_stories(stories, args.seed)
     return 0
 
 

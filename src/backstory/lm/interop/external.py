@@ -1,0 +1,240 @@
+"""Export a backstory model to llama2.c or Hugging Face; import theirs as a backstory model.
+
+Export writes, into one folder:
+
+- ``llama2c``: ``model.bin`` (run.c's version-0 layout), ``tokenizer.bin``, the
+  sentencepiece ``tokenizer.model`` it was made from, and ``model.lineage.json``;
+- ``hf``: ``config.json`` (lineage under its ``backstory`` key), ``model.safetensors``,
+  ``generation_config.json``, ``tokenizer.model`` and the tokenizer configs.
+
+``load_external`` reads any of: a run.c ``.bin``, a llama2.c ``ckpt.pt``, a Hugging Face
+Llama folder or a backstory model folder, and returns a ``TrainedModel`` with the
+``Tokenizer`` it reads text with. Tokenization of an import is always sentencepiece's,
+from a ``tokenizer.model``: tokenizer.bin holds pieces and scores but none of the
+normalisation rules, so it is only checked against the model (same pieces, same scores),
+never used to rebuild one. llama2.c keeps that file beside its exports (tokenizer.model
+for the Llama 2 vocabulary, data/tok<N>.model for custom ones).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from backstory import variants
+from backstory.data.tokenizer import (
+    Tokenizer,
+    check_llama2c_tokenizer_bin,
+    llama2c_tokenizer_bin,
+)
+from backstory.lm.checkpoint import MODEL_META_FILE, TrainedModel, load_trained, save_model
+from backstory.lm.checkpoint import WEIGHTS_FILE as BACKSTORY_WEIGHTS_FILE
+from backstory.lm.interop import hf, llama2c
+from backstory.lm.interop.metadata import export_document, read_document
+
+FORMATS = ("llama2c", "hf")
+LLAMA2C_MODEL_FILE = "model.bin"
+LLAMA2C_TOKENIZER_FILE = "tokenizer.bin"
+TOKENIZER_MODEL_FILE = "tokenizer.model"
+SIDECAR_SUFFIX = ".lineage.json"
+
+
+def sidecar_path(bin_path: Path) -> Path:
+    """Where the lineage of a run.c weight file is kept: model.bin -> model.lineage.json."""
+    return bin_path.with_name(bin_path.stem + SIDECAR_SUFFIX)
+
+
+def _check_vocab(trained: TrainedModel, tokenizer: Tokenizer, where: str) -> None:
+    if trained.config.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"{where}: the model has {trained.config.vocab_size} token ids but the "
+                         f"tokenizer {tokenizer.vocab_size}; they were not made together")
+
+
+# --- export ------------------------------------------------------------------------------
+
+
+def export_model(trained: TrainedModel, tokenizer: Tokenizer, out_dir: Path, *,
+                 fmt: str) -> list[Path]:
+    """Write ``trained`` and ``tokenizer`` as format ``fmt`` into ``out_dir``; the files.
+
+    The files are written into a temporary folder beside ``out_dir`` and moved in one by
+    one, so an interrupted export leaves no half-written file; other files in
+    ``out_dir`` are left alone.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
+    _check_vocab(trained, tokenizer, "export")
+    document = export_document(trained, tokenizer.sha256)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tmp-export-") as tmp:
+        staging = Path(tmp)
+        if fmt == "llama2c":
+            _stage_llama2c(trained, tokenizer, staging, document)
+        else:
+            if tokenizer.model_type != "bpe":
+                raise ValueError(
+                    f"the tokenizer is a sentencepiece {tokenizer.model_type} model; "
+                    "transformers' LlamaTokenizer converts sentencepiece BPE only and would "
+                    "give other ids: train with tokenizer.model_type: bpe to export to hf")
+            hf.write_hf_folder(trained, tokenizer.model_bytes, staging, bos_id=tokenizer.bos_id,
+                               eos_id=tokenizer.eos_id, document=document)
+        written = []
+        for file in sorted(staging.iterdir()):
+            os.replace(file, out_dir / file.name)
+            written.append(out_dir / file.name)
+    return written
+
+
+def _stage_llama2c(trained: TrainedModel, tokenizer: Tokenizer, staging: Path,
+                   document: dict[str, Any]) -> None:
+    (staging / LLAMA2C_TOKENIZER_FILE).write_bytes(llama2c_tokenizer_bin(tokenizer))
+    llama2c.write_llama2c_model(trained, staging / LLAMA2C_MODEL_FILE)
+    (staging / TOKENIZER_MODEL_FILE).write_bytes(tokenizer.model_bytes)
+    sidecar = sidecar_path(staging / LLAMA2C_MODEL_FILE)
+    sidecar.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+
+
+# --- import ------------------------------------------------------------------------------
+
+
+def detect_format(source: Path) -> str:
+    """Which kind of model ``source`` is: llama2c-bin, llama2c-checkpoint, hf or backstory."""
+    source = Path(source)
+    if source.is_dir():
+        if (source / hf.CONFIG_FILE).is_file():
+            return "hf"
+        if (source / MODEL_META_FILE).is_file() and (source / BACKSTORY_WEIGHTS_FILE).is_file():
+            return "backstory"
+        raise ValueError(f"{source} is a folder with neither {hf.CONFIG_FILE} (Hugging Face) "
+                         f"nor {MODEL_META_FILE} + {BACKSTORY_WEIGHTS_FILE} (backstory)")
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} does not exist")
+    if source.suffix == ".bin":
+        return "llama2c-bin"
+    if source.suffix in (".pt", ".pth"):
+        return "llama2c-checkpoint"
+    raise ValueError(f"{source}: cannot tell its format; expected a run.c .bin, a llama2.c "
+                     "ckpt.pt or a model folder")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _find_tokenizer(source: Path, given: Path | None) -> Path:
+    if given is not None:
+        return Path(given)
+    folder = source if source.is_dir() else source.parent
+    candidate = folder / TOKENIZER_MODEL_FILE
+    if candidate.is_file():
+        return candidate
+    raise FileNotFoundError(
+        f"no sentencepiece tokenizer for {source}: put {TOKENIZER_MODEL_FILE} next to it or "
+        "pass the .model file (llama2.c keeps tokenizer.model for the Llama 2 vocabulary and "
+        "data/tok<N>.model for custom ones); tokenizer.bin alone is not enough, it lacks the "
+        "normalisation rules"
+    )
+
+
+def load_external(source: Path, *, tokenizer: Path | None = None,
+                  tokenizer_bin: Path | None = None,
+                  variant: str | None = None) -> tuple[TrainedModel, Tokenizer]:
+    """A model from outside backstory's pipeline, with the tokenizer it reads text with.
+
+    ``source``: a run.c ``.bin`` (its ``<stem>.lineage.json`` sidecar is read when
+    present), a llama2.c ``ckpt.pt``, a Hugging Face Llama folder or a backstory model
+    folder. ``tokenizer``: the sentencepiece model; by default ``tokenizer.model`` next to
+    ``source``. For a ``.bin``, ``tokenizer_bin`` (default: ``tokenizer.bin`` next to it,
+    if any) must match that model piece for piece. ``variant`` states the text layout of
+    a model without backstory lineage (or must agree with the lineage it has).
+    """
+    source = Path(source)
+    kind = detect_format(source)
+    tokenizer_path = _find_tokenizer(source, tokenizer)
+    tok = Tokenizer.from_file(tokenizer_path)
+    document, weights_file = None, source
+    if kind == "llama2c-bin":
+        sidecar = sidecar_path(source)
+        if sidecar.is_file():
+            document = _read_json(sidecar)
+        config = read_document(document, source=str(sidecar))[0] if document else None
+        trained = llama2c.read_llama2c_model(source, config=config)
+        _check_tokenizer_bin(source, tok, tokenizer_bin)
+    elif kind == "llama2c-checkpoint":
+        trained = llama2c.load_llama2c_checkpoint(source)
+    elif kind == "hf":
+        trained, document = hf.read_hf_folder(source)
+        if document is not None:
+            config = read_document(document, source=str(source / hf.CONFIG_FILE))[0]
+            trained = TrainedModel(config, trained.state_dict, trained.meta)
+        weights_file = source / hf.WEIGHTS_FILE
+    else:
+        trained = load_trained(source)
+        weights_file = source / BACKSTORY_WEIGHTS_FILE
+    _check_vocab(trained, tok, str(source))
+    meta = _import_meta(trained, document, tok, variant, source=source)
+    meta["imported_from"] = {
+        "format": kind, "path": str(source), "tokenizer": str(tokenizer_path),
+        "sha256": _sha256(weights_file) if weights_file.is_file() else None,
+    }
+    return TrainedModel(trained.config, trained.state_dict, meta), tok
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+
+
+def _check_tokenizer_bin(source: Path, tok: Tokenizer, given: Path | None) -> None:
+    path = Path(given) if given is not None else source.parent / LLAMA2C_TOKENIZER_FILE
+    if given is not None and not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.is_file():
+        check_llama2c_tokenizer_bin(tok, path.read_bytes(), source=str(path))
+
+
+def _import_meta(trained: TrainedModel, document: Any, tok: Tokenizer, variant: str | None,
+                 *, source: Path) -> dict[str, Any]:
+    """The imported model's meta: the export's own when it has one, else a minimal lineage."""
+    if document is not None:
+        meta = read_document(document, source=str(source))[1]
+        if document.get("tokenizer_sha256") != tok.sha256:
+            raise ValueError(f"{source} was exported with tokenizer sha256 "
+                             f"{document.get('tokenizer_sha256')}, not the given one "
+                             f"({tok.sha256})")
+    else:
+        meta = {k: v for k, v in trained.meta.items() if k != "source"}
+    lineage = dict(meta.get("lineage") or {})
+    if variant is not None:
+        spec = variants.get(variant)
+        recorded = lineage.get("variant")
+        if recorded not in (None, variant):
+            raise ValueError(f"{source} was trained as the {recorded!r} variant, not {variant!r}")
+        lineage.update(variant=variant, layout=spec.layout)
+    lineage.setdefault("tokenizer_sha256", tok.sha256)
+    lineage.setdefault("vocab_size", tok.vocab_size)
+    meta["lineage"] = lineage
+    return meta
+
+
+def save_imported(trained: TrainedModel, tokenizer: Tokenizer, out_dir: Path) -> list[Path]:
+    """Write an import as a backstory model folder plus its ``tokenizer.model``."""
+    out_dir = Path(out_dir)
+    save_model(out_dir, trained)
+    target = out_dir / TOKENIZER_MODEL_FILE
+    tmp = out_dir / f".tmp-{TOKENIZER_MODEL_FILE}"
+    tmp.write_bytes(tokenizer.model_bytes)
+    os.replace(tmp, target)
+    return [out_dir / BACKSTORY_WEIGHTS_FILE, out_dir / MODEL_META_FILE, target]
+
