@@ -7,10 +7,10 @@ import pytest
 
 from backstory import variants
 from backstory.data.documents import encode_documents, variant_text
-
-VARIANTS = ("forward", "reversed", "instruct")
 from backstory.data.text import DEFAULT_TEMPLATES, choose_template, reverse_words
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
+
+VARIANTS = ("forward", "reversed", "instruct")
 
 SUMMARIES = [
     "Lily and Ben play in the park and find a big red ball.",

@@ -52,7 +52,8 @@ def test_reversed_pipeline_exports_reversed_token_stores(tmp_path, monkeypatch):
     )
     report = json.loads((root / "data/08_reporting/ingest_report.json").read_text())
     assert report["n_read"] == 300 and report["n_kept"] == 300
-    assert sorted(p.name for p in (root / "data/01_raw/corpus").iterdir()) == [
+    raw = root / "data/01_raw/corpus"
+    assert sorted(p.name for p in raw.iterdir() if not p.name.startswith(".")) == [
         "data00.json", "data01.json", "data02.json",
     ]
     tokenizer = Tokenizer.from_file(root / "data/06_models/tokenizer/tokenizer.model")

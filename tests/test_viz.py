@@ -13,7 +13,7 @@ import pytest
 VARIANTS = ("forward", "reversed", "instruct")
 PIPELINES = {"__default__", "ingest", "compare", "backward", *VARIANTS}
 LAYERS = ["raw", "intermediate", "primary", "model_input", "models", "reporting"]
-INGEST_NODES = {"acquire_corpus", "clean_corpus", "fit_tokenizer"}
+INGEST_NODES = {"acquire_corpus", "clean_corpus", "report_ingest", "fit_tokenizer"}
 VARIANT_NODES = {"export_train_tokens", "export_val_tokens", "train_model", "evaluate_model"}
 COMPARE_NODES = {"score_validation_documents", "measure_arrow_of_time", "build_report",
                  "generate_comparison_stories", "score_coherence", "check_instruction_following",
