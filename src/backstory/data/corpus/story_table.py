@@ -148,8 +148,8 @@ def _code() -> str:
     return code_digest(readers, schema, splits, clean, sys.modules[__name__])
 
 
-def plan_tasks(raw: RawCorpus, settings: CleanSettings, *,
-               range_bytes: int = RANGE_BYTES) -> list[_Task]:
+def plan_tasks(raw: RawCorpus, settings: CleanSettings, *, range_bytes: int = RANGE_BYTES,
+               part_records: int = PART_RECORDS) -> list[_Task]:
     """The cleaning tasks of ``raw``, in table order."""
     tasks = []
     for file in raw.files:
@@ -161,7 +161,7 @@ def plan_tasks(raw: RawCorpus, settings: CleanSettings, *,
             ranges = readers.text_ranges(file.size, range_bytes)
         for index, (start, stop) in enumerate(ranges):
             identity = sha256_of({
-                "code": _code(), "part_records": PART_RECORDS,
+                "code": _code(), "part_records": part_records,
                 "file": {"name": file.name, "size": file.size, "sha256": file.sha256,
                          "role": file.role},
                 "format": fmt, "range": [start, stop], "settings": settings.describe(),
@@ -256,14 +256,18 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def build_story_table(folder: Path | str, plan: CleanPlan, *,
-                      range_bytes: int = RANGE_BYTES) -> StoryTable:
-    """Clean ``plan.raw`` into the story table at ``folder`` (see the module docstring)."""
+def build_story_table(folder: Path | str, plan: CleanPlan, *, range_bytes: int = RANGE_BYTES,
+                      part_records: int = PART_RECORDS) -> StoryTable:
+    """Clean ``plan.raw`` into the story table at ``folder`` (see the module docstring).
+
+    ``range_bytes`` and ``part_records`` set the task and partition sizes (tests make
+    them small); the table's records do not depend on them, its partition layout does.
+    """
     folder = Path(folder)
     raw, settings = plan.raw, plan.settings
     settings.split.check_files([(file.name, file.role) for file in raw.files])
     with FolderLock(raw.folder, "the raw corpus"), FolderLock(folder, "the story table"):
-        tasks = plan_tasks(raw, settings, range_bytes=range_bytes)
+        tasks = plan_tasks(raw, settings, range_bytes=range_bytes, part_records=part_records)
         earlier = _earlier_results(folder)
         results: dict[str, dict] = {}
         for task in tasks:
@@ -275,7 +279,7 @@ def build_story_table(folder: Path | str, plan: CleanPlan, *,
         logger.info("stories: %d cleaning tasks, %d done before, %d to run",
                     len(tasks), len(results), len(pending))
         (folder / WORK).mkdir(parents=True, exist_ok=True)
-        work = functools.partial(clean_task, folder=str(folder))
+        work = functools.partial(clean_task, folder=str(folder), part_records=part_records)
         for task, result in zip(pending, run_tasks(work, pending, workers=plan.workers,
                                                    what="cleaning tasks"), strict=True):
             results[task.key] = result
