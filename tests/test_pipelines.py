@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+from pathlib import Path
 
 import h5py
 import pytest
@@ -10,6 +12,7 @@ from kedro.framework.project import pipelines
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
+from backstory.data.corpus.story_table import StoryTable
 from backstory.data.text import reverse_words
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore
@@ -90,3 +93,34 @@ def test_all_variants_train_and_evaluate_end_to_end(tiny_run):
     samples = json.loads((root / "data/08_reporting/backward/samples.json").read_text())
     assert samples and all(s["mode"] == "ending, token order backward" for s in samples)
     assert all(s["text"].endswith(s["prompt"]) for s in samples)
+
+
+def test_every_kept_story_of_same_stem_files_reaches_the_h5_stores(tmp_path, monkeypatch):
+    """Issue 13, item 1: data00.json and data00.txt must both reach the table and the H5."""
+    rng = random.Random(5)
+    stories = json.loads(Path("/work/shared/data/tinystories-real/stories_100.json").read_text())
+    source = tmp_path / "corpus"
+    source.mkdir()
+    json_stories = [f"{rng.choice(stories)} (json {i})" for i in range(60)]
+    (source / "data00.json").write_text(json.dumps([{"story": s} for s in json_stories]))
+    text_stories = stories[:40]
+    (source / "data00.txt").write_text("".join(f"{s}\n<|endoftext|>\n" for s in text_stories))
+    params = {"parameters_ingest.yml": {
+        "corpus": {"source": "local", "path": str(source)},
+        "tokenizer": {"vocab_size": 600}, "split": {"val_fraction": 0.2}}}
+    root = make_project(tmp_path / "project", params)
+    run_project(root, monkeypatch, pipeline_names=["forward"],
+                to_outputs=["forward.train_tokens", "forward.val_tokens"])
+    report = json.loads((root / "data/08_reporting/ingest_report.json").read_text())
+    table = StoryTable(root / "data/02_intermediate/stories")
+    assert report == table.report
+    assert [row["name"] for row in report["files"]] == ["data00.json", "data00.txt"]
+    assert report["n_kept"] == 100
+    tokenizer = Tokenizer.from_file(root / "data/06_models/tokenizer/tokenizer.model")
+    found = []
+    for split in ("train", "val"):
+        with TokenStore(root / f"data/05_model_input/forward/{split}.h5") as store:
+            assert store.attrs["corpus_fingerprint"] == report["corpus_fingerprint"]
+            assert store.n_docs == report[f"n_{split}"]
+            found += [tokenizer.decode(store.story_tokens(i).tolist()) for i in range(store.n_docs)]
+    assert sorted(found) == sorted([s.strip() for s in json_stories + text_stories])

@@ -13,14 +13,13 @@ import pandas as pd
 
 import backstory
 from backstory import variants
-from backstory.data.documents import encode_documents
+from backstory.data.documents import StoryDocuments
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore, TokenStream
 from backstory.evaluation.evaluate import EvaluateConfig, evaluate_model
 from backstory.lm.checkpoint import TrainedModel
 from backstory.lm.model import ModelConfig
 from backstory.lm.training import TrainConfig, train
-from backstory.pipelines.ingest.nodes import iter_stories
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +40,9 @@ def export_tokens(
     split: str,
 ) -> TokenStream:
     """Describe one split of one variant as a lazy token stream (the H5 dataset writes it)."""
-    batches = encode_documents(
-        iter_stories(stories, split),
+    documents = StoryDocuments(
+        stories,
+        split,
         tokenizer,
         variant=variant,
         templates=text.get("templates"),
@@ -61,7 +61,7 @@ def export_tokens(
         "corpus_fingerprint": ingest_report["corpus_fingerprint"],
         "text_params_sha256": params_sha256(text),
     }
-    return TokenStream(batches=batches, attrs=attrs)
+    return TokenStream(batches=None, attrs=attrs, documents=documents)
 
 
 def lineage_of(store: TokenStore) -> dict:
