@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from backstory.data.corpus import story_table
+from backstory.data.corpus.clean import RecordCleaner
 from backstory.data.corpus.raw_store import (
     MANIFEST as RAW_MANIFEST,
 )
@@ -26,6 +27,7 @@ from backstory.data.corpus.raw_store import (
     load_raw_corpus,
     write_raw_corpus,
 )
+from backstory.data.corpus.readers import read_records
 from backstory.data.corpus.sources import DEFAULT_HUB, CorpusConfig, plan_corpus
 from backstory.data.corpus.splits import SplitRule
 from backstory.data.corpus.story_table import (
@@ -405,3 +407,43 @@ def test_raw_corpus_keeps_unchanged_files_and_removes_strays(tmp_path) -> None:
     (folder / "data01.json").write_text("[]")
     with pytest.raises(RawCorpusError, match="data01.json"):
         load_raw_corpus(folder)
+
+
+# ---------------------------------------------------------------- presets
+
+
+@pytest.mark.parametrize(("env", "dataset", "strategy"), [
+    ("tinystories", "all_data", "shard"), ("tinystories_v2", "v2", "official"),
+    ("tinystories_cpu", "v2", "official")])
+def test_real_data_presets_are_complete_and_pinned(env: str, dataset: str, strategy: str
+                                                   ) -> None:
+    import yaml
+
+    from backstory.data.corpus.sources import PUBLISHED
+    from backstory.data.corpus.story_table import IngestConfig
+    from backstory.params import build as build_settings
+    from tests.project import REPO, deep_update
+
+    base = yaml.safe_load((REPO / "conf/base/parameters_ingest.yml").read_text())
+    params = deep_update(base, yaml.safe_load((REPO / f"conf/{env}/parameters_ingest.yml")
+                                              .read_text()))
+    corpus = build_settings(CorpusConfig, params["corpus"], "corpus")
+    assert (corpus.source, corpus.dataset) == ("tinystories", dataset)
+    assert all("/resolve/main/" not in item.url() for item in PUBLISHED[corpus.dataset])
+    build_settings(IngestConfig, params["ingest"], "ingest")
+    assert SplitRule.from_params(params["split"]).strategy == strategy
+
+
+def test_a_failed_task_never_deletes_partitions_the_committed_table_names(tmp_path) -> None:
+    raw = raw_corpus(tmp_path, {"data00.json": shard_bytes(30, 0)})
+    folder = tmp_path / "stories"
+    old = build(folder, raw, on_bad="skip", part_records=10)
+    # The same records cleaned under another policy: same partition contents and names.
+    cleaner = RecordCleaner("data00.json", on_bad_record="raise", split=SplitRule("hash", 0.2))
+    writer = story_table.PartitionWriter(folder, "data00.json", 0, 10)
+    for item in read_records("data00.json", raw.path("data00.json")):
+        writer.add(cleaner.take(item))
+    assert len(writer.close()) == 3 and writer.created == []
+    writer.discard()
+    StoryTable(folder).verify()
+    assert old.fingerprint == StoryTable(folder).fingerprint

@@ -201,6 +201,11 @@ class StoryDocuments:
         """The story table's corpus fingerprint."""
         return self.stories.fingerprint
 
+    @property
+    def n_records(self) -> int:
+        """Records of this split (what the export will encode)."""
+        return self.stories.count(self.split)
+
     def identity(self) -> dict:
         """Everything the encoded documents depend on (batching and threads do not count)."""
         return {"corpus_fingerprint": self.fingerprint, "split": self.split,

@@ -36,6 +36,15 @@ def resolve_workers(workers: int, n_tasks: int) -> int:
     return max(1, min(wanted, n_tasks))
 
 
+def workers_for(workers: int, amount: int, worth_it: int) -> int:
+    """``workers``, except that automatic (0) means 1 when ``amount`` < ``worth_it``.
+
+    Starting a worker process costs a second or two (imports), which small jobs (tests,
+    the built-in corpus) would spend for nothing; an explicit count is always honoured.
+    """
+    return 1 if workers == 0 and amount < worth_it else workers
+
+
 def run_tasks(
     func: Callable[[T], R],
     tasks: Sequence[T],

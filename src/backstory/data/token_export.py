@@ -25,12 +25,13 @@ from backstory.data import documents as documents_module
 from backstory.data import text, tokens
 from backstory.data.files import read_json, write_json_atomically
 from backstory.data.fingerprints import code_digest, sha256_of
-from backstory.data.parallel import resolve_workers, run_tasks
+from backstory.data.parallel import resolve_workers, run_tasks, workers_for
 from backstory.data.tokens import SpillPart, TokenStoreError
 
 logger = logging.getLogger(__name__)
 
 IDENTITY_FILE = "identity.json"
+PARALLEL_RECORDS = 10_000  # below this many documents, automatic workers encode in-process
 
 # The documents of the current worker process, set once by the pool's initializer.
 _DOCUMENTS: Any = None
@@ -67,7 +68,8 @@ def write_token_store_parallel(path: Path | str, documents: Any, *, attrs: dict,
             if part.intact():
                 parts[index] = part
     pending = [index for index in range(len(names)) if index not in parts]
-    n_workers = resolve_workers(workers, len(pending)) if pending else 1
+    n_workers = resolve_workers(workers_for(workers, documents.n_records, PARALLEL_RECORDS),
+                                len(pending)) if pending else 1
     threads = 1 if n_workers > 1 else documents.num_threads
     logger.info("%s: %d partitions, %d encoded before, %d to encode in %d processes",
                 path, len(names), len(parts), len(pending), n_workers)

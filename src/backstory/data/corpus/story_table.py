@@ -35,9 +35,8 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -54,8 +53,11 @@ from backstory.data.files import (
     write_json_atomically,
 )
 from backstory.data.fingerprints import code_digest, sha256_of
-from backstory.data.parallel import run_tasks
+from backstory.data.parallel import run_tasks, workers_for
 from backstory.locks import FolderLock
+
+if TYPE_CHECKING:  # pandas is imported where frames are made: worker processes skip it
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ PARTS = "parts"
 WORK = ".work"
 PART_RECORDS = 20_000  # rows per partition: a few tens of MB in memory while written or read
 RANGE_BYTES = 64 << 20  # a text file is cleaned in byte ranges of this size, in parallel
+PARALLEL_BYTES = 32 << 20  # below this much raw data, automatic workers clean in-process
 _SUFFIX = ".parquet"
 SCHEMA = pa.schema([
     ("story", pa.string()),
@@ -177,7 +180,7 @@ def clean_task(task: _Task, folder: str, part_records: int = PART_RECORDS) -> di
     cleaner = RecordCleaner(task.file.name, on_bad_record=settings.on_bad_record,
                             split=settings.split, role=task.file.role,
                             limit=settings.max_stories_per_file)
-    writer = _PartWriter(Path(folder), task.file.name, task.range_index, part_records)
+    writer = PartitionWriter(Path(folder), task.file.name, task.range_index, part_records)
     try:
         items = readers.read_records(task.file.name, task.path, fmt=task.fmt,
                                      start=task.start, stop=task.stop)
@@ -204,7 +207,7 @@ def clean_task(task: _Task, folder: str, part_records: int = PART_RECORDS) -> di
     return result
 
 
-class _PartWriter:
+class PartitionWriter:
     """Collects kept records and writes them as parquet partitions of bounded size."""
 
     def __init__(self, folder: Path, file_name: str, range_index: int, part_records: int):
@@ -214,6 +217,7 @@ class _PartWriter:
         self.part_records = part_records
         self.rows: list[dict] = []
         self.written: list[dict] = []
+        self.created: list[Path] = []  # files this writer made (others may belong to a table)
 
     def add(self, record: dict) -> None:
         self.rows.append(record)
@@ -226,11 +230,14 @@ class _PartWriter:
         return self.written
 
     def discard(self) -> None:
-        """Remove what this writer wrote (its task failed or was rejected as a whole)."""
-        for partition in self.written:
-            (self.folder / partition["file"]).unlink(missing_ok=True)
-        self.written = []
-        self.rows = []
+        """Remove what this writer made (its task failed or was rejected as a whole).
+
+        A partition that was already there (the same content in the committed table) is
+        left alone: the table that names it must stay whole.
+        """
+        for path in self.created:
+            path.unlink(missing_ok=True)
+        self.created, self.written, self.rows = [], [], []
 
     def _flush(self) -> None:
         table = pa.Table.from_pydict(clean.to_columns(self.rows), schema=SCHEMA)
@@ -243,6 +250,7 @@ class _PartWriter:
         target = self.folder / relative
         if not (target.is_file() and file_sha256(target) == digest):
             write_bytes_atomically(target, data)
+            self.created.append(target)
         n_val = sum(row["split"] == "val" for row in self.rows)
         self.written.append({
             "name": f"{self.file_name}/{stem}", "file": relative, "sha256": digest,
@@ -280,7 +288,8 @@ def build_story_table(folder: Path | str, plan: CleanPlan, *, range_bytes: int =
                     len(tasks), len(results), len(pending))
         (folder / WORK).mkdir(parents=True, exist_ok=True)
         work = functools.partial(clean_task, folder=str(folder), part_records=part_records)
-        for task, result in zip(pending, run_tasks(work, pending, workers=plan.workers,
+        workers = workers_for(plan.workers, sum(f.size for f in raw.files), PARALLEL_BYTES)
+        for task, result in zip(pending, run_tasks(work, pending, workers=workers,
                                                    what="cleaning tasks"), strict=True):
             results[task.key] = result
         ordered = [results[task.key] for task in tasks]
@@ -366,7 +375,7 @@ def _remove_unlisted(folder: Path, manifest: dict) -> None:
 # ------------------------------------------------------------------------------ reading
 
 
-class StoryTable(Mapping[str, Callable[[], pd.DataFrame]]):
+class StoryTable(Mapping[str, Callable[[], "pd.DataFrame"]]):
     """A finished story table: partition name -> loader of its rows, in table order.
 
     Loading a partition checks its sha256 against the manifest. Picklable (the pickle
@@ -415,6 +424,11 @@ class StoryTable(Mapping[str, Callable[[], pd.DataFrame]]):
         _check_split(split)
         return [p["name"] for p in self.partitions if p[f"n_{split}"]]
 
+    def count(self, split: str) -> int:
+        """Records of ``split`` in the table."""
+        _check_split(split)
+        return sum(p[f"n_{split}"] for p in self.partitions)
+
     def load_table(self, name: str) -> pa.Table:
         """The rows of one partition, after checking the file against the manifest."""
         partition = self._by_name[name]
@@ -434,7 +448,7 @@ class StoryTable(Mapping[str, Callable[[], pd.DataFrame]]):
         return pq.read_table(pa.BufferReader(data))
 
     def load_frame(self, name: str) -> pd.DataFrame:
-        return self.load_table(name).to_pandas()
+        return self.load_table(name).to_pandas()  # pyarrow imports pandas on demand
 
     def records(self, split: str, names: list[str] | None = None) -> Iterator[dict]:
         """The records of one split as dicts, partition by partition, in table order."""
