@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -78,27 +79,43 @@ class TreeSampler:
         return self.peak / 1e6
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_step(command: list[str], cwd: Path) -> dict:
-    """Run one child process; its wall time and the peak RSS of its process tree."""
+    """Run one child process: wall time, CPU seconds and peak RSS of its process tree.
+
+    CPU seconds count the child and every worker it waited for; divided by the wall
+    time they say how many cores the step actually got on a shared machine.
+    """
+    cpu_before = _children_cpu()
     started = time.perf_counter()
     log = tempfile.TemporaryFile()
-    child = subprocess.Popen(command, cwd=cwd, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    out = tempfile.TemporaryFile()
+    child = subprocess.Popen(command, cwd=cwd, env=ENV, stdout=out, stderr=log)
     sampler = TreeSampler(child.pid)
     code = child.wait()
     peak = sampler.stop()
     seconds = time.perf_counter() - started
+    cpu = _children_cpu() - cpu_before
+    out.seek(0)
+    stdout = out.read().decode(errors="replace")
     if code != 0:
         log.seek(0)
-        sys.stderr.write(log.read().decode(errors="replace")[-6000:])
+        sys.stderr.write(stdout[-3000:] + log.read().decode(errors="replace")[-6000:])
         raise SystemExit(f"step failed ({code}): {' '.join(command)}")
-    return {"seconds": round(seconds, 1), "peak_tree_rss_mb": round(peak)}
+    return {"seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
+            "peak_tree_rss_mb": round(peak), "stdout": stdout}
 
 
 def kedro(*args: str) -> list[str]:
     return [sys.executable, "-m", "kedro", "run", "--env", "base", *args]
 
 
-def bench_size(size: int, shard_size: int, vocab: int, max_sentences: int, work: Path) -> dict:
+def bench_size(size: int, shard_size: int, vocab: int, max_sentences: int, work: Path,
+               variants: tuple[str, ...] = VARIANTS) -> dict:
     root = make_project(work / f"project-{size}", {"parameters_ingest.yml": {
         "corpus": {"n_stories": size, "shard_size": shard_size},
         "tokenizer": {"vocab_size": vocab, "max_sentences": max_sentences},
@@ -109,19 +126,21 @@ def bench_size(size: int, shard_size: int, vocab: int, max_sentences: int, work:
                                               "clean_corpus,report_ingest"),
         "tokenizer training": kedro("--pipelines", "ingest", "--nodes", "fit_tokenizer"),
     }
-    for variant in VARIANTS:
+    for variant in variants:
         steps[f"export {variant} (train + val)"] = kedro(
             "--pipelines", variant, "--nodes",
             f"{variant}.export_train_tokens,{variant}.export_val_tokens")
     figures: dict = {"size": size, "steps": {}}
     for name, command in steps.items():
         result = run_step(command, root)
+        result.pop("stdout")
         figures["steps"][name] = result
         print(f"  {size:>9,} | {name:<30} | {result['seconds']:>8.1f} s | "
+              f"{result['cpu_seconds'] / result['seconds']:4.2f} cores | "
               f"peak {result['peak_tree_rss_mb']:>6,} MB", flush=True)
     report = json.loads((root / "data/08_reporting/ingest_report.json").read_text())
     stores = {}
-    for variant in VARIANTS:
+    for variant in variants:
         for split in ("train", "val"):
             path = root / f"data/05_model_input/{variant}/{split}.h5"
             stores[f"{variant}.{split}"] = round(path.stat().st_size / 1e6)
@@ -147,28 +166,49 @@ documents = StoryDocuments(table, "train", tokenizer, variant="forward")
 # The pipeline's own attributes, so the bytes can be compared with its store.
 with TokenStore(root + "/data/05_model_input/forward/train.h5") as store:
     attrs = {k: v for k, v in store.attrs.items() if k not in WRITER_ATTRS}
+import resource
 started = time.perf_counter()
 summary = write_token_store_parallel(out, documents, attrs=attrs, workers=workers)
-print(json.dumps(summary | {"seconds": time.perf_counter() - started}))
+own, workers_usage = (resource.getrusage(who) for who in
+                      (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+print(json.dumps(summary | {"seconds": time.perf_counter() - started,
+                            "cpu_parent": own.ru_utime + own.ru_stime,
+                            "cpu_workers": workers_usage.ru_utime + workers_usage.ru_stime}))
 """
 
 
 def bench_speedup(root: Path) -> dict:
-    """Forward training export with 1 then 2 worker processes, same inputs."""
+    """Forward training export on 1 core (1 worker) then on 2 cores (2 workers).
+
+    Each run is pinned with taskset to its cores, so the 1-core run cannot borrow the
+    second core through sentencepiece threads.
+    """
     results = {}
-    for workers in (1, 2):
+    for workers, cores in ((1, "0"), (2, "0,1")):
         out = root / f"data/05_model_input/speedup-{workers}.h5"
-        step = run_step([sys.executable, "-c", SPEEDUP, str(root), str(workers), str(out)], root)
+        step = run_step(["taskset", "-c", cores, sys.executable, "-c", SPEEDUP, str(root),
+                         str(workers), str(out)], root)
+        step |= json.loads(step.pop("stdout").strip().splitlines()[-1])
         results[workers] = step
-        print(f"  forward train export, {workers} worker(s): {step['seconds']:.1f} s, "
+        print(f"  forward train export, {workers} worker(s) on core(s) {cores}: "
+              f"{step['seconds']:.1f} s, {step['cpu_seconds']:.1f} CPU s "
+              f"({step['cpu_seconds'] / step['seconds']:.2f} cores), "
               f"peak {step['peak_tree_rss_mb']:,} MB", flush=True)
         same = out.read_bytes() == (root / "data/05_model_input/forward/train.h5").read_bytes()
         results[f"identical_to_pipeline_{workers}"] = same
         out.unlink()
     ratio = results[1]["seconds"] / results[2]["seconds"]
-    print(f"  speedup 2 vs 1 worker: {ratio:.2f}x (stores identical to the pipeline's: "
-          f"{results['identical_to_pipeline_1'] and results['identical_to_pipeline_2']})")
+    # On cores of its own, the 2-worker run takes its parent's CPU time (start, assembly)
+    # plus half its workers' (the partitions are shared out one at a time).
+    one = results[1]["cpu_parent"] + results[1]["cpu_workers"]
+    two = results[2]["cpu_parent"] + results[2]["cpu_workers"] / 2
+    print(f"  speedup 2 vs 1 worker, wall time: {ratio:.2f}x; from CPU time on free cores: "
+          f"{one / two:.2f}x (1 worker: {one:.1f} CPU s; 2 workers: parent "
+          f"{results[2]['cpu_parent']:.1f} + workers {results[2]['cpu_workers']:.1f} CPU s); "
+          f"stores identical to the pipeline's: "
+          f"{results['identical_to_pipeline_1'] and results['identical_to_pipeline_2']}")
     return {"one_worker": results[1], "two_workers": results[2], "speedup": round(ratio, 2),
+            "speedup_from_cpu_time": round(one / two, 2),
             "identical": results["identical_to_pipeline_1"]
             and results["identical_to_pipeline_2"]}
 
@@ -204,8 +244,9 @@ def bench_text(megabytes: int, work: Path) -> dict:
             written += len(chunk.encode())
             index += 10_000
     size_mb = path.stat().st_size / 1e6
-    step = run_step([sys.executable, "-c", TEXT_INGEST, str(source), str(work / f"out-{megabytes}")],
-                    REPO)
+    step = run_step([sys.executable, "-c", TEXT_INGEST, str(source),
+                     str(work / f"out-{megabytes}")], REPO)
+    step.pop("stdout")
     print(f"  text file {size_mb:,.0f} MB: clean {step['seconds']:.1f} s, "
           f"peak {step['peak_tree_rss_mb']:,} MB", flush=True)
     return {"file_mb": round(size_mb), **step}
@@ -218,6 +259,10 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--max-sentences", type=int, default=200_000)
     parser.add_argument("--text-mb", type=int, nargs="*", default=[600, 2200])
+    parser.add_argument("--speedup-size", type=int, default=None,
+                        help="only measure the 1- vs 2-core export on a corpus of this size")
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="with --speedup-size: a project kept by an earlier --keep run")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the projects afterwards")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
@@ -230,6 +275,17 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     figures: dict = {"machine": machine(), "sizes": [], "text": []}
     try:
+        if args.speedup_size:
+            if args.reuse:
+                result = {"root": str(args.reuse)}
+            else:
+                result = bench_size(args.speedup_size, args.shard_size, args.vocab,
+                                    args.max_sentences, work, variants=("forward",))
+            figures["speedup"] = bench_speedup(Path(result["root"])) | {
+                "size": args.speedup_size}
+            args.sizes, args.text_mb = [], []
+            if not args.keep:
+                subprocess.run(["rm", "-rf", result["root"]], check=True)
         for size in args.sizes:
             result = bench_size(size, args.shard_size, args.vocab, args.max_sentences, work)
             figures["sizes"].append(result)
