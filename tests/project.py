@@ -73,3 +73,22 @@ TINY_INGEST = {
     "corpus": {"n_stories": 300, "shard_size": 100},
     "tokenizer": {"vocab_size": 512},
 }
+
+
+# The shared test material beside the repository (../shared): real TinyStories excerpts
+# and reference programs. Tests that need it skip, saying where it was looked for.
+SHARED = REPO.parent / "shared"
+REAL_DATA = SHARED / "data" / "tinystories-real"
+
+
+def real_excerpt(name: str):
+    """A real TinyStories excerpt (JSON) from ../shared, or skip the calling module."""
+    import json
+
+    import pytest
+
+    path = REAL_DATA / name
+    if not path.is_file():
+        pytest.skip(f"real TinyStories excerpts are not at {REAL_DATA} (../shared is absent)",
+                    allow_module_level=True)
+    return json.loads(path.read_text())

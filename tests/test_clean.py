@@ -11,10 +11,10 @@ from backstory.data.corpus.clean import (
     clean_file,
     merge_reports,
     records_digest,
-    split_of,
     to_columns,
 )
 from backstory.data.corpus.schema import PROMPT_KEY, BadRecordError
+from backstory.data.corpus.splits import SplitRule, role_from_name, split_of
 
 
 def record(story: object, **extra: object) -> dict:
@@ -110,15 +110,83 @@ def test_text_file_counts_empty_chunks_apart() -> None:
     data = b"<|endoftext|>\nA dog.\n<|endoftext|>\nA cat.\n<|endoftext|>\n"
     result = clean_file("TinyStories-valid.txt", data, **RAISE)
     assert (result.n_read, result.n_kept, result.empty_chunks) == (2, 2, 2)
-    assert [r["record"] for r in result.records] == [1, 2]
+    # Text records are located by the byte offset where their chunk starts.
+    assert [r["record"] for r in result.records] == [data.index(b"A dog"), data.index(b"A cat")]
     assert result.records[0]["source"] == "TinyStories-valid.txt"
 
 
 def test_instruct_bad_chunk_is_counted_under_skip() -> None:
-    data = b"Summary: a\nStory: b\nSummary: c\n<|endoftext|>\nStory: Fine.\n<|endoftext|>\n"
+    data = (b"Story: Fine.\n<|endoftext|>\nHello\nStory: b\n<|endoftext|>\n"
+            b"Summary: a\nStory: b\nSummary: c\n<|endoftext|>\n")
     result = clean_file("i.txt", data, **SKIP)
-    assert result.skipped == {"duplicate_field:Summary": 1}
-    assert [r["story"] for r in result.records] == ["Fine."]
+    assert result.skipped == {"text_outside_field": 1}
+    assert [r["story"] for r in result.records] == ["Fine.", "b"]
+    assert result.records[1]["summary"] == "a"
+    assert result.records[1]["extra_fields"] == ["Summary: c"]
+    assert result.quirks["duplicate:Summary"] == 1
+
+
+def test_invalid_utf8_under_skip_loses_one_story_not_the_file() -> None:
+    data = b"One.\n<|endoftext|>\nBad \xff byte.\n<|endoftext|>\nThree.\n<|endoftext|>\n"
+    result = clean_file("TinyStories-train.txt", data, **SKIP)
+    assert [r["story"] for r in result.records] == ["One.", "Three."]
+    assert result.skipped == {"invalid_utf8": 1}
+    assert result.file_error is None
+    with pytest.raises(BadRecordError, match=r"record at byte 19: invalid UTF-8 at byte offset 23"):
+        clean_file("TinyStories-train.txt", data, **RAISE)
+
+
+def test_crlf_is_normalised_and_counted_in_json_and_text() -> None:
+    shard_result = clean_file("d.json", shard([record("A.\r\nB.\r\n"), record("C.")]), **RAISE)
+    assert [r["story"] for r in shard_result.records] == ["A.\nB.", "C."]
+    assert shard_result.quirks == {"crlf": 1}
+    text_result = clean_file("t.txt", b"A.\r\nB.\r\n<|endoftext|>\r\n", **RAISE)
+    assert text_result.records[0]["story"] == "A.\nB."
+    assert text_result.quirks == {"crlf": 1}
+
+
+def test_split_strategies() -> None:
+    data = shard([record(s) for s in synthetic_stories(40)])
+    by_shard = SplitRule("shard", val_files=("data00.json",))
+    assert {r["split"] for r in clean_file("data00.json", data, split=by_shard,
+                                           on_bad_record="raise").records} == {"val"}
+    assert {r["split"] for r in clean_file("data01.json", data, split=by_shard,
+                                           on_bad_record="raise").records} == {"train"}
+    official = SplitRule("official")
+    valid = clean_file("TinyStories-valid.txt", b"A.\n<|endoftext|>\n", split=official,
+                       on_bad_record="raise", role="valid")
+    assert valid.records[0]["split"] == "val"
+    assert role_from_name("TinyStoriesV2-GPT4-valid.txt") == "valid"
+    assert role_from_name("TinyStories-Instruct-train.txt") == "train"
+    assert role_from_name("data00.json") == "train"
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"strategy": "random", "val_fraction": 0.1, "val_files": []}, "split.strategy"),
+        ({"strategy": "shard", "val_fraction": 0.1, "val_files": []}, "split.val_files"),
+        ({"strategy": "shard", "val_fraction": 0.1, "val_files": "data00.json"}, "list"),
+        ({"strategy": "hash", "val_fraction": 0.1}, "lacks val_files"),
+        ({"strategy": "hash", "val_fraction": 0.1, "val_files": [], "seed": 1}, "unknown"),
+    ],
+)
+def test_split_parameters_are_checked(params: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SplitRule.from_params(params)
+
+
+def test_split_rule_checks_the_files_it_needs() -> None:
+    files = [("data00.json", "train"), ("data01.json", "train")]
+    with pytest.raises(ValueError, match=r"names \['data07.json'\]"):
+        SplitRule("shard", val_files=("data07.json",)).check_files(files)
+    with pytest.raises(ValueError, match="no training stories"):
+        SplitRule("shard", val_files=("data00.json", "data01.json")).check_files(files)
+    with pytest.raises(ValueError, match="validation file"):
+        SplitRule("official").check_files(files)
+    SplitRule("official").check_files([("a-train.txt", "train"), ("a-valid.txt", "valid")])
+    assert SplitRule("shard", val_files=("data00.json",)).describe() == {
+        "strategy": "shard", "val_files": ["data00.json"]}
 
 
 def test_unknown_policy_names_the_setting() -> None:
@@ -183,6 +251,10 @@ def test_summary_and_merge_reports() -> None:
     assert report["skipped_files"] == {"invalid_json": 1}
     assert [row["name"] for row in report["files"]] == ["data00.json", "data01.json", "data02.json"]
     assert json.loads(json.dumps(report)) == report
+    with_split = merge_reports(rows, split=SplitRule().describe(),
+                               ignored=[{"name": "notes.md", "reason": "not read"}])
+    assert with_split["split"]["strategy"] == "hash"
+    assert with_split["files_ignored"] == [{"name": "notes.md", "reason": "not read"}]
 
 
 def test_fingerprint_follows_content_and_order() -> None:

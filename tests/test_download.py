@@ -37,6 +37,7 @@ class ServerState:
     cut_after: int | None = None  # bytes sent before dropping the next response
     ignore_range: bool = False
     ranges: list[str | None] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # every path asked for, in order
 
 
 class RangeHandler(BaseHTTPRequestHandler):
@@ -48,6 +49,7 @@ class RangeHandler(BaseHTTPRequestHandler):
         state: ServerState = self.server.state  # type: ignore[attr-defined]
         requested = self.headers.get("Range")
         state.ranges.append(requested)
+        state.paths.append(self.path)
         if self.path == "/error":
             self.send_error(500, "boom")
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import h5py
 import pytest
@@ -11,11 +12,12 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from backstory import variants
+from backstory.data.corpus.story_table import StoryTable
 from backstory.data.text import reverse_words
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore
 from backstory.pipeline_registry import build_pipelines
-from tests.project import REPO, TINY_INGEST, make_project, tiny_run_params
+from tests.project import REPO, TINY_INGEST, make_project, real_excerpt, tiny_run_params
 
 VARIANTS = ("forward", "reversed", "instruct")
 RUN = "small/s1337"
@@ -83,7 +85,8 @@ def test_reversed_pipeline_exports_reversed_token_stores(tmp_path, monkeypatch):
     )
     report = json.loads((root / "data/08_reporting/ingest_report.json").read_text())
     assert report["n_read"] == 300 and report["n_kept"] == 300
-    assert sorted(p.name for p in (root / "data/01_raw/corpus").iterdir()) == [
+    raw = root / "data/01_raw/corpus"
+    assert sorted(p.name for p in raw.iterdir() if not p.name.startswith(".")) == [
         "data00.json", "data01.json", "data02.json",
     ]
     tokenizer = Tokenizer.from_file(root / "data/06_models/tokenizer/tokenizer.model")
@@ -140,3 +143,32 @@ def test_rerun_on_other_data_recomputes_instead_of_stopping(tmp_path, monkeypatc
                 runtime_params={"corpus": {"seed": 7}})
     assert model.read_bytes() != first
     assert (root / f"data/06_models/forward/{RUN}/run.previous/checkpoints/latest").is_file()
+def test_every_kept_story_of_same_stem_files_reaches_the_h5_stores(tmp_path, monkeypatch):
+    """Issue 13, item 1: data00.json and data00.txt must both reach the table and the H5."""
+    rng = random.Random(5)
+    stories = real_excerpt("stories_100.json")
+    source = tmp_path / "corpus"
+    source.mkdir()
+    json_stories = [f"{rng.choice(stories)} (json {i})" for i in range(60)]
+    (source / "data00.json").write_text(json.dumps([{"story": s} for s in json_stories]))
+    text_stories = stories[:40]
+    (source / "data00.txt").write_text("".join(f"{s}\n<|endoftext|>\n" for s in text_stories))
+    params = {"parameters_ingest.yml": {
+        "corpus": {"source": "local", "path": str(source)},
+        "tokenizer": {"vocab_size": 600}, "split": {"val_fraction": 0.2}}}
+    root = make_project(tmp_path / "project", params)
+    run_project(root, monkeypatch, pipeline_names=["forward"],
+                to_outputs=["forward.train_tokens", "forward.val_tokens"])
+    report = json.loads((root / "data/08_reporting/ingest_report.json").read_text())
+    table = StoryTable(root / "data/02_intermediate/stories")
+    assert report == table.report
+    assert [row["name"] for row in report["files"]] == ["data00.json", "data00.txt"]
+    assert report["n_kept"] == 100
+    tokenizer = Tokenizer.from_file(root / "data/06_models/tokenizer/tokenizer.model")
+    found = []
+    for split in ("train", "val"):
+        with TokenStore(root / f"data/05_model_input/forward/{split}.h5") as store:
+            assert store.attrs["corpus_fingerprint"] == report["corpus_fingerprint"]
+            assert store.n_docs == report[f"n_{split}"]
+            found += [tokenizer.decode(store.story_tokens(i).tolist()) for i in range(store.n_docs)]
+    assert sorted(found) == sorted([s.strip() for s in json_stories + text_stories])

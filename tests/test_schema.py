@@ -44,6 +44,8 @@ def test_optional_fields_get_defaults() -> None:
         "instruction": {PROMPT_KEY: "", "words": [], "features": []},
         "summary": "",
         "source": "stories.txt",
+        "random_sentence": "",
+        "extra_fields": [],
     }
 
 
@@ -109,3 +111,17 @@ def test_error_is_a_value_error_and_pickles() -> None:
         err.reason,
         str(err),
     )
+
+
+def test_text_record_error_names_the_byte_offset_and_pickles() -> None:
+    err = BadRecordError("s.txt", 120, "invalid_utf8", "bad byte", at_byte=True)
+    assert str(err) == "s.txt, record at byte 120: bad byte"
+    assert str(pickle.loads(pickle.dumps(err))) == str(err)
+
+
+def test_instruct_fields_are_validated() -> None:
+    record = validate_record({"story": "a", "random_sentence": "Hi.",
+                              "extra_fields": ["Summary: x"]}, "i.txt", 0)
+    assert (record["random_sentence"], record["extra_fields"]) == ("Hi.", ["Summary: x"])
+    with pytest.raises(BadRecordError, match="extra_fields"):
+        validate_record({"story": "a", "extra_fields": "Summary: x"}, "i.txt", 0)

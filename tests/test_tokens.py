@@ -12,9 +12,11 @@ import pytest
 from kedro.io import DataCatalog, DatasetError
 
 import backstory
+from backstory.data import tokens as tokens_module
 from backstory.data.tokens import (
     FORMAT,
     FORMAT_VERSION,
+    TOKEN_RANGE_CHUNK,
     DocBatch,
     TokenStore,
     TokenStoreError,
@@ -119,7 +121,11 @@ def test_round_trip(tmp_path: Path, docs: list) -> None:
             "n_docs": len(docs),
             "n_tokens": n_tokens,
             "package_version": backstory.__version__,
+            "token_min": 0,
+            "token_max": n_tokens - 1,
+            "token_range_chunk": TOKEN_RANGE_CHUNK,
         }
+        assert store.token_ranges.tolist() == [[0, n_tokens - 1]]
         assert (store.variant, store.vocab_size, store.bos_id, store.eos_id) == (
             "forward",
             VOCAB,
@@ -433,7 +439,7 @@ def test_foreign_h5(tmp_path: Path) -> None:
     ("attr", "value", "message"),
     [
         ("format", "someone-else", "format is 'someone-else'"),
-        ("format_version", 2, "format_version 2 is not supported"),
+        ("format_version", 7, "format_version 7 is not supported"),
         ("n_tokens", 10**6, "tokens has shape"),
         ("n_docs", 3, r"doc_offsets is int64 \(61,\)"),
         ("vocab_size", 70_000, "dtype uint16 does not match"),
@@ -503,3 +509,67 @@ def test_dataset_errors(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="missing required"):
         dataset.save(TokenStream([], {"variant": "forward"}))
     assert not dataset.exists()
+
+
+# ------------------------------------------------------------------------- id ranges (issue 13)
+
+
+def test_each_chunk_records_its_id_range(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(tokens_module, "TOKEN_RANGE_CHUNK", 10)
+    docs = make_docs(30, seed=4)
+    path = tmp_path / "s.h5"
+    write_token_store(path, to_batches(docs, 4), attrs=base_attrs())
+    with TokenStore(path) as store:
+        ids = np.concatenate([d[0] for d in docs])
+        expected = [[int(c.min()), int(c.max())] for c in np.array_split(
+            ids, range(10, ids.size, 10))]
+        assert store.token_ranges.tolist() == expected
+        assert (store.attrs["token_min"], store.attrs["token_max"]) == (0, ids.size - 1)
+        store.verify_token_ranges()
+
+
+def test_a_store_read_with_a_smaller_vocabulary_is_refused_naming_the_file(
+    store_path: Path,
+) -> None:
+    with h5py.File(store_path, "r+") as f:
+        f.attrs["vocab_size"] = 1000  # the ids go up to 1,164
+    with pytest.raises(TokenStoreError, match=r"train\.h5: tokens 0\.\.1048575 hold ids from 0 "
+                                              r"to 1164, outside \[0, vocab_size=1000\)"):
+        TokenStore(store_path)
+
+
+def test_ids_changed_after_writing_are_caught(store_path: Path) -> None:
+    with h5py.File(store_path, "r+") as f:
+        f["tokens"][7] = 65000
+    with TokenStore(store_path) as store:  # the recorded ranges are fine, the data is not
+        with pytest.raises(TokenStoreError, match=r"train\.h5: tokens 0\.\..* recorded as"):
+            store.verify_token_ranges()
+    with h5py.File(store_path, "r+") as f:
+        f.attrs["vocab_size"] = 60000
+        f["token_ranges"][0, 1] = 1164
+    with TokenStore(store_path) as store:
+        with pytest.raises(TokenStoreError, match=r"train\.h5: training batch 0 holds token id "
+                                                  r"65000 >= vocab_size 60000"):
+            for batch in range(50):
+                store.random_windows(batch, 64, 8, seed=0)
+
+
+def test_altered_range_records_are_refused(store_path: Path) -> None:
+    with h5py.File(store_path, "r+") as f:
+        f["token_ranges"][0, 1] = 99
+    with pytest.raises(TokenStoreError, match="do not match the chunk ranges"):
+        TokenStore(store_path)
+
+
+def test_version_one_stores_are_checked_by_reading_their_ids(store_path: Path) -> None:
+    with h5py.File(store_path, "r+") as f:
+        del f["token_ranges"]
+        for key in ("token_min", "token_max", "token_range_chunk"):
+            del f.attrs[key]
+        f.attrs["format_version"] = 1
+    with TokenStore(store_path) as store:
+        assert store.token_ranges.tolist() == [[0, 1164]]
+    with h5py.File(store_path, "r+") as f:
+        f.attrs["vocab_size"] = 900
+    with pytest.raises(TokenStoreError, match=r"outside \[0, vocab_size=900\)"):
+        TokenStore(store_path)

@@ -10,22 +10,26 @@ therefore stops ``kedro run`` before any work, with a message that names the set
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from kedro.config import OmegaConfigLoader
 
-from backstory import experiment, variants
+from backstory import experiment, params, variants
+from backstory.data.corpus.sources import CorpusConfig
+from backstory.data.corpus.splits import SplitRule
+from backstory.data.corpus.story_table import IngestConfig
+from backstory.data.tokenizer import TokenizerConfig
 from backstory.errors import SettingError
 from backstory.evaluation.compare import CompareConfig
 
-# Top-level parameter sections besides the experiment declaration, and their checks.
+# Top-level parameter sections besides the experiment declaration, and their typed checks.
 SECTION_CHECKS: dict[str, Callable[[Any], object]] = {
+    "corpus": partial(params.build, CorpusConfig, section="corpus"),
+    "ingest": partial(params.build, IngestConfig, section="ingest"),
+    "split": SplitRule.from_params,
+    "tokenizer": TokenizerConfig.from_params,
     "compare": CompareConfig.from_params,
-    # Ingest sections: checked by their nodes (backstory.pipelines.ingest).
-    "corpus": lambda settings: None,
-    "ingest": lambda settings: None,
-    "split": lambda settings: None,
-    "tokenizer": lambda settings: None,
 }
 
 
@@ -37,8 +41,14 @@ def project_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
         raise SettingError(f"unknown parameter section{'s' if len(unknown) > 1 else ''} "
                          f"{', '.join(unknown)}; known sections: {', '.join(known)}")
     for section, check in SECTION_CHECKS.items():
-        if section in parameters:
+        if section not in parameters:
+            continue
+        try:
             check(parameters[section])
+        except (TypeError, ValueError) as err:
+            if isinstance(err, SettingError):
+                raise
+            raise SettingError(f"{section}: {err}") from err
     return experiment.expand(parameters)
 
 

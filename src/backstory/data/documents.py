@@ -33,11 +33,12 @@ class TextConfig:
 
     seed: int  # instruction template choice is seeded per record
     batch_size: int  # stories per encode batch (threads share a batch)
-    num_threads: int  # sentencepiece encode threads (0: all cores)
+    num_threads: int  # sentencepiece encode threads per process (0: all cores)
+    workers: int  # export processes, one story-table partition at a time (0: all cores)
     templates: list[str] | None  # None: backstory.data.text.DEFAULT_TEMPLATES
 
     def __post_init__(self) -> None:
-        for name, low in (("seed", 0), ("batch_size", 1), ("num_threads", 0)):
+        for name, low in (("seed", 0), ("batch_size", 1), ("num_threads", 0), ("workers", 0)):
             params.check_int("text", name, getattr(self, name), low)
         if self.templates is not None and (
                 not isinstance(self.templates, list | tuple)
@@ -184,3 +185,73 @@ def encode_documents(
         while batch := list(itertools.islice(iterator, batch_size)):
             yield _batch(batch, tokenizer, spec, chosen, seed, num_threads)
             bar.update(len(batch))
+
+
+class StoryDocuments:
+    """One split of a story table as ``variant`` documents, encodable partition by partition.
+
+    What an export hands to the token-store writer (``TokenStream.documents``):
+    ``backstory.data.token_export`` encodes the ``parts`` in worker processes and
+    resumes after a kill; ``batches()`` encodes them all here, one after another. Both
+    give the same documents, in table order. ``stories`` is a
+    ``backstory.data.corpus.story_table.StoryTable`` (anything with ``partition_names``,
+    ``records`` and ``fingerprint``); the object pickles with the table and tokenizer.
+    """
+
+    def __init__(
+        self,
+        stories,
+        split: str,
+        tokenizer: Tokenizer,
+        *,
+        variant: str,
+        templates: Sequence[str] | None = None,
+        seed: int = 0,
+        batch_size: int = 1024,
+        num_threads: int = 0,
+    ) -> None:
+        spec = exporting_variant(variant)
+        self.templates = tuple(DEFAULT_TEMPLATES if templates is None else templates)
+        if spec.instruct and not self.templates:
+            raise ValueError(f"{variant}: text.templates is empty; give at least one template")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.stories = stories
+        self.split = split
+        self.tokenizer = tokenizer
+        self.variant = variant
+        self.seed = int(seed)
+        self.batch_size = int(batch_size)
+        self.num_threads = int(num_threads)
+        self.parts: list[str] = list(stories.partition_names(split))
+
+    @property
+    def fingerprint(self) -> str:
+        """The story table's corpus fingerprint."""
+        return self.stories.fingerprint
+
+    @property
+    def n_records(self) -> int:
+        """Records of this split (what the export will encode)."""
+        return self.stories.count(self.split)
+
+    def identity(self) -> dict:
+        """Everything the encoded documents depend on (batching and threads do not count)."""
+        return {"corpus_fingerprint": self.fingerprint, "split": self.split,
+                "parts": self.parts, "variant": self.variant, "templates": list(self.templates),
+                "seed": self.seed, "tokenizer_sha256": self.tokenizer.sha256}
+
+    def encode_part(self, name: str, num_threads: int | None = None) -> Iterator[DocBatch]:
+        """The documents of one partition."""
+        return self._encode(self.stories.records(self.split, [name]), num_threads)
+
+    def batches(self) -> Iterator[DocBatch]:
+        """The documents of every partition, in order, encoded in this process."""
+        return self._encode(self.stories.records(self.split), None)
+
+    def _encode(self, records: Iterable[dict], num_threads: int | None) -> Iterator[DocBatch]:
+        return encode_documents(
+            records, self.tokenizer, variant=self.variant, templates=self.templates,
+            seed=self.seed, batch_size=self.batch_size,
+            num_threads=self.num_threads if num_threads is None else num_threads,
+        )

@@ -30,11 +30,14 @@ import os
 import struct
 import threading
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import sentencepiece as spm
 
+from backstory import params
 from backstory.data.chunk_cache import (
     CACHE_ROUND_TEXTS,
     DEFAULT_CACHE_ENTRIES,
@@ -123,6 +126,23 @@ def _check_train_args(
         raise ValueError(f"tokenizer.max_sentence_bytes must be >= 1, got {max_sentence_bytes}")
     if num_threads < 1:
         raise ValueError(f"tokenizer.num_threads must be >= 1, got {num_threads}")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """The ``tokenizer`` parameters (conf/base/parameters_ingest.yml documents each key)."""
+
+    vocab_size: int
+    model_type: str
+    max_sentences: int
+
+    def __post_init__(self) -> None:
+        _check_train_args(self.vocab_size, self.model_type, self.max_sentences,
+                          DEFAULT_MAX_SENTENCE_BYTES, 1)
+
+    @classmethod
+    def from_params(cls, settings: Any) -> TokenizerConfig:
+        return params.build(cls, settings, "tokenizer")
 
 
 def train_tokenizer(

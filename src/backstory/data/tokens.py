@@ -8,11 +8,13 @@ lineage attributes (see `REQUIRED_ATTRS` and `write_token_store`).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,11 +24,13 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 import backstory
+from backstory.data.files import file_sha256
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "backstory-tokens"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: token_ranges (the id range of each chunk) recorded and checked
+READABLE_VERSIONS = (1, 2)
 REQUIRED_ATTRS = (
     "variant",
     "layout",
@@ -37,10 +41,13 @@ REQUIRED_ATTRS = (
     "corpus_fingerprint",
 )
 # Keys the writer owns; a caller passing one would silently contradict the file.
-WRITER_ATTRS = ("format", "format_version", "n_docs", "n_tokens", "package_version")
+WRITER_ATTRS = ("format", "format_version", "n_docs", "n_tokens", "package_version",
+                "token_range_chunk", "token_min", "token_max")
 # Names the attributes whose values were JSON-encoded, so the reader can decode exactly those.
 _JSON_KEYS_ATTR = "json_attrs"
 DATASETS = ("tokens", "doc_offsets", "story_spans", "doc_bytes")
+# Ids are range-checked per chunk of this many tokens (8 bytes recorded per chunk).
+TOKEN_RANGE_CHUNK = 1 << 20
 # uint16 holds ids 0..65535, i.e. a vocabulary of up to 65536 entries.
 UINT16_MAX_VOCAB = 65536
 # Cap object formats at HDF5 1.10 so files written by a newer HDF5 stay readable by
@@ -75,10 +82,19 @@ class DocBatch:
 
 @dataclass
 class TokenStream:
-    """What an export node returns: lazy batches, consumed once by the dataset's save."""
+    """What an export node returns; the token-store dataset writes it.
 
-    batches: Iterable[DocBatch]
+    Either ``batches`` (lazy, consumed once, written in this process) or ``documents``:
+    an object with ``parts`` (names), ``identity()``, ``fingerprint`` and
+    ``encode_part(name, num_threads)`` (``backstory.data.documents.StoryDocuments``),
+    which ``backstory.data.token_export`` encodes part by part in ``workers`` processes
+    (0: every core), resumably.
+    """
+
+    batches: Iterable[DocBatch] | None
     attrs: dict
+    documents: Any = None
+    workers: int = 0
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -92,44 +108,36 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def write_token_store(path: Path, batches: Iterable[DocBatch], *, attrs: dict) -> dict:
     """Stream `batches` into a token store at `path`; return n_docs, n_tokens and dtype.
 
-    Memory is bounded by one batch: tokens and per-document arrays are spilled to raw
-    files next to `path`, then copied block by block into contiguous H5 datasets of
-    their final size. The file is written as `<path>.tmp` and renamed, so a crash never
-    leaves a half-written file under the real name. Same batches and attrs give the
-    same bytes. Dict and list attribute values are stored JSON-encoded.
+    Memory is bounded by one batch: the batches are spilled to raw files next to `path`
+    (`spill_batches`), then copied block by block into contiguous H5 datasets of their
+    final size (`assemble_token_store`). The file is written as `<path>.tmp` and
+    renamed, so a crash never leaves a half-written file under the real name. Same
+    batches and attrs give the same bytes, however the documents are batched. Dict and
+    list attribute values are stored JSON-encoded.
     """
     path = Path(path)
-    file_attrs, json_keys = _encode_attrs(attrs, path)
-    vocab_size = int(file_attrs["vocab_size"])
-    dtype = token_dtype(vocab_size)
-    tmp = path.with_name(path.name + ".tmp")
+    header = check_attrs(attrs, path)
     # Spill next to the target: the token stream can be larger than /tmp.
+    path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.spill-") as spill_dir:
-        spills = _Spills(Path(spill_dir), dtype)
-        try:
-            n_docs, n_tokens = _spill_batches(batches, spills, vocab_size, path)
-        finally:
-            spills.close()
-        file_attrs.update(
-            format=FORMAT,
-            format_version=FORMAT_VERSION,
-            n_docs=n_docs,
-            n_tokens=n_tokens,
-            package_version=backstory.__version__,
-        )
-        if json_keys:
-            file_attrs[_JSON_KEYS_ATTR] = json.dumps(sorted(json_keys))
-        try:
-            _write_h5(tmp, spills, file_attrs, n_docs, n_tokens)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    logger.info("Wrote token store %s: %d documents, %d %s tokens", path, n_docs, n_tokens, dtype)
-    return {"n_docs": n_docs, "n_tokens": n_tokens, "dtype": dtype.name}
+        part = spill_batches(batches, Path(spill_dir), "all", header.vocab_size, where=str(path))
+        return assemble_token_store(path, [part], attrs=attrs)
 
 
-def _encode_attrs(attrs: dict, path: Path) -> tuple[dict[str, Any], list[str]]:
+@dataclass(frozen=True)
+class StoreHeader:
+    """What the writer needs from the attributes: the encoded values and the id range."""
+
+    attrs: dict[str, Any]
+    json_keys: list[str]
+    vocab_size: int
+
+    @property
+    def dtype(self) -> np.dtype:
+        return token_dtype(self.vocab_size)
+
+
+def check_attrs(attrs: dict, path: Path) -> StoreHeader:
     """Check the caller's attributes and turn them into H5-storable values."""
     if not isinstance(attrs, dict):
         raise ValueError(f"{path}: attrs must be a dict, got {type(attrs).__name__}")
@@ -148,7 +156,7 @@ def _encode_attrs(attrs: dict, path: Path) -> tuple[dict[str, Any], list[str]]:
         encoded[key], is_json = _encode_value(key, value, path)
         if is_json:
             json_keys.append(key)
-    return encoded, json_keys
+    return StoreHeader(encoded, json_keys, int(attrs["vocab_size"]))
 
 
 def _check_header(attrs: dict, path: Path) -> None:
@@ -191,65 +199,115 @@ def _encode_value(key: str, value: Any, path: Path) -> tuple[Any, bool]:
     )
 
 
+SPILL_FILES = ("tokens", "lengths", "spans", "bytes")
+
+
+@dataclass(frozen=True)
+class SpillPart:
+    """Encoded documents spilled to four raw files, one piece of a future token store.
+
+    ``<folder>/<prefix>.tokens`` (token ids, the store's dtype), ``.lengths`` (int64 per
+    document), ``.spans`` (int64 pairs, relative to each document) and ``.bytes`` (int64
+    per document); ``sha256`` and ``sizes`` of each file let a resumed export reuse it.
+    """
+
+    folder: str
+    prefix: str
+    n_docs: int
+    n_tokens: int
+    token_min: int
+    token_max: int
+    sha256: dict[str, str]
+    sizes: dict[str, int]
+
+    def path(self, kind: str) -> Path:
+        return Path(self.folder) / f"{self.prefix}.{kind}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], folder: Path) -> SpillPart:
+        return cls(**(data | {"folder": str(folder)}))
+
+    def intact(self) -> bool:
+        """Whether the four files are there with the recorded sizes and hashes."""
+        for kind in SPILL_FILES:
+            path = self.path(kind)
+            if not path.is_file() or path.stat().st_size != self.sizes[kind]:
+                return False
+            if file_sha256(path) != self.sha256[kind]:
+                return False
+        return True
+
+
 class _Spill:
-    """An append-only raw file of one dtype, read back in blocks."""
+    """An append-only raw file of one dtype, hashed as it is written."""
 
     def __init__(self, path: Path, dtype: np.dtype) -> None:
         self.path = path
         self.dtype = dtype
         self.count = 0
+        self.hasher = hashlib.sha256()
         self._file: BinaryIO = open(path, "wb")  # closed by close(), once streaming ends
 
     def append(self, values: np.ndarray) -> None:
         data = np.ascontiguousarray(values, dtype=self.dtype)
-        self._file.write(memoryview(data).cast("B"))
+        view = memoryview(data).cast("B")
+        self._file.write(view)
+        self.hasher.update(view)
         self.count += data.size
 
     def close(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
         self._file.close()
 
-    def blocks(self, block: int) -> Iterator[np.ndarray]:
-        """Yield the spilled values in order, at most `block` at a time."""
-        with open(self.path, "rb") as f:
-            for _ in range(0, self.count, block):
-                yield np.fromfile(f, dtype=self.dtype, count=block)
 
+def spill_batches(
+    batches: Iterable[DocBatch], folder: Path, prefix: str, vocab_size: int, *, where: str
+) -> SpillPart:
+    """Check each batch and append it to the four spill files of a `SpillPart`.
 
-class _Spills:
-    """The four raw spill files that become the store's datasets."""
-
-    def __init__(self, folder: Path, dtype: np.dtype) -> None:
-        self.tokens = _Spill(folder / "tokens.raw", dtype)
-        self.doc_ends = _Spill(folder / "doc_ends.raw", _INT64)
-        self.spans = _Spill(folder / "story_spans.raw", _INT64)
-        self.doc_bytes = _Spill(folder / "doc_bytes.raw", _INT64)
-
-    def close(self) -> None:
-        for spill in (self.tokens, self.doc_ends, self.spans, self.doc_bytes):
-            spill.close()
-
-
-def _spill_batches(
-    batches: Iterable[DocBatch], spills: _Spills, vocab_size: int, path: Path
-) -> tuple[int, int]:
-    """Validate each batch and append it to the spills; return (n_docs, n_tokens)."""
+    Memory is bounded by one batch. Ids outside [0, vocab_size) are refused with an
+    error naming ``where`` and the document; ``where`` also names bad batches.
+    """
+    folder = Path(folder)
+    dtype = token_dtype(vocab_size)
+    spills = {
+        "tokens": _Spill(folder / f"{prefix}.tokens", dtype),
+        "lengths": _Spill(folder / f"{prefix}.lengths", _INT64),
+        "spans": _Spill(folder / f"{prefix}.spans", _INT64),
+        "bytes": _Spill(folder / f"{prefix}.bytes", _INT64),
+    }
     n_docs = n_tokens = 0
-    for batch_index, batch in enumerate(batches):
-        tokens, lengths, spans, doc_bytes = _check_batch(batch, batch_index, n_docs, path)
-        _check_token_ids(tokens, lengths, vocab_size, batch_index, n_docs, path)
-        ends = n_tokens + np.cumsum(lengths, dtype=np.int64)
-        starts = ends - lengths
-        spills.tokens.append(tokens)
-        spills.doc_ends.append(ends)
-        spills.spans.append(spans + starts[:, None])  # relative -> absolute positions
-        spills.doc_bytes.append(doc_bytes)
-        n_docs += lengths.size
-        n_tokens += tokens.size
-    return n_docs, n_tokens
+    token_min, token_max = -1, -1
+    try:
+        for batch_index, batch in enumerate(batches):
+            tokens, lengths, spans, doc_bytes = _check_batch(batch, batch_index, n_docs, where)
+            _check_token_ids(tokens, lengths, vocab_size, batch_index, n_docs, where)
+            if tokens.size:
+                low, high = int(tokens.min()), int(tokens.max())
+                token_min = low if token_min < 0 else min(token_min, low)
+                token_max = max(token_max, high)
+            spills["tokens"].append(tokens)
+            spills["lengths"].append(lengths)
+            spills["spans"].append(spans)
+            spills["bytes"].append(doc_bytes)
+            n_docs += lengths.size
+            n_tokens += tokens.size
+    finally:
+        for spill in spills.values():
+            spill.close()
+    return SpillPart(
+        str(folder), prefix, n_docs, n_tokens, token_min, token_max,
+        sha256={kind: spill.hasher.hexdigest() for kind, spill in spills.items()},
+        sizes={kind: spill.path.stat().st_size for kind, spill in spills.items()},
+    )
 
 
 def _check_batch(
-    batch: DocBatch, batch_index: int, first_doc: int, path: Path
+    batch: DocBatch, batch_index: int, first_doc: int, path: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Check one batch's shapes and per-document numbers; return its arrays."""
     where = f"{path}: batch {batch_index} (documents from {first_doc})"
@@ -302,7 +360,7 @@ def _check_token_ids(
     vocab_size: int,
     batch_index: int,
     first_doc: int,
-    path: Path,
+    path: str,
 ) -> None:
     """Reject ids outside [0, vocab_size), naming the document that holds the first one."""
     if tokens.size == 0:
@@ -318,35 +376,132 @@ def _check_token_ids(
     )
 
 
-def _write_h5(
-    tmp: Path, spills: _Spills, attrs: dict[str, Any], n_docs: int, n_tokens: int
-) -> None:
-    """Create the contiguous datasets at their final size and copy the spills in."""
+def assemble_token_store(path: Path, parts: Sequence[SpillPart], *, attrs: dict) -> dict:
+    """Write the token store at `path` from spilled parts, in order; its summary.
+
+    Document offsets and story spans become absolute; the id range of every chunk of
+    `TOKEN_RANGE_CHUNK` tokens is recorded (`token_ranges`, `token_min`, `token_max`)
+    so a reader can check ids against `vocab_size` without reading the tokens.
+    """
+    path = Path(path)
+    header = check_attrs(attrs, path)
+    n_docs = sum(part.n_docs for part in parts)
+    n_tokens = sum(part.n_tokens for part in parts)
+    file_attrs = dict(header.attrs)
+    file_attrs.update(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        n_docs=n_docs,
+        n_tokens=n_tokens,
+        package_version=backstory.__version__,
+        token_range_chunk=TOKEN_RANGE_CHUNK,
+    )
+    if header.json_keys:
+        file_attrs[_JSON_KEYS_ATTR] = json.dumps(sorted(header.json_keys))
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        _write_h5(tmp, parts, file_attrs, header.dtype, n_docs, n_tokens)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    logger.info("Wrote token store %s: %d documents, %d %s tokens", path, n_docs, n_tokens,
+                header.dtype)
+    return {"n_docs": n_docs, "n_tokens": n_tokens, "dtype": header.dtype.name}
+
+
+class _RangeTracker:
+    """Min and max id of every chunk of `size` tokens of a stream fed in blocks."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.ranges: list[tuple[int, int]] = []
+        self.filled = 0
+        self.low = self.high = 0
+
+    def update(self, block: np.ndarray) -> None:
+        position = 0
+        while position < block.size:
+            take = min(self.size - self.filled, block.size - position)
+            piece = block[position : position + take]
+            low, high = int(piece.min()), int(piece.max())
+            if self.filled:
+                low, high = min(low, self.low), max(high, self.high)
+            self.low, self.high = low, high
+            self.filled += take
+            position += take
+            if self.filled == self.size:
+                self.ranges.append((self.low, self.high))
+                self.filled = 0
+
+    def finish(self) -> np.ndarray:
+        if self.filled:
+            self.ranges.append((self.low, self.high))
+            self.filled = 0
+        return np.array(self.ranges, dtype=_INT64).reshape(-1, 2)
+
+
+def _write_h5(tmp: Path, parts: Sequence[SpillPart], attrs: dict[str, Any], dtype: np.dtype,
+              n_docs: int, n_tokens: int) -> None:
+    """Create the contiguous datasets at their final size and copy the parts in."""
     # track_order and sorted attributes fix the on-disk order; h5py stores no object
     # timestamps by default, so the bytes depend on the content only.
+    tracker = _RangeTracker(TOKEN_RANGE_CHUNK)
     with h5py.File(tmp, "w", libver=_LIBVER, track_order=True) as f:
-        tokens = f.create_dataset("tokens", shape=(n_tokens,), dtype=spills.tokens.dtype)
-        _copy_blocks(spills.tokens, tokens, start=0)
+        tokens = f.create_dataset("tokens", shape=(n_tokens,), dtype=dtype)
         offsets = f.create_dataset("doc_offsets", shape=(n_docs + 1,), dtype=_INT64)
-        offsets[0] = 0
-        _copy_blocks(spills.doc_ends, offsets, start=1)
         spans = f.create_dataset("story_spans", shape=(n_docs, 2), dtype=_INT64)
-        _copy_blocks(spills.spans, spans, start=0, width=2)
         doc_bytes = f.create_dataset("doc_bytes", shape=(n_docs,), dtype=_INT64)
-        _copy_blocks(spills.doc_bytes, doc_bytes, start=0)
+        offsets[0] = 0
+        token_row = doc_row = 0
+        for part in parts:
+            for block in _blocks(part.path("tokens"), dtype, _COPY_BLOCK):
+                tokens[token_row : token_row + block.size] = block
+                tracker.update(block)
+                token_row += block.size
+            doc_row = _copy_documents(part, offsets, spans, doc_bytes, doc_row,
+                                      int(offsets[doc_row]))
+        if token_row != n_tokens or doc_row != n_docs:
+            raise TokenStoreError(f"{tmp}: the spilled parts hold other counts than recorded")
+        ranges = tracker.finish()
+        f.create_dataset("token_ranges", data=ranges, dtype=_INT64)
+        attrs = dict(attrs)
+        attrs["token_min"] = np.int64(ranges[:, 0].min() if ranges.size else -1)
+        attrs["token_max"] = np.int64(ranges[:, 1].max() if ranges.size else -1)
         for key in sorted(attrs):
             f.attrs[key] = attrs[key]
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())  # durable before the rename makes it visible
 
 
-def _copy_blocks(spill: _Spill, dataset: h5py.Dataset, *, start: int, width: int = 1) -> None:
-    """Copy a spill into `dataset` rows from `start`, `width` values per row."""
-    row = start
-    for block in spill.blocks(_COPY_BLOCK * width):
-        rows = block.reshape(-1, width) if width > 1 else block
-        dataset[row : row + len(rows)] = rows
-        row += len(rows)
+def _copy_documents(part: SpillPart, offsets: h5py.Dataset, spans: h5py.Dataset,
+                    doc_bytes: h5py.Dataset, first: int, base: int) -> int:
+    """Copy one part's per-document arrays from row `first`, shifted by token `base`."""
+    row = first
+    for lengths, rel_spans, nbytes in zip(
+        _blocks(part.path("lengths"), _INT64, _COPY_BLOCK),
+        _blocks(part.path("spans"), _INT64, 2 * _COPY_BLOCK),
+        _blocks(part.path("bytes"), _INT64, _COPY_BLOCK),
+        strict=True,
+    ):
+        ends = base + np.cumsum(lengths, dtype=np.int64)
+        starts = ends - lengths
+        offsets[row + 1 : row + 1 + lengths.size] = ends
+        spans[row : row + lengths.size] = rel_spans.reshape(-1, 2) + starts[:, None]
+        doc_bytes[row : row + lengths.size] = nbytes
+        row += lengths.size
+        base = int(ends[-1])
+    return row
+
+
+def _blocks(path: Path, dtype: np.dtype, block: int) -> Iterator[np.ndarray]:
+    """The values of a raw file, at most `block` at a time."""
+    with open(path, "rb") as f:
+        while True:
+            values = np.fromfile(f, dtype=dtype, count=block)
+            if not values.size:
+                return
+            yield values
 
 
 # ---------------------------------------------------------------------------- reader
@@ -373,6 +528,13 @@ class TokenStore:
         self.story_spans: np.ndarray = header.story_spans
         self.doc_bytes: np.ndarray = header.doc_bytes
         self._tokens: np.ndarray | None = _map_tokens(self.path, header)
+        self.token_range_chunk: int = header.attrs.get("token_range_chunk", TOKEN_RANGE_CHUNK)
+        if header.token_ranges is None:  # a version-1 store: read the ids once to check them
+            self.token_ranges = token_ranges_of(self._tokens, self.token_range_chunk)
+            check_token_ranges(self.token_ranges, self.token_range_chunk, self.vocab_size,
+                               self.path)
+        else:
+            self.token_ranges = header.token_ranges
         # Window views by length: building one costs about as much as a whole gather.
         self._window_views: dict[int, np.ndarray] = {}
 
@@ -408,6 +570,32 @@ class TokenStore:
             f"n_docs={self.n_docs}, n_tokens={self.n_tokens})"
         )
 
+    def verify_token_ranges(self) -> None:
+        """Read every token and compare each chunk's id range with the recorded one.
+
+        Opening a store checks the recorded ranges against vocab_size; this also proves
+        the tokens still hold what was recorded (one pass over the file).
+        """
+        actual = token_ranges_of(self.tokens, self.token_range_chunk)
+        differ = np.flatnonzero((actual != self.token_ranges).any(axis=1))
+        if differ.size:
+            index = int(differ[0])
+            raise TokenStoreError(
+                f"{self.path}: tokens {index * self.token_range_chunk}.."
+                f"{(index + 1) * self.token_range_chunk - 1} hold ids {tuple(actual[index])}, "
+                f"recorded as {tuple(self.token_ranges[index])}: the file was altered; "
+                "export it again"
+            )
+        check_token_ranges(actual, self.token_range_chunk, self.vocab_size, self.path)
+
+    def _check_window_ids(self, windows: np.ndarray, what: str) -> None:
+        """A cheap guard on every batch handed out: ids must fit the vocabulary."""
+        if windows.size and int(windows.max()) >= self.vocab_size:
+            raise TokenStoreError(
+                f"{self.path}: {what} holds token id {int(windows.max())} >= vocab_size "
+                f"{self.vocab_size}: the file was altered after it was written; export it again"
+            )
+
     # -- training windows
 
     def random_windows(
@@ -426,7 +614,9 @@ class TokenStore:
         self._require_tokens(seq_len + 1, seq_len)
         rng = np.random.default_rng([seed, batch_index])
         starts = rng.integers(0, self.n_tokens - seq_len, size=batch_size)
-        return self._window_view(seq_len + 1)[starts].astype(np.int64)
+        windows = self._window_view(seq_len + 1)[starts].astype(np.int64)
+        self._check_window_ids(windows, f"training batch {batch_index}")
+        return windows
 
     def _window_view(self, length: int) -> np.ndarray:
         """(n_tokens - length + 1, length) view of every window: one gather takes a batch."""
@@ -478,7 +668,9 @@ class TokenStore:
         mask_flat = np.append(self._story_mask_range(begin, end), False)
         positions = begin + np.arange(rows)[:, None] * seq_len + np.arange(seq_len + 1)
         local = np.where(positions < end, positions - begin, end - begin)  # (rows, seq_len + 1)
-        return flat[local], mask_flat[local[:, 1:]]
+        windows = flat[local]
+        self._check_window_ids(windows, f"evaluation windows from token {begin}")
+        return windows, mask_flat[local[:, 1:]]
 
     # -- documents
 
@@ -539,6 +731,7 @@ class _Header:
     doc_bytes: np.ndarray
     token_offset: int | None
     token_dtype: np.dtype
+    token_ranges: np.ndarray | None  # None for version-1 stores, which did not record them
 
 
 def _read_store(path: Path) -> _Header:
@@ -571,7 +764,48 @@ def _read_open_store(f: h5py.File, path: Path) -> _Header:
     offset = tokens.id.get_offset()
     if offset is not None and offset + tokens.nbytes > path.stat().st_size:
         raise TokenStoreError(f"{path}: tokens extend past the end of the file (truncated?)")
-    return _Header(attrs, offsets, spans, doc_bytes, offset, tokens.dtype)
+    ranges = _read_token_ranges(f, attrs, path) if attrs["format_version"] >= 2 else None
+    return _Header(attrs, offsets, spans, doc_bytes, offset, tokens.dtype, ranges)
+
+
+def _read_token_ranges(f: h5py.File, attrs: dict[str, Any], path: Path) -> np.ndarray:
+    """The recorded id range of each chunk, checked against vocab_size and the attributes."""
+    chunk = attrs["token_range_chunk"]
+    if not _is_int(chunk) or chunk < 1:
+        raise TokenStoreError(f"{path}: token_range_chunk is not a positive integer: {chunk!r}")
+    n_chunks = -(-attrs["n_tokens"] // chunk)
+    if not isinstance(f.get("token_ranges"), h5py.Dataset):
+        raise TokenStoreError(f"{path}: token store lacks datasets ['token_ranges']")
+    ranges = _load_int64(f["token_ranges"], (n_chunks, 2), path)
+    expected = (int(ranges[:, 0].min()), int(ranges[:, 1].max())) if n_chunks else (-1, -1)
+    if (attrs["token_min"], attrs["token_max"]) != expected:
+        raise TokenStoreError(
+            f"{path}: token_min/token_max ({attrs['token_min']}, {attrs['token_max']}) do not "
+            f"match the chunk ranges {expected}: the file was altered"
+        )
+    check_token_ranges(ranges, chunk, attrs["vocab_size"], path)
+    return ranges
+
+
+def check_token_ranges(ranges: np.ndarray, chunk: int, vocab_size: int, path: Path) -> None:
+    """Raise naming the first chunk whose ids fall outside [0, vocab_size)."""
+    bad = (ranges[:, 0] < 0) | (ranges[:, 1] >= vocab_size) | (ranges[:, 0] > ranges[:, 1])
+    if bad.any():
+        index = int(np.argmax(bad))
+        low, high = (int(v) for v in ranges[index])
+        raise TokenStoreError(
+            f"{path}: tokens {index * chunk}..{(index + 1) * chunk - 1} hold ids from {low} to "
+            f"{high}, outside [0, vocab_size={vocab_size}): the store does not belong to a "
+            "tokenizer of this vocabulary (or is damaged); export it again"
+        )
+
+
+def token_ranges_of(tokens: np.ndarray, chunk: int) -> np.ndarray:
+    """(n_chunks, 2) min and max id of each chunk of ``tokens``, read in chunks."""
+    tracker = _RangeTracker(chunk)
+    for start in range(0, tokens.size, _COPY_BLOCK):
+        tracker.update(np.asarray(tokens[start : start + _COPY_BLOCK]))
+    return tracker.finish()
 
 
 def _decode_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
@@ -584,16 +818,17 @@ def _decode_attrs(f: h5py.File, path: Path) -> dict[str, Any]:
     if fmt != FORMAT:
         raise TokenStoreError(f"{path}: format is {fmt!r}, expected {FORMAT!r}")
     version = _python_value(f.attrs.get("format_version"))
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise TokenStoreError(
             f"{path}: format_version {version!r} is not supported "
-            f"(this backstory reads version {FORMAT_VERSION})"
+            f"(this backstory reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
     json_keys = json.loads(f.attrs.get(_JSON_KEYS_ATTR, "[]"))
     attrs = {key: _python_value(f.attrs[key]) for key in f.attrs if key != _JSON_KEYS_ATTR}
     for key in json_keys:
         attrs[key] = json.loads(attrs[key])
-    missing = [key for key in (*REQUIRED_ATTRS, *WRITER_ATTRS) if key not in attrs]
+    writer_attrs = WRITER_ATTRS if version >= 2 else WRITER_ATTRS[:5]
+    missing = [key for key in (*REQUIRED_ATTRS, *writer_attrs) if key not in attrs]
     if missing:
         raise TokenStoreError(f"{path}: token store lacks attributes {missing}")
     for key in ("vocab_size", "bos_id", "eos_id", "n_docs", "n_tokens"):

@@ -7,14 +7,17 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
+from backstory.data.token_export import write_token_store_parallel
 from backstory.data.tokens import TokenStore, TokenStream, write_token_store
 
 
 class TokenStoreDataset(AbstractDataset[TokenStream, TokenStore]):
     """One token-store file (`data/05_model_input/<variant>/<split>.h5`).
 
-    `save` consumes the stream's batches lazily, so an export node never holds the
-    encoded corpus in memory; `load` returns a memory-mapped, picklable `TokenStore`.
+    `save` writes a stream's `documents` partition by partition in worker processes,
+    resumably (`backstory.data.token_export`), or consumes its `batches` lazily in this
+    process; either way the encoded corpus is never held in memory. `load` returns a
+    memory-mapped, picklable `TokenStore`.
 
     Example catalog entry::
 
@@ -38,7 +41,11 @@ class TokenStoreDataset(AbstractDataset[TokenStream, TokenStore]):
                 f"got {type(data).__name__}"
             )
         self._filepath.parent.mkdir(parents=True, exist_ok=True)
-        write_token_store(self._filepath, data.batches, attrs=data.attrs)
+        if data.documents is not None:
+            write_token_store_parallel(self._filepath, data.documents, attrs=data.attrs,
+                                       workers=data.workers)
+        else:
+            write_token_store(self._filepath, data.batches, attrs=data.attrs)
 
     def _exists(self) -> bool:
         return self._filepath.is_file()

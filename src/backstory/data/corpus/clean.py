@@ -1,9 +1,12 @@
-"""Per-file cleaning: validate records, assign the train/val split, count what was skipped.
+"""Cleaning: validate records, assign the train/val split, count what was skipped or odd.
 
-One raw file is cleaned at a time, so memory stays bounded by one shard.
-``clean_file`` returns the kept records and the counts; ``merge_reports``
-folds the per-file summaries into the ingest report and the corpus
-fingerprint that later stages record.
+``RecordCleaner`` takes the items a reader yields for one raw file (or one byte range
+of it) and keeps the valid records, each with its location (``shard``, ``record``) and
+split, while counting bad records by reason, non-record chunks by kind and reader
+quirks by name. ``clean_file`` runs it over a whole file held in memory (tests, small
+inputs); the story table (``backstory.data.corpus.story_table``) runs it task by task
+into partitions. ``merge_reports`` folds per-file rows into the ingest report and the
+corpus fingerprint that later stages record.
 """
 
 from __future__ import annotations
@@ -11,66 +14,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from backstory.data.corpus.readers import EmptyChunk, read_records
-from backstory.data.corpus.schema import BadRecordError, validate_record
+from backstory.data.corpus.readers import EmptyChunk, RawItem, read_records
+from backstory.data.corpus.schema import BadRecordError, normalize_line_endings, validate_record
+from backstory.data.corpus.splits import DEFAULT_SPLIT_SALT, SplitRule, check_val_fraction
 
 logger = logging.getLogger(__name__)
 
 ON_BAD_RECORD = ("raise", "skip")
-DEFAULT_SPLIT_SALT = "backstory-split-v1"
-SPLITS = ("train", "val")
 # One encoder for every record: building it per record costs more than the encoding.
 _CANONICAL_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-TABLE_COLUMNS = ("story", "summary", "words", "features", "source", "shard", "record", "split")
-
-
-@dataclass
-class CleanResult:
-    """What cleaning one raw file produced.
-
-    ``n_read`` counts records parsed from the file (empty text chunks are not
-    records: they are counted in ``empty_chunks``). ``skipped`` counts skipped
-    records by reason. When the whole file is rejected (``file_error`` set,
-    only with ``on_bad_record="skip"``), ``n_read`` is 0 and ``skipped`` holds
-    ``{reason: 1}``: one file, not a number of records.
-    """
-
-    name: str
-    records: list[dict[str, Any]] = field(default_factory=list)
-    n_read: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    empty_chunks: int = 0
-    file_error: str | None = None
-    digest: str = ""
-
-    @property
-    def n_kept(self) -> int:
-        return len(self.records)
-
-    def summary(self) -> dict[str, Any]:
-        """The per-file row of the ingest report (everything but the records)."""
-        n_val = sum(1 for record in self.records if record["split"] == "val")
-        return {
-            "name": self.name,
-            "n_read": self.n_read,
-            "n_kept": self.n_kept,
-            "n_train": self.n_kept - n_val,
-            "n_val": n_val,
-            "skipped": dict(sorted(self.skipped.items())),
-            "empty_chunks": self.empty_chunks,
-            "file_error": self.file_error,
-            "digest": self.digest,
-        }
-
-
-def check_val_fraction(val_fraction: float) -> None:
-    """Raise ValueError unless ``val_fraction`` is a number in [0, 1)."""
-    is_number = isinstance(val_fraction, int | float) and not isinstance(val_fraction, bool)
-    if not is_number or not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"split.val_fraction must be a number in [0, 1), got {val_fraction!r}")
+TABLE_COLUMNS = (
+    "story", "summary", "words", "features", "random_sentence", "extra_fields",
+    "source", "shard", "record", "split",
+)
 
 
 def check_on_bad_record(on_bad_record: str) -> None:
@@ -81,17 +42,145 @@ def check_on_bad_record(on_bad_record: str) -> None:
         )
 
 
-def split_of(story: str, val_fraction: float, salt: str = DEFAULT_SPLIT_SALT) -> str:
-    """Return ``"val"`` or ``"train"`` from a hash of the stripped story text.
+class RecordCleaner:
+    """Validates the reader items of one raw file (or byte range) and counts them.
 
-    The side depends on the text alone (not on its position or on the corpus
-    size), so identical stories always share a side and a growing or
-    reordered corpus keeps every story where it was.
+    ``take`` returns the cleaned record to keep, or None. Under
+    ``on_bad_record="raise"`` the first bad record raises its BadRecordError (it names
+    the file, record and reason); under ``"skip"`` it is counted by reason. ``limit``
+    stops keeping after that many records (``done`` turns True).
     """
-    check_val_fraction(val_fraction)
-    digest = hashlib.sha256(f"{salt}\x00{story.strip()}".encode()).digest()
-    uniform = int.from_bytes(digest[:8], "big") / 2.0**64  # in [0, 1)
-    return "val" if uniform < val_fraction else "train"
+
+    def __init__(
+        self, name: str, *, on_bad_record: str, split: SplitRule, role: str = "train",
+        limit: int | None = None,
+    ) -> None:
+        check_on_bad_record(on_bad_record)
+        self.name = name
+        self.role = role
+        self.on_bad_record = on_bad_record
+        self.split = split
+        self.limit = limit
+        self.n_read = 0
+        self.n_kept = 0
+        self.n_val = 0
+        self.skipped: Counter[str] = Counter()
+        self.non_records: Counter[str] = Counter()
+        self.quirks: Counter[str] = Counter()
+        self._hasher = hashlib.sha256()
+
+    @property
+    def done(self) -> bool:
+        return self.limit is not None and self.n_kept >= self.limit
+
+    def take(self, item: RawItem) -> dict[str, Any] | None:
+        if isinstance(item.value, EmptyChunk):
+            self.non_records[item.value.kind] += 1
+            self.quirks.update(item.quirks)
+            return None
+        self.n_read += 1
+        try:
+            if isinstance(item.value, BadRecordError):
+                raise item.value
+            record = validate_record(item.value, self.name, item.index)
+        except BadRecordError as err:
+            if self.on_bad_record == "raise":
+                raise
+            self.skipped[err.reason] += 1
+            return None
+        quirks = list(item.quirks)
+        for key in ("story", "summary"):
+            normalized = normalize_line_endings(record[key])
+            if normalized != record[key]:
+                record[key] = normalized.strip() if key == "story" else normalized
+                if "crlf" not in quirks:
+                    quirks.append("crlf")
+        self.quirks.update(quirks)
+        record["shard"] = self.name
+        record["record"] = item.index
+        record["split"] = self.split.split_of(record["story"], self.name, self.role)
+        self.n_kept += 1
+        self.n_val += record["split"] == "val"
+        self._hasher.update(_CANONICAL_JSON.encode(record).encode("utf-8"))
+        self._hasher.update(b"\n")
+        return record
+
+    @property
+    def digest(self) -> str:
+        """sha256 over the kept records in order (see ``records_digest``)."""
+        return self._hasher.hexdigest()
+
+    def summary(self, file_error: str | None = None) -> dict[str, Any]:
+        """Counts of this file or range (a report row without the file's identity)."""
+        if file_error is not None:
+            return {
+                "name": self.name, "n_read": 0, "n_kept": 0, "n_train": 0, "n_val": 0,
+                "skipped": {file_error: 1}, "empty_chunks": 0, "leading_fragments": 0,
+                "quirks": {}, "file_error": file_error, "digest": records_digest([]),
+                "stopped_early": False,
+            }
+        return {
+            "name": self.name,
+            "n_read": self.n_read,
+            "n_kept": self.n_kept,
+            "n_train": self.n_kept - self.n_val,
+            "n_val": self.n_val,
+            "skipped": dict(sorted(self.skipped.items())),
+            "empty_chunks": self.non_records["empty_chunk"],
+            "leading_fragments": self.non_records["leading_fragment"],
+            "quirks": dict(sorted(self.quirks.items())),
+            "file_error": None,
+            "digest": self.digest,
+            "stopped_early": self.done,
+        }
+
+
+@dataclass
+class CleanResult:
+    """What cleaning one whole raw file in memory produced (``clean_file``).
+
+    ``n_read`` counts records parsed from the file (empty text chunks are not
+    records: they are counted in ``empty_chunks``). ``skipped`` counts skipped
+    records by reason. When the whole file is rejected (``file_error`` set,
+    only with ``on_bad_record="skip"``), ``n_read`` is 0 and ``skipped`` holds
+    ``{reason: 1}``: one file, not a number of records.
+    """
+
+    name: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    row: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_read(self) -> int:
+        return self.row["n_read"]
+
+    @property
+    def n_kept(self) -> int:
+        return len(self.records)
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        return self.row["skipped"]
+
+    @property
+    def empty_chunks(self) -> int:
+        return self.row["empty_chunks"]
+
+    @property
+    def quirks(self) -> dict[str, int]:
+        return self.row["quirks"]
+
+    @property
+    def file_error(self) -> str | None:
+        return self.row["file_error"]
+
+    @property
+    def digest(self) -> str:
+        return self.row["digest"]
+
+    def summary(self) -> dict[str, Any]:
+        """The per-file row of the ingest report (everything but the records)."""
+        return dict(self.row)
 
 
 def clean_file(
@@ -99,78 +188,49 @@ def clean_file(
     data: bytes,
     *,
     on_bad_record: str,
-    val_fraction: float,
+    val_fraction: float = 0.05,
     split_salt: str = DEFAULT_SPLIT_SALT,
+    split: SplitRule | None = None,
+    role: str = "train",
 ) -> CleanResult:
-    """Validate every record of one raw file and assign its split.
+    """Validate every record of one raw file held in memory and assign its split.
 
-    ``on_bad_record="raise"`` re-raises the first BadRecordError (it names the
-    file, record and reason); ``"skip"`` counts bad records by reason and
-    rejects a file that is bad as a whole (see CleanResult).
+    Without ``split`` the hash split with ``val_fraction`` and ``split_salt`` applies.
+    ``on_bad_record="raise"`` re-raises the first BadRecordError; ``"skip"`` counts bad
+    records by reason and rejects a file that is bad as a whole (see CleanResult).
     """
     check_on_bad_record(on_bad_record)
-    check_val_fraction(val_fraction)
-    if not isinstance(split_salt, str):
-        raise ValueError(f"the split salt must be a string, got {split_salt!r}")
-    result = CleanResult(name=name)
+    if split is None:
+        check_val_fraction(val_fraction)
+        split = SplitRule("hash", val_fraction, salt=split_salt)
+    cleaner = RecordCleaner(name, on_bad_record=on_bad_record, split=split, role=role)
+    records = []
     try:
-        for index, item in read_records(name, data):
-            _take(result, index, item, on_bad_record, val_fraction, split_salt)
+        for item in read_records(name, data):
+            kept = cleaner.take(item)
+            if kept is not None:
+                records.append(kept)
     except BadRecordError as err:
         # Record errors only escape under "raise"; file errors carry no index.
         if err.index is not None or on_bad_record == "raise":
             raise
         logger.warning("skipping the whole file: %s", err)
-        return CleanResult(
-            name=name, skipped={err.reason: 1}, file_error=err.reason, digest=records_digest([])
-        )
-    result.digest = records_digest(result.records)
-    _log_result(result)
+        return CleanResult(name, [], cleaner.summary(file_error=err.reason))
+    result = CleanResult(name, records, cleaner.summary())
+    log_row(result.row)
     return result
 
 
-def _take(
-    result: CleanResult,
-    index: int,
-    item: Any,
-    on_bad_record: str,
-    val_fraction: float,
-    split_salt: str,
-) -> None:
-    """Add one reader item to ``result``: a kept record, a counted skip, or an empty chunk."""
-    if isinstance(item, EmptyChunk):
-        result.empty_chunks += 1
-        return
-    result.n_read += 1
-    try:
-        if isinstance(item, BadRecordError):
-            raise item
-        record = validate_record(item, result.name, index)
-    except BadRecordError as err:
-        if on_bad_record == "raise":
-            raise
-        result.skipped[err.reason] = result.skipped.get(err.reason, 0) + 1
-        return
-    record["shard"] = result.name
-    record["record"] = index
-    record["split"] = split_of(record["story"], val_fraction, split_salt)
-    result.records.append(record)
-
-
-def _log_result(result: CleanResult) -> None:
-    if result.skipped:
-        logger.warning(
-            "%s: kept %d of %d records, skipped %s",
-            result.name,
-            result.n_kept,
-            result.n_read,
-            dict(sorted(result.skipped.items())),
-        )
+def log_row(row: dict[str, Any]) -> None:
+    """One log line per cleaned file: what was kept, and what was skipped."""
+    if row["skipped"]:
+        logger.warning("%s: kept %d of %d records, skipped %s",
+                       row["name"], row["n_kept"], row["n_read"], row["skipped"])
     else:
-        logger.info("%s: kept %d of %d records", result.name, result.n_kept, result.n_read)
+        logger.info("%s: kept %d of %d records", row["name"], row["n_kept"], row["n_read"])
 
 
-def records_digest(records: list[dict[str, Any]]) -> str:
+def records_digest(records: Iterable[dict[str, Any]]) -> str:
     """sha256 hex over the records in order, each as canonical JSON plus a newline.
 
     Canonical JSON: keys sorted, no spaces, UTF-8 (not ASCII escapes).
@@ -183,7 +243,14 @@ def records_digest(records: list[dict[str, Any]]) -> str:
     return hasher.hexdigest()
 
 
-def to_columns(records: list[dict[str, Any]]) -> dict[str, list[Any]]:
+def combine_digests(digests: Sequence[str]) -> str:
+    """The digest of a file read as byte ranges: its one range's, or a hash of them all."""
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+def to_columns(records: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
     """Flatten cleaned records into the stories-table columns (see docs/architecture.md).
 
     The instruction prompt is not a column: it is synthesized downstream.
@@ -193,45 +260,67 @@ def to_columns(records: list[dict[str, Any]]) -> dict[str, list[Any]]:
         instruction = record["instruction"]
         columns["words"].append(instruction["words"])
         columns["features"].append(instruction["features"])
-        for name in ("story", "summary", "source", "shard", "record", "split"):
+        for name in ("story", "summary", "random_sentence", "extra_fields", "source", "shard",
+                     "record", "split"):
             columns[name].append(record[name])
     return columns
 
 
 _REPORT_ROW_KEYS = (
-    "name",
-    "n_read",
-    "n_kept",
-    "n_train",
-    "n_val",
-    "skipped",
-    "empty_chunks",
-    "file_error",
-    "digest",
+    "name", "n_read", "n_kept", "n_train", "n_val", "skipped", "empty_chunks",
+    "leading_fragments", "quirks", "file_error", "digest",
 )
+_COUNT_KEYS = ("n_read", "n_kept", "n_train", "n_val", "empty_chunks", "leading_fragments")
 
 
-def merge_reports(per_file: list[dict[str, Any]]) -> dict[str, Any]:
-    """Fold per-file summaries (``CleanResult.summary()``) into the ingest report.
+def merge_rows(name: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One file's row from the rows of its byte ranges, in order."""
+    errors = [row["file_error"] for row in rows if row["file_error"] is not None]
+    if errors:
+        return dict(rows[[row["file_error"] for row in rows].index(errors[0])], name=name)
+    merged: dict[str, Any] = {"name": name}
+    for key in _COUNT_KEYS:
+        merged[key] = sum(row[key] for row in rows)
+    for key in ("skipped", "quirks"):
+        total: Counter[str] = Counter()
+        for row in rows:
+            total.update(row[key])
+        merged[key] = dict(sorted(total.items()))
+    merged["file_error"] = None
+    merged["digest"] = combine_digests([row["digest"] for row in rows])
+    merged["stopped_early"] = any(row.get("stopped_early") for row in rows)
+    return merged
+
+
+def merge_reports(
+    per_file: Sequence[dict[str, Any]],
+    *,
+    split: dict[str, Any] | None = None,
+    ignored: Sequence[dict[str, str]] = (),
+) -> dict[str, Any]:
+    """Fold per-file rows (``CleanResult.summary()``) into the ingest report.
 
     Skips are reported apart: ``skipped_records`` by reason for bad records,
-    ``skipped_files`` by reason for files rejected as a whole. The corpus
-    fingerprint is a sha256 over ``name<TAB>digest`` lines in file order, so it
-    changes with any kept record, its split, or the file order.
+    ``skipped_files`` by reason for files rejected as a whole; ``quirks`` totals what
+    the readers handled (see ``readers.QUIRKS``); ``ignored`` lists the files of the
+    source that were not read, with why. The corpus fingerprint is a sha256 over
+    ``name<TAB>digest`` lines in file order, so it changes with any kept record, its
+    split, or the file order.
     """
     for position, row in enumerate(per_file):
         missing = [key for key in _REPORT_ROW_KEYS if key not in row]
         if missing:
             raise ValueError(f"ingest report row {position} lacks keys {missing}")
-    skipped_records: dict[str, int] = {}
-    skipped_files: dict[str, int] = {}
+    skipped_records: Counter[str] = Counter()
+    skipped_files: Counter[str] = Counter()
+    quirks: Counter[str] = Counter()
     fingerprint = hashlib.sha256()
     for row in per_file:
         target = skipped_files if row["file_error"] is not None else skipped_records
-        for reason, count in row["skipped"].items():
-            target[reason] = target.get(reason, 0) + count
+        target.update(row["skipped"])
+        quirks.update(row["quirks"])
         fingerprint.update(f"{row['name']}\t{row['digest']}\n".encode())
-    return {
+    report = {
         "n_files": len(per_file),
         "n_read": sum(row["n_read"] for row in per_file),
         "n_kept": sum(row["n_kept"] for row in per_file),
@@ -241,6 +330,12 @@ def merge_reports(per_file: list[dict[str, Any]]) -> dict[str, Any]:
         "skipped_records": dict(sorted(skipped_records.items())),
         "skipped_files": dict(sorted(skipped_files.items())),
         "empty_chunks": sum(row["empty_chunks"] for row in per_file),
+        "leading_fragments": sum(row["leading_fragments"] for row in per_file),
+        "quirks": dict(sorted(quirks.items())),
         "corpus_fingerprint": fingerprint.hexdigest(),
         "files": [dict(row) for row in per_file],
+        "files_ignored": [dict(entry) for entry in ignored],
     }
+    if split is not None:
+        report["split"] = dict(split)
+    return report

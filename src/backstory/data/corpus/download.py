@@ -2,9 +2,14 @@
 
 ``download`` streams a URL to ``<dest>.part``, resumes an interrupted transfer
 with an HTTP Range request, checks the HTTP status and the byte count, and
-moves the file into place only after its sha256 matched. ``safe_extract``
-pulls the shard files out of a tar archive and refuses members that could
-write outside the target folder.
+moves the file into place only after its size and sha256 matched. ``fetch_verified``
+adds the rule for files whose hash is not published: the size is checked, the sha256
+is recorded next to the file on the first download (``<dest>.sha256``) and every later
+use checks the file against it. A cached file that fails a check is deleted, so the
+next run fetches it afresh instead of failing until someone deletes it by hand.
+``safe_extract`` pulls the shard files out of a tar archive and refuses members that
+could write outside the target folder; ``extract_verified`` reuses an earlier complete
+extraction of the same archive and removes a cached archive found damaged.
 """
 
 from __future__ import annotations
@@ -26,6 +31,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from tqdm import tqdm
+
+from backstory.data.files import (
+    file_sha256,
+    read_json,
+    write_bytes_atomically,
+    write_json_atomically,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +70,10 @@ class ChecksumError(ValueError):
         return (type(self), (self.name, self.expected, self.actual))
 
 
+class SizeError(ValueError):
+    """A downloaded or cached file does not have the published size."""
+
+
 class UnsafeArchiveError(ValueError):
     """An archive member would escape the target folder or is a link or device."""
 
@@ -79,13 +95,9 @@ def part_path(dest: Path) -> Path:
     return dest.with_suffix(dest.suffix + ".part")
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 hex of a file, read in blocks."""
-    hasher = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            hasher.update(block)
-    return hasher.hexdigest()
+def recorded_hash_path(dest: Path) -> Path:
+    """Where ``fetch_verified`` records the sha256 of a file whose hash is not published."""
+    return dest.with_name(dest.name + ".sha256")
 
 
 def download(
@@ -93,6 +105,7 @@ def download(
     dest: Path,
     *,
     sha256: str | None,
+    size: int | None = None,
     chunk_size: int = 1 << 20,
     progress: bool = True,
     timeout: float = 60,
@@ -100,16 +113,20 @@ def download(
     """Download ``url`` to ``dest`` and return ``dest``.
 
     Skips the transfer when ``dest`` exists and matches ``sha256`` (or exists
-    and ``sha256`` is None). Resumes from ``<dest>.part`` with a Range request;
-    a server that answers 200 instead of 206 is followed from byte zero. On a
-    checksum mismatch the file is deleted and ChecksumError raised; on a
-    network failure the ``.part`` file is kept for the next call and
-    DownloadError raised.
+    and ``sha256`` is None) and ``size`` when given. Resumes from ``<dest>.part``
+    with a Range request; a server that answers 200 instead of 206 is followed from
+    byte zero. On a size or checksum mismatch the file is deleted and SizeError or
+    ChecksumError raised; on a network failure the ``.part`` file is kept for the
+    next call and DownloadError raised.
     """
     dest = Path(dest)
     expected = _normalize_sha256(sha256)
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive number of bytes, got {chunk_size}")
+    if size is not None and dest.exists() and dest.stat().st_size != size:
+        logger.warning("%s has %d bytes, not the published %d: downloading again",
+                       dest, dest.stat().st_size, size)
+        dest.unlink()
     if _already_there(dest, expected):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -120,12 +137,60 @@ def download(
         fetched = _fetch(url, part, expected, chunk_size, progress, timeout)
         if not fetched.complete:
             raise DownloadError(f"{url}: the server refused the download twice (HTTP 416)")
+    if size is not None and part.stat().st_size != size:
+        actual_size = part.stat().st_size
+        part.unlink(missing_ok=True)
+        raise SizeError(
+            f"{dest.name}: {url} sent {actual_size} bytes, but the file has {size}; the "
+            "download was deleted, run again to fetch it afresh"
+        )
     if expected is not None and fetched.sha256 != expected:
         part.unlink(missing_ok=True)
         raise ChecksumError(dest.name, expected, fetched.sha256)
     os.replace(part, dest)
     logger.info("downloaded %s to %s (sha256 %s)", url, dest, fetched.sha256)
     return dest
+
+
+def fetch_verified(
+    url: str,
+    dest: Path,
+    *,
+    size: int | None,
+    sha256: str | None,
+    progress: bool = True,
+    timeout: float = 60,
+) -> str:
+    """Download ``url`` to ``dest`` unless a verified copy is there; return its sha256.
+
+    With a published ``sha256`` the file must match it. Without one, the size (when
+    published) is checked and the file's sha256 is recorded in ``<dest>.sha256`` on
+    the first download; a cached file that no longer matches its record (or has the
+    wrong size) is deleted and downloaded again.
+    """
+    dest = Path(dest)
+    record = recorded_hash_path(dest)
+    if sha256 is None and dest.exists():
+        recorded = record.read_text().strip() if record.exists() else None
+        actual_size = dest.stat().st_size
+        if recorded is not None and (size is None or actual_size == size):
+            actual = file_sha256(dest)
+            if actual == recorded:
+                logger.info("%s matches its recorded sha256: not downloading again", dest)
+                return actual
+            logger.warning("%s has sha256 %s, not the recorded %s: deleting the damaged copy "
+                           "and downloading again", dest, actual, recorded)
+        else:
+            logger.warning("%s has no recorded sha256 (or the wrong size): downloading again",
+                           dest)
+        dest.unlink()
+        record.unlink(missing_ok=True)
+    download(url, dest, sha256=sha256, size=size, progress=progress, timeout=timeout)
+    actual = sha256 or file_sha256(dest)
+    if sha256 is None:
+        write_bytes_atomically(record, f"{actual}\n".encode())
+        logger.info("recorded sha256 %s of %s in %s", actual, dest.name, record)
+    return actual
 
 
 def _normalize_sha256(sha256: str | None) -> str | None:
@@ -304,13 +369,81 @@ def safe_extract(archive: Path, dest_dir: Path, *, pattern: str = r"data\d+\.jso
     damaged archive raises CorruptArchiveError. On any error the files this
     call extracted are removed, so a failed extraction leaves nothing half done.
     """
+    return [path for path, _ in _extract(Path(archive), Path(dest_dir), pattern)]
+
+
+@dataclass(frozen=True)
+class ExtractedFile:
+    """One member taken out of an archive, with its size and sha256."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+EXTRACTION_RECORD = ".extracted.json"
+
+
+def extract_verified(
+    archive: Path, dest_dir: Path, *, archive_sha256: str, pattern: str = r"data\d+\.json"
+) -> list[ExtractedFile]:
+    """``safe_extract`` that reuses a complete earlier extraction of the same archive.
+
+    ``dest_dir/.extracted.json`` records the archive's sha256 and each member's size and
+    sha256; when it matches and every file has its size, nothing is extracted again. A
+    cached archive found damaged is deleted (with its recorded hash), so the next run
+    downloads it afresh.
+    """
     archive, dest_dir = Path(archive), Path(dest_dir)
+    record_path = dest_dir / EXTRACTION_RECORD
+    reused = _reuse_extraction(record_path, dest_dir, archive_sha256, pattern)
+    if reused is not None:
+        logger.info("%s: reusing the %d files extracted before", archive, len(reused))
+        return reused
+    record_path.unlink(missing_ok=True)
+    try:
+        extracted = _extract(archive, dest_dir, pattern)
+    except CorruptArchiveError as err:
+        archive.unlink(missing_ok=True)
+        recorded_hash_path(archive).unlink(missing_ok=True)
+        raise CorruptArchiveError(
+            f"{err}; the damaged archive was deleted, run again to download it afresh"
+        ) from None
+    files = [ExtractedFile(path, path.stat().st_size, digest) for path, digest in extracted]
+    write_json_atomically(record_path, {
+        "archive_sha256": archive_sha256,
+        "pattern": pattern,
+        "members": [{"name": f.path.name, "size": f.size, "sha256": f.sha256} for f in files],
+    })
+    return files
+
+
+def _reuse_extraction(
+    record_path: Path, dest_dir: Path, archive_sha256: str, pattern: str
+) -> list[ExtractedFile] | None:
+    if not record_path.is_file():
+        return None
+    try:
+        record = read_json(record_path)
+        if record["archive_sha256"] != archive_sha256 or record["pattern"] != pattern:
+            return None
+        files = [ExtractedFile(dest_dir / m["name"], int(m["size"]), str(m["sha256"]))
+                 for m in record["members"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if all(f.path.is_file() and f.path.stat().st_size == f.size for f in files):
+        return sorted(files, key=lambda f: f.path.name)
+    return None
+
+
+def _extract(archive: Path, dest_dir: Path, pattern: str) -> list[tuple[Path, str]]:
+    """The extraction itself: (path, sha256) of each file written, sorted by path."""
     try:
         wanted = re.compile(pattern)
     except re.error as err:
         raise ValueError(f"invalid member pattern {pattern!r}: {err}") from None
     dest_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
+    written: list[tuple[Path, str]] = []
     ignored: list[str] = []
     try:
         with _open_archive(archive) as tar:
@@ -325,10 +458,10 @@ def safe_extract(archive: Path, dest_dir: Path, *, pattern: str = r"data\d+\.jso
                 written.append(_extract_member(tar, member, dest_dir / base, archive, written))
             _read_to_end(tar, archive)
     except BaseException:
-        for path in written:
+        for path, _ in written:
             path.unlink(missing_ok=True)
         raise
-    _log_extraction(archive, written, ignored)
+    _log_extraction(archive, [path for path, _ in written], ignored)
     return sorted(written)
 
 
@@ -382,15 +515,15 @@ def _extract_member(
     member: tarfile.TarInfo,
     target: Path,
     archive: Path,
-    written: list[Path],
-) -> Path:
+    written: list[tuple[Path, str]],
+) -> tuple[Path, str]:
     """Copy one member to ``target`` through a ``.part`` file, checking its size."""
-    if target in written:
+    if any(target == path for path, _ in written):
         raise UnsafeArchiveError(f"{archive}: two members would both extract to {target.name}")
     partial = part_path(target)
     try:
         source = tar.extractfile(member)
-        copied = _copy_member(source, partial, archive, member.name)
+        copied, digest = _copy_member(source, partial, archive, member.name)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -400,13 +533,16 @@ def _extract_member(
             f"{archive}: member {member.name!r} is truncated ({copied} of {member.size} bytes)"
         )
     os.replace(partial, target)
-    return target
+    return target, digest
 
 
-def _copy_member(source: BinaryIO | None, partial: Path, archive: Path, name: str) -> int:
+def _copy_member(
+    source: BinaryIO | None, partial: Path, archive: Path, name: str
+) -> tuple[int, str]:
     if source is None:
         raise CorruptArchiveError(f"{archive}: member {name!r} has no data")
     copied = 0
+    hasher = hashlib.sha256()
     with partial.open("wb") as handle:
         while True:
             try:
@@ -416,8 +552,9 @@ def _copy_member(source: BinaryIO | None, partial: Path, archive: Path, name: st
                     f"{archive}: damaged or truncated archive in member {name!r} ({err})"
                 ) from None
             if not block:
-                return copied
+                return copied, hasher.hexdigest()
             handle.write(block)
+            hasher.update(block)
             copied += len(block)
 
 

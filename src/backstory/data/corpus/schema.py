@@ -1,11 +1,14 @@
 """The TinyStories record schema and its validation.
 
-A record is a dict in the ``TinyStories_all_data`` schema::
+A record is a dict in the ``TinyStories_all_data`` schema, plus two fields that only
+TinyStoriesInstruct text carries::
 
     {"story": str,
      "instruction": {"prompt:": str, "words": [str, ...], "features": [str, ...]},
      "summary": str,
-     "source": str}
+     "source": str,
+     "random_sentence": str,          # Instruct: a sentence the story must contain
+     "extra_fields": [str, ...]}      # Instruct: duplicated fields that lost, "Name: value"
 
 Required vs optional, chosen so that the three kinds of input (JSON shards,
 plain ``<|endoftext|>`` text, TinyStoriesInstruct text) all validate:
@@ -15,7 +18,8 @@ plain ``<|endoftext|>`` text, TinyStoriesInstruct text) all validate:
 - ``instruction`` is optional (default: empty prompt, words and features);
   inside it ``"prompt:"`` (spelled with the colon, as in the real data),
   ``words`` and ``features`` are each optional with an empty default.
-- ``summary`` is optional (default ``""``).
+- ``summary`` and ``random_sentence`` are optional (default ``""``).
+- ``extra_fields`` is optional (default ``[]``).
 - ``source`` is optional (default: the name of the file the record came from,
   which is what plain-text records carry).
 
@@ -38,17 +42,34 @@ class BadRecordError(ValueError):
     ``"wrong_type:summary"``, ``"invalid_utf8"``) that reports count by.
     """
 
-    def __init__(self, source: str, index: int | None, reason: str, detail: str) -> None:
+    def __init__(
+        self, source: str, index: int | None, reason: str, detail: str, *, at_byte: bool = False
+    ) -> None:
         self.source = source
         self.index = index
         self.reason = reason
         self.detail = detail
-        where = source if index is None else f"{source}, record {index}"
+        # Text records are located by the byte offset where they start (see readers).
+        self.at_byte = at_byte
+        if index is None:
+            where = source
+        elif at_byte:
+            where = f"{source}, record at byte {index}"
+        else:
+            where = f"{source}, record {index}"
         super().__init__(f"{where}: {detail}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Rebuild from the fields, so the error survives pickling across processes.
-        return (type(self), (self.source, self.index, self.reason, self.detail))
+        return (_rebuild_error, (type(self), self.source, self.index, self.reason, self.detail,
+                                 self.at_byte))
+
+
+def _rebuild_error(
+    cls: type[BadRecordError], source: str, index: int | None, reason: str, detail: str,
+    at_byte: bool,
+) -> BadRecordError:
+    return cls(source, index, reason, detail, at_byte=at_byte)
 
 
 def empty_instruction() -> dict[str, Any]:
@@ -72,7 +93,16 @@ def validate_record(obj: object, source: str, index: int) -> dict[str, Any]:
         "instruction": _instruction(obj.get("instruction"), source, index),
         "summary": _optional_text(obj.get("summary"), "summary", "", source, index),
         "source": _optional_text(obj.get("source"), "source", source, source, index),
+        "random_sentence": _optional_text(
+            obj.get("random_sentence"), "random_sentence", "", source, index
+        ),
+        "extra_fields": _text_list(obj.get("extra_fields"), "extra_fields", source, index),
     }
+
+
+def normalize_line_endings(text: str) -> str:
+    """``text`` with CRLF and lone CR line endings turned into LF."""
+    return text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text
 
 
 def _story(obj: dict[str, Any], source: str, index: int) -> str:

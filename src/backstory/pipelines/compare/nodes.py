@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from backstory import variants
-from backstory.data.stories import iter_stories
+from backstory.data.corpus.story_table import StoryTable, iter_records
 from backstory.data.text import make_instruction
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore
@@ -196,9 +196,9 @@ def measure_arrow_of_time(document_bits: pd.DataFrame, models: dict, compare: di
 # ------------------------------------------------------------- generated stories
 
 
-def _records(stories: dict[str, Callable[[], pd.DataFrame]], n: int) -> list[dict]:
+def _records(stories: StoryTable, n: int) -> list[dict]:
     records = []
-    for record in iter_stories(stories, "val"):
+    for record in iter_records(stories, "val"):
         if len(records) == n:
             break
         records.append(record)
@@ -220,7 +220,7 @@ def _prompt(source: str, variant: str, record: Mapping[str, Any], template: str)
 
 
 def generate_comparison_stories(
-    compare: dict, tokenizer: Tokenizer, stories: dict[str, Callable[[], pd.DataFrame]],
+    compare: dict, tokenizer: Tokenizer, stories: StoryTable,
     *models: TrainedModel, runs: Sequence[Mapping[str, Any]],
 ) -> pd.DataFrame:
     """One story per (validation record, source), plus the real story, as a long table.

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import pandas as pd
-
 from backstory import params, variants
-from backstory.data.documents import TextConfig, encode_documents
-from backstory.data.stories import iter_stories
+from backstory.data.corpus.story_table import StoryTable
+from backstory.data.documents import StoryDocuments, TextConfig
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStream
 
 
 def export_tokens(
-    stories: dict[str, Callable[[], pd.DataFrame]],
+    stories: StoryTable,
     tokenizer: Tokenizer,
     ingest_report: dict,
     text: dict,
@@ -22,10 +18,12 @@ def export_tokens(
     variant: str,
     split: str,
 ) -> TokenStream:
-    """Describe one split of one variant as a lazy token stream (the H5 dataset writes it)."""
+    """Describe one split of one variant as documents to encode (the H5 dataset writes
+    them, in ``text.workers`` processes, resumably)."""
     config = TextConfig.from_params(text)
-    batches = encode_documents(
-        iter_stories(stories, split),
+    documents = StoryDocuments(
+        stories,
+        split,
         tokenizer,
         variant=variant,
         templates=config.templates,
@@ -43,5 +41,6 @@ def export_tokens(
         "tokenizer_sha256": tokenizer.sha256,
         "corpus_fingerprint": ingest_report["corpus_fingerprint"],
         "text_params_sha256": params.sha256(text),
+        "split_strategy": ingest_report["split"]["strategy"],
     }
-    return TokenStream(batches=batches, attrs=attrs)
+    return TokenStream(batches=None, attrs=attrs, documents=documents, workers=config.workers)
