@@ -15,6 +15,8 @@ import re
 import string
 from collections.abc import Sequence
 
+from backstory.errors import UserError
+
 # The published expression, `''.join(reversed(re.split('([\w\d\']+|\.|"|\?|\!|,)', t)))`.
 # `\d` is inside `\w` and `\'` is a plain quote, so this is the same pattern.
 _PIECE = re.compile(r"([\w']+|[.\"?!,])")
@@ -119,7 +121,7 @@ _LOWERCASE_STARTERS = frozenset(
 )
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError, ValueError):
     """A template that cannot be used (unknown placeholder, or data it needs is missing)."""
 
 

@@ -25,6 +25,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 import backstory
 from backstory.data.files import file_sha256
+from backstory.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ _COPY_BLOCK = 1 << 22
 _INT64 = np.dtype("<i8")
 
 
-class TokenStoreError(ValueError):
+class TokenStoreError(UserError, ValueError):
     """A token store file is missing, foreign, corrupt, inconsistent or too small."""
 
 

@@ -38,6 +38,7 @@ from backstory.data.files import (
     write_bytes_atomically,
     write_json_atomically,
 )
+from backstory.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +51,11 @@ Hasher = Any  # hashlib's hash objects have no public type before Python 3.12
 _ARCHIVE_READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError)
 
 
-class DownloadError(OSError):
+class DownloadError(UserError, OSError):
     """The transfer failed (HTTP status, network, short body); a ``.part`` file may remain."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(UserError, ValueError):
     """A downloaded file's sha256 differs from the expected one."""
 
     def __init__(self, name: str, expected: str, actual: str) -> None:
@@ -70,15 +71,15 @@ class ChecksumError(ValueError):
         return (type(self), (self.name, self.expected, self.actual))
 
 
-class SizeError(ValueError):
+class SizeError(UserError, ValueError):
     """A downloaded or cached file does not have the published size."""
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(UserError, ValueError):
     """An archive member would escape the target folder or is a link or device."""
 
 
-class CorruptArchiveError(ValueError):
+class CorruptArchiveError(UserError, ValueError):
     """An archive is truncated or damaged."""
 
 

@@ -33,6 +33,7 @@ from backstory.data.files import (
     write_json_atomically,
 )
 from backstory.data.parallel import run_tasks
+from backstory.errors import UserError
 from backstory.locks import LOCK_FILE, FolderLock
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ FORMAT_VERSION = 1
 _COPY_BLOCK = 1 << 20
 
 
-class RawCorpusError(ValueError):
+class RawCorpusError(UserError, ValueError):
     """The raw corpus folder is missing, incomplete or does not match its manifest."""
 
 

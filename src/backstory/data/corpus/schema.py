@@ -32,10 +32,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from backstory.errors import UserError
+
 PROMPT_KEY = "prompt:"  # the real data spells the key with a trailing colon
 
 
-class BadRecordError(ValueError):
+class BadRecordError(UserError, ValueError):
     """A record (or a whole file, when ``index`` is None) that does not fit the schema.
 
     ``reason`` is a short stable code (e.g. ``"missing_story"``,

@@ -54,6 +54,7 @@ from backstory.data.files import (
 )
 from backstory.data.fingerprints import code_digest, sha256_of
 from backstory.data.parallel import run_tasks, workers_for
+from backstory.errors import UserError
 from backstory.locks import FolderLock
 
 if TYPE_CHECKING:  # pandas is imported where frames are made: worker processes skip it
@@ -85,7 +86,7 @@ SCHEMA = pa.schema([
 assert tuple(SCHEMA.names) == TABLE_COLUMNS
 
 
-class StoryTableError(ValueError):
+class StoryTableError(UserError, ValueError):
     """The story table is missing, unfinished, damaged or from another ingest."""
 
 
