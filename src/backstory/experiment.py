@@ -246,6 +246,16 @@ def _externals(block: Any, experiment: Experiment) -> tuple[ExternalSpec, ...]:
                 "lists imported models by variant (one each), so declare one of them at a time"
             )
         found.append(spec)
+    by_variant = {spec.variant: spec for spec in found}
+    for spec in found:
+        own = variants.get(spec.variant)
+        partner = by_variant.get(own.compares_with) if own.delta == "token_order" else None
+        if partner is not None and partner.tokenizer != spec.tokenizer:
+            raise SettingError(
+                f"{spec.namespace} ({spec.variant}) and {partner.namespace} "
+                f"({partner.variant}) are compared in token order, which needs the very same "
+                "tokens: give them one tokenizer file"
+            )
     return tuple(found)
 
 
