@@ -241,3 +241,18 @@ def test_a_changed_initial_model_or_method_starts_the_run_afresh(pretrained, sto
     assert any("initial model" in r.getMessage() for r in caplog.records)
     assert read_state(latest_checkpoint(run_dir))["lineage"]["init"]["finetune"][
         "lora_rank"] == 2
+
+
+def test_two_processes_fine_tune_with_lora_like_one(pretrained, stores, tmp_path):
+    """DistributedDataParallel (gloo): the initial model travels to the workers, only the
+    adapters are synchronised, and the merged result matches one process."""
+    init = initial(pretrained, method="lora", lora_rank=4)
+    one = tune(stores, tmp_path / "one", init,
+               small_config(lr=1e-2, max_steps=6, grad_accum=2))
+    two = tune(stores, tmp_path / "two", init,
+               small_config(lr=1e-2, max_steps=6, grad_accum=2, nproc_per_node=2))
+    assert two.meta["world_size"] == 2
+    assert two.meta["lineage"]["init"] == one.meta["lineage"]["init"]
+    assert two.state_dict.keys() == pretrained.state_dict.keys()
+    for name, tensor in one.state_dict.items():
+        torch.testing.assert_close(two.state_dict[name], tensor, atol=1e-5, rtol=1e-4)
