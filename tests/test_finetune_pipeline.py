@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
@@ -20,7 +21,7 @@ from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore
 from backstory.errors import SettingError
 from backstory.lm.checkpoint import load_trained
-from backstory.lm.interop import export_model
+from backstory.lm.interop import export_model, load_external
 from backstory.pipeline_registry import build_pipelines
 from backstory.tools import dvc_stages
 from tests.project import REPO, deep_update, make_project
@@ -226,6 +227,13 @@ def test_fine_tuned_instruct_records_its_initial_model(tuned_project):
     assert init["finetune"] == {"method": "lora", "lora_rank": 4, "lora_alpha": 16,
                                 "lora_dropout": 0.0}
     assert not any("lora" in name for name in model.state_dict)  # merged, plain weights
+    # ... which is what leaves the project: a run.c export reads back bit for bit.
+    tok = Tokenizer.from_file(root / "data/06_models/tokenizer/tokenizer.model")
+    export_model(model, tok, root / "exports/instruct_ft", fmt="llama2c")
+    back, _ = load_external(root / "exports/instruct_ft/model.bin", variant="instruct_ft")
+    assert back.meta["lineage"]["init"] == init
+    for name, tensor in model.state_dict.items():
+        assert torch.equal(back.state_dict[name], tensor), name
     metrics = read_json(root / f"data/08_reporting/instruct_ft/{RUN}/metrics.json")
     scratch = read_json(root / f"data/08_reporting/instruct/{RUN}/metrics.json")
     assert metrics["steps"] == 60 and metrics["n_docs"] == scratch["n_docs"]
