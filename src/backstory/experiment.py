@@ -6,9 +6,15 @@ parameters (conf/base/parameters_runs.yml)::
     experiment:             # the union of named grids
       main: {variants: all, presets: [small], seeds: [1337]}
     text: {defaults: ..., forward: {}, reversed: {}, instruct: {}}
-    run_defaults: {model: ..., train: ..., evaluate: ...}
-    presets: {small: {model: ..., train?: ..., evaluate?: ...}, ...}
+    run_defaults: {model: ..., train: ..., evaluate: ..., finetune: ...}
+    presets: {small: {model: ..., train?: ..., evaluate?: ..., finetune?: ...}, ...}
     variant_settings: {forward: {}, reversed: {train: {lr: ...}}, ...}
+    external: {stories15m: {source: ..., tokenizer: ..., variant: forward}}
+
+``variants: all`` is every registered variant but the opt-in ones
+(``backstory.variants.ALL``). A run of a variant with ``init_from`` (instruct_ft) starts
+from the model of the ``init_from`` variant's run of the same preset, seed and context,
+which the experiment must hold too; only such runs have ``finetune`` settings.
 
 A run's settings are ``run_defaults < presets[preset] < variant_settings[variant] < its
 own axes`` (seed -> train.seed, context -> model.max_seq_len, token order from the
@@ -16,6 +22,10 @@ variant registry), then anything set for that run alone at run time
 (``--params reversed.small.s1337.train.lr=...``). A text variant's export settings are
 ``text.defaults < text.<variant>``. Every section is validated by its typed settings
 class, so an unknown or missing key is an error naming it.
+
+``external`` declares imported models (llama2.c or Hugging Face files; see
+``backstory.lm.interop``) that are scored on the same validation stories as the runs,
+in the text layout of their stated variant, and listed beside them in the report.
 
 ``expand`` adds the merged blocks to the parameters under each run's namespace
 (``<variant>.<preset>.s<seed>``) and each text variant's export (``<variant>.text``),
@@ -36,15 +46,19 @@ from backstory import variants
 from backstory.data.documents import TextConfig
 from backstory.errors import SettingError
 from backstory.evaluation.evaluate import EvaluateConfig
+from backstory.lm.finetune import FinetuneConfig
 from backstory.lm.model import ModelConfig
 from backstory.lm.training.config import TrainConfig
 
-EXPERIMENT, TEXT, RUN_DEFAULTS, PRESETS, VARIANT_SETTINGS = (
-    "experiment", "text", "run_defaults", "presets", "variant_settings")
-DECLARATION_KEYS = (EXPERIMENT, TEXT, RUN_DEFAULTS, PRESETS, VARIANT_SETTINGS)
+EXPERIMENT, TEXT, RUN_DEFAULTS, PRESETS, VARIANT_SETTINGS, EXTERNAL = (
+    "experiment", "text", "run_defaults", "presets", "variant_settings", "external")
+REQUIRED_KEYS = (EXPERIMENT, TEXT, RUN_DEFAULTS, PRESETS, VARIANT_SETTINGS)
+DECLARATION_KEYS = (*REQUIRED_KEYS, EXTERNAL)  # `external` may be left out: no imports
 TEXT_DEFAULTS = "defaults"
 GRID_KEYS = ("variants", "presets", "seeds", "contexts")
-RUN_SECTIONS = ("model", "train", "evaluate")
+FINETUNE = "finetune"  # settings of runs that start from another run's model
+RUN_SECTIONS = ("model", "train", "evaluate", FINETUNE)
+EXTERNAL_KEYS = ("source", "tokenizer", "variant")
 # Settings a run's identity or its variant fixes: never set in parameter files.
 AXIS_SETTINGS = {("train", "seed"): "experiment seeds", ("train", "token_order"):
                  "the variant registry (backstory/variants.py)",
@@ -82,6 +96,12 @@ class RunSpec:
         """The variant whose token stores the run trains and is evaluated on."""
         return variants.get(self.variant).token_source
 
+    @property
+    def init_run(self) -> RunSpec | None:
+        """The run whose model this one starts from (same preset, seed, context), if any."""
+        source = variants.get(self.variant).init_from
+        return None if source is None else RunSpec(source, self.preset, self.seed, self.context)
+
     def describe(self) -> dict[str, Any]:
         """The run's identity as plain data (recorded in its lineage and metrics)."""
         return {"run": self.namespace, "variant": self.variant, "preset": self.preset,
@@ -89,10 +109,41 @@ class RunSpec:
 
 
 @dataclass(frozen=True)
+class ExternalSpec:
+    """An imported model, scored beside the runs (``external.<name>`` in parameters).
+
+    ``source`` and ``tokenizer`` are the files as the user gave them; ``variant`` states
+    the text layout the model reads (its documents are encoded in that variant's layout).
+    """
+
+    name: str
+    source: str
+    tokenizer: str
+    variant: str
+
+    @property
+    def namespace(self) -> str:
+        """The Kedro namespace of its pipeline and datasets: ``external.<name>``."""
+        return f"{EXTERNAL}.{self.name}"
+
+    @property
+    def token_source(self) -> str:
+        """The exporting variant whose documents (layout, text settings) it is scored on."""
+        return variants.get(self.variant).token_source
+
+    def describe(self) -> dict[str, Any]:
+        """Its identity in the report: a run of the ``external`` group, no seed of ours."""
+        return {"run": self.namespace, "variant": self.variant, "preset": EXTERNAL,
+                "seed": 0, "context": None, "external": self.name, "source": self.source}
+
+
+@dataclass(frozen=True)
 class Experiment:
-    """The declared runs, in a stable order (registry, then preset, context and seed)."""
+    """The declared runs, in a stable order (registry, then preset, context and seed), and
+    the imported models scored beside them."""
 
     runs: tuple[RunSpec, ...]
+    externals: tuple[ExternalSpec, ...] = ()
 
     @property
     def variants(self) -> list[str]:
@@ -121,7 +172,7 @@ class Experiment:
 
 def declared(parameters: Mapping[str, Any]) -> Experiment:
     """The runs ``parameters`` declare; ValueError naming the key that is wrong."""
-    for key in DECLARATION_KEYS:
+    for key in REQUIRED_KEYS:
         if not isinstance(parameters.get(key), Mapping):
             raise SettingError(f"parameters lack the {key!r} mapping "
                                "(conf/base/parameters_runs.yml)")
@@ -136,7 +187,76 @@ def declared(parameters: Mapping[str, Any]) -> Experiment:
     preset_order = {name: i for i, name in enumerate(presets)}
     ranked = sorted(runs, key=lambda r: (order[r.variant], preset_order[r.preset],
                                           r.context or 0, r.seed))
-    return Experiment(tuple(ranked))
+    _check_init_runs(ranked)
+    experiment = Experiment(tuple(ranked))
+    externals = _externals(parameters.get(EXTERNAL), experiment)
+    return Experiment(experiment.runs, externals)
+
+
+def _check_init_runs(runs: list[RunSpec]) -> None:
+    present = set(runs)
+    for run in runs:
+        init = run.init_run
+        if init is not None and init not in present:
+            raise SettingError(
+                f"run {run.namespace} starts from the model of run {init.namespace}, which "
+                f"the experiment does not hold; add {init.variant} to the grid that declares "
+                f"{run.variant} (same presets, seeds and contexts)"
+            )
+
+
+def _externals(block: Any, experiment: Experiment) -> tuple[ExternalSpec, ...]:
+    """The imported models declared under ``external`` (none when it is absent or empty)."""
+    if block is None:
+        return ()
+    if not isinstance(block, Mapping):
+        raise SettingError(f"{EXTERNAL} must be a mapping of name: {{source, tokenizer, "
+                           f"variant}}, got {block!r}")
+    if block and any(run.preset == EXTERNAL for run in experiment.runs):
+        raise SettingError(f"preset name {EXTERNAL!r} is taken by the imported models in the "
+                           "report; rename the preset")
+    found: list[ExternalSpec] = []
+    for name, entry in block.items():
+        where = f"{EXTERNAL}.{name}"
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise SettingError(f"{where}: a name is lower-case letters, digits and _, starting "
+                               "with a letter")
+        if not isinstance(entry, Mapping):
+            raise SettingError(f"{where} must be a mapping with keys {', '.join(EXTERNAL_KEYS)}")
+        _refuse_unknown(where, entry, EXTERNAL_KEYS)
+        for key in EXTERNAL_KEYS:
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise SettingError(f"{where}.{key} must be given, as a string "
+                                   f"(got {entry.get(key)!r})")
+        try:
+            variants.get(entry["variant"])
+        except ValueError as err:
+            raise SettingError(f"{where}.variant: {err}") from None
+        spec = ExternalSpec(name, entry["source"], entry["tokenizer"], entry["variant"])
+        if spec.token_source not in experiment.token_sources:
+            raise SettingError(
+                f"{where}: variant {spec.variant} reads {spec.token_source}'s documents, which "
+                f"no run of the experiment trains on; external models are scored on the same "
+                f"stories as the runs, so add a {spec.token_source} run or state another variant"
+            )
+        twin = next((other for other in found if other.variant == spec.variant), None)
+        if twin is not None:
+            raise SettingError(
+                f"{where} and {twin.namespace} both state variant {spec.variant}; the report "
+                "lists imported models by variant (one each), so declare one of them at a time"
+            )
+        found.append(spec)
+    by_variant = {spec.variant: spec for spec in found}
+    for spec in found:
+        own = variants.get(spec.variant)
+        partner = by_variant.get(own.compares_with) if own.delta == "token_order" else None
+        if partner is not None and partner.tokenizer != spec.tokenizer:
+            raise SettingError(
+                f"{spec.namespace} ({spec.variant}) and {partner.namespace} "
+                f"({partner.variant}) are compared in token order, which needs the very same "
+                "tokens: give them one tokenizer file"
+            )
+    return tuple(found)
 
 
 def _grid(where: str, block: Any, presets: Mapping[str, Any]) -> list[RunSpec]:
@@ -164,7 +284,7 @@ def _grid(where: str, block: Any, presets: Mapping[str, Any]) -> list[RunSpec]:
 
 def _variant_names(where: str, value: Any) -> list[str]:
     if value == "all":
-        return list(variants.NAMES)
+        return list(variants.ALL)
     names = _list(f"{where}.variants", value, str)
     for name in names:
         try:
@@ -238,6 +358,10 @@ def _run_layers(parameters: Mapping[str, Any], variant: str, preset: str
     settings = parameters[VARIANT_SETTINGS]
     _refuse_unknown(VARIANT_SETTINGS, settings, variants.NAMES)
     own = _entry(settings, VARIANT_SETTINGS, variant, RUN_SECTIONS)
+    if FINETUNE in own and variants.get(variant).init_from is None:
+        raise SettingError(f"{VARIANT_SETTINGS}.{variant}.{FINETUNE}: {variant} runs train "
+                           "from scratch (no init_from in backstory/variants.py), so they have "
+                           "no fine-tuning settings")
     preset_block = parameters[PRESETS].get(preset)
     if not isinstance(preset_block, Mapping):
         raise SettingError(f"presets.{preset} must be a mapping with model settings")
@@ -245,13 +369,19 @@ def _run_layers(parameters: Mapping[str, Any], variant: str, preset: str
     return defaults, preset_block, own
 
 
+def run_sections(run: RunSpec) -> tuple[str, ...]:
+    """The settings sections ``run`` has: ``finetune`` only when it starts from a model."""
+    return RUN_SECTIONS if run.init_run is not None else tuple(
+        s for s in RUN_SECTIONS if s != FINETUNE)
+
+
 def run_settings(parameters: Mapping[str, Any], run: RunSpec) -> dict[str, dict[str, Any]]:
-    """The merged, validated model, train and evaluate settings of ``run``."""
+    """The merged, validated model, train and evaluate (and finetune) settings of ``run``."""
     defaults, preset, own = _run_layers(parameters, run.variant, run.preset)
     override = (parameters.get(run.variant, {}) or {}).get(run.size, {}) or {}
     override = override.get(f"s{run.seed}", {}) or {}
     merged = {}
-    for section in RUN_SECTIONS:
+    for section in run_sections(run):
         layers = [_section(defaults, RUN_DEFAULTS, section),
                   _section(preset, f"presets.{run.preset}", section),
                   _section(own, f"variant_settings.{run.variant}", section)]
@@ -289,6 +419,8 @@ def _validate_run(run: RunSpec, merged: dict[str, dict[str, Any]]) -> None:
         ModelConfig.from_dict({**merged["model"], "vocab_size": _PLACEHOLDER_VOCAB})
         TrainConfig.from_params(merged["train"])
         EvaluateConfig.from_params(merged["evaluate"])
+        if FINETUNE in merged:
+            FinetuneConfig.from_params(merged[FINETUNE])
     except (TypeError, ValueError) as err:
         raise SettingError(f"{where}: {err}") from err
 
@@ -307,6 +439,17 @@ def expand(parameters: Mapping[str, Any]) -> dict[str, Any]:
     for run in experiment.runs:
         block = expanded.setdefault(run.variant, {})
         block.setdefault(run.size, {})[f"s{run.seed}"] = run_settings(parameters, run)
+    for run in experiment.runs:
+        init = run.init_run
+        if init is None:
+            continue
+        ours = expanded[run.variant][run.size][f"s{run.seed}"]["model"]
+        theirs = expanded[init.variant][init.size][f"s{init.seed}"]["model"]
+        if ours != theirs:
+            raise SettingError(
+                f"run {run.namespace} fine-tunes the model of run {init.namespace}, so their "
+                f"model settings must agree: {ours} vs {theirs}"
+            )
     return expanded
 
 

@@ -3,8 +3,12 @@
 Registered names:
 - ``ingest``: corpus, validated stories, tokenizer;
 - each variant with runs (``forward``, ``reversed``, ...): ingest, the exports it needs,
-  and every run of that variant;
-- each run (``reversed.small.s1337``): ingest, its export and that run alone;
+  and every run of that variant (a fine-tuned variant's runs also need the training of
+  the runs they start from, e.g. ``forward.small.s1337``'s for ``instruct_ft.small.s1337``);
+- each run (``reversed.small.s1337``): ingest, its export and that run alone (plus the
+  training of the run it starts from, if any);
+- each external model (``external.stories15m``) and all of them (``external``): its import
+  and its score on the validation stories (with the export of those stories);
 - ``compare``: the comparison nodes only (they read what the runs persisted);
 - ``__default__`` (``kedro run``): all of the above.
 
@@ -17,11 +21,10 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from backstory import variants
-from backstory.experiment import Experiment
+from backstory.experiment import EXTERNAL, Experiment, RunSpec
 from backstory.pipelines.compare.pipeline import create_pipeline as compare_pipeline
 from backstory.pipelines.ingest.pipeline import create_pipeline as ingest_pipeline
-from backstory.pipelines.run.pipeline import export_pipeline, run_pipeline
+from backstory.pipelines.run.pipeline import export_pipeline, external_pipeline, run_pipeline
 
 
 def build_pipelines(experiment: Experiment) -> dict[str, Pipeline]:
@@ -29,16 +32,32 @@ def build_pipelines(experiment: Experiment) -> dict[str, Pipeline]:
     base = ingest_pipeline()
     exports = {source: export_pipeline(source) for source in experiment.token_sources}
     runs = {run.namespace: run_pipeline(run) for run in experiment.runs}
+    externals = {spec.namespace: external_pipeline(spec) for spec in experiment.externals}
+
+    def alone(run: RunSpec) -> Pipeline:
+        """A run with what it needs beyond ingest: its export, and the training (and
+        export) of the run whose model it starts from."""
+        needed = exports[run.token_source] + runs[run.namespace]
+        init = run.init_run
+        if init is not None:
+            needed += exports[init.token_source] + runs[init.namespace].only_nodes_with_outputs(
+                f"{init.namespace}.model")
+        return needed
+
     pipelines: dict[str, Pipeline] = {"ingest": base}
     for variant in experiment.variants:
-        own = [runs[run.namespace] for run in experiment.runs_of(variant)]
-        export = exports[variants.get(variant).token_source]
-        pipelines[variant] = base + export + sum(own, Pipeline([]))
-        for run in experiment.runs_of(variant):
-            pipelines[run.namespace] = base + export + runs[run.namespace]
+        own = experiment.runs_of(variant)
+        pipelines[variant] = base + sum((alone(run) for run in own), Pipeline([]))
+        for run in own:
+            pipelines[run.namespace] = base + alone(run)
+    for spec in experiment.externals:
+        pipelines[spec.namespace] = base + exports[spec.token_source] + externals[spec.namespace]
+    if externals:
+        pipelines[EXTERNAL] = sum((pipelines[name] for name in externals), Pipeline([]))
     pipelines["compare"] = compare_pipeline(experiment)
     pipelines["__default__"] = (base + sum(exports.values(), Pipeline([]))
-                                + sum(runs.values(), Pipeline([])) + pipelines["compare"])
+                                + sum(runs.values(), Pipeline([]))
+                                + sum(externals.values(), Pipeline([])) + pipelines["compare"])
     return pipelines
 
 

@@ -12,7 +12,12 @@ A variant fixes how a story becomes a training document and how a model of it is
   windows and split), instead of exporting its own;
 - ``compares_with`` and ``delta``: the variant it is measured against in the report, and
   in which unit (word order: bits per byte of the same stories; token order: nats per
-  token of the very same tokens).
+  token of the very same tokens);
+- ``init_from``: another variant whose trained model of the same preset, seed and
+  context this one starts from (fine-tuning, ``backstory.lm.finetune``) instead of
+  random weights;
+- ``opt_in``: run only where an experiment names the variant; ``variants: all`` leaves
+  it out, so registering a variant never grows the default experiment unasked.
 
 Every consumer (documents, evaluation, sampling, compare, plots, `backstory generate`,
 the pipeline registry and the dvc.yaml generator) reads this table; nothing else lists
@@ -40,6 +45,8 @@ class Variant:
     tokens_from: str | None = None
     compares_with: str | None = None
     delta: str | None = None
+    init_from: str | None = None
+    opt_in: bool = False
     color: str = "tab:gray"  # its colour in every plot
 
     def __post_init__(self) -> None:
@@ -93,9 +100,15 @@ REGISTRY: dict[str, Variant] = {
         Variant("backward", "forward's very tokens, each training window reversed in token "
                 "space (Arrows of Time)", token_order="backward", tokens_from="forward",
                 compares_with="forward", delta="token_order", color="tab:purple"),
+        Variant("instruct_ft", "instruct's documents, trained by fine-tuning the forward "
+                "model of the same preset and seed instead of from scratch",
+                instruct=True, tokens_from="instruct", init_from="forward", opt_in=True,
+                color="tab:olive"),
     )
 }
 NAMES = tuple(REGISTRY)
+# What `variants: all` in an experiment stands for: every variant that is not opt-in.
+ALL = tuple(name for name, v in REGISTRY.items() if not v.opt_in)
 
 
 def get(name: str) -> Variant:
@@ -121,6 +134,14 @@ def _check_registry() -> None:
                 raise ValueError(f"variant {variant.name} names unknown variant {other!r}")
         if variant.tokens_from and get(variant.tokens_from).tokens_from:
             raise ValueError(f"variant {variant.name}: tokens_from must name an exporting variant")
+        if variant.init_from is not None:
+            if variant.init_from not in REGISTRY:
+                raise ValueError(f"variant {variant.name} names unknown variant "
+                                 f"{variant.init_from!r}")
+            # One level: the initial model is always one trained from scratch.
+            if get(variant.init_from).init_from is not None:
+                raise ValueError(f"variant {variant.name}: init_from must name a variant "
+                                 "trained from scratch")
 
 
 _check_registry()

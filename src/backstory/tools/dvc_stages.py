@@ -7,6 +7,10 @@ file on disk differs from what the pipelines give. One DVC stage runs one step:
 - ``export`` (``foreach`` text variant): that variant's token export;
 - ``train`` and ``evaluate`` (``foreach`` run of the experiment, keyed
   ``<variant>-<size>-s<seed>``): one run's training and its evaluation;
+- ``finetune`` (``foreach`` run that starts from another run's model): its training,
+  which also depends on that model's folder;
+- ``external`` (``foreach`` imported model, keyed by its name): its import and its score
+  on the validation stories; the declared source and tokenizer files are deps;
 - ``compare``: the cross-run report.
 
 A stage's deps are the catalog paths its nodes read (made by other stages) plus the
@@ -33,7 +37,7 @@ from typing import Any
 import yaml
 
 from backstory.errors import UserError
-from backstory.experiment import Experiment, RunSpec, declared, tracked_keys
+from backstory.experiment import Experiment, ExternalSpec, RunSpec, declared, tracked_keys
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +46,9 @@ KEDRO = "env KEDRO_DISABLE_TELEMETRY=1 kedro run --env base"
 RUNS_VAR = "runs"  # the dvc.yaml variable holding the experiment's runs
 # Sentinels standing for a run's fields while its stage is written as a foreach template.
 SENTINELS = {"VARIANT": "${item.variant}", "SIZE": "${item.size}", "SEED": "${item.seed}",
-             "PRESET": "${item.preset}", "TOKENS": "${item.tokens}", "RUN": "${item.run}"}
+             "PRESET": "${item.preset}", "TOKENS": "${item.tokens}", "RUN": "${item.run}",
+             "INIT": "${item.init}", "EXTNAME": "${item.name}", "EXTSOURCE": "${item.source}",
+             "EXTTOKENIZER": "${item.tokenizer}"}
 # Datasets a node loads as a folder and writes into (checkpoints): outs of that stage.
 WORKDIR_TYPES = {"backstory.datasets.model_dataset.RunDirDataset"}
 # Small JSON results shown by `dvc metrics show` / `dvc exp show`. They stay in DVC's
@@ -75,6 +81,7 @@ class Stage:
     outs: list[str] = field(default_factory=list)
     persist: list[str] = field(default_factory=list)  # outs that survive a rerun
     metrics: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # deps outside the catalog (user files)
 
     @property
     def node_names(self) -> list[str]:
@@ -249,23 +256,46 @@ def _func_module(func: Any) -> str:
 class Naming:
     """How a stage names its datasets and parameters: as they are, or as a template.
 
-    ``run`` and ``source`` are the run or text variant the stage belongs to; with
-    ``template`` the names are written with sentinels that become ``${item.<field>}``.
+    ``run``, ``source`` or ``external`` is the run, text variant or imported model the
+    stage belongs to; with ``template`` the names are written with sentinels that become
+    ``${item.<field>}``.
     """
 
     run: RunSpec | None = None
     source: str | None = None
     template: bool = False
+    external: ExternalSpec | None = None
+
+    @property
+    def tokens(self) -> str | None:
+        """The text variant whose stores the stage reads."""
+        if self.source is not None:
+            return self.source
+        if self.run is not None:
+            return self.run.token_source
+        return None if self.external is None else self.external.token_source
 
     def dataset(self, name: str) -> str:
         if not self.template:
             return name
         if self.run is not None and name.startswith(self.run.namespace + "."):
             return "VARIANT.SIZE.SEED." + name[len(self.run.namespace) + 1:]
-        source = self.source or (self.run.token_source if self.run else None)
+        init = self.run.init_run if self.run is not None else None
+        if init is not None and name.startswith(init.namespace + "."):
+            return "INIT.SIZE.SEED." + name[len(init.namespace) + 1:]
+        if self.external is not None and name.startswith(self.external.namespace + "."):
+            return "external.EXTNAME." + name[len(self.external.namespace) + 1:]
+        source = self.tokens
         if source is not None and name.startswith(source + "."):
             return "TOKENS." + name[len(source) + 1:]
         return name
+
+    def file(self, path: str) -> str:
+        """A declared file (an imported model's source or tokenizer)."""
+        if not self.template or self.external is None:
+            return path
+        return {self.external.source: "EXTSOURCE",
+                self.external.tokenizer: "EXTTOKENIZER"}.get(path, path)
 
     def params(self, param: str) -> list[str]:
         """Raw parameter keys behind a node input ``params:<key>``."""
@@ -275,9 +305,12 @@ class Naming:
             variant, preset = (("VARIANT", "PRESET") if self.template
                                 else (self.run.variant, self.run.preset))
             return tracked_keys(section, variant=variant, preset=preset)
-        if self.source is not None and key.startswith(self.source + "."):
-            section = key[len(self.source) + 1:]
-            return tracked_keys(section, variant="TOKENS" if self.template else self.source)
+        source = self.source or (self.external.token_source if self.external else None)
+        if source is not None and key.startswith(source + "."):
+            section = key[len(source) + 1:]
+            return tracked_keys(section, variant="TOKENS" if self.template else source)
+        if self.external is not None and key == self.external.namespace:
+            return ["external.EXTNAME" if self.template else key]
         return [key]
 
     def text(self, value: str) -> str:
@@ -307,10 +340,19 @@ def plan_stages(project: Project) -> list[tuple[Stage, Naming]]:
     for source in experiment.token_sources:
         nodes = [_node(project, f"{source}.export_{split}_tokens") for split in ("train", "val")]
         stages.append((Stage(f"export@{source}", "__default__", nodes), Naming(source=source)))
-    for step, node_name in (("train", "train_model"), ("evaluate", "evaluate_model")):
+    for step, node_name in (("train", "train_model"), ("finetune", "train_model"),
+                            ("evaluate", "evaluate_model")):
         for run in experiment.runs:
+            if step != "evaluate" and (step == "finetune") != (run.init_run is not None):
+                continue  # a run that starts from another's model trains in `finetune`
             nodes = [_node(project, f"{run.namespace}.{node_name}")]
             stages.append((Stage(f"{step}@{run.key}", "__default__", nodes), Naming(run=run)))
+    for spec in experiment.externals:
+        nodes = [_node(project, f"{spec.namespace}.{name}")
+                 for name in ("import_model", "export_val_tokens", "evaluate_model")]
+        stage = Stage(f"external@{spec.name}", "__default__", nodes,
+                      files=[Path(spec.source).as_posix(), Path(spec.tokenizer).as_posix()])
+        stages.append((stage, Naming(external=spec)))
     stages.append((Stage("compare", "compare", list(pipelines["compare"].nodes),
                          select_nodes=False), Naming()))
     return stages
@@ -347,6 +389,7 @@ def fill_stage(project: Project, stage: Stage, naming: Naming) -> Stage:
             if path is not None:
                 (metrics if _is_metric(name) else outs).add(path)
                 modules.update(_dataset_modules(project.dataset_config(name)))
+    data_deps.update(naming.file(path) for path in stage.files)
     stage.deps = sorted(naming.text(p) for p in data_deps) + source_paths(modules)
     stage.params = {path: sorted(naming.text(k) for k in keys)
                     for path, keys in sorted(params.items())}
@@ -401,11 +444,18 @@ def stage_dict(stage: Stage) -> dict:
 
 
 def _item(naming: Naming) -> dict[str, str] | str:
+    if naming.external is not None:
+        spec = naming.external
+        return {"name": spec.name, "source": naming.file(spec.source),
+                "tokenizer": naming.file(spec.tokenizer), "tokens": spec.token_source}
     if naming.run is None:
         return naming.source or ""
     run = naming.run
-    return {"run": run.namespace, "variant": run.variant, "size": run.size,
+    item = {"run": run.namespace, "variant": run.variant, "size": run.size,
             "seed": f"s{run.seed}", "preset": run.preset, "tokens": run.token_source}
+    if run.init_run is not None:
+        item["init"] = run.init_run.variant
+    return item
 
 
 def _instantiate(template: Any, item: dict[str, str] | str) -> Any:
@@ -420,9 +470,10 @@ def _instantiate(template: Any, item: dict[str, str] | str) -> Any:
 
 
 def _templated(project: Project, stage: Stage, naming: Naming) -> dict:
-    symbolic = Naming(run=naming.run, source=naming.source, template=True)
+    symbolic = Naming(run=naming.run, source=naming.source, template=True,
+                      external=naming.external)
     body = stage_dict(fill_stage(project, Stage(stage.name, stage.pipeline, stage.nodes,
-                                                stage.select_nodes), symbolic))
+                                                stage.select_nodes, files=stage.files), symbolic))
     names = ",".join(symbolic.dataset(n) for n in stage.node_names)
     body["cmd"] = f"{KEDRO} --pipelines {stage.pipeline} --nodes " + symbolic.text(
         names.replace("VARIANT.SIZE.SEED", "RUN"))
@@ -445,10 +496,12 @@ def _normal(body: dict) -> str:
 
 def stages_section(project: Project, planned: list[tuple[Stage, Naming]]
                    ) -> tuple[dict, dict]:
-    """dvc.yaml ``stages:`` (export, train and evaluate as ``foreach`` over their items)
-    and ``vars:`` (the runs, declared once for every per-run step)."""
+    """dvc.yaml ``stages:`` (per-run and per-model steps as ``foreach`` over their items)
+    and ``vars:`` (``runs``: every run, declared once for the steps over all of them; a
+    step over other items, e.g. ``finetune``, gets ``<step>_runs``)."""
     section: dict[str, Any] = {}
-    shared: dict[str, Any] = {}
+    every_run = {run.key: _item(Naming(run=run)) for run in project.experiment.runs}
+    shared: dict[str, Any] = {RUNS_VAR: every_run} if every_run else {}
     groups: dict[str, list[tuple[Stage, Naming]]] = {}
     for stage, naming in planned:
         step, _, key = stage.name.partition("@")
@@ -472,10 +525,11 @@ def stages_section(project: Project, planned: list[tuple[Stage, Naming]]
         if all(isinstance(i, str) for i in items.values()):
             foreach: Any = list(items)
         else:
-            shared.setdefault(RUNS_VAR, items)
-            if shared[RUNS_VAR] != items:
-                raise StageError(f"stage {step} runs over other runs than {RUNS_VAR}")
-            foreach = "${" + RUNS_VAR + "}"
+            var = next((name for name, value in shared.items() if value == items),
+                       f"{step}_{RUNS_VAR}")
+            if shared.setdefault(var, items) != items:
+                raise StageError(f"two steps would declare {var} with other items")
+            foreach = "${" + var + "}"
         section[step] = {"foreach": foreach, "do": template}
     return section, shared
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from backstory.data.tokens import TokenStore
 from backstory.errors import InputError
+from backstory.lm.finetune import InitialModel
 from backstory.lm.model import ModelConfig
 from backstory.lm.training.config import RESUME_FREE_KEYS, TrainConfig
 
@@ -34,7 +35,8 @@ class TrainJob:
     train_store: TokenStore
     val_store: TokenStore
     run_dir: Path
-    lineage: dict
+    lineage: dict  # with ``init`` (InitialModel.identity) when the run fine-tunes
+    init: InitialModel | None = None  # the trained model the run starts from, if any
 
     def data_identity(self) -> dict:
         return {"train": store_identity(self.train_store), "val": store_identity(self.val_store)}
@@ -76,7 +78,11 @@ def run_differences(job: TrainJob, state: dict) -> list[str]:
                      if k not in RESUME_FREE_KEYS and saved.get(k) != now.get(k))
     if changed:
         differences.append(f"train settings {changed}")
-    if state.get("lineage") != job.lineage:
+    saved_lineage = dict(state.get("lineage") or {})
+    now_lineage = dict(job.lineage)
+    if saved_lineage.pop("init", None) != now_lineage.pop("init", None):
+        differences.append("initial model")
+    if saved_lineage != now_lineage:
         differences.append("lineage")
     if state.get("data") != job.data_identity():
         differences.append("token stores")

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from backstory.data.tokens import TokenStore
+from backstory.lm.finetune import InitialModel
 from backstory.lm.model import ModelConfig
 from backstory.lm.training.config import DTYPES, TrainConfig, is_cuda_index
 from backstory.lm.training.job import TrainJob
@@ -114,13 +115,13 @@ def launch_workers(job: TrainJob, progress: bool) -> None:
     logger.info("Launching %d training processes", n)
     elastic_launch(launch, _worker)(
         job.model_config.to_dict(), job.config.to_dict(), str(job.train_store.path),
-        str(job.val_store.path), str(job.run_dir), job.lineage, progress,
+        str(job.val_store.path), str(job.run_dir), job.lineage, progress, job.init,
     )
 
 
 @record
 def _worker(model_config: dict, train_config: dict, train_path: str, val_path: str,
-            run_dir: str, lineage: dict, progress: bool) -> None:
+            run_dir: str, lineage: dict, progress: bool, init: InitialModel | None) -> None:
     """One launched process: reopen the stores and train as the rank the launcher set."""
     from backstory.lm.training.run import train  # the entry point imports this module
 
@@ -132,7 +133,7 @@ def _worker(model_config: dict, train_config: dict, train_path: str, val_path: s
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     train(ModelConfig.from_dict(model_config), TrainConfig.from_params(train_config),
           TokenStore(Path(train_path)), TokenStore(Path(val_path)), Path(run_dir),
-          lineage=lineage, progress=progress)
+          lineage=lineage, progress=progress, init=init)
 
 
 def launched_by_backstory() -> bool:

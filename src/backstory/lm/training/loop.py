@@ -42,6 +42,7 @@ from backstory.lm.checkpoint import (
     resumable_checkpoint,
     save_checkpoint,
 )
+from backstory.lm.finetune import training_model
 from backstory.lm.model import Transformer
 from backstory.lm.schedules import lr_at
 from backstory.lm.training.job import TrainJob, check_same_run, json_normal
@@ -107,7 +108,7 @@ class Session:
         if device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for fp32 leftovers
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        raw = Transformer(job.model_config).to(device)
+        raw = training_model(job.model_config, job.init).to(device)  # fresh, or fine-tuned
         optimizer = raw.configure_optimizer(lr=cfg.lr, weight_decay=cfg.weight_decay,
                                             betas=(cfg.beta1, cfg.beta2),
                                             device_type=device.type)

@@ -30,6 +30,7 @@ from backstory.lm.checkpoint import (
     resumable_checkpoint,
     trained_at,
 )
+from backstory.lm.finetune import InitialModel, plain_state_dict
 from backstory.lm.model import ModelConfig
 from backstory.lm.training.config import TrainConfig
 from backstory.lm.training.job import TrainJob, check_same_run, json_normal, run_differences
@@ -59,12 +60,21 @@ def train(
     *,
     lineage: dict | None = None,
     progress: bool = True,
+    init: InitialModel | None = None,
 ) -> TrainedModel:
-    """Train (or resume, or return the finished run in ``run_dir``) and return the model."""
+    """Train (or resume, or return the finished run in ``run_dir``) and return the model.
+
+    With ``init`` the run starts from that trained model instead of random weights
+    (fully, or with LoRA adapters: ``backstory.lm.finetune``); the lineage records it
+    under ``init``, and the returned model has plain (merged) weights either way.
+    """
     run_dir = Path(run_dir)
     lineage = json_normal(lineage or {}, "lineage")
     _check_inputs(model_config, config, train_store, val_store)
-    job = TrainJob(model_config, config, train_store, val_store, run_dir, lineage)
+    if init is not None:
+        init.check_fits(model_config)
+        lineage["init"] = json_normal(init.identity(), "initial model")
+    job = TrainJob(model_config, config, train_store, val_store, run_dir, lineage, init)
     if env_world_size() > 1:
         with _rank_lock(run_dir):
             return _run_process(job, progress)
@@ -158,7 +168,15 @@ def _finished_run(job: TrainJob, *, repair: bool = True) -> TrainedModel | None:
     if int(state["step"]) < job.config.max_steps:
         return None
     logger.info("Run in %s already finished at step %d; loading it", job.run_dir, state["step"])
-    return trained_at(path, state)
+    return _plain(job, trained_at(path, state))
+
+
+def _plain(job: TrainJob, trained: TrainedModel) -> TrainedModel:
+    """``trained`` with plain weights: a LoRA run's adapters merged into its layers."""
+    if job.init is None:
+        return trained
+    weights = plain_state_dict(trained.config, trained.state_dict, job.init)
+    return TrainedModel(trained.config, weights, trained.meta)
 
 
 def _trained_from_checkpoint(job: TrainJob) -> TrainedModel:
@@ -169,7 +187,7 @@ def _trained_from_checkpoint(job: TrainJob) -> TrainedModel:
             f"training workers exited without a final checkpoint in {job.run_dir} "
             f"(latest: {path})"
         )
-    return trained_at(path, state)
+    return _plain(job, trained_at(path, state))
 
 
 def _run_process(job: TrainJob, progress: bool) -> TrainedModel:
@@ -191,7 +209,7 @@ def _run_process(job: TrainJob, progress: bool) -> TrainedModel:
         if rank_.distributed:
             dist.barrier()  # rank 0's final checkpoint is on disk for everyone
             return _trained_from_checkpoint(job)
-        return trained
+        return _plain(job, trained)
     finally:
         if rank_.owns_group:
             dist.destroy_process_group()

@@ -33,6 +33,7 @@ from backstory.evaluation.compare import (
     score_texts,
     story_tokens_per_doc,
 )
+from backstory.evaluation.external import check_stories_match
 from backstory.evaluation.instructions import instruction_checks, instruction_shares
 from backstory.evaluation.metrics import covered_documents, document_bits, resolve_device
 from backstory.evaluation.sampling import ending_prompt, opening_prompt
@@ -115,16 +116,19 @@ def _model_info(run: Mapping[str, Any], trained: TrainedModel) -> dict[str, Any]
 
 def score_validation_documents(
     compare: dict, *inputs: TrainedModel | TokenStore, runs: Sequence[Mapping[str, Any]],
-    sources: Sequence[str],
+    sources: Sequence[str], externals: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Bits of every compared validation story under each run's model, per document.
 
     ``inputs`` are the runs' models (in ``runs`` order), then the validation stores of
     the text variants in ``sources``; a run is scored on its variant's token source.
+    Then the imported models of ``externals`` and their own stores of the same stories:
+    their rows form the group ``external`` (levels; deltas between imported models only).
     """
     config = CompareConfig.from_params(compare)
     models = _by_run(runs, inputs[: len(runs)])
-    stores = dict(zip(sources, inputs[len(runs):], strict=True))
+    end = len(runs) + len(sources)
+    stores = dict(zip(sources, inputs[len(runs):end], strict=True))
     n_docs = min(covered_documents(store, config.max_tokens) for store in stores.values())
     check_same_stories(stores, n_docs)
     n_bytes = next(iter(stores.values())).doc_bytes[:n_docs]
@@ -141,8 +145,34 @@ def score_validation_documents(
             "seed": run["seed"], "doc": np.arange(n_docs), "n_bytes": n_bytes, "bits": bits,
             "story_tokens": story_tokens_per_doc(store, n_docs),
         }))
-    logger.info("Scored %d validation stories under %d models", n_docs, len(runs))
+    frames += _external_frames(externals, inputs[end:], stores, n_docs, config, info)
+    logger.info("Scored %d validation stories under %d models", n_docs, len(runs) + len(externals))
     return pd.concat(frames, ignore_index=True), info
+
+
+def _external_frames(externals: Sequence[Mapping[str, Any]], inputs: Sequence[Any],
+                     stores: Mapping[str, TokenStore], n_docs: int, config: CompareConfig,
+                     info: dict[str, Any]) -> list[pd.DataFrame]:
+    """Rows of the imported models: the same stories, each scored in its own tokens."""
+    imported = _by_run(externals, inputs[: len(externals)])
+    own_stores = _by_run(externals, inputs[len(externals):])
+    frames = []
+    for external in externals:
+        trained, store = imported[external["run"]], own_stores[external["run"]]
+        reference = stores[variants.get(external["variant"]).token_source]
+        check_stories_match(store, reference, n_docs)
+        info[external["run"]] = _model_info(external, trained)
+        model = _model(trained, config.device)
+        bits = document_bits(model, store, seq_len=model.config.max_seq_len,
+                             batch_size=config.batch_size,
+                             token_order=info[external["run"]]["token_order"], docs=range(n_docs))
+        frames.append(pd.DataFrame({
+            "run": external["run"], "variant": external["variant"], "size": _size(external),
+            "seed": external["seed"], "doc": np.arange(n_docs),
+            "n_bytes": reference.doc_bytes[:n_docs], "bits": bits,
+            "story_tokens": story_tokens_per_doc(store, n_docs),
+        }))
+    return frames
 
 
 def _level(rows: pd.DataFrame) -> dict[str, float]:
@@ -338,7 +368,10 @@ def _delta_line(d: Mapping[str, Any]) -> str:
 
 
 def _group_lines(group: Mapping[str, Any], models: Mapping[str, Any]) -> list[str]:
-    lines = [f"### {group['size']}, seed {group['seed']}", "",
+    title = f"{group['size']}, seed {group['seed']}"
+    if any(m.get("external") for m in models.values() if m["size"] == group["size"]):
+        title = f"{group['size']}: imported models, each scored in its own tokens"
+    lines = [f"### {title}", "",
              "| variant | token order | steps | parameters | bits per byte | "
              "nats per story token |", "|---|---|---|---|---|---|"]
     for variant in (v for v in variants.NAMES if v in group["levels"]):

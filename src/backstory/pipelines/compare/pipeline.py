@@ -45,16 +45,21 @@ def create_pipeline(experiment: Experiment) -> Pipeline:
     readers = story_readers(lead)
     models = [f"{run['run']}.model" for run in runs]
     stores = [f"{source}.val_tokens" for source in sources]
+    # Imported models: scored on the same stories, each in its own tokens.
+    externals = [spec.describe() for spec in experiment.externals]
+    imported = [f"{spec.namespace}.{name}" for name in ("model", "val_tokens")
+                for spec in experiment.externals]
     logs = [f"{run['run']}.{log}" for run in runs for log in LOGS]
-    outside = [*models, *stores, *logs, "stories", "tokenizer"]
+    outside = [*models, *stores, *imported, *logs, "stories", "tokenizer"]
 
     def local(names: list[str]) -> list[str]:
         return [_local(name) for name in names]
 
     nodes = [
-        node(_bound(score_validation_documents, runs=runs, sources=sources),
-             ["params:compare", *local(models), *local(stores)], ["document_bits", "models"],
-             name="score_validation_documents"),
+        node(_bound(score_validation_documents, runs=runs, sources=sources,
+                    externals=externals),
+             ["params:compare", *local(models), *local(stores), *local(imported)],
+             ["document_bits", "models"], name="score_validation_documents"),
         node(measure_arrow_of_time, ["document_bits", "models", "params:compare"],
              "arrow_of_time", name="measure_arrow_of_time"),
         node(plot_bpb_scatter, "document_bits", "bpb_scatter", name="plot_bpb_scatter"),

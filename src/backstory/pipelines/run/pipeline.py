@@ -5,7 +5,14 @@
 training and evaluation of one run as ``<variant>.<preset>.s<seed>``: its model is
 ``reversed.small.s1337.model`` and its settings ``params:reversed.small.s1337.train``.
 The runs of a variant nest inside the variant's namespace, so kedro-viz shows
-variant > preset > seed as collapsible groups.
+variant > preset > seed as collapsible groups. A run of a fine-tuned variant
+(``instruct_ft.small.s1337``) also reads the model of the run it starts from
+(``forward.small.s1337.model``) and its ``finetune`` settings.
+
+``external_pipeline(spec)`` imports one declared external model into
+``external.<name>``: the model and its tokenizer, the validation stories encoded with
+that tokenizer in the stated variant's layout, and its metrics on the same stories as
+the runs.
 """
 
 from __future__ import annotations
@@ -14,10 +21,11 @@ from functools import partial, update_wrapper
 
 from kedro.pipeline import Pipeline, node
 
-from backstory.experiment import RunSpec
+from backstory.experiment import EXTERNAL, RUN_DEFAULTS, ExternalSpec, RunSpec
 from backstory.pipelines.run.evaluate_nodes import evaluate
 from backstory.pipelines.run.export_nodes import export_tokens
-from backstory.pipelines.run.train_nodes import train_model
+from backstory.pipelines.run.external_nodes import evaluate_external, import_external
+from backstory.pipelines.run.train_nodes import finetune_model, train_model
 
 SPLITS = ("train", "val")
 INGEST_OUTPUTS = ("stories", "tokenizer", "ingest_report")
@@ -43,14 +51,46 @@ def export_pipeline(source: str) -> Pipeline:
 def run_pipeline(run: RunSpec) -> Pipeline:
     """Train and evaluate one run on its variant's token stores."""
     identity = run.describe()
+    inputs = ["train_tokens", "val_tokens", "training_run", "params:model", "params:train"]
+    init = run.init_run
+    if init is None:
+        training = node(_bound(train_model, run=identity), inputs, "model", name="train_model")
+    else:
+        training = node(_bound(finetune_model, run=identity, init_run=init.namespace),
+                        [*inputs, "params:finetune", "init_model"], "model", name="train_model")
     template = Pipeline([
-        node(_bound(train_model, run=identity),
-             ["train_tokens", "val_tokens", "training_run", "params:model", "params:train"],
-             "model", name="train_model"),
+        training,
         node(_bound(evaluate, run=identity),
              ["model", "val_tokens", "train_tokens", "tokenizer", "params:evaluate"],
              ["metrics", "samples", "samples_report"], name="evaluate_model"),
     ])
-    tokens = {f"{split}_tokens": f"{run.token_source}.{split}_tokens" for split in SPLITS}
-    return Pipeline(template, namespace=run.namespace, inputs={"tokenizer": "tokenizer", **tokens},
+    outside = {"tokenizer": "tokenizer"}
+    outside |= {f"{split}_tokens": f"{run.token_source}.{split}_tokens" for split in SPLITS}
+    if init is not None:
+        outside["init_model"] = f"{init.namespace}.model"
+    return Pipeline(template, namespace=run.namespace, inputs=outside,
                     tags=[run.variant, run.namespace])
+
+
+def external_pipeline(spec: ExternalSpec) -> Pipeline:
+    """Import one external model and score it on the runs' validation stories."""
+    source = spec.token_source
+    template = Pipeline([
+        node(_bound(import_external, name=spec.name), "params:declaration",
+             ["model", "tokenizer"], name="import_model"),
+        node(_bound(export_tokens, variant=source, split="val"),
+             ["stories", "tokenizer", "ingest_report", "params:text"], "val_tokens",
+             name="export_val_tokens"),
+        node(_bound(evaluate_external, external=spec.describe()),
+             ["model", "val_tokens", "runs_val_tokens", "params:evaluate"], "metrics",
+             name="evaluate_model"),
+    ])
+    return Pipeline(
+        template, namespace=spec.namespace,
+        inputs={"stories": "stories", "ingest_report": "ingest_report",
+                "runs_val_tokens": f"{source}.val_tokens"},
+        parameters={"params:declaration": f"params:{spec.namespace}",
+                    "params:text": f"params:{source}.text",
+                    "params:evaluate": f"params:{RUN_DEFAULTS}.evaluate"},
+        tags=[EXTERNAL, spec.namespace],
+    )

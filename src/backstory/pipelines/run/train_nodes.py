@@ -1,4 +1,5 @@
-"""Train node: one run's model from its variant's token stores."""
+"""Train nodes: one run's model from its variant's token stores, from scratch or by
+fine-tuning another run's model."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 import backstory
 from backstory import params, variants
 from backstory.data.tokens import TokenStore
+from backstory.errors import InputError
 from backstory.lm.checkpoint import TrainedModel
+from backstory.lm.finetune import FinetuneConfig, InitialModel
 from backstory.lm.model import ModelConfig
 from backstory.lm.training import TrainConfig, train
 
@@ -30,8 +33,43 @@ def train_model(
 
     Checkpoints and logs go to the run folder; the model records what it was made from.
     """
+    return _train(train_tokens, val_tokens, training_run, {"model": model, "train": train_params},
+                  run=run)
+
+
+def finetune_model(
+    train_tokens: TokenStore,
+    val_tokens: TokenStore,
+    training_run: Path,
+    model: dict,
+    train_params: dict,
+    finetune: dict,
+    init_model: TrainedModel,
+    *,
+    run: dict,
+    init_run: str,
+) -> TrainedModel:
+    """Train run ``run`` starting from ``init_model``, the model of run ``init_run``.
+
+    Its lineage records the initial model (run, weights sha256, fine-tuning settings), so
+    a retrained initial model makes this run start afresh rather than resume.
+    """
+    recorded = (init_model.meta.get("lineage") or {}).get("tokenizer_sha256")
+    if recorded != train_tokens.attrs.get("tokenizer_sha256"):
+        raise InputError(
+            f"run {run['run']}: the model of run {init_run} was trained with tokenizer sha256 "
+            f"{recorded}, but {train_tokens.path} was encoded with "
+            f"{train_tokens.attrs.get('tokenizer_sha256')}; retrain {init_run} on this tokenizer"
+        )
+    init = InitialModel(init_run, init_model, FinetuneConfig.from_params(finetune))
+    settings = {"model": model, "train": train_params, "finetune": finetune}
+    return _train(train_tokens, val_tokens, training_run, settings, run=run, init=init)
+
+
+def _train(train_tokens: TokenStore, val_tokens: TokenStore, training_run: Path,
+           settings: dict, *, run: dict, init: InitialModel | None = None) -> TrainedModel:
     spec = variants.get(run["variant"])
-    config = TrainConfig.from_params(train_params)
+    config = TrainConfig.from_params(settings["train"])
     if config.token_order != spec.token_order:
         raise ValueError(f"run {run['run']}: train.token_order={config.token_order!r} but the "
                          f"{spec.name} variant reads in {spec.token_order!r} order")
@@ -44,12 +82,12 @@ def train_model(
         "tokens_variant": stores_variant,
         "run": run,
         "package_version": backstory.__version__,
-        "model_params_sha256": params.sha256(model),
+        "model_params_sha256": params.sha256(settings["model"]),
     }
     trained = train(
-        ModelConfig(vocab_size=train_tokens.vocab_size, **model), config, train_tokens,
-        val_tokens, training_run, lineage=lineage,
+        ModelConfig(vocab_size=train_tokens.vocab_size, **settings["model"]), config,
+        train_tokens, val_tokens, training_run, lineage=lineage, init=init,
     )
     meta = dict(trained.meta)
-    meta["params_sha256"] = params.sha256({"model": model, "train": train_params})
+    meta["params_sha256"] = params.sha256(settings)
     return dataclasses.replace(trained, meta=meta)

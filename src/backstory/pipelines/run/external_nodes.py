@@ -1,0 +1,50 @@
+"""External-model nodes: import a declared model, and score it on the runs' stories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import backstory
+from backstory import params
+from backstory.data.tokenizer import Tokenizer
+from backstory.data.tokens import TokenStore
+from backstory.errors import InputError, UserError
+from backstory.evaluation.evaluate import EvaluateConfig
+from backstory.evaluation.external import evaluate_external_model
+from backstory.lm.checkpoint import TrainedModel
+from backstory.lm.interop import load_external
+
+
+def import_external(declaration: dict, *, name: str) -> tuple[TrainedModel, Tokenizer]:
+    """The model ``external.<name>`` declares (its files, relative to the project root),
+    with the tokenizer it reads text with."""
+    source, tokenizer = Path(declaration["source"]), Path(declaration["tokenizer"])
+    try:
+        trained, tok = load_external(source, tokenizer=tokenizer, variant=declaration["variant"])
+    except UserError:
+        raise
+    except (OSError, ValueError, RuntimeError) as err:  # missing, foreign or refused files
+        raise InputError(f"external.{name} (source {source}, tokenizer {tokenizer}): {err}"
+                         ) from err
+    meta = dict(trained.meta) | {"external": name}
+    return TrainedModel(trained.config, trained.state_dict, meta), tok
+
+
+def evaluate_external(model: TrainedModel, val_tokens: TokenStore, runs_val_tokens: TokenStore,
+                      evaluation: dict, *, external: dict) -> dict:
+    """Bits per byte of an imported model on the stories its variant's runs are scored on."""
+    metrics = evaluate_external_model(model, val_tokens, runs_val_tokens,
+                                      EvaluateConfig.from_params(evaluation),
+                                      variant=external["variant"])
+    return metrics | {
+        "run": external,
+        "lineage": {
+            "imported_from": model.meta.get("imported_from"),
+            "corpus_fingerprint": val_tokens.attrs["corpus_fingerprint"],
+            "tokenizer_sha256": val_tokens.attrs["tokenizer_sha256"],
+            "runs_tokenizer_sha256": runs_val_tokens.attrs.get("tokenizer_sha256"),
+            "text_params_sha256": val_tokens.attrs.get("text_params_sha256"),
+            "evaluate_params_sha256": params.sha256(evaluation),
+            "package_version": backstory.__version__,
+        },
+    }
