@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from backstory.lm.optim import OPTIMIZERS
 from backstory.lm.schedules import check_schedule
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -16,8 +17,14 @@ TOKEN_ORDERS = ("forward", "backward")
 # Keys that change neither the data nor the arithmetic of the updates: a run may be
 # resumed under new values (e.g. on more GPUs, or logging more often).
 RESUME_FREE_KEYS = frozenset(
-    {"resume", "nproc_per_node", "compile", "log_interval", "eval_interval", "checkpoint_interval"}
+    {"resume", "nproc_per_node", "compile", "log_interval", "eval_interval", "checkpoint_interval",
+     "num_threads"}
 )
+# Settings added after the first checkpoint format: written to dicts (checkpoints, model
+# meta) only when they differ from these defaults, so a run that does not use them keeps
+# its bytes and its checkpoints stay resumable.
+LATER_DEFAULTS = {"optimizer": "adamw", "muon_lr": 0.02, "muon_momentum": 0.95,
+                  "muon_weight_decay": 0.0, "loss_chunk": 0, "num_threads": 0}
 
 
 @dataclass
@@ -47,6 +54,12 @@ class TrainConfig:
     token_order: str = "forward"  # "backward" reverses every window (Arrows of Time)
     nproc_per_node: int = 1  # processes (GPUs) to launch; batch_size must divide by it
     resume: bool = True  # continue from run_dir's latest checkpoint when it matches
+    optimizer: str = LATER_DEFAULTS["optimizer"]  # adamw | muon (Muon on hidden matrices)
+    muon_lr: float = LATER_DEFAULTS["muon_lr"]  # Muon's peak lr; follows lr's schedule
+    muon_momentum: float = LATER_DEFAULTS["muon_momentum"]  # Muon's Nesterov momentum
+    muon_weight_decay: float = LATER_DEFAULTS["muon_weight_decay"]  # decoupled, x muon lr
+    loss_chunk: int = LATER_DEFAULTS["loss_chunk"]  # >0: fused output+loss, rows at a time
+    num_threads: int = LATER_DEFAULTS["num_threads"]  # CPU torch threads; 0: torch's choice
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
@@ -58,6 +71,13 @@ class TrainConfig:
                        warmup_steps=self.warmup_steps, max_steps=self.max_steps,
                        cooldown_fraction=self.cooldown_fraction)
         _require_float("weight_decay", self.weight_decay, 0.0, math.inf)
+        _require_float("muon_lr", self.muon_lr, 0.0, math.inf)
+        if self.muon_lr <= 0:
+            raise ValueError(f"train.muon_lr={self.muon_lr!r} must be > 0")
+        _require_float("muon_momentum", self.muon_momentum, 0.0, 1.0, high_open=True)
+        _require_float("muon_weight_decay", self.muon_weight_decay, 0.0, math.inf)
+        _require_int("loss_chunk", self.loss_chunk, 0)
+        _require_int("num_threads", self.num_threads, 0)
         _require_float("grad_clip", self.grad_clip, 0.0, math.inf)
         for name in ("beta1", "beta2"):
             _require_float(name, getattr(self, name), 0.0, 1.0, high_open=True)
@@ -84,6 +104,8 @@ class TrainConfig:
                              f"{TOKEN_ORDERS}")
         if not isinstance(self.resume, bool):
             raise ValueError(f"train.resume={self.resume!r} must be true or false")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"train.optimizer={self.optimizer!r} must be one of {OPTIMIZERS}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
@@ -97,7 +119,9 @@ class TrainConfig:
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings; a later setting at its default is left out (``LATER_DEFAULTS``)."""
+        return {k: v for k, v in asdict(self).items()
+                if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
 
 
 def _require_int(name: str, value: Any, minimum: int) -> None:
