@@ -19,6 +19,7 @@ from numbers import Integral
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from backstory.lm.decode import Stepper, check_decode_step
 from backstory.lm.model import KVCache, Transformer
 
 logger = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ def _nucleus(scaled: torch.Tensor, top_p: float) -> torch.Tensor:
 def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              stop_ids: Sequence[int] = (), seed: int = 0, use_cache: bool = True,
-             device: torch.device | str | None = None) -> list[list[int]]:
+             device: torch.device | str | None = None,
+             decode_step: str = "dynamic") -> list[list[int]]:
     """Continue each prompt; return only the new tokens, cut before the first stop id.
 
     temperature 0 is greedy decoding. The same seed gives the same output for the same
@@ -79,9 +81,12 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
     max_seq_len (ValueError otherwise; no sliding window, the cache has fixed size).
     use_cache=False recomputes the whole sequence at each step (a reference and
     benchmark baseline). The model runs in eval mode and its mode is restored after.
+    ``decode_step`` chooses how cached one-token steps run (``backstory.lm.decode``:
+    dynamic, static, compiled or cuda_graph); the prompt prefill is always dynamic.
     """
     check_sampling(temperature, top_k, top_p)
     device = _resolve_device(model, device)
+    check_decode_step(decode_step, device)
     _check_request(model, prompts, max_new_tokens, stop_ids)
     if not prompts or max_new_tokens == 0:
         return [[] for _ in prompts]
@@ -92,7 +97,7 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
     try:
         with _attention_backends(device):
             end = _decode(model, tokens, in_prompt, prompts, max_new_tokens, temperature,
-                          top_k, top_p, stop_ids, generator, use_cache)
+                          top_k, top_p, stop_ids, generator, use_cache, decode_step)
     finally:
         model.train(was_training)
     return _collect(tokens[:, :end].tolist(), prompts, max_new_tokens, stop_ids)
@@ -163,15 +168,18 @@ def _prompt_grid(prompts: list[list[int]], max_new_tokens: int, device: torch.de
 def _decode(model: Transformer, tokens: torch.Tensor, in_prompt: torch.Tensor,
             prompts: list[list[int]], max_new_tokens: int, temperature: float,
             top_k: int | None, top_p: float | None, stop_ids: Sequence[int],
-            generator: torch.Generator, use_cache: bool) -> int:
+            generator: torch.Generator, use_cache: bool, decode_step: str) -> int:
     """Fill `tokens` in place, position by position; return the first unfilled position."""
     B, width = tokens.shape
-    cache = model.new_cache(B, width) if use_cache else None
+    # Static steps keep one cache size (max_seq_len) so a compiled step is reused.
+    cache_len = width if decode_step == "dynamic" else None
+    cache = model.new_cache(B, cache_len) if use_cache else None
+    stepper = Stepper(model, cache, decode_step) if cache is not None else None
     lengths = torch.tensor([len(p) for p in prompts], device=tokens.device)
     stops = torch.tensor([int(s) for s in stop_ids], dtype=torch.long, device=tokens.device)
     stopped = torch.zeros(B, dtype=torch.bool, device=tokens.device)
     for pos in range(min(len(p) for p in prompts), width):
-        logits = _next_logits(model, tokens, pos, cache)  # (B, V)
+        logits = _next_logits(model, tokens, pos, cache, stepper)  # (B, V)
         sampled = sample_logits(logits, temperature, top_k, top_p, generator)  # (B,)
         fresh = ~in_prompt[:, pos]
         tokens[:, pos] = torch.where(fresh, sampled, tokens[:, pos])
@@ -183,8 +191,10 @@ def _decode(model: Transformer, tokens: torch.Tensor, in_prompt: torch.Tensor,
 
 
 def _next_logits(model: Transformer, tokens: torch.Tensor, pos: int,
-                 cache: KVCache | None) -> torch.Tensor:
+                 cache: KVCache | None, stepper: Stepper | None = None) -> torch.Tensor:
     """Logits (B, V) predicting position `pos` from tokens[:, :pos]."""
+    if stepper is not None and cache is not None and pos - cache.length == 1:
+        return stepper(tokens[:, pos - 1:pos])  # one new token: the chosen decode step
     if cache is None:
         window = tokens[:, :pos]  # (B, pos): full recompute
     else:
