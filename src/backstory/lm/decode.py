@@ -58,8 +58,8 @@ class Stepper:
         self.model, self.cache, self.mode = model, cache, mode
         self._position = torch.zeros(1, dtype=torch.long, device=device)
         self._graph: torch.cuda.CUDAGraph | None = None
-        self._token = torch.zeros(cache.batch_size, 1, dtype=torch.long, device=device)
-        self._logits: torch.Tensor | None = None
+        self._token: torch.Tensor | None = None  # the graph's input buffer
+        self._logits: torch.Tensor | None = None  # the graph's output buffer
         self._step = compiled_step(model) if mode == "compiled" else model.decode_step
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -79,9 +79,11 @@ class Stepper:
         return logits
 
     def _replay(self, tokens: torch.Tensor) -> torch.Tensor:
-        self._token.copy_(tokens)
         if self._graph is None:
+            self._token = tokens.clone()
             self._capture()
+        else:
+            self._token.copy_(tokens)
         self._graph.replay()
         return self._logits.clone()
 

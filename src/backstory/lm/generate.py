@@ -174,7 +174,9 @@ def _decode(model: Transformer, tokens: torch.Tensor, in_prompt: torch.Tensor,
     # Static steps keep one cache size (max_seq_len) so a compiled step is reused.
     cache_len = width if decode_step == "dynamic" else None
     cache = model.new_cache(B, cache_len) if use_cache else None
-    stepper = Stepper(model, cache, decode_step) if cache is not None else None
+    stepper = None  # dynamic steps: the model's own cached forward, below
+    if cache is not None and decode_step != "dynamic":
+        stepper = Stepper(model, cache, decode_step)
     lengths = torch.tensor([len(p) for p in prompts], device=tokens.device)
     stops = torch.tensor([int(s) for s in stop_ids], dtype=torch.long, device=tokens.device)
     stopped = torch.zeros(B, dtype=torch.bool, device=tokens.device)
