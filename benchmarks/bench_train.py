@@ -62,6 +62,7 @@ class Case:
     loss_chunk: int = 0
     optimizer: str = "adamw"
     grad_accum: int = 1
+    compile_mode: str = "default"
 
 
 def random_store(path: Path, vocab: int, n_tokens: int, seed: int = 0) -> TokenStore:
@@ -95,7 +96,7 @@ def cases(args: argparse.Namespace) -> list[Case]:
                     name = f"15M-cuda-{'compiled' if flag else 'eager'}-b{batch}-ce{chunk}"
                     found.append(Case(name, m15, batch, "cuda", flag, "bfloat16", chunk,
                                       args.optimizer, args.grad_accum))
-    return [replace(c, optimizer=args.optimizer) for c in found]
+    return [replace(c, optimizer=args.optimizer, compile_mode=args.compile_mode) for c in found]
 
 
 def run_case(case: Case, store: TokenStore, folder: Path, steps: int) -> dict:
@@ -104,7 +105,8 @@ def run_case(case: Case, store: TokenStore, folder: Path, steps: int) -> dict:
                          eval_interval=steps, eval_batches=1, log_interval=log_interval,
                          checkpoint_interval=steps, device=case.device, dtype=case.dtype,
                          compile=case.compile, resume=False, loss_chunk=case.loss_chunk,
-                         optimizer=case.optimizer, grad_accum=case.grad_accum)
+                         optimizer=case.optimizer, grad_accum=case.grad_accum,
+                         compile_mode=case.compile_mode)
     if case.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trained = train(case.model, config, store, store, folder / case.name, progress=False)
@@ -131,7 +133,8 @@ def bare_step_rate(case: Case, steps: int, warmup: int = 10) -> float:
                                 betas=(0.9, 0.95), device_type=case.device,
                                 muon_lr=defaults.muon_lr, muon_momentum=defaults.muon_momentum,
                                 muon_weight_decay=defaults.muon_weight_decay)
-    step_model = torch.compile(model) if case.compile else model
+    mode = None if case.compile_mode == "default" else case.compile_mode
+    step_model = torch.compile(model, mode=mode) if case.compile else model
     seq = case.model.max_seq_len
     batch = torch.randint(3, case.model.vocab_size, (case.batch_size, seq + 1), device=case.device)
     inputs, targets = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
@@ -158,7 +161,8 @@ def count_syncs(case: Case, store: TokenStore, folder: Path) -> dict[int, int]:
                              eval_interval=steps, eval_batches=1, log_interval=steps,
                              checkpoint_interval=steps, device="cuda", dtype=case.dtype,
                              compile=case.compile, resume=False, loss_chunk=case.loss_chunk,
-                             optimizer=case.optimizer, grad_accum=case.grad_accum)
+                             optimizer=case.optimizer, grad_accum=case.grad_accum,
+                         compile_mode=case.compile_mode)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
@@ -183,6 +187,9 @@ def main() -> None:
     parser.add_argument("--batch-size", nargs="+", type=int, default=[128],
                         help="CUDA cases: sequences per micro-batch")
     parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--compile-mode", default="default",
+                        choices=["default", "reduce-overhead", "max-autotune",
+                                 "max-autotune-no-cudagraphs"])
     parser.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw")
     parser.add_argument("--check-syncs", action="store_true",
                         help="CUDA: count host syncs of whole runs of 20 and 40 steps")

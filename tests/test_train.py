@@ -388,7 +388,7 @@ def test_new_settings_at_their_defaults_leave_the_config_dict_unchanged() -> Non
     written before these settings existed still resume."""
     config = TrainConfig()
     later = {"optimizer", "muon_lr", "muon_momentum", "muon_weight_decay", "loss_chunk",
-             "num_threads"}
+             "num_threads", "compile_mode"}
     assert later.isdisjoint(config.to_dict())
     muon = TrainConfig(optimizer="muon", muon_lr=0.03)
     assert muon.to_dict()["optimizer"] == "muon" and muon.to_dict()["muon_lr"] == 0.03
@@ -404,6 +404,7 @@ def test_new_settings_at_their_defaults_leave_the_config_dict_unchanged() -> Non
         (dict(muon_weight_decay=-0.1), "train.muon_weight_decay"),
         (dict(loss_chunk=-1), "train.loss_chunk"),
         (dict(num_threads=1.5), "train.num_threads"),
+        (dict(compile_mode="fastest"), "train.compile_mode"),
     ],
 )
 def test_bad_speed_settings_name_their_key(overrides: dict, key: str) -> None:

@@ -18,13 +18,15 @@ TOKEN_ORDERS = ("forward", "backward")
 # resumed under new values (e.g. on more GPUs, or logging more often).
 RESUME_FREE_KEYS = frozenset(
     {"resume", "nproc_per_node", "compile", "log_interval", "eval_interval", "checkpoint_interval",
-     "num_threads"}
+     "num_threads", "compile_mode"}
 )
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Settings added after the first checkpoint format: written to dicts (checkpoints, model
 # meta) only when they differ from these defaults, so a run that does not use them keeps
 # its bytes and its checkpoints stay resumable.
 LATER_DEFAULTS = {"optimizer": "adamw", "muon_lr": 0.02, "muon_momentum": 0.95,
-                  "muon_weight_decay": 0.0, "loss_chunk": 0, "num_threads": 0}
+                  "muon_weight_decay": 0.0, "loss_chunk": 0, "num_threads": 0,
+                  "compile_mode": "default"}
 
 
 @dataclass
@@ -60,6 +62,7 @@ class TrainConfig:
     muon_weight_decay: float = LATER_DEFAULTS["muon_weight_decay"]  # decoupled, x muon lr
     loss_chunk: int = LATER_DEFAULTS["loss_chunk"]  # >0: fused output+loss, rows at a time
     num_threads: int = LATER_DEFAULTS["num_threads"]  # CPU torch threads; 0: torch's choice
+    compile_mode: str = LATER_DEFAULTS["compile_mode"]  # torch.compile mode when compiling
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
@@ -104,6 +107,9 @@ class TrainConfig:
                              f"{TOKEN_ORDERS}")
         if not isinstance(self.resume, bool):
             raise ValueError(f"train.resume={self.resume!r} must be true or false")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"train.compile_mode={self.compile_mode!r} must be one of "
+                             f"{COMPILE_MODES}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"train.optimizer={self.optimizer!r} must be one of {OPTIMIZERS}")
 

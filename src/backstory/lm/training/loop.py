@@ -174,7 +174,8 @@ class Session:
     def _wrap(self, compile_model: bool) -> None:
         model: torch.nn.Module = self.raw_model
         if compile_model:
-            model = torch.compile(model)
+            mode = self.job.config.compile_mode
+            model = torch.compile(model, mode=None if mode == "default" else mode)
         self.eval_model = model
         if self.rank.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
