@@ -9,6 +9,7 @@ batch 128, bf16, with torch.compile off and on):
     python benchmarks/bench_train.py --device cpu --threads 1
     python benchmarks/bench_train.py --device cuda --compile true --loss-chunk 0 8192 \
         --batch-size 128 256 --check-syncs          # issue 11: MFU of the 15M shape
+    python benchmarks/bench_train.py --device cuda --compile true --compile-mode max-autotune
 
 Each case runs the real loop (train()) on random tokens in a temporary token store;
 tokens/s and MFU are the median of the speed_log rows after the first log interval

@@ -14,7 +14,10 @@ prints, backstory from its speed log. The ratio is backstory / llama2.c per pair
 llama2.c is not part of this project: pass a checkout of karpathy/llama2.c (its
 train.py, model.py, tinystories.py, export.py, configurator.py and tokenizer.py are
 copied to a temporary folder and run there). ``--load N`` starts N busy processes for
-the duration, to measure a loaded machine on purpose.
+the duration, to measure a loaded machine on purpose. ``--clock cpu`` makes both sides
+time their steps with the process's CPU time instead of the wall clock (each side's own
+timer is pointed at ``time.process_time``): with one thread that is the work a step
+costs whatever else the machine runs, so 1-thread ratios can be taken on a busy machine.
 
     python benchmarks/bench_train_vs_llama2c.py --llama2c /tmp/llama2.c
     python benchmarks/bench_train_vs_llama2c.py --llama2c /tmp/llama2.c --threads 1 2 \\
@@ -41,9 +44,12 @@ from machine import describe
 
 LLAMA2C_FILES = ("train.py", "model.py", "tinystories.py", "export.py", "configurator.py",
                  "tokenizer.py")
-# backstory's settings per label: "default" is conf/base as shipped; "fast" adds the
-# loop's speed settings (fused chunked cross-entropy).
-OURS = {"default": {}, "fast": {"loss_chunk": 1024}}
+# backstory's settings per label, over conf/base's forward block; each side gets the
+# run's thread count as train.num_threads unless its settings name one. "default": as
+# shipped; "fused-loss": the fused chunked cross-entropy; "2-processes": two
+# DistributedDataParallel processes (gloo) of one thread each, half the batch each.
+OURS = {"default": {}, "fused-loss": {"loss_chunk": 1024},
+        "2-processes": {"nproc_per_node": 2, "num_threads": 1}}
 STEP_LINE = re.compile(r"^(\d+) \| loss [\d.]+ \| lr \S+ \| ([\d.]+)ms")
 
 
@@ -61,8 +67,13 @@ def run_side(command: list[str], folder: Path, threads: int) -> str:
     return done.stdout
 
 
-def llama2c_rate(folder: Path, threads: int, steps: int, warmup: int, shape: dict) -> float:
-    args = [sys.executable, "train.py", "--vocab_source=custom",
+def llama2c_rate(folder: Path, threads: int, steps: int, warmup: int, shape: dict,
+                 clock: str) -> float:
+    # train.py times its steps with time.time(); for --clock cpu it reads process time.
+    run = ("import runpy, time\n"
+           + ("time.time = time.process_time\n" if clock == "cpu" else "")
+           + "runpy.run_path('train.py', run_name='__main__')")
+    args = [sys.executable, "-c", run, "--vocab_source=custom",
             f"--vocab_size={shape['vocab_size']}", f"--dim={shape['dim']}",
             f"--n_layers={shape['n_layers']}", f"--n_heads={shape['n_heads']}",
             f"--n_kv_heads={shape['n_kv_heads']}", f"--multiple_of={shape['multiple_of']}",
@@ -77,7 +88,9 @@ def llama2c_rate(folder: Path, threads: int, steps: int, warmup: int, shape: dic
 
 
 OURS_WORKER = """
-import json, sys, tempfile
+import json, sys, tempfile, time
+if {clock!r} == "cpu":
+    time.perf_counter = time.process_time  # the speed log's clock
 from pathlib import Path
 import pandas as pd
 sys.path.insert(0, {bench!r})
@@ -86,8 +99,8 @@ from backstory.lm.model import ModelConfig
 from backstory.lm.training import SPEED_LOG, TrainConfig, train
 stores, _ = default_stores(Path({cache!r}))
 block = lm_block("forward")
-train_settings = {{**block["train"], **{overrides!r}, "max_steps": {steps}, "log_interval": 1,
-                  "num_threads": {threads},
+train_settings = {{**block["train"], "num_threads": {threads}, **{overrides!r},
+                  "max_steps": {steps}, "log_interval": 1,
                   "eval_interval": {steps}, "checkpoint_interval": {steps}, "eval_batches": 1,
                   "device": "cpu", "dtype": "float32", "compile": False, "resume": False}}
 model = ModelConfig(vocab_size=stores["forward"].train.vocab_size, **block["model"])
@@ -101,8 +114,9 @@ print(json.dumps({{"tokens_per_s": tokens / (end - start)}}))
 """
 
 
-def ours_rate(cache: Path, threads: int, steps: int, warmup: int, overrides: dict) -> float:
-    code = OURS_WORKER.format(bench=str(Path(__file__).parent), cache=str(cache),
+def ours_rate(cache: Path, threads: int, steps: int, warmup: int, overrides: dict,
+              clock: str) -> float:
+    code = OURS_WORKER.format(bench=str(Path(__file__).parent), cache=str(cache), clock=clock,
                               overrides=overrides, steps=steps, warmup=warmup, threads=threads)
     out = run_side([sys.executable, "-c", code], Path.cwd(), threads)
     return json.loads(out.strip().splitlines()[-1])["tokens_per_s"]
@@ -123,11 +137,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--llama2c", type=Path, required=True, help="a karpathy/llama2.c checkout")
     parser.add_argument("--threads", nargs="+", type=int, default=[2])
-    parser.add_argument("--ours", nargs="+", choices=sorted(OURS), default=["default", "fast"])
+    parser.add_argument("--ours", nargs="+", choices=sorted(OURS), default=list(OURS))
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--load", type=int, default=0, help="busy processes to run alongside")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="time steps by the wall clock or by process CPU time")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args()
     stores, _ = default_stores(args.cache)
@@ -137,7 +153,7 @@ def main() -> None:
     shape.setdefault("n_kv_heads", shape["n_heads"])
     print(f"machine: {describe()}")
     print(f"shape: {shape}; {args.steps} steps per run, rate over steps {args.warmup}-"
-          f"{args.steps}; {args.load} busy processes alongside")
+          f"{args.steps} by the {args.clock} clock; {args.load} busy processes alongside")
     hogs = [multiprocessing.Process(target=busy, daemon=True) for _ in range(args.load)]
     for hog in hogs:
         hog.start()
@@ -159,9 +175,10 @@ def run_pairs(args: argparse.Namespace, threads: int, folder: Path, shape: dict)
         for side in order:
             load = os.getloadavg()[0]
             if side == "llama2.c":
-                rate = llama2c_rate(folder, threads, args.steps, args.warmup, shape)
+                rate = llama2c_rate(folder, threads, args.steps, args.warmup, shape, args.clock)
             else:
-                rate = ours_rate(args.cache, threads, args.steps, args.warmup, OURS[side])
+                rate = ours_rate(args.cache, threads, args.steps, args.warmup, OURS[side],
+                                 args.clock)
             rates[side].append(rate)
             print(f"  {threads} thread(s), pair {pair + 1}, {side}: {rate:,.0f} tokens/s "
                   f"(load {load:.2f})", flush=True)

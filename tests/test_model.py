@@ -428,8 +428,9 @@ def test_compiled_training_step_matches_eager_on_cpu() -> None:
     tokens, targets = random_tokens((2, 16)), random_tokens((2, 16), seed=4)
     _, eager_loss = model(tokens, targets)
     eager_grads = torch.autograd.grad(eager_loss, list(model.parameters()))
-    _, loss = compiled(tokens, targets)
-    grads = torch.autograd.grad(loss, list(model.parameters()))
-    torch.testing.assert_close(loss, eager_loss, atol=1e-5, rtol=1e-5)
-    for got, want in zip(grads, eager_grads, strict=True):
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    for chunk in (0, 8):  # the plain loss, and the fused loss's autograd.Function traced
+        _, loss = compiled(tokens, targets, loss_chunk=chunk)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        torch.testing.assert_close(loss, eager_loss, atol=1e-5, rtol=1e-5)
+        for got, want in zip(grads, eager_grads, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
