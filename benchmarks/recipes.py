@@ -28,10 +28,11 @@ from backstory.lm.training.job import TrainJob
 from backstory.lm.training.launch import Rank
 from backstory.lm.training.loop import Session
 
-# The fast recipe (tuned on seed 1337, forward and reversed; docs/benchmarks.md has the
-# sweep): Muon on the hidden matrices, AdamW on the rest, 60% of the baseline's steps.
+# The fast recipe, tuned on forward seed 1337 (docs/benchmarks.md has the sweep): Muon
+# on the blocks' matrices, AdamW at a 5x higher lr on the embedding and the gains, the
+# residual outputs zero-initialised, 60% of the baseline's steps (same schedule shape).
 FAST: dict[str, Any] = {
-    "optimizer": "muon", "muon_lr": 0.02, "muon_momentum": 0.95, "muon_weight_decay": 0.0,
+    "optimizer": "muon", "muon_lr": 0.05, "lr": 0.01, "model.zero_init_out": True,
     "max_steps": 180,
 }
 
