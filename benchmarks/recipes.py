@@ -71,12 +71,12 @@ def settings(variant: str, overrides: dict[str, Any] | None = None
 
 
 def train_curve(stores: Stores, variant: str, overrides: dict[str, Any], *, run_dir: Path,
-                eval_every: int, seed: int) -> list[Point]:
-    """Train one recipe from scratch on CPU; its val bpb every ``eval_every`` steps."""
+                eval_every: int, seed: int, device: str = "cpu") -> list[Point]:
+    """Train one recipe from scratch; its val bpb every ``eval_every`` steps."""
     model, train = settings(variant, overrides)
     evaluate = lm_block(variant)["evaluate"]
     train.update(seed=seed, eval_interval=eval_every, eval_batches=1, resume=False,
-                 checkpoint_interval=train["max_steps"], device="cpu")
+                 checkpoint_interval=train["max_steps"], device=device)
     config = TrainConfig.from_dict(train)
     model_config = ModelConfig(vocab_size=stores.train.vocab_size, **model)
     job = TrainJob(model_config, config, stores.train, stores.val, run_dir, lineage={})
@@ -98,7 +98,7 @@ def train_curve(stores: Stores, variant: str, overrides: dict[str, Any], *, run_
         scoring += time.perf_counter() - began
         scoring_cpu += cpu_time() - began_cpu
 
-    session = Session.start(job, Rank(), torch.device("cpu"))
+    session = Session.start(job, Rank(), torch.device(device))
     session.fit(progress=False, on_eval=score)
     return points
 

@@ -12,6 +12,7 @@ the process's CPU seconds. CPU seconds are the figure to compare on a shared mac
     python benchmarks/time_to_quality.py                    # forward, target 0.75, CPU
     python benchmarks/time_to_quality.py --variant reversed --target 0.90
     python benchmarks/time_to_quality.py --fast optimizer=muon muon_lr=0.05 max_steps=200
+    python benchmarks/time_to_quality.py --device cuda      # the same recipes on a GPU
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -60,7 +62,8 @@ def main() -> None:
         load = os.getloadavg()[0]
         with tempfile.TemporaryDirectory() as tmp:
             points = train_curve(stores[args.variant], args.variant, overrides,
-                                 run_dir=Path(tmp), eval_every=args.eval_every, seed=args.seed)
+                                 run_dir=Path(tmp), eval_every=args.eval_every, seed=args.seed,
+                                 device=args.device)
         results[label] = reach(points, args.target)
         last = points[-1]
         print(f"{label}: {overrides or 'conf/base'}; final {last.val_bpb:.4f} bpb after "
