@@ -7,6 +7,9 @@ batch 128, bf16, with torch.compile off and on):
     python benchmarks/bench_train.py
     python benchmarks/bench_train.py --device cuda --steps 100 --compile true
     python benchmarks/bench_train.py --device cpu --threads 1
+    python benchmarks/bench_train.py --device cuda --compile true --loss-chunk 0 8192 \
+        --batch-size 128 256 --check-syncs          # issue 11: MFU of the 15M shape
+    python benchmarks/bench_train.py --device cuda --compile true --compile-mode max-autotune
 
 Each case runs the real loop (train()) on random tokens in a temporary token store;
 tokens/s and MFU are the median of the speed_log rows after the first log interval
@@ -15,6 +18,15 @@ no data loading, logging or checkpoints) gives the ceiling the loop is compared 
 Peak memory is the process's max RSS on CPU
 (it only grows, so later CPU cases include earlier ones) and
 torch.cuda.max_memory_allocated on CUDA.
+
+``--loss-chunk`` runs each CUDA case with the plain loss (0) and/or the fused chunked
+cross-entropy (rows per chunk); ``--batch-size`` tries several micro-batch sizes (tokens
+per step kept by ``--grad-accum``); ``--optimizer muon`` measures the Muon recipe's
+step. ``--check-syncs`` (CUDA) trains 20 and then 40 steps under
+``torch.cuda.set_sync_debug_mode("warn")``, logging, evaluating and checkpointing only
+at the end: equal warning counts mean the steps themselves never wait for the host.
+Issue 11's GPU goal is 30% MFU for the 15M shape on one H100/H200; the CUDA figures are
+for a GPU machine (none was available when these options were added).
 """
 
 from __future__ import annotations
@@ -25,7 +37,8 @@ import os
 import resource
 import tempfile
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +49,7 @@ from machine import cpu_model as cpu_name
 from backstory.data.tokens import DocBatch, TokenStore, write_token_store
 from backstory.experiment import project_defaults
 from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.optim import build_optimizer
 from backstory.lm.training import SPEED_LOG, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]  # conf/base holds the training defaults
@@ -49,7 +63,10 @@ class Case:
     device: str
     compile: bool
     dtype: str
-
+    loss_chunk: int = 0
+    optimizer: str = "adamw"
+    grad_accum: int = 1
+    compile_mode: str = "default"
 
 
 def random_store(path: Path, vocab: int, n_tokens: int, seed: int = 0) -> TokenStore:
@@ -78,9 +95,12 @@ def cases(args: argparse.Namespace) -> list[Case]:
     if want_cuda:
         compiles = {"both": [False, True], "true": [True], "false": [False]}[args.compile]
         for flag in compiles:
-            found.append(Case(f"15M-cuda-{'compiled' if flag else 'eager'}", m15, 128, "cuda",
-                              flag, "bfloat16"))
-    return found
+            for chunk in args.loss_chunk:
+                for batch in args.batch_size:
+                    name = f"15M-cuda-{'compiled' if flag else 'eager'}-b{batch}-ce{chunk}"
+                    found.append(Case(name, m15, batch, "cuda", flag, "bfloat16", chunk,
+                                      args.optimizer, args.grad_accum))
+    return [replace(c, optimizer=args.optimizer, compile_mode=args.compile_mode) for c in found]
 
 
 def run_case(case: Case, store: TokenStore, folder: Path, steps: int) -> dict:
@@ -89,7 +109,8 @@ def run_case(case: Case, store: TokenStore, folder: Path, steps: int) -> dict:
         batch_size=case.batch_size, max_steps=steps, warmup_steps=0, eval_interval=steps,
         eval_batches=1, log_interval=log_interval, checkpoint_interval=steps,
         device=case.device, dtype=case.dtype, compile=case.compile, resume=False, seed=1337,
-        token_order="forward"))
+        token_order="forward", loss_chunk=case.loss_chunk, optimizer=case.optimizer,
+        grad_accum=case.grad_accum, compile_mode=case.compile_mode))
     if case.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trained = train(case.model, config, store, store, folder / case.name, progress=False)
@@ -111,9 +132,15 @@ def bare_step_rate(case: Case, steps: int, warmup: int = 10) -> float:
     """Tokens/s of a bare loop on one fixed on-device batch: the ceiling for train()."""
     torch.manual_seed(0)
     model = Transformer(case.model).to(case.device)
-    optimizer = model.configure_optimizer(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95),
-                                          device_type=case.device)
-    step_model = torch.compile(model) if case.compile else model
+    defaults = project_defaults("train", REPO / "conf/base")
+    optimizer = build_optimizer(model, name=case.optimizer, lr=defaults["lr"],
+                                weight_decay=defaults["weight_decay"],
+                                betas=(defaults["beta1"], defaults["beta2"]),
+                                device_type=case.device, muon_lr=defaults["muon_lr"],
+                                muon_momentum=defaults["muon_momentum"],
+                                muon_weight_decay=defaults["muon_weight_decay"])
+    mode = None if case.compile_mode == "default" else case.compile_mode
+    step_model = torch.compile(model, mode=mode) if case.compile else model
     seq = case.model.max_seq_len
     batch = torch.randint(3, case.model.vocab_size, (case.batch_size, seq + 1), device=case.device)
     inputs, targets = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
@@ -123,13 +150,35 @@ def bare_step_rate(case: Case, steps: int, warmup: int = 10) -> float:
             torch.cuda.synchronize()
             start = time.perf_counter()
         with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
-            _, loss = step_model(inputs, targets)
+            _, loss = step_model(inputs, targets, loss_chunk=case.loss_chunk)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     torch.cuda.synchronize()
     return steps * case.batch_size * seq / (time.perf_counter() - start)
+
+
+def count_syncs(case: Case, store: TokenStore, folder: Path) -> dict[int, int]:
+    """Host-sync warnings of whole runs of 20 and 40 steps (syncs at the end only)."""
+    counts = {}
+    for steps in (20, 40):
+        config = TrainConfig(**project_defaults("train", REPO / "conf/base") | dict(
+            batch_size=case.batch_size, max_steps=steps, warmup_steps=0, eval_interval=steps,
+            eval_batches=1, log_interval=steps, checkpoint_interval=steps, device="cuda",
+            dtype=case.dtype, compile=case.compile, resume=False, seed=1337,
+            token_order="forward", loss_chunk=case.loss_chunk, optimizer=case.optimizer,
+            grad_accum=case.grad_accum, compile_mode=case.compile_mode))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                train(case.model, config, store, store, folder / f"syncs-{steps}",
+                      progress=False)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts[steps] = sum("synchroniz" in str(w.message) for w in caught)
+    return counts
 
 
 def main() -> None:
@@ -139,6 +188,17 @@ def main() -> None:
                         help="optimizer steps per case (default: 15 on CPU, 60 on CUDA)")
     parser.add_argument("--compile", choices=["both", "true", "false"], default="both",
                         help="CUDA cases: compile off, on or both (CPU: only 'true' compiles)")
+    parser.add_argument("--loss-chunk", nargs="+", type=int, default=[0],
+                        help="CUDA cases: 0 = plain cross-entropy, N = fused, N rows a chunk")
+    parser.add_argument("--batch-size", nargs="+", type=int, default=[128],
+                        help="CUDA cases: sequences per micro-batch")
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--compile-mode", default="default",
+                        choices=["default", "reduce-overhead", "max-autotune",
+                                 "max-autotune-no-cudagraphs"])
+    parser.add_argument("--optimizer", choices=["adamw", "muon"], default="adamw")
+    parser.add_argument("--check-syncs", action="store_true",
+                        help="CUDA: count host syncs of whole runs of 20 and 40 steps")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice); on a busy machine "
                              "1 thread can be several times faster than spinning threads")
@@ -164,6 +224,12 @@ def main() -> None:
                   f"{figures['tokens_per_s']:,.0f} tokens/s, MFU {mfu}, "
                   f"peak memory {figures['peak_mib']:,.0f} MiB, "
                   f"final loss {figures['final_loss']:.3f}")
+            if case.device == "cuda" and args.check_syncs:
+                counts = count_syncs(case, store, folder)
+                verdict = "none in the steps" if counts[20] == counts[40] else \
+                    "the steps sync with the host"
+                print(f"{case.name}: host-sync warnings, 20-step run {counts[20]}, 40-step run "
+                      f"{counts[40]}: {verdict}")
             if case.device == "cuda":
                 rate = bare_step_rate(case, steps)
                 print(f"{case.name}: bare step loop on one on-device batch (no data, logs or "

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from backstory.errors import SettingError
+from backstory.lm.losses import chunked_cross_entropy
 from backstory.lm.model import (
     MAX_PARAMETERS,
     KVCache,
@@ -333,3 +334,154 @@ def test_grouped_query_attention_takes_the_fast_sdpa_path(monkeypatch):
     model = make_model(n_heads=4, n_kv_heads=2)
     model(torch.zeros(1, 5, dtype=torch.long))
     assert seen and all(entry == (4, 2, True) for entry in seen)
+# ---------------------------------------------------------------- speed paths and levers
+
+
+def pairwise_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The rotation as written before rotate_pairs (four products on strided halves)."""
+    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
+
+
+def test_rotate_pairs_is_bit_identical_to_the_pairwise_rotation() -> None:
+    cos, sin = rope_tables(16, 24, 10000.0)
+    cos, sin = cos[:, None], sin[:, None]  # (T, 1, head_dim // 2)
+    x = torch.randn(3, 24, 4, 16, requires_grad=True)
+    grad = torch.randn(3, 24, 4, 16)
+    old = pairwise_rope(x, cos, sin)
+    (old_grad,) = torch.autograd.grad(old, x, grad)
+    new = apply_rope(x, cos, sin)
+    (new_grad,) = torch.autograd.grad(new, x, grad)
+    assert torch.equal(new, old)
+    assert torch.equal(new_grad, old_grad)
+
+
+def test_levers_off_change_nothing() -> None:
+    plain = make_model()
+    off = make_model(qk_norm=False, zero_init_out=False)
+    assert plain.config.to_dict() == off.config.to_dict()
+    assert "qk_norm" not in off.config.to_dict()  # model.json bytes stay as they were
+    state, state_off = plain.state_dict(), off.state_dict()
+    assert state.keys() == state_off.keys()
+    assert all(torch.equal(state[k], state_off[k]) for k in state)
+
+
+def test_qk_norm_adds_two_gains_per_layer_and_keeps_the_other_weights() -> None:
+    plain, normed = make_model(), make_model(qk_norm=True)
+    extra = set(normed.state_dict()) - set(plain.state_dict())
+    assert extra == {f"layers.{i}.attention.{n}_norm.weight" for i in range(2) for n in "qk"}
+    assert all(torch.equal(normed.state_dict()[k], v) for k, v in plain.state_dict().items())
+    assert normed.config.to_dict()["qk_norm"] is True
+    assert ModelConfig.from_dict(normed.config.to_dict()) == normed.config
+    tokens = random_tokens((2, 12))
+    assert not torch.allclose(normed(tokens)[0], plain(tokens)[0])
+    # the gains scale the normalised queries: a query's direction, not its size, matters
+    q = torch.randn(1, 3, 4, 8)
+    torch.testing.assert_close(normed.layers[0].attention.q_norm(q * 9.0),
+                               normed.layers[0].attention.q_norm(q), atol=1e-4, rtol=1e-4)
+
+
+def test_zero_init_out_starts_every_block_as_identity() -> None:
+    plain, zeroed = make_model(), make_model(zero_init_out=True)
+    for name, param in zeroed.named_parameters():
+        if name.endswith(("attention.wo.weight", "feed_forward.w2.weight")):
+            assert torch.count_nonzero(param) == 0, name
+        else:
+            assert torch.equal(param, dict(plain.named_parameters())[name]), name
+    tokens = random_tokens((2, 12))
+    expected = zeroed.output(zeroed.norm(zeroed.tok_embeddings(tokens)))
+    torch.testing.assert_close(zeroed(tokens)[0], expected)
+
+
+@pytest.mark.parametrize("flag", ["qk_norm", "zero_init_out"])
+def test_lever_settings_must_be_booleans(flag: str) -> None:
+    with pytest.raises(ValueError, match=flag):
+        ModelConfig(**TINY, **{flag: 1})
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+def test_chunked_cross_entropy_matches_the_plain_loss_and_gradients(chunk: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(40, 16, generator=gen, requires_grad=True)
+    weight = torch.randn(29, 16, generator=gen, requires_grad=True)
+    targets = torch.randint(0, 29, (40,), generator=gen)
+    targets[[0, 5, 39]] = -1
+    plain = F.cross_entropy(h @ weight.t(), targets, ignore_index=-1)
+    fused = chunked_cross_entropy(h, weight, targets, chunk)
+    torch.testing.assert_close(fused, plain)
+    plain_grads = torch.autograd.grad(plain * 0.25, (h, weight))
+    fused_grads = torch.autograd.grad(fused * 0.25, (h, weight))  # a scaled loss, as accum does
+    for got, want in zip(fused_grads, plain_grads, strict=True):
+        torch.testing.assert_close(got, want)
+    with torch.no_grad():
+        torch.testing.assert_close(chunked_cross_entropy(h, weight, targets, chunk), plain)
+
+
+def test_chunked_cross_entropy_rejects_bad_input() -> None:
+    h, weight, targets = torch.zeros(4, 3), torch.zeros(5, 3), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="chunk"):
+        chunked_cross_entropy(h, weight, targets, 0)
+    with pytest.raises(ValueError, match="targets"):
+        chunked_cross_entropy(h, weight, targets[:3], 2)
+
+
+def test_model_loss_chunk_gives_the_plain_loss_without_logits() -> None:
+    model = make_model(n_kv_heads=2)
+    tokens, targets = random_tokens((2, 10)), random_tokens((2, 10), seed=3)
+    targets[0, :3] = -1
+    logits, loss = model(tokens, targets)
+    none, fused = model(tokens, targets, loss_chunk=6)
+    assert none is None
+    torch.testing.assert_close(fused, loss)
+    with pytest.raises(ValueError, match="targets shape"):
+        model(tokens, targets[:, :4], loss_chunk=6)
+
+
+def test_bfloat16_autocast_on_cpu_runs_both_loss_paths() -> None:
+    """The GPU recipe's mixed precision, on the CPU: same code path, looser tolerance."""
+    model = make_model(n_kv_heads=2)
+    model.train()
+    tokens, targets = random_tokens((2, 16)), random_tokens((2, 16), seed=4)
+    _, reference = model(tokens, targets)
+    for chunk in (0, 8):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, loss = model(tokens, targets, loss_chunk=chunk)
+        assert loss.dtype == torch.float32
+        loss.backward()
+        torch.testing.assert_close(loss, reference, atol=0.05, rtol=0.02)
+        grads = [p.grad for p in model.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert model.tok_embeddings.weight.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_static_decode_step_matches_full_recompute(qk_norm: bool) -> None:
+    model = make_model(n_kv_heads=2, qk_norm=qk_norm)
+    tokens = random_tokens((3, 20))
+    full, _ = model(tokens)
+    cache = model.new_cache(3, 24)
+    model(tokens[:, :6], cache=cache)
+    steps = []
+    for t in range(6, 20):
+        position = torch.tensor([cache.length])
+        steps.append(model.decode_step(tokens[:, t:t + 1], position, cache))
+        cache.length += 1
+    torch.testing.assert_close(torch.stack(steps, dim=1), full[:, 6:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_training_step_matches_eager_on_cpu() -> None:
+    """torch.compile (inductor, CPU) of a tiny model: the GPU recipe's compile path."""
+    model = make_model(n_kv_heads=2, n_layers=1)
+    model.train()
+    compiled = torch.compile(model)
+    tokens, targets = random_tokens((2, 16)), random_tokens((2, 16), seed=4)
+    _, eager_loss = model(tokens, targets)
+    eager_grads = torch.autograd.grad(eager_loss, list(model.parameters()))
+    for chunk in (0, 8):  # the plain loss, and the fused loss's autograd.Function traced
+        _, loss = compiled(tokens, targets, loss_chunk=chunk)
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        torch.testing.assert_close(loss, eager_loss, atol=1e-5, rtol=1e-5)
+        for got, want in zip(grads, eager_grads, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,8 @@ from backstory.lm.checkpoint import (
     load_checkpoint,
     read_state,
 )
-from backstory.lm.model import ModelConfig
+from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.optim import MuonAdamW, build_optimizer, scheduled_lr
 from backstory.lm.schedules import lr_at
 from backstory.lm.training import TrainConfig, train
 from backstory.lm.training import logs as train_logs
@@ -145,10 +146,13 @@ def test_bad_settings_name_their_key(overrides: dict, key: str) -> None:
 
 def test_from_params_round_trip_and_unknown_or_missing_keys() -> None:
     config = small_config(batch_size=4, schedule="wsd", compile=False, device="cuda:1")
-    assert TrainConfig.from_params(config.to_dict()) == config
+    assert TrainConfig.from_params(asdict(config)) == config
+    assert TrainConfig.from_record(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown train key learning_rate; known keys: .*lr"):
-        TrainConfig.from_params(config.to_dict() | {"learning_rate": 1e-3})
-    settings = config.to_dict()
+        TrainConfig.from_params(asdict(config) | {"learning_rate": 1e-3})
+    with pytest.raises(ValueError, match="train lacks optimizer"):  # conf must say it
+        TrainConfig.from_params(config.to_dict())
+    settings = asdict(config)
     del settings["lr"]
     with pytest.raises(ValueError, match="train lacks lr"):
         TrainConfig.from_params(settings)
@@ -338,7 +342,7 @@ class SlowStore(TokenStore):
         return super().random_windows(*args, **kwargs)
 
 model, config, train_path, val_path, run_dir, lineage = __import__("json").loads(sys.argv[1])
-train(ModelConfig.from_dict(model), TrainConfig.from_params(config), SlowStore(Path(train_path)),
+train(ModelConfig.from_dict(model), TrainConfig.from_record(config), SlowStore(Path(train_path)),
       TokenStore(Path(val_path)), Path(run_dir), lineage=lineage, progress=False)
 """
 
@@ -510,3 +514,161 @@ def test_a_second_run_on_the_same_folder_fails_at_once_naming_the_first(
     # The lock died with its holder: the next run takes the folder and resumes it.
     resumed = run(stores, run_dir, config)
     assert resumed.meta["steps"] == config.max_steps
+# --- optimizers and speed settings (issue 11) -----------------------------------------------
+
+
+class FailingStore(TokenStore):
+    """A training store that fails when the loop asks for micro-batch ``fail_at``: a crash
+    between two checkpoints, in this process."""
+
+    fail_at = -1
+
+    def random_windows(self, *args, **kwargs):
+        if kwargs.get("batch_index") == self.fail_at:
+            raise RuntimeError("simulated crash")
+        return super().random_windows(*args, **kwargs)
+
+
+def muon_config(**overrides: object) -> TrainConfig:
+    return small_config(optimizer="muon", muon_lr=0.02, muon_weight_decay=0.01, **overrides)
+
+
+def test_new_settings_at_their_defaults_leave_the_config_dict_unchanged() -> None:
+    """Checkpoints and metas of runs that do not use them keep their bytes, and runs
+    written before these settings existed still resume."""
+    config = small_config()  # conf/base's values: the shipped runs keep their bytes
+    later = {"optimizer", "muon_lr", "muon_momentum", "muon_weight_decay", "loss_chunk",
+             "num_threads", "compile_mode"}
+    assert later.isdisjoint(config.to_dict())
+    muon = small_config(optimizer="muon", muon_lr=0.03)
+    assert muon.to_dict()["optimizer"] == "muon" and muon.to_dict()["muon_lr"] == 0.03
+    assert TrainConfig.from_record(muon.to_dict()) == muon
+    assert TrainConfig.from_record(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (dict(optimizer="sgd"), "train.optimizer"),
+        (dict(muon_lr=0.0), "train.muon_lr"),
+        (dict(muon_momentum=1.0), "train.muon_momentum"),
+        (dict(muon_weight_decay=-0.1), "train.muon_weight_decay"),
+        (dict(loss_chunk=-1), "train.loss_chunk"),
+        (dict(num_threads=1.5), "train.num_threads"),
+        (dict(compile_mode="fastest"), "train.compile_mode"),
+    ],
+)
+def test_bad_speed_settings_name_their_key(overrides: dict, key: str) -> None:
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        small_config(**overrides)
+
+
+def test_muon_settings_do_not_touch_an_adamw_run(stores, tmp_path: Path) -> None:
+    plain = run(stores, tmp_path / "a", small_config(max_steps=6))
+    other = run(stores, tmp_path / "b", small_config(max_steps=6, muon_lr=0.5,
+                                                     muon_momentum=0.5, muon_weight_decay=1.0))
+    assert_same_weights(plain.state_dict, other.state_dict)
+    assert deterministic_logs(tmp_path / "a") == deterministic_logs(tmp_path / "b")
+
+
+def test_muon_splits_hidden_matrices_from_the_rest() -> None:
+    torch.manual_seed(0)
+    model = Transformer(MODEL)
+    optimizer = build_optimizer(model, name="muon", lr=1e-3, weight_decay=0.1,
+                                betas=(0.9, 0.95), device_type="cpu", muon_lr=0.02,
+                                muon_momentum=0.9, muon_weight_decay=0.01)
+    assert isinstance(optimizer, MuonAdamW)
+    muon_params = {id(p) for g in optimizer.muon.param_groups for p in g["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[i] for i in muon_params} == {
+        f"layers.{layer}.{part}.weight" for layer in range(MODEL.n_layers)
+        for part in ("attention.wq", "attention.wk", "attention.wv", "attention.wo",
+                     "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")}
+    counted = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    assert counted == model.num_parameters()  # every parameter once, the tied matrix too
+    assert [scheduled_lr(g, 5e-4) for g in optimizer.param_groups] == pytest.approx(
+        [0.01, 5e-4, 5e-4])  # Muon at muon_lr / lr times the schedule, AdamW at the schedule
+    assert optimizer.muon.param_groups[0]["momentum"] == 0.9
+    with pytest.raises(ValueError, match="Muon"):
+        optimizer.load_state_dict(model.configure_optimizer(
+            lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95), device_type="cpu").state_dict())
+
+
+def test_muon_trains_and_checkpoints_its_momentum(stores, tmp_path: Path) -> None:
+    config = muon_config(max_steps=24, eval_interval=8, checkpoint_interval=8)
+    trained = run(stores, tmp_path, config)
+    val_log = pd.read_csv(tmp_path / "val_log.csv")
+    assert val_log["val_loss"].iloc[-1] < val_log["val_loss"].iloc[0] < np.log(VOCAB)
+    assert trained.meta["train_config"]["optimizer"] == "muon"
+    saved = torch.load(latest_checkpoint(tmp_path) / "optimizer.pt", weights_only=True)
+    assert set(saved) == {"muon", "adamw"}
+    buffers = [s["momentum_buffer"] for s in saved["muon"]["state"].values()]
+    assert len(buffers) == 7 * MODEL.n_layers and all(b.abs().sum() > 0 for b in buffers)
+    adamw_groups = saved["adamw"]["param_groups"]
+    assert len(adamw_groups) == 2
+    # the last step's rates: the schedule's, times muon_lr / lr for Muon
+    last = lr_at(23, schedule="cosine", lr=3e-3, min_lr=3e-4, warmup_steps=2, max_steps=24,
+                 cooldown_fraction=0.2)
+    assert all(g["lr"] == pytest.approx(last) for g in adamw_groups)
+    assert saved["muon"]["param_groups"][0]["lr"] == pytest.approx(last * 0.02 / 3e-3)
+
+
+@pytest.mark.parametrize("make", [muon_config, small_config])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(stores, tmp_path: Path,
+                                                          make) -> None:
+    config = make(max_steps=12, checkpoint_interval=4, eval_interval=4)
+    clean = run(stores, tmp_path / "clean", config)
+    failing = FailingStore(stores[0].path)
+    failing.fail_at = 9  # after the checkpoint at step 8
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(MODEL, config, failing, stores[1], tmp_path / "crashed", lineage=LINEAGE,
+              progress=False)
+    assert read_state(latest_checkpoint(tmp_path / "crashed"))["step"] == 8
+    resumed = run(stores, tmp_path / "crashed", config)
+    assert_same_weights(clean.state_dict, resumed.state_dict)
+    assert deterministic_logs(tmp_path / "crashed") == deterministic_logs(tmp_path / "clean")
+
+
+def test_an_optimizer_change_is_a_different_run(stores, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run(stores, run_dir, small_config(max_steps=4))
+    tuned = run(stores, run_dir, muon_config(max_steps=4))  # not resumed from AdamW's state
+    fresh = run(stores, tmp_path / "fresh", muon_config(max_steps=4))
+    assert_same_weights(tuned.state_dict, fresh.state_dict)
+    assert "optimizer" not in read_state(latest_checkpoint(tmp_path / "run.previous"))[
+        "train_config"]
+
+
+def test_model_levers_train_and_off_is_the_plain_run(stores, tmp_path: Path) -> None:
+    plain = run(stores, tmp_path / "plain", small_config(max_steps=6))
+    off = train(replace(MODEL, qk_norm=False, zero_init_out=False), small_config(max_steps=6),
+                *stores, tmp_path / "off", lineage=LINEAGE, progress=False)
+    assert_same_weights(plain.state_dict, off.state_dict)
+    on = train(replace(MODEL, qk_norm=True, zero_init_out=True), small_config(max_steps=6),
+               *stores, tmp_path / "on", lineage=LINEAGE, progress=False)
+    assert "layers.0.attention.q_norm.weight" in on.state_dict
+    assert on.meta["val_loss"] < np.log(VOCAB)
+    assert not torch.equal(on.state_dict["norm.weight"], plain.state_dict["norm.weight"])
+
+
+def test_loss_chunk_trains_like_the_plain_loss(stores, tmp_path: Path) -> None:
+    plain = run(stores, tmp_path / "plain", small_config(max_steps=6))
+    fused = run(stores, tmp_path / "fused", small_config(max_steps=6, loss_chunk=48))
+    for name, weight in plain.state_dict.items():
+        torch.testing.assert_close(fused.state_dict[name], weight, atol=1e-5, rtol=1e-4)
+    assert fused.meta["val_loss"] == pytest.approx(plain.meta["val_loss"], abs=1e-5)
+
+
+def test_num_threads_applies_during_training_and_is_restored(stores, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    seen = []
+    step = train_loop.Session._train_step
+
+    def spy(self):
+        seen.append(torch.get_num_threads())
+        return step(self)
+
+    monkeypatch.setattr(train_loop.Session, "_train_step", spy)
+    run(stores, tmp_path, small_config(max_steps=2, num_threads=2))
+    assert set(seen) == {2}
+    assert torch.get_num_threads() == 1  # the fixture's setting is back

@@ -24,6 +24,7 @@ from typing import Protocol
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from backstory.lm.decode import Stepper, check_decode_step
 from backstory.lm.model import KVCache, Transformer
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,8 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              stop_ids: Sequence[int] = (), seed: int = 0, use_cache: bool = True,
              device: torch.device | str | None = None,
-             logits_processors: Sequence[LogitsProcessor] = ()) -> list[list[int]]:
+             logits_processors: Sequence[LogitsProcessor] = (),
+             decode_step: str = "dynamic") -> list[list[int]]:
     """Continue each prompt; return only the new tokens, cut before the first stop id.
 
     temperature 0 is greedy decoding. The same seed gives the same output for the same
@@ -111,11 +113,14 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
     max_seq_len (ValueError otherwise; no sliding window, the cache has fixed size).
     use_cache=False recomputes the whole sequence at each step (a reference and
     benchmark baseline). ``logits_processors`` change each step's logits before sampling
-    (rows still inside their prompt see an empty ``generated``). The model runs in eval
-    mode and its mode is restored after.
+    (rows still inside their prompt see an empty ``generated``). ``decode_step`` chooses
+    how cached one-token steps run (``backstory.lm.decode``: dynamic, static, compiled or
+    cuda_graph); the prompt prefill is always dynamic. The model runs in eval mode and its
+    mode is restored after.
     """
     check_sampling(temperature, top_k, top_p)
     device = resolve_device(model, device)
+    check_decode_step(decode_step, device)
     check_request(model, prompts, max_new_tokens, stop_ids)
     if not prompts or max_new_tokens == 0:
         return [[] for _ in prompts]
@@ -127,7 +132,7 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
         with attention_backends(device):
             end = _decode(model, tokens, in_prompt, prompts, max_new_tokens,
                           _Sampler(temperature, top_k, top_p, generator, logits_processors),
-                          stop_ids, use_cache)
+                          stop_ids, use_cache, decode_step)
     finally:
         model.train(was_training)
     return _collect(tokens[:, :end].tolist(), prompts, max_new_tokens, stop_ids)
@@ -216,15 +221,20 @@ class _Sampler:
 
 def _decode(model: Transformer, tokens: torch.Tensor, in_prompt: torch.Tensor,
             prompts: list[list[int]], max_new_tokens: int, sampler: _Sampler,
-            stop_ids: Sequence[int], use_cache: bool) -> int:
+            stop_ids: Sequence[int], use_cache: bool, decode_step: str) -> int:
     """Fill `tokens` in place, position by position; return the first unfilled position."""
     B, width = tokens.shape
-    cache = model.new_cache(B, width) if use_cache else None
+    # Static steps keep one cache size (max_seq_len) so a compiled step is reused.
+    cache_len = width if decode_step == "dynamic" else None
+    cache = model.new_cache(B, cache_len) if use_cache else None
+    stepper = None  # dynamic steps: the model's own cached forward, below
+    if cache is not None and decode_step != "dynamic":
+        stepper = Stepper(model, cache, decode_step)
     lengths = torch.tensor([len(p) for p in prompts], device=tokens.device)
     stops = torch.tensor([int(s) for s in stop_ids], dtype=torch.long, device=tokens.device)
     stopped = torch.zeros(B, dtype=torch.bool, device=tokens.device)
     for pos in range(min(len(p) for p in prompts), width):
-        logits = _next_logits(model, tokens, pos, cache)  # (B, V)
+        logits = _next_logits(model, tokens, pos, cache, stepper)  # (B, V)
         sampled = sampler(logits, tokens, pos, prompts)  # (B,)
         fresh = ~in_prompt[:, pos]
         tokens[:, pos] = torch.where(fresh, sampled, tokens[:, pos])
@@ -236,8 +246,10 @@ def _decode(model: Transformer, tokens: torch.Tensor, in_prompt: torch.Tensor,
 
 
 def _next_logits(model: Transformer, tokens: torch.Tensor, pos: int,
-                 cache: KVCache | None) -> torch.Tensor:
+                 cache: KVCache | None, stepper: Stepper | None = None) -> torch.Tensor:
     """Logits (B, V) predicting position `pos` from tokens[:, :pos]."""
+    if stepper is not None and cache is not None and pos - cache.length == 1:
+        return stepper(tokens[:, pos - 1:pos])  # one new token: the chosen decode step
     if cache is None:
         window = tokens[:, :pos]  # (B, pos): full recompute
     else:

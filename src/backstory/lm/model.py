@@ -4,6 +4,13 @@ Pre-norm RMSNorm, rotary position embeddings on interleaved pairs, SwiGLU
 feed-forward, grouped-query attention, no biases, tied embedding/output weights.
 Parameter names follow llama2.c (tok_embeddings, layers.N.attention.wq, ...) so
 weights map one to one onto its export format.
+
+Two optional levers from the speedrun records, off by default so that a model without
+them is llama2.c's exactly (same parameters, same initial weights, same arithmetic):
+``qk_norm`` (an RMSNorm over each head's queries and keys before RoPE; adds the
+parameters ``attention.q_norm.weight`` and ``attention.k_norm.weight``, which llama2.c's
+format lacks) and ``zero_init_out`` (the residual-branch outputs ``wo`` and ``w2`` start
+at zero, so every block starts as the identity).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from torch.torch_version import TorchVersion
 
 from backstory.errors import SettingError
 
+from backstory.lm.losses import chunked_cross_entropy
+
 logger = logging.getLogger(__name__)
 
 # SDPA learned `enable_gqa` in torch 2.5; older versions repeat the kv heads instead.
@@ -36,6 +45,10 @@ _FLOAT_FIELDS = ("norm_eps", "rope_theta", "dropout")
 MAX_SEQ_LEN = 1 << 16
 MAX_VOCAB_SIZE = 1 << 20
 MAX_PARAMETERS = 1 << 34  # ~17 billion: 64 GiB of float32 weights before any optimizer state
+
+# Levers added after the first model format: written to dicts (model.json, checkpoints)
+# only when switched on, so a model without them keeps its bytes and its resumable runs.
+_LEVER_DEFAULTS = {"qk_norm": False, "zero_init_out": False}
 
 
 @dataclass
@@ -53,6 +66,8 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     dropout: float = 0.0
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys (modded-nanogpt)
+    zero_init_out: bool = False  # wo and w2 start at zero: each block starts as identity
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
@@ -80,6 +95,10 @@ class ModelConfig:
                                f"{self.norm_eps}, {self.rope_theta}")
         if not 0.0 <= self.dropout < 1.0:
             raise SettingError(f"model config dropout must be in [0, 1), got {self.dropout}")
+        for name in _LEVER_DEFAULTS:
+            if not isinstance(getattr(self, name), bool):
+                raise SettingError(f"model config {name} must be true or false, "
+                                   f"got {getattr(self, name)!r}")
         self._check_size()
 
     def _check_size(self) -> None:
@@ -122,10 +141,14 @@ class ModelConfig:
         computed without building it."""
         attention = 2 * self.dim * (self.n_heads + self.kv_heads) * self.head_dim
         layer = attention + 3 * self.dim * self.ffn_hidden_dim + 2 * self.dim
+        if self.qk_norm:
+            layer += 2 * self.head_dim
         return self.vocab_size * self.dim + self.n_layers * layer + self.dim
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings; a lever at its default is left out (see ``_LEVER_DEFAULTS``)."""
+        return {k: v for k, v in asdict(self).items()
+                if not (k in _LEVER_DEFAULTS and v == _LEVER_DEFAULTS[k])}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
@@ -190,6 +213,21 @@ class KVCache:
         # (B, n_kv_heads, end, head_dim), in the caller's dtype (autocast may differ)
         return self.k[layer, :, :, :end].to(k.dtype), self.v[layer, :, :, :end].to(v.dtype)
 
+    def store_at(self, layer: int, k: torch.Tensor, v: torch.Tensor, position: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Static-shape store for one new position held in a tensor (decode steps).
+
+        Writes k, v (B, n_kv_heads, 1, head_dim) at ``position`` (a 1-element int64
+        tensor on the cache's device) and returns all ``max_len`` keys and values with
+        the mask (1, 1, 1, max_len) of the positions filled so far. Shapes never depend
+        on the position, so a compiled step does not recompile and a CUDA graph can
+        replay it; ``length`` is the caller's to advance.
+        """
+        self.k[layer].index_copy_(2, position, k.to(self.k.dtype))
+        self.v[layer].index_copy_(2, position, v.to(self.v.dtype))
+        visible = torch.arange(self.max_len, device=position.device) <= position
+        return self.k[layer].to(k.dtype), self.v[layer].to(v.dtype), visible[None, None, None]
+
 
 def rope_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the rotation angles, each (max_len, head_dim // 2), float32."""
@@ -203,9 +241,28 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
     cos and sin are (T, 1, head_dim // 2), broadcasting over batch and heads.
     """
-    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, T, H, head_dim // 2) each
-    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return rotated.flatten(-2).type_as(x)  # (B, T, H, head_dim)
+    return rotate_pairs(x, *pair_tables(cos, sin))
+
+
+def pair_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tables (..., head_dim // 2) widened to (..., head_dim) for ``rotate_pairs``.
+
+    cos is repeated per pair; sin becomes (-sin, +sin) per pair, so the rotation is
+    ``x * cos + swapped(x) * sin`` with swapped(x) = (x1, x0, x3, x2, ...).
+    """
+    return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
+
+
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE with widened tables: (x0 cos - x1 sin, x1 cos + x0 sin) per pair.
+
+    Two multiplies and an add over whole tensors instead of four multiplies on strided
+    halves and a stack: about half the time of the pairwise form on CPU and bit-identical
+    to it (a + (-b) is a - b, and the sum is commutative), forward and backward.
+    """
+    xf = x.float()
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (B, T, H, head_dim)
+    return (xf * cos + swapped * sin).type_as(x)
 
 
 class RMSNorm(nn.Module):
@@ -228,20 +285,31 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        if cfg.qk_norm:
+            # One gain vector per role, shared by the heads (modded-nanogpt's QK-norm).
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.norm_eps)
+        self.qk_norm = cfg.qk_norm
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None, layer: int) -> torch.Tensor:
+                cache: KVCache | None, layer: int,
+                position: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, n_heads, head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, n_kv_heads, head_dim)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rotate_pairs(q, cos, sin), rotate_pairs(k, cos, sin)
         q = q.transpose(1, 2)  # (B, n_heads, T, head_dim)
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
         mask, causal = None, True
-        if cache is not None:
+        if cache is not None and position is not None:
+            k, v, mask = cache.store_at(layer, k, v, position)  # all max_len slots
+            causal = False
+        elif cache is not None:
             start = cache.length
             k, v = cache.store(layer, k, v)  # (B, n_kv_heads, start + T, head_dim)
             mask, causal = _cached_mask(start, T, x.device)
@@ -298,8 +366,9 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: KVCache | None, layer: int) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, cache, layer)
+                cache: KVCache | None, layer: int,
+                position: torch.Tensor | None = None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, cache, layer, position)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -313,8 +382,9 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         self.output.weight = self.tok_embeddings.weight  # tied: one matrix, two uses
-        cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
-        # Derived from the config, so kept out of the state_dict.
+        cos, sin = pair_tables(*rope_tables(config.head_dim, config.max_seq_len,
+                                            config.rope_theta))
+        # (max_seq_len, head_dim), derived from the config, so kept out of the state_dict.
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self._init_weights()
@@ -329,13 +399,23 @@ class Transformer(nn.Module):
         for name, param in self.named_parameters():
             if name.endswith(("attention.wo.weight", "feed_forward.w3.weight")):
                 nn.init.normal_(param, mean=0.0, std=scaled_std)
+        if self.config.zero_init_out:
+            # After the draws above, so every other weight is the same as without the lever.
+            with torch.no_grad():
+                for layer in self.layers:
+                    layer.attention.wo.weight.zero_()
+                    layer.feed_forward.w2.weight.zero_()
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, *,
-                cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                cache: KVCache | None = None, loss_chunk: int = 0
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits (B, T, V) and mean cross-entropy over targets != -1 (None without targets).
 
         With a cache, `tokens` are the positions right after `cache.length`; the cache
-        is filled and advanced by T.
+        is filled and advanced by T. With targets and ``loss_chunk`` > 0 the output layer
+        and the loss run fused, ``loss_chunk`` positions at a time
+        (``backstory.lm.losses``): the logits are never materialised and None is
+        returned in their place.
         """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
@@ -345,11 +425,35 @@ class Transformer(nn.Module):
         h = self.dropout(self.tok_embeddings(tokens))  # (B, T, dim)
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, cache, i)
-        logits = self.output(self.norm(h))  # (B, T, vocab_size)
         if cache is not None:
             cache.length += T
+        if targets is not None and loss_chunk > 0:
+            self._check_targets(targets, (B, T))
+            flat = self.norm(h).view(B * T, -1)  # (B * T, dim)
+            return None, chunked_cross_entropy(flat, self.output.weight, targets.reshape(-1),
+                                               loss_chunk)
+        logits = self.output(self.norm(h))  # (B, T, vocab_size)
         loss = None if targets is None else self._loss(logits, targets)
         return logits, loss
+
+    def decode_step(self, tokens: torch.Tensor, position: torch.Tensor, cache: KVCache
+                    ) -> torch.Tensor:
+        """Logits (B, V) after one new token per row at ``position``, static shapes.
+
+        ``tokens`` (B, 1); ``position`` a 1-element int64 tensor on the model's device
+        (the number of positions already cached). Writes the new keys and values into
+        ``cache`` but leaves ``cache.length`` to the caller: nothing here depends on a
+        Python value that changes from step to step, so ``torch.compile`` builds it once
+        and a CUDA graph can capture it (see ``backstory.lm.decode``). Logits equal the
+        dynamic cached path's and a full recompute's up to float rounding.
+        """
+        self._keep_rope_fp32()
+        cos = self.rope_cos.index_select(0, position)[:, None]  # (1, 1, head_dim)
+        sin = self.rope_sin.index_select(0, position)[:, None]
+        h = self.tok_embeddings(tokens)  # (B, 1, dim)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, cache, i, position)
+        return self.output(self.norm(h))[:, -1]  # (B, vocab_size)
 
     def _check_positions(self, B: int, T: int, cache: KVCache | None) -> int:
         start = 0 if cache is None else cache.length
@@ -365,19 +469,26 @@ class Transformer(nn.Module):
         return start
 
     def _rope(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.rope_cos.dtype != torch.float32:
-            # model.to(bfloat16) also casts buffers; rebuild full-precision angles.
-            cos, sin = rope_tables(self.config.head_dim, self.config.max_seq_len,
-                                   self.config.rope_theta)
-            self.rope_cos = cos.to(self.rope_cos.device)
-            self.rope_sin = sin.to(self.rope_sin.device)
-        # (T, 1, head_dim // 2): broadcasts over the heads of (B, T, H, head_dim // 2)
+        self._keep_rope_fp32()
+        # (T, 1, head_dim): broadcasts over the heads of (B, T, H, head_dim)
         return self.rope_cos[start:end, None], self.rope_sin[start:end, None]
 
-    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if targets.shape != logits.shape[:2]:
+    def _keep_rope_fp32(self) -> None:
+        if self.rope_cos.dtype != torch.float32:
+            # model.to(bfloat16) also casts buffers; rebuild full-precision angles.
+            cos, sin = pair_tables(*rope_tables(self.config.head_dim, self.config.max_seq_len,
+                                                self.config.rope_theta))
+            self.rope_cos = cos.to(self.rope_cos.device)
+            self.rope_sin = sin.to(self.rope_sin.device)
+
+    @staticmethod
+    def _check_targets(targets: torch.Tensor, shape: tuple[int, int]) -> None:
+        if tuple(targets.shape) != tuple(shape):
             raise ValueError(f"targets shape {tuple(targets.shape)} != tokens shape "
-                             f"{tuple(logits.shape[:2])}")
+                             f"{tuple(shape)}")
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        self._check_targets(targets, logits.shape[:2])
         flat = logits.float().view(-1, logits.shape[-1])  # (B * T, vocab_size)
         return F.cross_entropy(flat, targets.reshape(-1), ignore_index=-1)
 

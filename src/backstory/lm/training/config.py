@@ -11,6 +11,7 @@ import torch
 
 from backstory import params
 from backstory.errors import SettingError
+from backstory.lm.optim import OPTIMIZERS
 from backstory.lm.schedules import check_schedule
 from backstory.variants import TOKEN_ORDERS
 
@@ -18,8 +19,17 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # Keys that change neither the data nor the arithmetic of the updates: a run may be
 # resumed under new values (e.g. on more GPUs, or logging more often).
 RESUME_FREE_KEYS = frozenset(
-    {"resume", "nproc_per_node", "compile", "log_interval", "eval_interval", "checkpoint_interval"}
+    {"resume", "nproc_per_node", "compile", "log_interval", "eval_interval", "checkpoint_interval",
+     "num_threads", "compile_mode"}
 )
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# Settings added after the first checkpoint format, with the value a checkpoint or model
+# meta written before them implies. (Their defaults for new runs are in conf/base like all
+# others.) They are written to dicts only when they differ from these, so a run that does
+# not use them keeps its bytes and its older checkpoints stay resumable.
+LATER_DEFAULTS = {"optimizer": "adamw", "muon_lr": 0.02, "muon_momentum": 0.95,
+                  "muon_weight_decay": 0.0, "loss_chunk": 0, "num_threads": 0,
+                  "compile_mode": "default"}
 
 
 @dataclass
@@ -54,6 +64,13 @@ class TrainConfig:
     token_order: str  # "backward" reverses every window (Arrows of Time)
     nproc_per_node: int  # processes (GPUs) to launch; batch_size must divide by it
     resume: bool  # continue from run_dir's latest checkpoint when it matches
+    optimizer: str  # adamw | muon (Muon on the blocks' matrices, AdamW on the rest)
+    muon_lr: float  # Muon's peak lr; follows lr's schedule
+    muon_momentum: float  # Muon's Nesterov momentum
+    muon_weight_decay: float  # decoupled, times the Muon lr
+    loss_chunk: int  # >0: fused output layer + loss, this many positions at a time
+    num_threads: int  # CPU torch threads; 0: torch's choice
+    compile_mode: str  # torch.compile mode when compiling
 
     def __post_init__(self) -> None:
         try:
@@ -73,6 +90,13 @@ class TrainConfig:
                        warmup_steps=self.warmup_steps, max_steps=self.max_steps,
                        cooldown_fraction=self.cooldown_fraction)
         _require_float("weight_decay", self.weight_decay, 0.0, math.inf)
+        _require_float("muon_lr", self.muon_lr, 0.0, math.inf)
+        if self.muon_lr <= 0:
+            raise ValueError(f"train.muon_lr={self.muon_lr!r} must be > 0")
+        _require_float("muon_momentum", self.muon_momentum, 0.0, 1.0, high_open=True)
+        _require_float("muon_weight_decay", self.muon_weight_decay, 0.0, math.inf)
+        _require_int("loss_chunk", self.loss_chunk, 0)
+        _require_int("num_threads", self.num_threads, 0)
         _require_float("grad_clip", self.grad_clip, 0.0, math.inf)
         for name in ("beta1", "beta2"):
             _require_float(name, getattr(self, name), 0.0, 1.0, high_open=True)
@@ -99,14 +123,27 @@ class TrainConfig:
                              f"{TOKEN_ORDERS}")
         if not isinstance(self.resume, bool):
             raise ValueError(f"train.resume={self.resume!r} must be true or false")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"train.compile_mode={self.compile_mode!r} must be one of "
+                             f"{COMPILE_MODES}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"train.optimizer={self.optimizer!r} must be one of {OPTIMIZERS}")
 
     @classmethod
     def from_params(cls, settings: Mapping[str, Any]) -> TrainConfig:
         """Build from parameters; unknown and missing keys are errors naming the key."""
         return params.build(cls, settings, "train")
 
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> TrainConfig:
+        """Build from a dict ``to_dict`` wrote (a checkpoint, a worker's arguments): a later
+        setting it leaves out has the value ``LATER_DEFAULTS`` says it implies."""
+        return params.build(cls, {**LATER_DEFAULTS, **record}, "train")
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings; a later setting at its default is left out (``LATER_DEFAULTS``)."""
+        return {k: v for k, v in asdict(self).items()
+                if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
 
 
 def _require_int(name: str, value: Any, minimum: int) -> None:

@@ -131,7 +131,7 @@ def _worker(model_config: dict, train_config: dict, train_path: str, val_path: s
         # Processes share the cores; oversubscribed threads slow every one of them.
         local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-    train(ModelConfig.from_dict(model_config), TrainConfig.from_params(train_config),
+    train(ModelConfig.from_dict(model_config), TrainConfig.from_record(train_config),
           TokenStore(Path(train_path)), TokenStore(Path(val_path)), Path(run_dir),
           lineage=lineage, progress=progress, init=init)
 

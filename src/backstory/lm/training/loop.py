@@ -44,7 +44,9 @@ from backstory.lm.checkpoint import (
 )
 from backstory.lm.finetune import training_model
 from backstory.lm.model import Transformer
+from backstory.lm.optim import MuonAdamW, build_optimizer, scheduled_lr
 from backstory.lm.schedules import lr_at
+from backstory.lm.training.host import cpu_threads, keep_freed_memory
 from backstory.lm.training.job import TrainJob, check_same_run, json_normal
 from backstory.lm.training.launch import Rank, resolve_dtype
 from backstory.lm.training.logs import (
@@ -81,7 +83,7 @@ class Session:
     device: torch.device
     dtype: torch.dtype
     raw_model: Transformer
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | MuonAdamW
     scaler: torch.amp.GradScaler
     model: torch.nn.Module = field(init=False)  # what the step calls: compiled, DDP-wrapped
     eval_model: torch.nn.Module = field(init=False)  # compiled, never DDP-wrapped
@@ -109,9 +111,11 @@ class Session:
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for fp32 leftovers
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         raw = training_model(job.model_config, job.init).to(device)  # fresh, or fine-tuned
-        optimizer = raw.configure_optimizer(lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                            betas=(cfg.beta1, cfg.beta2),
-                                            device_type=device.type)
+        optimizer = build_optimizer(raw, name=cfg.optimizer, lr=cfg.lr,
+                                    weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2),
+                                    device_type=device.type, muon_lr=cfg.muon_lr,
+                                    muon_momentum=cfg.muon_momentum,
+                                    muon_weight_decay=cfg.muon_weight_decay)
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         seed_everything(cfg.seed + rank_.rank)
         session = cls(job, rank_, device, dtype, raw, optimizer, scaler)
@@ -173,7 +177,8 @@ class Session:
     def _wrap(self, compile_model: bool) -> None:
         model: torch.nn.Module = self.raw_model
         if compile_model:
-            model = torch.compile(model)
+            mode = self.job.config.compile_mode
+            model = torch.compile(model, mode=None if mode == "default" else mode)
         self.eval_model = model
         if self.rank.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -198,8 +203,22 @@ class Session:
 
     # -- the loop
 
-    def fit(self, progress: bool) -> TrainedModel:
-        """Train from the current step to max_steps; return the final model."""
+    def fit(self, progress: bool, *,
+            on_eval: Callable[[int, Transformer], None] | None = None) -> TrainedModel:
+        """Train from the current step to max_steps; return the final model.
+
+        ``on_eval(step, model)``, when given, runs on the main process right after each
+        validation loss (benchmarks measure bits per byte there); its time is kept out
+        of tokens/s but not out of the elapsed time.
+        """
+        if self.device.type != "cpu":
+            return self._fit(progress, on_eval)
+        keep_freed_memory()
+        with cpu_threads(self.job.config.num_threads):
+            return self._fit(progress, on_eval)
+
+    def _fit(self, progress: bool,
+             on_eval: Callable[[int, Transformer], None] | None) -> TrainedModel:
         cfg = self.job.config
         self.clock_start = time.perf_counter()
         meter = Meter(self.step)
@@ -218,6 +237,8 @@ class Session:
                     self._log_train(loss, meter, bar)
                 if self._due(cfg.eval_interval):
                     self._log_val()
+                    if on_eval is not None and self.rank.main:
+                        on_eval(self.step, self.raw_model)
                     meter.restart(self.step)  # keep eval time out of tokens/s
                 if self._due(cfg.checkpoint_interval):
                     self._checkpoint()
@@ -239,14 +260,14 @@ class Session:
                         warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
                         cooldown_fraction=cfg.cooldown_fraction)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr
+            group["lr"] = scheduled_lr(group, self.lr)
         total = torch.zeros((), device=self.device)
         for i in range(cfg.grad_accum):
             inputs, targets = split_batch(self.loader.get(self.micro_batch), self.device)
             # DDP all-reduces gradients only on the last micro-step of the step.
             with self._sync(i == cfg.grad_accum - 1):
                 with self._autocast():
-                    _, loss = self.model(inputs, targets)
+                    _, loss = self.model(inputs, targets, loss_chunk=cfg.loss_chunk)
                 loss = loss / cfg.grad_accum
                 self.scaler.scale(loss).backward()
             total += loss.detach()
@@ -324,7 +345,7 @@ class Session:
         for index in range(cfg.eval_batches):
             inputs, targets = self._batch(self.job.val_store, index)
             with self._autocast():
-                _, loss = self.eval_model(inputs, targets)
+                _, loss = self.eval_model(inputs, targets, loss_chunk=cfg.loss_chunk)
             total += loss.float()
         if self.rank.distributed:
             dist.all_reduce(total)  # equal rows per rank: the mean of means is the mean
