@@ -672,3 +672,31 @@ def test_num_threads_applies_during_training_and_is_restored(stores, tmp_path: P
     run(stores, tmp_path, small_config(max_steps=2, num_threads=2))
     assert set(seen) == {2}
     assert torch.get_num_threads() == 1  # the fixture's setting is back
+
+
+# --- CPU threads -----------------------------------------------------------------------
+
+
+def test_thread_count_changes_speed_only_not_the_weights(stores, tmp_path: Path) -> None:
+    """train.num_threads: 0 picks threads by the machine's idle cores, which is safe for
+    reproducibility only because the count does not move a bit of the result."""
+    one = run(stores, tmp_path / "one", small_config(max_steps=6, num_threads=1))
+    two = run(stores, tmp_path / "two", small_config(max_steps=6, num_threads=2))
+    assert_same_weights(one.state_dict, two.state_dict)
+    assert deterministic_logs(tmp_path / "one") == deterministic_logs(tmp_path / "two")
+
+
+def test_thread_choice(monkeypatch) -> None:
+    from backstory.lm.training import host
+
+    assert host.choose_threads(3) == 3  # an explicit setting wins
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert host.choose_threads(0, processes=1) == 1  # then the user's environment
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    idle = host.idle_cores(0.05)
+    assert idle is None or 0.0 <= idle <= (os.cpu_count() or 1) + 1e-9
+    monkeypatch.setattr(host, "idle_cores", lambda *a: 1.6)
+    assert host.choose_threads(0) == 2
+    assert host.choose_threads(0, processes=2) == 1
+    monkeypatch.setattr(host, "idle_cores", lambda *a: 0.2)  # every core busy: still one
+    assert host.choose_threads(0) == 1

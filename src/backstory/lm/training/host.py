@@ -1,5 +1,14 @@
 """How a CPU training process uses its host: torch threads and the C allocator.
 
+Threads: on a quiet 2-core machine two torch threads train the CPU preset about 1.6x
+faster than one, but when other work holds a core the two threads wait for each other at
+every operation and a step can take 3-6x longer than with one thread
+(docs/benchmarks.md). ``train.num_threads: 0`` therefore counts the cores that are idle
+when training starts (``/proc/stat`` over a short window) and uses that many, at least
+one, shared out among the processes of a distributed run. The thread count does not
+change the arithmetic of a step on CPU (tests/test_train.py checks 1 and 2 threads give
+bit-identical weights), so this choice moves speed only, never results.
+
 Every training step allocates and frees the same large activations (the CPU preset's
 logits alone are 32 MiB). glibc serves blocks above its mmap threshold (128 KiB, rising
 to at most 32 MiB) with fresh mmap calls and returns them on free, so each step faults
@@ -16,6 +25,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
+import time
 from collections.abc import Iterator
 
 import torch
@@ -49,14 +60,49 @@ def keep_freed_memory() -> bool:
     return _kept
 
 
+IDLE_WINDOW_S = 0.3  # how long idle cores are sampled: long enough to average a scheduler tick
+
+
+def idle_cores(window_s: float = IDLE_WINDOW_S) -> float | None:
+    """Cores left idle by every process on the machine over ``window_s``; None where
+    ``/proc/stat`` cannot be read (not Linux)."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = [int(x) for x in handle.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return idle, sum(fields[:8])  # guest time is already counted in user time
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(window_s)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (idle1 - idle0) / (total1 - total0) * (os.cpu_count() or 1)
+
+
+def choose_threads(setting: int, processes: int = 1) -> int:
+    """The torch threads a training process uses: ``setting`` when > 0; for 0 the
+    ``OMP_NUM_THREADS`` the user set, else one per idle core split among ``processes``
+    (at least one), else torch's own choice where idleness cannot be measured."""
+    if setting > 0:
+        return setting
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    idle = idle_cores()
+    if idle is None:
+        return torch.get_num_threads()
+    return max(1, int(idle + 0.5) // max(1, processes))
+
+
 @contextlib.contextmanager
 def cpu_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` torch CPU threads (0: leave the setting alone), then restore it."""
+    """Run with ``n`` torch CPU threads, then restore the setting."""
     before = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
-        if n > 0:
-            torch.set_num_threads(before)
+        torch.set_num_threads(before)

@@ -46,7 +46,7 @@ from backstory.lm.finetune import training_model
 from backstory.lm.model import Transformer
 from backstory.lm.optim import MuonAdamW, build_optimizer, scheduled_lr
 from backstory.lm.schedules import lr_at
-from backstory.lm.training.host import cpu_threads, keep_freed_memory
+from backstory.lm.training.host import choose_threads, cpu_threads, keep_freed_memory
 from backstory.lm.training.job import TrainJob, check_same_run, json_normal
 from backstory.lm.training.launch import Rank, resolve_dtype
 from backstory.lm.training.logs import (
@@ -214,7 +214,12 @@ class Session:
         if self.device.type != "cpu":
             return self._fit(progress, on_eval)
         keep_freed_memory()
-        with cpu_threads(self.job.config.num_threads):
+        threads = choose_threads(self.job.config.num_threads, self.rank.world_size)
+        if self.rank.main:
+            logger.info("training on %d CPU thread(s) per process (train.num_threads=%d%s)",
+                        threads, self.job.config.num_threads,
+                        ": one per idle core" if self.job.config.num_threads == 0 else "")
+        with cpu_threads(threads):
             return self._fit(progress, on_eval)
 
     def _fit(self, progress: bool,
