@@ -1,11 +1,10 @@
 """Train a recipe with the real loop and record validation bits per byte along the way.
 
 A recipe is the ``model`` and ``train`` settings of the variant's small run, as
-conf/base/parameters_runs.yml merges them, plus overrides. At every ``eval_every`` steps the loop's ``on_eval`` hook scores the
-model with ``evaluate_loss`` exactly as the pipeline's evaluate node does (the first
-``evaluate.max_tokens`` tokens of whole validation documents, story bytes only), so the
-curve is in the unit the published metrics use. The time that scoring takes is kept
-out of the recorded training time.
+conf/base/parameters_runs.yml merges them, plus overrides. At every ``eval_every``
+steps the loop's ``on_eval`` hook scores the model with ``evaluate_loss`` exactly as
+the pipeline's evaluate node does, so the curve is in the unit the published metrics
+use. The time that scoring takes is kept out of the recorded training time.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ safetensors, ``torch.load(weights_only=True)`` and JSON only.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from backstory.data.files import file_sha256
 from backstory.errors import InputError, UserError
 from backstory.lm.model import ModelConfig, Transformer
 
@@ -142,7 +142,7 @@ def save_checkpoint(
         (STATE_FILE, lambda f: f.write_text(json.dumps(document, sort_keys=True, indent=1))),
         # Last: the sums of what is on disk, so a damaged write shows as a mismatch.
         (SUMS_FILE, lambda f: f.write_text(
-            "".join(f"{_sha256(tmp / file)}  {file}\n" for file in CHECKPOINT_FILES))),
+            "".join(f"{file_sha256(tmp / file)}  {file}\n" for file in CHECKPOINT_FILES))),
     )
     try:
         tmp.mkdir()
@@ -400,7 +400,7 @@ def verify_checkpoint(path: Path, files: tuple[str, ...] = CHECKPOINT_FILES) -> 
     for name in files:
         if name not in recorded:
             raise CheckpointError(f"{sums} records no sha256 for {name}")
-        if _sha256(path / name) != recorded[name]:
+        if file_sha256(path / name) != recorded[name]:
             raise CheckpointError(
                 f"{path / name} is damaged: its sha256 differs from the one {sums} "
                 "recorded when it was written"
@@ -531,7 +531,7 @@ def save_model(directory: Path, trained: TrainedModel) -> None:
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
         "model_config": trained.config.to_dict(),
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": file_sha256(weights),
         "meta": trained.meta,
     }
     _write_text_atomic(directory / MODEL_META_FILE, json.dumps(document, sort_keys=True, indent=1))
@@ -547,7 +547,7 @@ def load_trained(directory: Path) -> TrainedModel:
     document = _read_model_document(directory)
     weights = directory / WEIGHTS_FILE
     meta_file = directory / MODEL_META_FILE
-    if _sha256(weights) != document["weights_sha256"]:
+    if file_sha256(weights) != document["weights_sha256"]:
         raise CheckpointError(
             f"{weights} does not match the sha256 in {meta_file} (damaged, or an "
             "interrupted save?); save the model again"
@@ -624,11 +624,3 @@ def _read_model_document(directory: Path) -> dict[str, Any]:
         if key not in document:
             raise CheckpointError(f"{file} lacks {key!r}")
     return document
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

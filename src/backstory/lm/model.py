@@ -27,7 +27,6 @@ from torch import nn
 from torch.torch_version import TorchVersion
 
 from backstory.errors import SettingError
-
 from backstory.lm.losses import chunked_cross_entropy
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,6 @@ for the Llama 2 vocabulary, data/tok<N>.model for custom ones).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from backstory import variants
+from backstory.data.files import file_sha256
 from backstory.data.tokenizer import (
     Tokenizer,
     check_llama2c_tokenizer_bin,
@@ -122,12 +122,6 @@ def detect_format(source: Path) -> str:
                      "ckpt.pt or a model folder")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _find_tokenizer(source: Path, given: Path | None) -> Path:
@@ -184,7 +178,7 @@ def load_external(source: Path, *, tokenizer: Path | None = None,
     meta = _import_meta(trained, document, tok, variant, source=source)
     meta["imported_from"] = {
         "format": kind, "path": str(source), "tokenizer": str(tokenizer_path),
-        "sha256": _sha256(weights_file) if weights_file.is_file() else None,
+        "sha256": file_sha256(weights_file) if weights_file.is_file() else None,
     }
     return TrainedModel(trained.config, trained.state_dict, meta), tok
 
@@ -237,4 +231,3 @@ def save_imported(trained: TrainedModel, tokenizer: Tokenizer, out_dir: Path) ->
     tmp.write_bytes(tokenizer.model_bytes)
     os.replace(tmp, target)
     return [out_dir / BACKSTORY_WEIGHTS_FILE, out_dir / MODEL_META_FILE, target]
-
