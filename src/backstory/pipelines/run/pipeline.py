@@ -44,13 +44,17 @@ def run_pipeline(run: RunSpec) -> Pipeline:
     """Train and evaluate one run on its variant's token stores."""
     identity = run.describe()
     template = Pipeline([
+        # Training reads only the two evaluate settings its curve needs, so DVC reruns it
+        # for those and not for, say, a new sampling temperature.
         node(_bound(train_model, run=identity),
-             ["train_tokens", "val_tokens", "training_run", "params:model", "params:train"],
+             ["train_tokens", "val_tokens", "training_run", "live", "params:model", "params:train",
+              "params:evaluate.curve_stories", "params:evaluate.batch_size"],
              "model", name="train_model"),
         node(_bound(evaluate, run=identity),
-             ["model", "val_tokens", "train_tokens", "tokenizer", "params:evaluate"],
-             ["metrics", "samples", "samples_report"], name="evaluate_model"),
+             ["model", "val_tokens", "train_tokens", "tokenizer", "stories", "params:evaluate"],
+             ["metrics", "document_bits", "samples", "samples_report"], name="evaluate_model"),
     ])
     tokens = {f"{split}_tokens": f"{run.token_source}.{split}_tokens" for split in SPLITS}
-    return Pipeline(template, namespace=run.namespace, inputs={"tokenizer": "tokenizer", **tokens},
+    return Pipeline(template, namespace=run.namespace,
+                    inputs={"tokenizer": "tokenizer", "stories": "stories", **tokens},
                     tags=[run.variant, run.namespace])

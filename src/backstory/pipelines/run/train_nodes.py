@@ -8,6 +8,7 @@ from pathlib import Path
 import backstory
 from backstory import params, variants
 from backstory.data.tokens import TokenStore
+from backstory.evaluation.curve import EVAL_CURVE, EvalCurve, write_rows
 from backstory.lm.checkpoint import TrainedModel
 from backstory.lm.model import ModelConfig
 from backstory.lm.training import TrainConfig, train
@@ -21,14 +22,20 @@ def train_model(
     train_tokens: TokenStore,
     val_tokens: TokenStore,
     training_run: Path,
+    live: Path,
     model: dict,
     train_params: dict,
+    curve_stories: int,
+    eval_batch_size: int,
     *,
     run: dict,
 ) -> TrainedModel:
     """Train run ``run`` (its identity: run, variant, preset, seed, context) on its tokens.
 
-    Checkpoints and logs go to the run folder; the model records what it was made from.
+    Checkpoints go to the run folder, DVCLive's curves, parameters and summary to the
+    ``live`` folder; the model records what it was made from.
+    At each evaluation step the first ``curve_stories`` validation stories are scored
+    (``evaluation.curve``; 0: none), with ``eval_batch_size`` windows per batch.
     """
     spec = variants.get(run["variant"])
     config = TrainConfig.from_params(train_params)
@@ -46,9 +53,17 @@ def train_model(
         "package_version": backstory.__version__,
         "model_params_sha256": params.sha256(model),
     }
+    on_eval = None
+    curve = Path(training_run) / EVAL_CURVE
+    if curve_stories > 0:
+        on_eval = EvalCurve(str(val_tokens.path), curve_stories, eval_batch_size,
+                            spec.token_order, str(curve))
+    elif not curve.exists():
+        Path(training_run).mkdir(parents=True, exist_ok=True)
+        write_rows(curve, [])  # no curve asked for: an empty one, so readers find it
     trained = train(
         ModelConfig(vocab_size=train_tokens.vocab_size, **model), config, train_tokens,
-        val_tokens, training_run, lineage=lineage,
+        val_tokens, training_run, lineage=lineage, on_eval=on_eval, live_dir=live,
     )
     meta = dict(trained.meta)
     meta["params_sha256"] = params.sha256({"model": model, "train": train_params})
