@@ -30,6 +30,7 @@ from backstory.evaluation.stats import (
     delta_interval,
     ratio,
     seed_document_interval,
+    share_interval,
 )
 
 logger = logging.getLogger(__name__)
@@ -358,8 +359,6 @@ def training_curves(curves: pd.DataFrame, stats: Statistics) -> dict[str, Any]:
 def instruction_intervals(hits: Mapping[str, Mapping[str, Sequence[bool]]], stats: Statistics
                           ) -> dict[str, dict[str, Any]]:
     """Per source: each requirement's share of stories with a bootstrap interval."""
-    from backstory.evaluation.stats import share_interval
-
     result = {}
     for source, checks in hits.items():
         entry: dict[str, Any] = {}
