@@ -692,5 +692,6 @@ def test_killed_repro_resumes_training_and_ends_as_an_uninterrupted_run(tmp_path
 
 
 def live_files(folder: Path) -> dict[str, bytes]:
+    """DVCLive's files in ``folder`` (not the .gitignore files DVC writes beside its outs)."""
     return {p.relative_to(folder).as_posix(): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".gitignore"}
