@@ -23,6 +23,7 @@ the project's generated dvc.yaml declares these files (``backstory.tools.dvc_sta
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import time
@@ -92,7 +93,9 @@ class RunLogs:
                 _truncate_tsv(path, step)
         self.live = Live(str(self.live_dir), resume=step > 0, save_dvc_exp=False,
                          dvcyaml=False, report=None, monitor_system=False)
-        self.live.log_params(dict(params))
+        # Sorted keys: the same settings give the same params.yaml whatever the order the
+        # caller built them in (a lineage read back from model.json is sorted).
+        self.live.log_params(json.loads(json.dumps(dict(params), sort_keys=True)))
         return elapsed
 
     def train(self, step: int, loss: float, lr: float, tokens_per_s: float,
