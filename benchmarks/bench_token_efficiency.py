@@ -5,7 +5,7 @@ conf/base blocks as shipped: AdamW, 300 steps of 16 x 256 tokens) and the fast r
 (``recipes.FAST``, or ``--fast key=value ...``) on the default run's corpus (storyworld,
 20,000 stories, built once by ``corpus.py``). Both are scored every ``--eval-every``
 steps with the pipeline's own validation bits per byte (``evaluate_loss`` over the
-first ``evaluate.max_tokens`` tokens of whole validation documents). Prints val bpb
+first ``evaluate.n_stories`` validation stories, as every run). Prints val bpb
 against tokens for every run, then per seed the tokens the fast recipe took to reach
 the baseline's final bpb (interpolated between evaluations) over the baseline's tokens,
 and their mean and range over seeds. Goal (issue 11): at most 0.60 for every variant.

@@ -90,7 +90,9 @@ def train_curve(stores: Stores, variant: str, overrides: dict[str, Any], *, run_
         with contextlib.redirect_stderr(io.StringIO()):  # no progress bars between curves
             metrics = evaluate_loss(net, stores.val, seq_len=model_config.max_seq_len,
                                     batch_size=int(evaluate["batch_size"]),
-                                    max_tokens=evaluate["max_tokens"],
+                                    # the evaluation stories: the first n_stories documents
+                                    max_tokens=int(stores.val.doc_offsets[
+                                        min(int(evaluate["n_stories"]), stores.val.n_docs)]),
                                     token_order=config.token_order)
         points.append(Point(step, step * tokens_per_step, began - start - scoring,
                             float(metrics["val_bpb"]), began_cpu - start_cpu - scoring_cpu))

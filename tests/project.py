@@ -47,7 +47,7 @@ def tiny_run_params(**train) -> dict:
             "train": {"batch_size": 4, "max_steps": 6, "warmup_steps": 2, "eval_interval": 3,
                       "eval_batches": 2, "log_interval": 2, "checkpoint_interval": 3, **train},
             "evaluate": {"batch_size": 8, "n_samples": 2, "max_new_tokens": 16,
-                         "max_tokens": 4000},
+                         "n_stories": 12, "curve_stories": 6},
         },
     }
 

@@ -24,7 +24,12 @@ from backstory.evaluation.instructions import (
     word_forms,
 )
 from backstory.evaluation.metrics import document_bits
-from backstory.evaluation.stats import StatsError, asymmetry_delta, bootstrap_delta
+from backstory.evaluation.stats import (
+    DOCUMENTS_ONLY,
+    StatsError,
+    asymmetry_delta,
+    bootstrap_delta,
+)
 from backstory.lm.model import ModelConfig, Transformer
 from tests.project import REPO
 
@@ -223,29 +228,49 @@ def test_compare_report_covers_every_run(tiny_run):
     folder = tiny_run / "data/08_reporting/compare"
     report = json.loads((folder / "report.json").read_text())
     arrow = report["arrow_of_time"]
-    (group,) = arrow["groups"]
-    assert (group["size"], group["seed"]) == ("small", 1337)
-    assert set(group["levels"]) == set(VARIANTS)
-    assert set(arrow["models"]) == {f"{v}.{RUN}" for v in VARIANTS}
+    (size,) = arrow["sizes"]
+    assert size["size"] == "small" and set(size["levels"]) == set(VARIANTS)
+    assert set(report["models"]) == {f"{v}.{RUN}" for v in VARIANTS}
     table = pd.read_parquet(folder / "document_bits.parquet")
     assert len(table) == len(VARIANTS) * arrow["n_docs"] and arrow["n_docs"] > 0
     bits = {v: table[table["variant"] == v].sort_values("doc") for v in VARIANTS}
     for variant in VARIANTS:
         rows = bits[variant]
-        assert group["levels"][variant]["bpb"] == pytest.approx(
+        level = size["levels"][variant]
+        assert level["seeds"] == [1337]
+        assert level["bpb"]["estimate"] == pytest.approx(
             rows["bits"].sum() / rows["n_bytes"].sum())
-    word, token = group["deltas"]  # registry order: reversed, then backward
-    assert (word["kind"], word["backward"], word["forward"]) == ("word_order", "reversed",
-                                                                 "forward")
-    assert word["low"] <= word["delta"] <= word["high"]
+        # The report read each run's own scores: nothing was scored again.
+        own = pd.read_parquet(tiny_run / f"data/08_reporting/{variant}/small/s1337/"
+                              "document_bits.parquet")
+        np.testing.assert_array_equal(rows["bits"].to_numpy(),
+                                      own["bits"].to_numpy()[: arrow["n_docs"]])
+        metrics = json.loads((tiny_run / f"data/08_reporting/{variant}/small/s1337/"
+                              "metrics.json").read_text())
+        assert metrics["val_bpb"] == pytest.approx(level["bpb"]["estimate"])
+        assert metrics["eval_stories"]["first"] == rows["story"].iloc[0]
+    word, token = size["deltas"]  # registry order: reversed, then backward
+    assert (word["kind"], word["variant"], word["partner"]) == ("word_order", "reversed",
+                                                                "forward")
+    for delta in (word, token):
+        assert delta["low"] <= delta["delta"] <= delta["high"]
+        assert delta["method"] == DOCUMENTS_ONLY and delta["n_seeds"] == 1  # says so
     assert word["delta"] == pytest.approx(
         asymmetry_delta(bits["reversed"]["bits"], bits["forward"]["bits"]))
     # backward reads forward's tokens in reverse order: same stories, same tokens
-    assert (token["kind"], token["backward"], token["forward"]) == ("token_order", "backward",
-                                                                    "forward")
-    assert token["low"] <= token["delta"] <= token["high"]
+    assert (token["kind"], token["variant"], token["partner"]) == ("token_order", "backward",
+                                                                   "forward")
     assert token["delta"] == pytest.approx(
         asymmetry_delta(bits["backward"]["bits"], bits["forward"]["bits"]))
+    assert {r["size"] for r in arrow["sweeps"]["by_params"]} == {"small"}
+    # Training curves: every run scored the same stories at each evaluation step.
+    training = report["training_curves"]
+    (curve,) = training["sizes"]
+    assert [p["step"] for p in curve["points"]] == [50, 100, 150]
+    assert all({d["variant"] for d in p["deltas"]} == {"reversed", "backward"}
+               for p in curve["points"])
+    assert set(training["runs"]) == {f"{v}.{RUN}" for v in VARIANTS}
+    assert all(isinstance(r["converged"], bool) for r in training["runs"].values())
     # Every lead-group model writes in its own mode; the plain-story readers score them.
     written = {"real", *VARIANTS, "forward_free"}
     assert report["coherence"]["readers"] == ["forward", "reversed", "backward"]
@@ -253,16 +278,26 @@ def test_compare_report_covers_every_run(tiny_run):
     assert set(sources) == written
     assert all(row[f"{v}_bpb"] > 0 for row in sources.values()
                for v in ("forward", "reversed", "backward"))
-    shares = report["instruction_following"]["shares"]
-    assert shares["real"]["uses_words"] == 1.0
+    following = report["instruction_following"]
+    assert following["instructed"] == ["instruct"]
+    shares = following["shares"]
+    assert shares["real"]["uses_words"]["share"] == 1.0
+    assert all(row["both"]["low"] <= row["both"]["share"] <= row["both"]["high"]
+               for row in shares.values())
     assert set(shares) == written
+    (machine,) = report["machines"]
+    assert machine["facts"]["torch"] == torch.__version__
 
 
 def test_compare_writes_markdown_tables_and_plots(tiny_run):
     folder = tiny_run / "data/08_reporting/compare"
     markdown = (folder / "report.md").read_text()
     assert "## Arrow of time" in markdown and "| reversed vs forward |" in markdown
-    for name in ("loss_curves.png", "bpb_scatter.png", "delta.png"):
+    assert "documents only, one seed" in markdown  # a one-seed interval says what it covers
+    assert "## Training: the delta against training tokens" in markdown
+    assert "## Sweeps" in markdown and "## Where these figures come from" in markdown
+    for name in ("loss_curves.png", "bpb_scatter.png", "delta.png", "sweep.png",
+                 "training_curves.png"):
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     scores = pd.read_csv(folder / "story_scores.csv")
     assert len(scores) == 2 * 6  # n_stories records x (real + five generated sources)
@@ -283,6 +318,8 @@ def test_default_pipeline_ends_with_compare_and_compare_runs_alone():
     # compare alone only reads what the variants persisted: no training inside it
     assert not any(n.name.endswith("train_model") for n in registered["compare"].nodes)
     assert {f"{v}.small.s1337.model" for v in VARIANTS} <= registered["compare"].inputs()
+    assert {f"{v}.small.s1337.document_bits" for v in VARIANTS} <= registered["compare"].inputs()
+    assert not any(name.endswith("val_tokens") for name in registered["compare"].inputs())
 
 
 def test_report_paths_lists_the_report_files_a_pipeline_writes(tiny_run):

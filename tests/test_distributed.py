@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from backstory.lm.checkpoint import latest_checkpoint, load_checkpoint, read_state
-from backstory.lm.training import SPEED_LOG, TRAIN_LOG, train
+from backstory.lm.training import LIVE_DIR, SPEED_LOG, TRAIN_LOSS, VAL_LOSS, curve_file, train
 from tests.test_train import LINEAGE, MODEL, make_store, small_config
 
 
@@ -43,14 +43,15 @@ def assert_close_runs(two, one) -> None:
     assert trained.state_dict.keys() == reference.state_dict.keys()
     for name, tensor in reference.state_dict.items():
         torch.testing.assert_close(trained.state_dict[name], tensor, atol=1e-5, rtol=1e-4)
-    for log in ("train_log.csv", "val_log.csv"):
-        got, expected = pd.read_csv(run_dir / log), pd.read_csv(reference_dir / log)
-        assert got["step"].tolist() == expected["step"].tolist()
-        loss = "loss" if log == "train_log.csv" else "val_loss"
-        pd.testing.assert_series_equal(got[loss], expected[loss], atol=1e-4)
-    # Rank 0 alone writes the speed log: one row per train_log row, none duplicated.
+    for name in (TRAIN_LOSS, VAL_LOSS):  # DVCLive's curves, written by rank 0 alone
+        got, expected = (pd.read_csv(curve_file(folder / LIVE_DIR, name), sep="\t")
+                         for folder in (run_dir, reference_dir))
+        assert got["step"].tolist() == expected["step"].tolist()  # none duplicated
+        pd.testing.assert_series_equal(got["loss"], expected["loss"], atol=1e-4)
+    # Rank 0 alone writes the speed log: one row per training-loss row.
     speed_steps = pd.read_csv(run_dir / SPEED_LOG)["step"].tolist()
-    assert speed_steps == pd.read_csv(run_dir / TRAIN_LOG)["step"].tolist()
+    train_curve = pd.read_csv(curve_file(run_dir / LIVE_DIR, TRAIN_LOSS), sep="\t")
+    assert speed_steps == train_curve["step"].tolist()
 
 
 def test_two_processes_match_one(stores, single_process_run, tmp_path: Path) -> None:

@@ -26,12 +26,13 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from backstory import experiment, params
+from backstory.data.corpus.story_table import StoryTable
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore
 from backstory.evaluation.lineage import LineageError
 from backstory.lm.checkpoint import load_trained
 from backstory.lm.model import ModelConfig
-from backstory.lm.training import TrainConfig, train
+from backstory.lm.training import LIVE_DIR, TrainConfig, train
 from backstory.pipeline_registry import build_pipelines
 from backstory.pipelines.run.evaluate_nodes import evaluate
 from backstory.tools import dvc_stages
@@ -40,8 +41,7 @@ from tests.project import REPO, TINY_INGEST, deep_update, make_project, tiny_run
 ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"}
 RUNS_FILE = "conf/base/parameters_runs.yml"
 # Cross-run comparison settings that keep it to seconds on CPU.
-TINY_COMPARE = {"max_tokens": 4000, "n_boot": 50, "n_stories": 2, "generate_batch_size": 2,
-                "max_new_tokens": 16}
+TINY_COMPARE = {"n_boot": 50, "n_stories": 2, "generate_batch_size": 2, "max_new_tokens": 16}
 
 
 def raw_params(root: Path = REPO) -> dict:
@@ -59,9 +59,13 @@ def base_experiment(root: Path = REPO) -> experiment.Experiment:
 # ------------------------------------------------------------------ dvc.yaml vs kedro
 
 
-def expand_stages(document: dict) -> dict[str, dict]:
-    """dvc.yaml stages with `foreach` expanded as DVC names them (train@reversed-small-s1337)."""
-    variables = {k: v for entry in document.get("vars", []) for k, v in entry.items()}
+def expand_stages(document: dict, root: Path = REPO) -> dict[str, dict]:
+    """dvc.yaml stages with `foreach` expanded as DVC names them
+    (train-reversed-small-main@1337), reading the seeds from the parameter file."""
+    variables: dict = {}
+    for entry in document.get("vars", []):
+        path, _, key = entry.partition(":")
+        variables[key] = yaml.safe_load((root / path).read_text())[key]
     stages = {}
     for name, body in document["stages"].items():
         if "foreach" not in body:
@@ -69,18 +73,17 @@ def expand_stages(document: dict) -> dict[str, dict]:
             continue
         items = body["foreach"]
         if isinstance(items, str):
-            items = variables[items.removeprefix("${").removesuffix("}")]
+            items = variables
+            for part in body["foreach"].removeprefix("${").removesuffix("}").split("."):
+                items = items[part]
         text = json.dumps(body["do"])
-        if isinstance(items, list):
-            for item in items:
-                stages[f"{name}@{item}"] = json.loads(text.replace("${item}", item))
-            continue
-        for key, item in items.items():
-            done = text
-            for field, value in item.items():
-                done = done.replace("${item." + field + "}", str(value))
-            stages[f"{name}@{key}"] = json.loads(done)
+        for item in items:
+            stages[f"{name}@{item}"] = json.loads(text.replace("${item}", str(item)))
     return stages
+
+
+def stage_of(step: str, run: experiment.RunSpec, grid: str = "main") -> str:
+    return f"{step}-{run.variant}-{run.size}-{grid}@{run.seed}"
 
 
 def stage_nodes(cmd: str, registered: dict) -> list:
@@ -97,7 +100,7 @@ def stage_nodes(cmd: str, registered: dict) -> list:
 
 def params_of(body: dict) -> set[tuple[str, str]]:
     return {(path, key) for entry in body.get("params", []) for path, keys in entry.items()
-            for key in keys}
+            for key in keys or ()}
 
 
 def paths_of(entries: list) -> set[str]:
@@ -163,16 +166,39 @@ def test_every_stage_matches_its_kedro_nodes(kedro_catalog):
         read_paths = {path_of(i) for i in reads} - {None}
         out_paths = {path_of(o) for o in written} - {None}
         workdirs = {path_of(i) for i in reads if i.endswith("training_run")}
+        live = {path_of(i) for i in reads if i.endswith(".live")}  # DVCLive's folder
         data_deps = {d for d in body["deps"] if not d.startswith("src/")}
-        assert data_deps == read_paths - workdirs, name
+        if name == "compare":  # the folders of every seed of each variant and size
+            assert all(any(p.startswith(d + "/") or p == d for d in data_deps)
+                       for p in read_paths), name
+            assert all(any(p.startswith(d + "/") or p == d for p in read_paths)
+                       for d in data_deps), name
+            assert not any("/s1337" in d for d in data_deps)
+        else:
+            assert data_deps == read_paths - workdirs - live, name
+        live_files = {f"{d}/{f}" for d in live for f in ("metrics.json", "params.yaml")}
+        plots = paths_of(body.get("plots", []))
+        assert plots == {f"{d}/plots/metrics" for d in live}, name
         assert paths_of(body.get("outs", [])) | paths_of(body.get("metrics", [])) == (
-            out_paths | workdirs), name
-        persisted = {next(iter(e)) for e in body.get("outs", []) if isinstance(e, dict)}
-        assert persisted == workdirs, name  # run folders survive a rerun, nothing else
+            out_paths | workdirs | live_files), name
+        persisted = {next(iter(e)) for e in body.get("outs", []) + body.get("metrics", [])
+                     + body.get("plots", []) if isinstance(e, dict)}
+        # run folders and DVCLive's files survive a rerun, nothing else
+        assert persisted == workdirs | live_files | plots, name
         wanted = set().union(*[tracked(i, exp) for n in nodes for i in n.inputs
                                if i.startswith("params:")])
-        assert {key for _, key in params_of(body)} == wanted, name
-        assert all(has_key(raw, key) for _, key in params_of(body)), name
+        conf = {key for path, key in params_of(body) if path.startswith("conf/")}
+        assert conf == wanted, name
+        assert all(has_key(raw, key) for key in conf), name
+        # an evaluate stage declares its run's DVCLive params.yaml (all of it)
+        files = {path for entry in body.get("params", []) for path, keys in entry.items()
+                 if keys is None}
+        if name.startswith("evaluate-"):
+            (node,) = nodes
+            run = node.name.removesuffix(".evaluate_model")
+            assert files == {f"{path_of(f'{run}.live')}/params.yaml"}, name
+        else:
+            assert files == set(), name
         for node in nodes:
             assert node.name not in run_by, f"{node.name} runs in two stages"
             run_by[node.name] = name
@@ -193,15 +219,18 @@ def test_each_stage_depends_on_the_code_its_own_nodes_run():
     assert src("data/documents.py", "data/text.py", "data/tokens.py", "variants.py",
                "pipelines/run/export_nodes.py") <= deps["export@instruct"]
     assert src("lm/training/loop.py", "lm/model.py", "lm/checkpoint.py",
-               "datasets/model_dataset.py") <= deps["train@reversed-small-s1337"]
+               "datasets/model_dataset.py") <= deps["train-reversed-small-main@1337"]
     assert src("evaluation/evaluate.py", "evaluation/metrics.py") <= deps[
-        "evaluate@forward-small-s1337"]
+        "evaluate-forward-small-main@1337"]
     for name, paths in deps.items():
         layer = {p.split("/")[2] for p in paths}
         if name.startswith("export"):  # exports: no training, evaluation or model code
             assert {"lm", "evaluation"}.isdisjoint(layer), name
         if name.startswith("train"):  # training: not the corpus generator or the report
-            assert not any("corpus" in p for p in paths) and "evaluation" not in layer, name
+            assert not any("corpus" in p for p in paths), name
+            # only the per-story scoring its evaluation curve runs (evaluation/curve.py)
+            assert {p for p in paths if "/evaluation/" in p} == src(
+                "evaluation/__init__.py", "evaluation/curve.py", "evaluation/metrics.py"), name
         if name.startswith(("evaluate", "compare")):  # evaluation runs no training code
             assert not any("lm/training" in p for p in paths), name
         if name == "ingest":
@@ -220,12 +249,37 @@ def test_metrics_and_plots_cover_every_run():
     assert {r.variant for r in runs} == {"forward", "reversed", "instruct", "backward"}
     for run in runs:
         folder = f"{run.variant}/{run.size}/s{run.seed}"
-        assert stages[f"evaluate@{run.key}"]["metrics"] == [
+        assert stages[stage_of("evaluate", run)]["metrics"] == [
             f"data/08_reporting/{folder}/metrics.json"]
-    titles = {next(iter(p)): next(iter(p.values())) for p in document["plots"]}
-    assert set(titles["training loss"]["y"]) == {
-        f"data/06_models/{r.variant}/{r.size}/s{r.seed}/run/train_log.csv" for r in runs}
-    assert set(titles["validation loss"]["y"].values()) == {"val_loss"}
+        live = f"data/06_models/{folder}/live"  # DVCLive's summary and curves
+        train = stages[stage_of("train", run)]
+        assert train["metrics"] == [{f"{live}/metrics.json": {"persist": True}}]
+        assert train["plots"] == [{f"{live}/plots/metrics": {"persist": True, "x": "step"}}]
+    assert "plots" not in document  # DVCLive's curves, declared by the train stages
+
+
+def test_changing_the_seeds_needs_no_new_dvc_yaml(tmp_path):
+    """DVC reads each grid's seeds from the parameter file (what `dvc exp run -S` edits)."""
+    root = make_project(tmp_path / "project")
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    path = root / RUNS_FILE
+    data = yaml.safe_load(path.read_text())
+    data["experiment"]["main"]["seeds"] = [1, 2, 3]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert dvc_stages.main(["--root", str(root), "--check"]) == 0
+    stages = expand_stages(yaml.safe_load((root / "dvc.yaml").read_text()), root)
+    assert {n for n in stages if n.startswith("train-forward-small-main@")} == {
+        f"train-forward-small-main@{s}" for s in (1, 2, 3)}
+    body = stages["train-forward-small-main@2"]
+    assert "--nodes forward.small.s2.train_model" in body["cmd"]
+    assert "data/06_models/forward/small/s2/run" in paths_of(body["outs"])
+
+
+def test_a_run_in_two_grids_is_refused(tmp_path):
+    root = make_project(tmp_path / "project", {"parameters_runs.yml": {"experiment": {
+        "again": {"variants": ["forward"], "presets": ["small"], "seeds": [1337]}}}})
+    with pytest.raises(dvc_stages.StageError, match="forward.small.s1337 is declared by two"):
+        dvc_stages.build(root)
 
 
 def test_renamed_dataset_makes_dvc_yaml_stale(tmp_path):
@@ -238,7 +292,7 @@ def test_renamed_dataset_makes_dvc_yaml_stale(tmp_path):
         "data/08_reporting/{variant}/{size}/{seed}/scores.json"))
     assert dvc_stages.main(["--root", str(root), "--check"]) == 1
     assert dvc_stages.main(["--root", str(root)]) == 0
-    assert "data/08_reporting/${item.variant}/${item.size}/${item.seed}/scores.json" in (
+    assert "data/08_reporting/forward/small/s${item}/scores.json" in (
         root / "dvc.yaml").read_text()
     assert dvc_stages.main(["--root", str(root), "--check"]) == 0
 
@@ -260,19 +314,19 @@ def test_parameter_files_must_be_plain_and_complete(tmp_path):
 def test_an_added_seed_adds_its_own_stages_and_changes_no_other(tmp_path):
     root = make_project(tmp_path / "project")
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    before = expand_stages(yaml.safe_load((root / "dvc.yaml").read_text()))
+    before = expand_stages(yaml.safe_load((root / "dvc.yaml").read_text()), root)
     path = root / RUNS_FILE
     data = yaml.safe_load(path.read_text())
     data["experiment"]["more_seeds"] = {"variants": ["forward", "reversed"],
                                         "presets": ["small"], "seeds": [1, 2]}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     assert dvc_stages.main(["--root", str(root)]) == 0
-    after = expand_stages(yaml.safe_load((root / "dvc.yaml").read_text()))
+    after = expand_stages(yaml.safe_load((root / "dvc.yaml").read_text()), root)
     added = set(after) - set(before)
-    assert added == {f"{step}@{v}-small-s{s}" for step in ("train", "evaluate")
+    assert added == {f"{step}-{v}-small-more_seeds@{s}" for step in ("train", "evaluate")
                      for v in ("forward", "reversed") for s in (1, 2)}
     changed = {name for name in before if after[name] != before[name]}
-    assert changed == {"compare"}  # it reads every run
+    assert changed == set()  # compare depends on the folders of all seeds: the same
 
 
 # ------------------------------------------------------------------ the temporary repo
@@ -337,7 +391,7 @@ def lock_hashes(root: Path) -> dict[str, str]:
 
 
 def repo_stages(root: Path) -> set[str]:
-    return set(expand_stages(yaml.safe_load((root / "dvc.yaml").read_text())))
+    return set(expand_stages(yaml.safe_load((root / "dvc.yaml").read_text()), root))
 
 
 @pytest.fixture(scope="module")
@@ -363,10 +417,20 @@ def test_repro_runs_every_stage_then_none(repo):
     shown = json.dumps(json.loads(sh(root, "dvc", "metrics", "show", "--json")))
     for variant in VARIANTS:
         assert f"data/08_reporting/{variant}/{RUN}/metrics.json" in shown
+    # DVCLive's output, read by DVC's own commands: no code of ours in between.
     plots = json.loads(sh(root, "dvc", "plots", "show", "--json"))["data"]
-    for title in ("training loss", "validation loss"):
-        values = plots[title][0]["content"]["data"]["values"]
-        assert {row["rev"] for row in values} and len({row["filename"] for row in values}) == 4
+    (row,) = [entry for entry in flatten_exps(json.loads(sh(root, "dvc", "exp", "show",
+                                                            "--json")))
+              if entry.get("rev") == "workspace"]
+    for variant in VARIANTS:
+        live = f"data/06_models/{variant}/{RUN}/live"
+        for curve in ("train/loss", "train/lr", "val/loss"):
+            values = plots[f"{live}/plots/metrics/{curve}.tsv"][0]["content"]["data"]["values"]
+            assert [int(v["step"]) for v in values][-1] == 6  # the tiny runs' last step
+        summary = metrics_of(row)[f"{live}/metrics.json"]["data"]
+        assert summary["step"] == 6 and summary["val"]["loss"] > 0
+        params = row["data"]["params"][f"{live}/params.yaml"]["data"]
+        assert params["train"]["max_steps"] == 6 and params["machine"]["cpu_capability"]
 
 
 @pytest.mark.slow
@@ -417,7 +481,8 @@ def test_evaluation_refuses_a_model_from_another_tokenizer(repo):
     with (TokenStore(root / "data/05_model_input/forward/val.h5") as val,
           TokenStore(root / "data/05_model_input/forward/train.h5") as train_store):
         with pytest.raises(LineageError) as err:
-            evaluate(foreign, val, train_store, tokenizer, settings["evaluate"],
+            evaluate(foreign, val, train_store, tokenizer,
+                     StoryTable(root / "data/02_intermediate/stories"), settings["evaluate"],
                      run=run.describe())
     assert tokenizer.sha256 in str(err.value) and foreign_sha in str(err.value)
 
@@ -494,7 +559,7 @@ def test_edited_training_code_makes_only_training_stale(repo):
     finally:
         loop.write_text(original)
     stale = set(re.findall(r"^(\S+):\s*$", status, flags=re.M))
-    assert stale == {f"train@{v}-small-s1337" for v in VARIANTS}
+    assert stale == {f"train-{v}-small-main@1337" for v in VARIANTS}
     assert sh(root, "dvc", "status").strip().endswith("Data and pipelines are up to date.")
 
 
@@ -504,7 +569,7 @@ def test_parameter_experiment_reruns_only_that_variant(repo):
     # `+` adds a key DVC's file does not have yet (variant_settings.reversed is {}).
     output = sh(root, "dvc", "exp", "run", "-n", "slow-lr", "-S",
                 f"{RUNS_FILE}:+variant_settings.reversed.train.lr=0.0005")
-    assert ran(output) == {"train@reversed-small-s1337", "evaluate@reversed-small-s1337",
+    assert ran(output) == {"train-reversed-small-main@1337", "evaluate-reversed-small-main@1337",
                            "compare"}
     shown = json.loads(sh(root, "dvc", "exp", "show", "--json"))
     rows = {row.get("name") or row.get("rev"): row for row in flatten_exps(shown)}
@@ -535,13 +600,33 @@ def test_an_added_seed_runs_only_its_own_stages(repo):
     sh(root, "python", "-m", "backstory.tools.dvc_stages", "--root", str(root))
     try:
         output = sh(root, "dvc", "repro")
-        assert ran(output) == {"train@forward-small-s7", "evaluate@forward-small-s7", "compare"}
+        assert ran(output) == {"train-forward-small-extra@7", "evaluate-forward-small-extra@7",
+                               "compare"}
         assert (root / "data/08_reporting/forward/small/s7/metrics.json").is_file()
     finally:
         path.write_text(original)
         sh(root, "python", "-m", "backstory.tools.dvc_stages", "--root", str(root))
         sh(root, "git", "checkout", "--", "dvc.lock")
         sh(root, "dvc", "checkout", "--force")
+
+
+@pytest.mark.slow
+def test_queued_experiments_over_seeds(repo):
+    """`dvc exp run --queue -S` over seeds: DVC reads the seeds from the parameter file,
+    so each queued experiment trains and reports its own seed (docs/reproducibility.md)."""
+    root = repo["root"]
+    sh(root, "dvc", "exp", "run", "--queue", "-n", "seed-7", "-S",
+       f"{RUNS_FILE}:experiment.main.seeds=[7]")
+    sh(root, "dvc", "exp", "run", "--run-all")
+    shown = json.loads(sh(root, "dvc", "exp", "show", "--json"))
+    rows = {row.get("name"): row for row in flatten_exps(shown)}
+    metrics = metrics_of(rows["seed-7"])
+    for variant in VARIANTS:
+        assert metrics[f"data/08_reporting/{variant}/small/s7/metrics.json"]["data"]["run"][
+            "seed"] == 7
+        assert f"data/06_models/{variant}/small/s7/live/metrics.json" in metrics
+    assert not any("/s1337/" in path for path in metrics)  # only the queued seed ran
+    assert sh(root, "dvc", "status").strip().endswith("Data and pipelines are up to date.")
 
 
 def flatten_exps(shown: list) -> list[dict]:
@@ -571,7 +656,7 @@ def test_killed_repro_resumes_training_and_ends_as_an_uninterrupted_run(tmp_path
         "run_defaults": {"train": {"max_steps": steps, "checkpoint_interval": every,
                                    "eval_interval": 20}},
     })
-    stage = "train@forward-small-s1337"
+    stage = "train-forward-small-main@1337"
     sh(root, "dvc", "repro", "export@forward")
     run_dir = root / "data/06_models/forward/small/s1337/run"
     proc = subprocess.Popen(["dvc", "repro", stage], cwd=root, env=ENV, start_new_session=True,
@@ -601,3 +686,12 @@ def test_killed_repro_resumes_training_and_ends_as_an_uninterrupted_run(tmp_path
     assert final.state_dict.keys() == clean.state_dict.keys()
     for name, tensor in clean.state_dict.items():
         assert torch.equal(final.state_dict[name], tensor), name
+    # DVCLive's files (persisted outs) carried on from the kill as if never interrupted.
+    live = root / "data/06_models/forward/small/s1337/live"
+    assert live_files(live) == live_files(tmp_path / "clean" / LIVE_DIR)
+
+
+def live_files(folder: Path) -> dict[str, bytes]:
+    """DVCLive's files in ``folder`` (not the .gitignore files DVC writes beside its outs)."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".gitignore"}

@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,11 +19,19 @@ from backstory.data.documents import encode_documents, record_key
 from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
 from backstory.data.tokens import DocBatch, TokenStore, write_token_store
-from backstory.evaluation.evaluate import EvaluateConfig, evaluate_model
+from backstory.errors import InputError
+from backstory.evaluation.evaluate import (
+    EvaluateConfig,
+    check_store_holds,
+    evaluate_model,
+    evaluation_set,
+    summarize_scores,
+)
 from backstory.evaluation.lineage import LineageError, check_lineage
 from backstory.evaluation.metrics import (
     covered_documents,
     document_bits,
+    document_scores,
     evaluate_loss,
     story_token_counts,
     unigram_bpb,
@@ -39,8 +48,9 @@ from backstory.evaluation.sampling import (
 from backstory.lm.checkpoint import TrainedModel
 from backstory.lm.model import ModelConfig, Transformer
 
-EVAL_CONFIG = EvaluateConfig(batch_size=4, max_tokens=None, n_samples=1, max_new_tokens=4,
-                             temperature=0.8, top_k=None, top_p=None, seed=0, device="cpu")
+EVAL_CONFIG = EvaluateConfig(batch_size=4, n_stories=12, curve_stories=4, n_samples=1,
+                             max_new_tokens=4, temperature=0.8, top_k=None, top_p=None, seed=0,
+                             device="cpu")
 VOCAB = 320  # sentencepiece's 256 byte pieces + 3 specials leave ~60 merges
 
 NAMES = ["Tom", "Lily", "Sam", "Mia", "Ben"]
@@ -518,22 +528,101 @@ def test_make_samples_from_records_is_deterministic(tokenizer, records):
 
 
 @pytest.mark.parametrize("variant", ["forward", "reversed", "instruct"])
-def test_evaluate_model_reports_metrics_and_samples(stores, train_store, tokenizer, variant):
+def test_evaluate_model_reports_metrics_and_samples(stores, train_store, tokenizer, records,
+                                                    variant):
     model = tiny_transformer()
     meta = {"lineage": {"tokenizer_sha256": tokenizer.sha256, "variant": variant},
             "train_config": {"token_order": "forward"}, "steps": 0}
     trained = TrainedModel(model.config, model.state_dict(), meta)
-    metrics, samples, report = evaluate_model(
+    chosen = evaluation_set(records, 10)
+    metrics, documents, samples, report = evaluate_model(
         trained, stores[variant], train_store, tokenizer,
-        EvaluateConfig(batch_size=4, max_tokens=None, n_samples=2, max_new_tokens=6,
-                       temperature=0.8, top_k=None, top_p=0.9, seed=0, device="cpu"),
-        variant=variant,
+        EvaluateConfig(batch_size=4, n_stories=10, curve_stories=0, n_samples=2,
+                       max_new_tokens=6, temperature=0.8, top_k=None, top_p=0.9, seed=0,
+                       device="cpu"),
+        variant=variant, stories=chosen,
     )
     assert {"val_loss", "val_perplexity", "val_bpb", "unigram_bpb", "n_tokens"} <= set(metrics)
     assert metrics["variant"] == variant and metrics["token_order"] == "forward"
     assert metrics["val_bpb"] > 0 and metrics["unigram_bpb"] > 0
+    assert metrics["n_docs"] == 10 and metrics["eval_stories"] == chosen.identity()
+    assert metrics["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    # One row per evaluation story, in order, with the bits each story scores on its own.
+    assert documents["story"].tolist() == [record_key(r) for r in records[:10]]
+    expected = document_bits(model, stores[variant], seq_len=64, docs=range(10), batch_size=4)
+    np.testing.assert_allclose(documents["bits"], expected, rtol=1e-12)
+    assert metrics["val_bpb"] == pytest.approx(documents["bits"].sum()
+                                               / documents["n_bytes"].sum())
     assert len(samples) == 2 and all(s["variant"] == variant for s in samples)
     assert report.count("## ") == 2
+
+
+def test_evaluation_set_is_the_first_stories_in_table_order(records, stores):
+    chosen = evaluation_set(iter(records), 5)
+    assert chosen.ids == tuple(record_key(r) for r in records[:5])
+    assert chosen.n_bytes == tuple(len(r["story"].encode()) for r in records[:5])
+    identity = chosen.identity()
+    assert (identity["n_stories"], identity["first"], identity["last"]) == (
+        5, "data00.json:0", "data00.json:4")
+    assert evaluation_set(records, 5) == chosen  # the same stories, the same fingerprint
+    other = [dict(r) for r in records]
+    other[2]["story"] += " The end."
+    assert evaluation_set(other, 5).sha256 != chosen.sha256
+    assert evaluation_set(records, 99).n_stories == len(records)  # fewer: all, with a warning
+    with pytest.raises(InputError, match="no validation stories"):
+        evaluation_set([], 5)
+    for store in stores.values():  # every variant's store begins with the same stories
+        check_store_holds(store, evaluation_set(records, len(records)))
+
+
+def test_a_store_of_other_stories_is_refused(records, stores):
+    shifted = evaluation_set(records[1:], 5)  # the stories of documents 1..5
+    with pytest.raises(InputError, match="does not begin with the 5 validation stories"):
+        check_store_holds(stores["forward"], shifted)
+    with pytest.raises(InputError, match="does not begin with"):
+        check_store_holds(stores["forward"], evaluation_set(records + records, 20))
+
+
+@pytest.mark.parametrize("token_order", ["forward", "backward"])
+def test_document_scores_count_every_target_once(stores, token_order):
+    store, model = stores["instruct"], BigramModel(seed=4)
+    docs = [0, 3, 7]
+    whole = document_scores(model, store, seq_len=64, docs=docs, token_order=token_order)
+    chunked = document_scores(model, store, seq_len=9, stride=4, docs=docs,
+                              token_order=token_order)
+    lengths = np.diff(store.doc_offsets)[docs]
+    # Forward: every token but the document's first; backward: every token (the first is
+    # predicted from the token after the document).
+    expected = lengths - 1 if token_order == "forward" else lengths
+    assert whole["targets"].tolist() == expected.tolist() == chunked["targets"].tolist()
+    np.testing.assert_allclose(chunked["nats"], whole["nats"], rtol=1e-6)
+    np.testing.assert_allclose(chunked["bits"], whole["bits"], rtol=1e-6)
+    log_p = model.log_probs()
+    for got, doc in zip(whole["nats"], docs, strict=True):  # the bigram model by hand
+        tokens = store.document(doc).astype(np.int64)
+        if token_order == "backward":
+            after = int(store.doc_offsets[doc + 1]) if doc + 1 < store.n_docs else 0
+            tokens = np.append(tokens, store.tokens[after])[::-1]
+        assert got == pytest.approx(-log_p[tokens[:-1], tokens[1:]].sum(), rel=1e-6)
+
+
+def test_summarized_scores_give_loss_and_bits_per_byte():
+    documents = pd.DataFrame({"bits": [10.0, 30.0], "nats": [8.0, 12.0], "targets": [4, 6],
+                              "n_bytes": [5, 15], "story_tokens": [3, 5]})
+    summary = summarize_scores(documents)
+    assert summary["val_loss"] == pytest.approx(2.0) and summary["val_bpb"] == pytest.approx(2.0)
+    assert summary["val_perplexity"] == pytest.approx(math.exp(2.0))
+    assert summary["story_nats_per_token"] == pytest.approx(40 * math.log(2) / 8)
+    assert (summary["n_docs"], summary["n_tokens"], summary["n_bytes"]) == (2, 10, 20)
+
+
+@pytest.mark.parametrize("settings, match", [
+    ({"n_stories": 0}, "evaluate.n_stories"), ({"curve_stories": -1}, "evaluate.curve_stories"),
+    ({"curve_stories": 13}, "at most evaluate.n_stories=12"),
+])
+def test_evaluate_settings_are_checked(settings, match):
+    with pytest.raises(ValueError, match=match):
+        EvaluateConfig(**{**EVAL_CONFIG.to_dict(), **settings})
 
 
 def test_evaluate_model_refuses_a_model_of_another_variant(stores, train_store, tokenizer):
@@ -542,4 +631,4 @@ def test_evaluate_model_refuses_a_model_of_another_variant(stores, train_store, 
     trained = TrainedModel(model.config, model.state_dict(), meta)
     with pytest.raises(LineageError, match="trained for the 'reversed' variant, not 'forward'"):
         evaluate_model(trained, stores["forward"], train_store, tokenizer, EVAL_CONFIG,
-                       variant="forward")
+                       variant="forward", stories=evaluation_set(make_records(12, seed=2), 12))

@@ -117,7 +117,11 @@ def test_all_variants_train_and_evaluate_end_to_end(tiny_run):
         samples = json.loads((root / f"data/08_reporting/{variant}/{RUN}/samples.json").read_text())
         assert len(samples) == 2 and all(s["variant"] == variant for s in samples)
         assert (root / f"data/06_models/{variant}/{RUN}/model/model.safetensors").is_file()
-        assert (root / f"data/06_models/{variant}/{RUN}/run/train_log.csv").is_file()
+        live = root / f"data/06_models/{variant}/{RUN}/live"  # DVCLive's curves and summary
+        assert (live / "plots/metrics/train/loss.tsv").is_file()
+        assert json.loads((live / "metrics.json").read_text())["step"] == metrics["steps"]
+        curve = root / f"data/06_models/{variant}/{RUN}/run/eval_curve.csv"
+        assert curve.read_text().startswith("step,doc,bits\n")
     # The token-order backward model: forward's stories and tokens, its own order.
     metrics = json.loads((root / f"data/08_reporting/backward/{RUN}/metrics.json").read_text())
     forward = json.loads((root / f"data/08_reporting/forward/{RUN}/metrics.json").read_text())

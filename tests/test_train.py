@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from backstory.data.tokens import DocBatch, TokenStore, write_token_store
 from backstory.errors import InputError
@@ -35,12 +36,15 @@ from backstory.lm.training import TrainConfig, train
 from backstory.lm.training import logs as train_logs
 from backstory.lm.training import loop as train_loop
 from backstory.lm.training.logs import (
+    LIVE_DIR,
+    LR,
+    METRICS_FILE,
+    PARAMS_FILE,
     SPEED_COLUMNS,
     SPEED_LOG,
-    TRAIN_COLUMNS,
-    TRAIN_LOG,
-    VAL_COLUMNS,
-    VAL_LOG,
+    TRAIN_LOSS,
+    VAL_LOSS,
+    curve_file,
 )
 from backstory.locks import LockedError
 from tests.project import load_defaults
@@ -109,9 +113,15 @@ def assert_same_weights(a: dict, b: dict) -> None:
         assert torch.equal(a[name], b[name]), name
 
 
-def deterministic_logs(run_dir: Path) -> tuple[bytes, bytes]:
-    """The train and val logs' bytes: no wall-clock figures, so equal runs give equal bytes."""
-    return (run_dir / TRAIN_LOG).read_bytes(), (run_dir / VAL_LOG).read_bytes()
+def deterministic_logs(run_dir: Path) -> dict[str, bytes]:
+    """Every DVCLive file's bytes: no wall-clock figures, so equal runs give equal bytes."""
+    live = run_dir / LIVE_DIR
+    return {p.relative_to(live).as_posix(): p.read_bytes()
+            for p in sorted(live.rglob("*")) if p.is_file()}
+
+
+def read_curve(run_dir: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(curve_file(run_dir / LIVE_DIR, name), sep="\t")
 
 
 # --- configuration ---------------------------------------------------------------------
@@ -208,9 +218,11 @@ def test_training_learns_and_writes_logs_and_checkpoints(stores, tmp_path: Path)
     config = small_config(max_steps=24, eval_interval=8, checkpoint_interval=8)
     trained = run(stores, tmp_path, config)
 
-    train_log = pd.read_csv(tmp_path / "train_log.csv")
-    assert tuple(train_log.columns) == TRAIN_COLUMNS == ("step", "loss", "lr")
+    train_log = read_curve(tmp_path, TRAIN_LOSS)
+    assert tuple(train_log.columns) == ("step", "loss")
     assert train_log["step"].tolist() == list(range(2, 25, 2))
+    lr_log = read_curve(tmp_path, LR)
+    assert lr_log["step"].tolist() == train_log["step"].tolist()
     speed_log = pd.read_csv(tmp_path / SPEED_LOG)
     assert tuple(speed_log.columns) == SPEED_COLUMNS
     assert speed_log["step"].tolist() == train_log["step"].tolist()
@@ -219,11 +231,19 @@ def test_training_learns_and_writes_logs_and_checkpoints(stores, tmp_path: Path)
     assert (speed_log["elapsed_s"] > 0).all() and speed_log["elapsed_s"].is_monotonic_increasing
     expected_lr = [lr_at(s - 1, schedule="cosine", lr=3e-3, min_lr=3e-4, warmup_steps=2,
                          max_steps=24, cooldown_fraction=0.2) for s in train_log["step"]]
-    np.testing.assert_allclose(train_log["lr"], expected_lr, rtol=1e-6)
-    val_log = pd.read_csv(tmp_path / "val_log.csv")
-    assert tuple(val_log.columns) == VAL_COLUMNS
+    np.testing.assert_allclose(lr_log["lr"], expected_lr, rtol=1e-6)
+    val_log = read_curve(tmp_path, VAL_LOSS).rename(columns={"loss": "val_loss"})
     assert val_log["step"].tolist() == [8, 16, 24]
     assert val_log["val_loss"].iloc[-1] < val_log["val_loss"].iloc[0] < np.log(VOCAB)
+    # DVCLive's summary (dvc metrics show) and parameters (params.yaml) of the run
+    summary = json.loads((tmp_path / LIVE_DIR / METRICS_FILE).read_text())
+    assert summary["step"] == 24 and summary["val"]["loss"] == val_log["val_loss"].iloc[-1]
+    assert summary["train"]["loss"] == train_log["loss"].iloc[-1]
+    params = yaml.safe_load((tmp_path / LIVE_DIR / PARAMS_FILE).read_text())
+    assert params["train"] == config.to_dict() and params["lineage"] == LINEAGE
+    assert params["model"]["dim"] == MODEL.dim
+    assert params["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert params["machine"]["threads"] == 1
 
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000016", "step_00000024"]
     state = read_state(latest_checkpoint(tmp_path))
@@ -254,7 +274,8 @@ def test_same_inputs_give_the_same_run_folder_bytes(stores, tmp_path: Path) -> N
                 for p in sorted(root.rglob("*")) if p.is_file() and p.name != SPEED_LOG}
 
     first, second = files(tmp_path / "a"), files(tmp_path / "b")
-    assert {"train_log.csv", "val_log.csv", "checkpoints/latest"} <= set(first)
+    assert {"live/plots/metrics/train/loss.tsv", "live/plots/metrics/val/loss.tsv",
+            "live/metrics.json", "live/params.yaml", "checkpoints/latest"} <= set(first)
     assert first.keys() == second.keys()
     assert [k for k in first if first[k] != second[k]] == []
 
@@ -277,7 +298,7 @@ def test_backward_order_trains_on_reversed_windows(stores, tmp_path: Path) -> No
 
 def test_finished_run_is_returned_without_training(stores, tmp_path: Path, monkeypatch) -> None:
     first = run(stores, tmp_path)
-    log_before = (tmp_path / "train_log.csv").read_text()
+    log_before = deterministic_logs(tmp_path)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run must not train again")
@@ -286,7 +307,7 @@ def test_finished_run_is_returned_without_training(stores, tmp_path: Path, monke
     again = run(stores, tmp_path)
     assert_same_weights(first.state_dict, again.state_dict)
     assert again.meta == first.meta
-    assert (tmp_path / "train_log.csv").read_text() == log_before
+    assert deterministic_logs(tmp_path) == log_before
 
 
 def test_a_changed_input_moves_the_old_run_aside_and_starts_afresh(
@@ -320,9 +341,13 @@ def test_resume_false_starts_over(stores, tmp_path: Path) -> None:
     run(stores, tmp_path / "run", small_config(max_steps=6, lr=1e-2))
     fresh = run(stores, tmp_path / "run", small_config(max_steps=6, resume=False))
     assert_same_weights(clean.state_dict, fresh.state_dict)
-    assert deterministic_logs(tmp_path / "run") == deterministic_logs(tmp_path / "clean")
+    logs = deterministic_logs(tmp_path / "run")
+    assert yaml.safe_load(logs.pop(PARAMS_FILE))["train"]["resume"] is False  # its settings
+    expected = deterministic_logs(tmp_path / "clean")
+    expected.pop(PARAMS_FILE)
+    assert logs == expected
     speed_steps = pd.read_csv(tmp_path / "run" / SPEED_LOG)["step"].tolist()
-    assert speed_steps == pd.read_csv(tmp_path / "run" / TRAIN_LOG)["step"].tolist()
+    assert speed_steps == read_curve(tmp_path / "run", TRAIN_LOSS)["step"].tolist()
 
 
 KILLED_RUN = """

@@ -20,9 +20,10 @@ LAYERS = ["raw", "intermediate", "primary", "model_input", "models", "reporting"
 INGEST_NODES = {"acquire_corpus", "clean_corpus", "report_ingest", "fit_tokenizer"}
 EXPORT_NODES = {"export_train_tokens", "export_val_tokens"}
 RUN_NODES = {"train_model", "evaluate_model"}
-COMPARE_NODES = {"score_validation_documents", "measure_arrow_of_time", "build_report",
-                 "generate_comparison_stories", "score_coherence", "check_instruction_following",
-                 "plot_loss_curves", "plot_bpb_scatter", "plot_delta"}
+COMPARE_NODES = {"collect_scores", "measure_arrow_of_time", "measure_training_curves",
+                 "build_report", "generate_comparison_stories", "score_coherence",
+                 "check_instruction_following", "plot_loss_curves", "plot_bpb_scatter",
+                 "plot_delta", "plot_sweep", "plot_training_curves"}
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +105,8 @@ def test_datasets_have_layers_and_previews(viz_api):
         "compare.report": "JSONPreview",
         "compare.loss_curves": "ImagePreview",
         "compare.delta_plot": "ImagePreview",
+        "compare.sweep_plot": "ImagePreview",
+        "compare.training_curves_plot": "ImagePreview",
         "compare.story_scores": "TablePreview",
         "compare.generated_stories": "TablePreview",
     }
@@ -117,6 +120,8 @@ def test_compare_pipeline_reads_every_run(viz_api):
     pipeline = _load(viz_api / "pipelines" / "compare")
     names = {n["name"] for n in pipeline["nodes"] if n["type"] == "data"}
     for run in RUNS:
-        assert {f"{run}.model", f"{run}.train_log", f"{run}.metrics"} <= names
-    assert {f"{v}.val_tokens" for v in EXPORTS} <= names
+        assert {f"{run}.model", f"{run}.train_loss_curve", f"{run}.metrics",
+                f"{run}.document_bits", f"{run}.eval_curve"} <= names
+    # compare reads the scores each run's evaluation persisted, never the token stores
+    assert not {f"{v}.val_tokens" for v in EXPORTS} & names
     assert {"compare.report", "compare.report_markdown", "compare.bpb_scatter"} <= names

@@ -1,5 +1,4 @@
-"""Cross-run comparison: its settings, the shared validation stories, scoring texts and
-batched generation for the report.
+"""Cross-run comparison: its settings, scoring texts and batched generation for the report.
 
 Texts (generated or real stories, in normal reading order) are scored by writing them
 as a small token store in a variant's own layout and passing that to
@@ -10,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from backstory.data.documents import encode_documents
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore, write_token_store
 from backstory.evaluation.metrics import document_bits
+from backstory.evaluation.report import Statistics
 from backstory.evaluation.sampling import prompt_ids, story_text
 from backstory.lm.generate import check_sampling, generate
 from backstory.lm.model import Transformer
@@ -33,11 +33,12 @@ logger = logging.getLogger(__name__)
 class CompareConfig:
     """The report's settings (``compare`` in conf/base/parameters_compare.yml)."""
 
-    max_tokens: int | None  # validation documents: the first whole ones up to this many tokens
-    batch_size: int  # windows per scoring batch
+    batch_size: int  # windows per scoring batch (generated stories)
     n_boot: int  # bootstrap resamples of documents per interval
     confidence: float  # interval coverage
     seed: int  # bootstrap seed; generation batch b samples with seed + b
+    convergence_window: float  # share of training at the end over which bpb must settle
+    convergence_tolerance: float  # converged: bpb fell less than this (relative) over it
     n_stories: int  # validation records prompted per source
     generate_batch_size: int  # stories decoded together
     max_new_tokens: int  # per generated story (capped by the model's context)
@@ -50,11 +51,7 @@ class CompareConfig:
     def __post_init__(self) -> None:
         for name in ("batch_size", "n_stories", "generate_batch_size", "max_new_tokens"):
             params.check_int("compare", name, getattr(self, name), 1)
-        params.check_int("compare", "n_boot", self.n_boot, 10)
-        params.check_int("compare", "seed", self.seed, 0)
-        params.check_int("compare", "max_tokens", self.max_tokens, 1, optional=True)
-        if not isinstance(self.confidence, int | float) or not 0 < self.confidence < 1:
-            raise ValueError(f"compare.confidence={self.confidence!r} must be in (0, 1)")
+        self.statistics()  # checks n_boot, seed, confidence and the convergence settings
         try:
             check_sampling(self.temperature, self.top_k, self.top_p)
         except ValueError as err:
@@ -67,39 +64,11 @@ class CompareConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-
-class CompareError(ValueError):
-    """Inputs to the comparison that do not fit together (different stories, sizes, ...)."""
-
-
-# --------------------------------------------------------------- validation documents
-
-
-def check_same_stories(stores: Mapping[str, TokenStore], n_docs: int) -> None:
-    """Raise CompareError unless the stores hold the same first ``n_docs`` stories."""
-    items = list(stores.items())
-    if not items:
-        raise CompareError("no token stores to compare")
-    name0, store0 = items[0]
-    for name, store in items:
-        if store.n_docs < n_docs:
-            raise CompareError(f"{store.path} ({name}) holds {store.n_docs} documents, "
-                               f"fewer than the {n_docs} compared")
-        for key in ("tokenizer_sha256", "corpus_fingerprint"):
-            if store.attrs.get(key) != store0.attrs.get(key):
-                raise CompareError(
-                    f"{store.path} ({name}) and {store0.path} ({name0}) differ in {key}; "
-                    "rerun the variants on one corpus and tokenizer"
-                )
-        if not np.array_equal(store.doc_bytes[:n_docs], store0.doc_bytes[:n_docs]):
-            raise CompareError(f"{store.path} ({name}) does not hold the same stories in the "
-                               f"same order as {store0.path} ({name0})")
-
-
-def story_tokens_per_doc(store: TokenStore, n_docs: int) -> np.ndarray:
-    """int64 (n_docs,): the story-text tokens of each of the first ``n_docs`` documents."""
-    spans = store.story_spans[:n_docs]
-    return (spans[:, 1] - spans[:, 0]).astype(np.int64)
+    def statistics(self) -> Statistics:
+        """How the report makes its intervals and judges convergence."""
+        return Statistics(n_boot=self.n_boot, confidence=self.confidence, seed=self.seed,
+                          convergence_window=self.convergence_window,
+                          convergence_tolerance=self.convergence_tolerance)
 
 
 # --------------------------------------------------------------------- scoring texts

@@ -1,4 +1,12 @@
-"""Evaluate one trained run: validation metrics, the unigram baseline and samples.
+"""Evaluate one trained run: validation metrics, per-story bits, the unigram baseline
+and samples.
+
+Every run is evaluated on the same validation stories: the first ``evaluate.n_stories``
+validation records of the story table, in table order (``evaluation_set``). Every
+token export keeps table order, so document i of any variant's validation store is
+the same story; the stores are checked against the stories' byte lengths. Each story
+is scored once, on its own (``metrics.document_scores``), and the per-story bits are
+persisted with the run, so the comparison reads them instead of scoring again.
 
 The model is checked against the tokenizer and the stores it is evaluated on
 (``backstory.evaluation.lineage``), scored in the token order of its variant, and
@@ -7,18 +15,28 @@ sampled in its variant's natural mode (``backstory.evaluation.sampling``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from backstory import params, variants
+from backstory.data.documents import record_key
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore
+from backstory.errors import InputError
 from backstory.evaluation.lineage import LineageError, check_lineage, model_variant
-from backstory.evaluation.metrics import evaluate_loss, resolve_device, unigram_bpb
+from backstory.evaluation.metrics import LN2, document_scores, resolve_device, unigram_bpb
 from backstory.evaluation.sampling import make_samples, samples_markdown
 from backstory.lm.checkpoint import TrainedModel, build_model
 from backstory.lm.generate import check_sampling
+from backstory.lm.machine import machine_facts
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +46,8 @@ class EvaluateConfig:
     """A run's evaluation settings (defaults: ``run_defaults.evaluate`` in conf/base)."""
 
     batch_size: int  # windows per scoring batch
-    max_tokens: int | None  # first whole validation documents up to this many tokens
+    n_stories: int  # the first n validation stories (table order), the same for every run
+    curve_stories: int  # the first n of those, scored at each evaluation step of training
     n_samples: int  # stories sampled for the samples report
     max_new_tokens: int  # per sample, capped by the model's context
     temperature: float
@@ -38,9 +57,13 @@ class EvaluateConfig:
     device: str  # auto: cuda when available, else cpu
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "n_samples", "max_new_tokens"):
+        for name in ("batch_size", "n_stories", "n_samples", "max_new_tokens"):
             params.check_int("evaluate", name, getattr(self, name), 1)
-        params.check_int("evaluate", "max_tokens", self.max_tokens, 1, optional=True)
+        params.check_int("evaluate", "curve_stories", self.curve_stories, 0)
+        if self.curve_stories > self.n_stories:
+            raise ValueError(f"evaluate.curve_stories={self.curve_stories} must be at most "
+                             f"evaluate.n_stories={self.n_stories}: the curve scores a prefix "
+                             "of the evaluation stories")
         params.check_int("evaluate", "seed", self.seed, 0)
         try:
             check_sampling(self.temperature, self.top_k, self.top_p)
@@ -69,6 +92,99 @@ def check_trained_for(trained: TrainedModel, variant: str) -> str:
     return spec.token_order
 
 
+# ------------------------------------------------------------------ the stories
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    """The validation stories every run is evaluated on: their ids (``shard:record``) and
+    UTF-8 byte lengths, in table order, and a sha256 of ids and texts."""
+
+    ids: tuple[str, ...]
+    n_bytes: tuple[int, ...]
+    sha256: str
+
+    @property
+    def n_stories(self) -> int:
+        return len(self.ids)
+
+    def identity(self) -> dict[str, Any]:
+        """What metrics.json records: enough to tell two evaluation sets apart."""
+        return {"split": "val", "selection": "first stories in story-table order",
+                "n_stories": self.n_stories, "first": self.ids[0], "last": self.ids[-1],
+                "sha256": self.sha256}
+
+
+def evaluation_set(records: Iterable[Mapping[str, Any]], n_stories: int) -> EvaluationSet:
+    """The first ``n_stories`` of the validation ``records`` (table order); fewer if the
+    split holds fewer, with a warning."""
+    ids, sizes = [], []
+    digest = hashlib.sha256()
+    for record in records:
+        if len(ids) == n_stories:
+            break
+        story = str(record["story"])
+        ids.append(record_key(dict(record)))
+        sizes.append(len(story.encode("utf-8")))
+        digest.update(json.dumps([ids[-1], story], ensure_ascii=False).encode("utf-8"))
+    if not ids:
+        raise InputError("the story table holds no validation stories to evaluate on")
+    if len(ids) < n_stories:
+        logger.warning("evaluate.n_stories=%d but the validation split holds %d stories; "
+                       "evaluating on all of them", n_stories, len(ids))
+    return EvaluationSet(tuple(ids), tuple(sizes), digest.hexdigest())
+
+
+def check_store_holds(store: TokenStore, stories: EvaluationSet) -> None:
+    """Raise InputError unless the store's first documents are ``stories``, in order."""
+    n = stories.n_stories
+    if store.n_docs < n or not np.array_equal(np.asarray(store.doc_bytes[:n], dtype=np.int64),
+                                              np.asarray(stories.n_bytes, dtype=np.int64)):
+        raise InputError(
+            f"{store.path} does not begin with the {n} validation stories of the story table "
+            f"(first {stories.ids[0]}, last {stories.ids[-1]}): their byte lengths differ; "
+            "export the token stores again from the current story table"
+        )
+
+
+# ------------------------------------------------------------------ one run
+
+
+def score_stories(model: Any, store: TokenStore, stories: EvaluationSet, *, token_order: str,
+                  batch_size: int) -> pd.DataFrame:
+    """One row per evaluation story: its id, bytes and story tokens, and the model's bits
+    of its story text, nats of every target and the number of targets."""
+    n = stories.n_stories
+    scores = document_scores(model, store, seq_len=model.config.max_seq_len,
+                             batch_size=batch_size, token_order=token_order, docs=range(n))
+    spans = np.asarray(store.story_spans[:n])
+    return pd.DataFrame({
+        "doc": np.arange(n, dtype=np.int64), "story": list(stories.ids),
+        "n_bytes": np.asarray(stories.n_bytes, dtype=np.int64),
+        "story_tokens": (spans[:, 1] - spans[:, 0]).astype(np.int64),
+        "bits": scores["bits"], "nats": scores["nats"], "targets": scores["targets"],
+    })
+
+
+def summarize_scores(documents: pd.DataFrame) -> dict[str, float | int]:
+    """Loss, perplexity and bits per byte of a run from its per-story scores."""
+    n_bytes = int(documents["n_bytes"].sum())
+    if n_bytes == 0:
+        raise ValueError("the evaluated stories hold no bytes")
+    loss = float(documents["nats"].sum() / documents["targets"].sum())
+    return {
+        "val_loss": loss,
+        "val_perplexity": math.exp(loss),
+        "val_bpb": float(documents["bits"].sum() / n_bytes),
+        "story_nats_per_token": float(documents["bits"].sum() * LN2
+                                      / documents["story_tokens"].sum()),
+        "n_tokens": int(documents["targets"].sum()),
+        "n_story_tokens": int(documents["story_tokens"].sum()),
+        "n_bytes": n_bytes,
+        "n_docs": len(documents),
+    }
+
+
 def evaluate_model(
     trained: TrainedModel,
     val_store: TokenStore,
@@ -77,28 +193,33 @@ def evaluate_model(
     config: EvaluateConfig,
     *,
     variant: str,
-) -> tuple[dict[str, Any], list[dict[str, Any]], str]:
-    """Metrics, samples and the samples report of one trained model of ``variant``.
+    stories: EvaluationSet,
+) -> tuple[dict[str, Any], pd.DataFrame, list[dict[str, Any]], str]:
+    """Metrics, per-story scores, samples and the samples report of one trained model.
 
-    Checks that model, tokenizer and stores share a tokenizer and that the model was
-    trained for ``variant``; evaluates in the variant's token order.
+    Checks that model, tokenizer and stores share a tokenizer, that the model was
+    trained for ``variant`` and that the store holds ``stories`` first; evaluates in the
+    variant's token order. ``val_loss`` is nats per target token (instruction, BOS and
+    EOS included), ``val_bpb`` bits per byte of the story text, both over ``stories``,
+    each scored on its own.
     """
     check_lineage(trained.meta, tokenizer.sha256, val_store.attrs, store_path=str(val_store.path))
     token_order = check_trained_for(trained, variant)
+    check_store_holds(val_store, stories)
     model = build_model(trained).to(resolve_device(config.device)).eval()
-    seq_len = trained.config.max_seq_len
-    metrics: dict[str, Any] = evaluate_loss(model, val_store, seq_len=seq_len,
-                                            batch_size=config.batch_size,
-                                            max_tokens=config.max_tokens,
-                                            token_order=token_order)
-    metrics["unigram_bpb"] = unigram_bpb(train_store, val_store)
-    metrics.update(variant=variant, token_order=token_order, seq_len=seq_len,
-                   n_params=model.num_parameters(), steps=trained.meta.get("steps"))
-    logger.info("%s: val loss %.4f, perplexity %.2f, %.4f bits per byte (unigram %.4f)",
-                variant, metrics["val_loss"], metrics["val_perplexity"], metrics["val_bpb"],
-                metrics["unigram_bpb"])
+    documents = score_stories(model, val_store, stories, token_order=token_order,
+                              batch_size=config.batch_size)
+    metrics: dict[str, Any] = summarize_scores(documents)
+    metrics["unigram_bpb"] = unigram_bpb(train_store, val_store, stories.n_stories)
+    metrics.update(variant=variant, token_order=token_order, seq_len=model.config.max_seq_len,
+                   n_params=model.num_parameters(), steps=trained.meta.get("steps"),
+                   tokens_seen=trained.meta.get("tokens_seen"),
+                   eval_stories=stories.identity(), machine=machine_facts())
+    logger.info("%s: val loss %.4f, perplexity %.2f, %.4f bits per byte (unigram %.4f) on %d "
+                "validation stories", variant, metrics["val_loss"], metrics["val_perplexity"],
+                metrics["val_bpb"], metrics["unigram_bpb"], stories.n_stories)
     samples = make_samples(model, tokenizer, val_store, variant=variant, n=config.n_samples,
                            max_new_tokens=config.max_new_tokens,
                            temperature=config.temperature, top_k=config.top_k,
                            top_p=config.top_p, seed=config.seed)
-    return metrics, samples, samples_markdown(samples)
+    return metrics, documents, samples, samples_markdown(samples)

@@ -3,8 +3,8 @@
 An external model reads text with its own tokenizer, so its token store holds the
 runs' validation stories (same records, same order, same story bytes) in other tokens.
 Bits per byte of the story text compare across tokenizers; nats per token do not, so
-an external model is measured in bits per byte, on the same leading stories as the
-runs of its variant (``covered_documents`` of the runs' store).
+an external model is measured in bits per byte, on the evaluation stories every run is
+scored on (``evaluate.n_stories``, ``backstory.evaluation.evaluate.evaluation_set``).
 """
 
 from __future__ import annotations
@@ -13,12 +13,20 @@ import logging
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from backstory.data.tokens import TokenStore
 from backstory.errors import InputError
-from backstory.evaluation.evaluate import EvaluateConfig, check_trained_for
+from backstory.evaluation.evaluate import (
+    EvaluateConfig,
+    EvaluationSet,
+    check_store_holds,
+    check_trained_for,
+    score_stories,
+    summarize_scores,
+)
 from backstory.evaluation.lineage import check_lineage
-from backstory.evaluation.metrics import covered_documents, evaluate_loss, resolve_device
+from backstory.evaluation.metrics import resolve_device
 from backstory.lm.checkpoint import TrainedModel, build_model
 
 logger = logging.getLogger(__name__)
@@ -41,22 +49,23 @@ def check_stories_match(store: TokenStore, reference: TokenStore, n_docs: int) -
 
 
 def evaluate_external_model(trained: TrainedModel, store: TokenStore, reference: TokenStore,
-                            config: EvaluateConfig, *, variant: str) -> dict[str, Any]:
-    """Loss and bits per byte of ``trained`` (read as ``variant``) on its own ``store``,
-    over the stories a run of that variant is evaluated on (``reference``, the runs'
-    store, and ``config.max_tokens`` of it)."""
+                            config: EvaluateConfig, *, variant: str, stories: EvaluationSet
+                            ) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Metrics and per-story scores of ``trained`` (read as ``variant``) on its own
+    ``store``, over the evaluation ``stories`` (which ``reference``, the store the runs of
+    that variant are scored on, holds first too)."""
     check_lineage(trained.meta, store.attrs.get("tokenizer_sha256"), store.attrs,
                   store_path=str(store.path))
     token_order = check_trained_for(trained, variant)
-    n_docs = covered_documents(reference, config.max_tokens)
-    check_stories_match(store, reference, n_docs)
+    check_stories_match(store, reference, stories.n_stories)
+    check_store_holds(store, stories)
     model = build_model(trained).to(resolve_device(config.device)).eval()
-    # Exactly the first n_docs documents of the external model's own tokens.
-    metrics: dict[str, Any] = evaluate_loss(
-        model, store, seq_len=trained.config.max_seq_len, batch_size=config.batch_size,
-        max_tokens=int(store.doc_offsets[n_docs]), token_order=token_order)
+    documents = score_stories(model, store, stories, token_order=token_order,
+                              batch_size=config.batch_size)
+    metrics: dict[str, Any] = summarize_scores(documents)
     metrics.update(variant=variant, token_order=token_order, seq_len=trained.config.max_seq_len,
-                   n_params=model.num_parameters(), vocab_size=trained.config.vocab_size)
+                   n_params=model.num_parameters(), vocab_size=trained.config.vocab_size,
+                   eval_stories=stories.identity())
     logger.info("external %s model: %.4f bits per byte on %d validation stories", variant,
-                metrics["val_bpb"], n_docs)
-    return metrics
+                metrics["val_bpb"], stories.n_stories)
+    return metrics, documents

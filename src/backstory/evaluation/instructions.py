@@ -95,16 +95,22 @@ def instruction_checks(story: str, record: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def instruction_shares(stories: Sequence[str], records: Sequence[Mapping[str, Any]]
-                       ) -> dict[str, float | int]:
-    """Shares of ``stories`` that use all words / name all characters of their record."""
+def instruction_hits(stories: Sequence[str], records: Sequence[Mapping[str, Any]]
+                     ) -> dict[str, list[bool]]:
+    """Per story: does it use all words, name all characters, do both (one list each)."""
     if len(stories) != len(records):
         raise ValueError(f"{len(stories)} stories but {len(records)} records to check them by")
     if not stories:
         raise ValueError("no stories to check")
     checks = [instruction_checks(s, r) for s, r in zip(stories, records, strict=True)]
-    n = len(checks)
-    words = sum(c["uses_words"] for c in checks)
-    names = sum(c["names_characters"] for c in checks)
-    both = sum(c["uses_words"] and c["names_characters"] for c in checks)
-    return {"n": n, "uses_words": words / n, "names_characters": names / n, "both": both / n}
+    return {"uses_words": [c["uses_words"] for c in checks],
+            "names_characters": [c["names_characters"] for c in checks],
+            "both": [c["uses_words"] and c["names_characters"] for c in checks]}
+
+
+def instruction_shares(stories: Sequence[str], records: Sequence[Mapping[str, Any]]
+                       ) -> dict[str, float | int]:
+    """Shares of ``stories`` that use all words / name all characters of their record."""
+    hits = instruction_hits(stories, records)
+    n = len(stories)
+    return {"n": n, **{name: sum(values) / n for name, values in hits.items()}}

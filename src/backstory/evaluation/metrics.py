@@ -307,27 +307,30 @@ def _chunks(n: int, seq_len: int, stride: int) -> Iterator[tuple[int, int, int]]
 
 def _document_rows(
     store: TokenStore, docs: Sequence[int], seq_len: int, stride: int, token_order: str
-) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """(document, window tokens, scored story-target mask) for every chunk of every doc."""
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(document, window tokens, story-target mask, scored-target mask) of every chunk of
+    every document: each target of a document is scored by exactly one chunk."""
     for i in docs:
         tokens, story = _document_sequence(store, i, token_order)
         if tokens.size < 2:
             continue  # nothing to predict, and (with the check above) no story tokens
         for start, end, scored in _chunks(tokens.size, seq_len, stride):
-            target_story = story[start + 1 : end].copy()
-            target_story[: scored - start - 1] = False  # scored by an earlier chunk
-            yield i, tokens[start:end], target_story
+            new = np.ones(end - start - 1, dtype=bool)
+            new[: scored - start - 1] = False  # scored by an earlier chunk
+            yield i, tokens[start:end], story[start + 1 : end] & new, new
 
 
-def _pad_rows(rows: list[tuple[int, np.ndarray, np.ndarray]]
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    width = max(len(tokens) for _, tokens, _ in rows)
+def _pad_rows(rows: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    width = max(len(tokens) for _, tokens, _, _ in rows)
     windows = np.full((len(rows), width), -1, dtype=np.int64)
     story = np.zeros((len(rows), width - 1), dtype=bool)
-    for r, (_, tokens, mask) in enumerate(rows):
+    scored = np.zeros((len(rows), width - 1), dtype=bool)
+    for r, (_, tokens, story_mask, scored_mask) in enumerate(rows):
         windows[r, : len(tokens)] = tokens
-        story[r, : len(mask)] = mask
-    return np.array([doc for doc, _, _ in rows]), windows, story
+        story[r, : len(story_mask)] = story_mask
+        scored[r, : len(scored_mask)] = scored_mask
+    return np.array([doc for doc, _, _, _ in rows]), windows, story, scored
 
 
 def document_bits(
@@ -350,6 +353,30 @@ def document_bits(
     sliding windows that advance by ``stride`` tokens (default seq_len // 2): each later
     target sees at least seq_len + 1 - stride tokens of context.
     """
+    return document_scores(model, store, seq_len=seq_len, batch_size=batch_size,
+                           token_order=token_order, stride=stride, docs=docs,
+                           device=device)["bits"]
+
+
+def document_scores(
+    model: Transformer,
+    store: TokenStore,
+    *,
+    seq_len: int,
+    batch_size: int = 16,
+    token_order: str = "forward",
+    stride: int | None = None,
+    docs: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, np.ndarray]:
+    """Per-document scores, one entry per document of ``docs`` (see ``document_bits``):
+
+    - ``bits``: bits of the story text (float64);
+    - ``nats``: nats of every scored target of the document, instruction, BOS and EOS
+      included (float64);
+    - ``targets``: how many targets that is (int64): every token but the first, or in
+      backward order every token (the first is predicted from the one after the document).
+    """
     check_positive("batch_size", batch_size)
     _check_seq_len(model, seq_len)
     _check_order(token_order)
@@ -368,17 +395,22 @@ def document_bits(
     position = {doc: p for p, doc in enumerate(docs)}
     if len(position) != len(docs):
         raise ValueError("docs lists a document more than once")
-    bits = torch.zeros(len(docs), dtype=torch.float64, device=device)
+    story_nats = torch.zeros(len(docs), dtype=torch.float64, device=device)
+    all_nats = torch.zeros(len(docs), dtype=torch.float64, device=device)
+    targets = np.zeros(len(docs), dtype=np.int64)
     rows = _document_rows(store, docs, seq_len, stride, token_order)
     with _EvalMode(model):
         for batch in tqdm(_batched(rows, batch_size), desc="document bits", unit="batch",
                           leave=False):
-            doc_ids, windows, story = _pad_rows(batch)
+            doc_ids, windows, story, scored = _pad_rows(batch)
             losses = _target_losses(model, windows, device).double()  # (b, T)
-            row_nats = (losses * torch.from_numpy(story).to(device)).sum(dim=1)  # (b,)
             where = torch.tensor([position[d] for d in doc_ids], device=device)
-            bits.index_add_(0, where, row_nats)  # a long document spans several rows
-    return bits.cpu().numpy() / LN2
+            # a long document spans several rows
+            story_nats.index_add_(0, where, (losses * torch.from_numpy(story).to(device)).sum(1))
+            all_nats.index_add_(0, where, (losses * torch.from_numpy(scored).to(device)).sum(1))
+            np.add.at(targets, where.cpu().numpy(), scored.sum(axis=1))
+    return {"bits": story_nats.cpu().numpy() / LN2, "nats": all_nats.cpu().numpy(),
+            "targets": targets}
 
 
 def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
@@ -398,12 +430,14 @@ def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 _COUNT_BLOCK = 1 << 24
 
 
-def story_token_counts(store: TokenStore) -> np.ndarray:
-    """int64 (vocab_size,): how often each id occurs in the store's story text."""
+def story_token_counts(store: TokenStore, n_docs: int | None = None) -> np.ndarray:
+    """int64 (vocab_size,): how often each id occurs in the story text of the store's
+    first ``n_docs`` documents (all of them for None)."""
     counts = np.zeros(store.vocab_size, dtype=np.int64)
-    spans = store.story_spans
+    n_docs = store.n_docs if n_docs is None else min(int(n_docs), store.n_docs)
+    spans = store.story_spans[:n_docs]
     first = 0
-    while first < store.n_docs:
+    while first < n_docs:
         # Documents [first, last) whose story tokens span at most about one block.
         limit = spans[first, 0] + _COUNT_BLOCK
         last = max(first + 1, int(np.searchsorted(spans[:, 1], limit, side="right")))
@@ -422,8 +456,10 @@ def _span_mask(spans: np.ndarray, size: int) -> np.ndarray:
     return np.cumsum(depth[:size]) > 0
 
 
-def unigram_bpb(train_store: TokenStore, val_store: TokenStore) -> float:
-    """Story bits per byte of ``val_store`` under a unigram model of ``train_store``.
+def unigram_bpb(train_store: TokenStore, val_store: TokenStore, n_docs: int | None = None
+                ) -> float:
+    """Story bits per byte of ``val_store`` (its first ``n_docs`` documents; all for None)
+    under a unigram model of ``train_store``.
 
     p(id) = (count of id in the training stories + 1) / (training story tokens + V):
     add-one smoothing over the whole vocabulary, so unseen ids cost log2(N + V) bits.
@@ -435,8 +471,8 @@ def unigram_bpb(train_store: TokenStore, val_store: TokenStore) -> float:
                 f"in {key} ({train_store.attrs.get(key)!r} vs {val_store.attrs.get(key)!r})"
             )
     train_counts = story_token_counts(train_store)
-    val_counts = story_token_counts(val_store)
-    n_bytes = int(val_store.doc_bytes.sum())
+    val_counts = story_token_counts(val_store, n_docs)
+    n_bytes = int(val_store.doc_bytes[: val_store.n_docs if n_docs is None else n_docs].sum())
     if n_bytes == 0:
         raise ValueError(f"{val_store.path}: the validation stories hold no bytes")
     log2_p = np.log2(train_counts + 1.0) - math.log2(train_counts.sum() + train_store.vocab_size)

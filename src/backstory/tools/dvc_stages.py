@@ -5,20 +5,31 @@ file on disk differs from what the pipelines give. One DVC stage runs one step:
 
 - ``ingest``: the ``ingest`` pipeline;
 - ``export`` (``foreach`` text variant): that variant's token export;
-- ``train`` and ``evaluate`` (``foreach`` run of the experiment, keyed
-  ``<variant>-<size>-s<seed>``): one run's training and its evaluation;
-- ``finetune`` (``foreach`` run that starts from another run's model): its training,
-  which also depends on that model's folder;
-- ``external`` (``foreach`` imported model, keyed by its name): its import and its score
-  on the validation stories; the declared source and tokenizer files are deps;
+- ``train-<variant>-<size>-<grid>`` and ``evaluate-...`` (``foreach`` over the grid's
+  seeds, read by DVC from the parameter file: ``${experiment.<grid>.seeds}``): one run's
+  training and its evaluation, stage ``train-reversed-small-main@1337``;
+- ``finetune-<variant>-<size>-<grid>`` (the same, for a run that starts from another
+  run's model: the same seed of its ``init_from`` variant): its training, which also
+  depends on that model's folder;
+- ``external-<name>`` (one per imported model): its import and its score on the
+  validation stories; the declared source and tokenizer files are deps;
 - ``compare``: the cross-run report.
+
+Because DVC reads the seeds itself, changing them needs no new dvc.yaml, and
+``dvc exp run -S 'conf/base/parameters_runs.yml:experiment.main.seeds=[1,2,3]'`` (queued
+or not) trains exactly those seeds. A new variant, preset, context or grid does need it.
 
 A stage's deps are the catalog paths its nodes read (made by other stages) plus the
 source files of its node functions and datasets, with every backstory module they
-import (not the wiring: a pipeline change shows in this file itself); its params are
-the raw parameter keys the merged settings of its nodes come from
-(``backstory.experiment.tracked_keys``); its outs are the catalog paths its nodes
-write. A training run folder is a persisted out, so a killed ``dvc repro`` resumes it.
+import (not the wiring: a pipeline change shows in this file itself); the compare stage
+depends on the folders of all seeds of each variant and size, so that it too stays the
+same when the seeds change. A stage's params are the raw parameter keys the merged
+settings of its nodes come from (``backstory.experiment.tracked_keys``); its outs are
+the catalog paths its nodes write. A training run folder is a persisted out, so a
+killed ``dvc repro`` resumes it; so are DVCLive's files (its metrics, plots and
+params.yaml), declared as the train stage's metrics and plots. Each evaluate stage
+declares its run's DVCLive params.yaml as params, which is how ``dvc exp show`` lists
+every run's merged settings.
 """
 
 from __future__ import annotations
@@ -37,18 +48,23 @@ from typing import Any
 import yaml
 
 from backstory.errors import UserError
-from backstory.experiment import Experiment, ExternalSpec, RunSpec, declared, tracked_keys
+from backstory.experiment import (
+    EXPERIMENT,
+    Experiment,
+    ExternalSpec,
+    RunSpec,
+    declared,
+    tracked_keys,
+)
+from backstory.lm.training.logs import METRICS_FILE, PARAMS_FILE, PLOTS_DIR
 
 logger = logging.getLogger(__name__)
 
 PACKAGE = "backstory"
 KEDRO = "env KEDRO_DISABLE_TELEMETRY=1 kedro run --env base"
-RUNS_VAR = "runs"  # the dvc.yaml variable holding the experiment's runs
-# Sentinels standing for a run's fields while its stage is written as a foreach template.
-SENTINELS = {"VARIANT": "${item.variant}", "SIZE": "${item.size}", "SEED": "${item.seed}",
-             "PRESET": "${item.preset}", "TOKENS": "${item.tokens}", "RUN": "${item.run}",
-             "INIT": "${item.init}", "EXTNAME": "${item.name}", "EXTSOURCE": "${item.source}",
-             "EXTTOKENIZER": "${item.tokenizer}"}
+# Sentinels standing for a run's seed folder and an export's variant in a foreach template.
+SEED, SOURCE = "SEEDFOLDER", "SOURCEVARIANT"
+LIVE = "live"  # the catalog name (after the run's namespace) of a run's DVCLive folder
 # Datasets a node loads as a folder and writes into (checkpoints): outs of that stage.
 WORKDIR_TYPES = {"backstory.datasets.model_dataset.RunDirDataset"}
 # Small JSON results shown by `dvc metrics show` / `dvc exp show`. They stay in DVC's
@@ -81,6 +97,8 @@ class Stage:
     outs: list[str] = field(default_factory=list)
     persist: list[str] = field(default_factory=list)  # outs that survive a rerun
     metrics: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)  # DVCLive curve folders (persisted)
+    live_params: list[str] = field(default_factory=list)  # DVCLive params.yaml files
     files: list[str] = field(default_factory=list)  # deps outside the catalog (user files)
 
     @property
@@ -105,6 +123,7 @@ class Project:
     pipelines: dict[str, Any]
     catalog: dict[str, Any]
     param_files: dict[str, dict]  # relative path -> raw YAML
+    grid_of: dict[RunSpec, str] = field(default_factory=dict)  # each run's experiment grid
 
     def _resolver(self) -> Any:
         from kedro.io.catalog_config_resolver import CatalogConfigResolver
@@ -139,8 +158,25 @@ def load_project(root: Path) -> Project:
     param_files = {}
     for path in sorted((root / settings.CONF_SOURCE / "base").glob("parameters*.yml")):
         param_files[path.relative_to(root).as_posix()] = _raw_params(path)
-    experiment = declared(loader["parameters"])
-    return Project(root, experiment, build_pipelines(experiment), catalog, param_files)
+    parameters = loader["parameters"]
+    experiment = declared(parameters)
+    return Project(root, experiment, build_pipelines(experiment), catalog, param_files,
+                   grids(parameters))
+
+
+def grids(parameters: dict) -> dict[RunSpec, str]:
+    """The grid of ``experiment`` that declares each run; each run must have one, since
+    its DVC stages are an item of that grid's ``foreach`` over seeds."""
+    grid_of: dict[RunSpec, str] = {}
+    for name, block in parameters[EXPERIMENT].items():
+        for run in declared({**parameters, EXPERIMENT: {name: block}}).runs:
+            if run in grid_of:
+                raise StageError(
+                    f"run {run.namespace} is declared by two grids, experiment.{grid_of[run]} "
+                    f"and experiment.{name}; DVC runs each run's stages once, so declare it "
+                    "in one of them")
+            grid_of[run] = name
+    return grid_of
 
 
 def _raw_params(path: Path) -> dict:
@@ -257,8 +293,10 @@ class Naming:
     """How a stage names its datasets and parameters: as they are, or as a template.
 
     ``run``, ``source`` or ``external`` is the run, text variant or imported model the
-    stage belongs to; with ``template`` the names are written with sentinels that become
-    ``${item.<field>}``.
+    stage belongs to. With ``template``, an export's variant becomes ``${item}`` and a
+    run's seed folder and namespace part ``s${item}`` (also in the names of the run it
+    starts from, which has the same seed): a run stage is one item of its ``foreach``
+    over its grid's seeds, so only the seed varies. External stages are not templated.
     """
 
     run: RunSpec | None = None
@@ -266,60 +304,33 @@ class Naming:
     template: bool = False
     external: ExternalSpec | None = None
 
-    @property
-    def tokens(self) -> str | None:
-        """The text variant whose stores the stage reads."""
-        if self.source is not None:
-            return self.source
-        if self.run is not None:
-            return self.run.token_source
-        return None if self.external is None else self.external.token_source
-
     def dataset(self, name: str) -> str:
         if not self.template:
             return name
-        if self.run is not None and name.startswith(self.run.namespace + "."):
-            return "VARIANT.SIZE.SEED." + name[len(self.run.namespace) + 1:]
-        init = self.run.init_run if self.run is not None else None
-        if init is not None and name.startswith(init.namespace + "."):
-            return "INIT.SIZE.SEED." + name[len(init.namespace) + 1:]
-        if self.external is not None and name.startswith(self.external.namespace + "."):
-            return "external.EXTNAME." + name[len(self.external.namespace) + 1:]
-        source = self.tokens
-        if source is not None and name.startswith(source + "."):
-            return "TOKENS." + name[len(source) + 1:]
+        for run in (self.run, self.run.init_run if self.run is not None else None):
+            if run is not None and name.startswith(run.namespace + "."):
+                return f"{run.variant}.{run.size}.{SEED}." + name[len(run.namespace) + 1:]
+        if self.source is not None and name.startswith(self.source + "."):
+            return f"{SOURCE}." + name[len(self.source) + 1:]
         return name
-
-    def file(self, path: str) -> str:
-        """A declared file (an imported model's source or tokenizer)."""
-        if not self.template or self.external is None:
-            return path
-        return {self.external.source: "EXTSOURCE",
-                self.external.tokenizer: "EXTTOKENIZER"}.get(path, path)
 
     def params(self, param: str) -> list[str]:
         """Raw parameter keys behind a node input ``params:<key>``."""
         key = param.removeprefix("params:")
         if self.run is not None and key.startswith(self.run.namespace + "."):
             section = key[len(self.run.namespace) + 1:]
-            variant, preset = (("VARIANT", "PRESET") if self.template
-                                else (self.run.variant, self.run.preset))
-            return tracked_keys(section, variant=variant, preset=preset)
+            return tracked_keys(section, variant=self.run.variant, preset=self.run.preset)
         source = self.source or (self.external.token_source if self.external else None)
         if source is not None and key.startswith(source + "."):
             section = key[len(source) + 1:]
-            return tracked_keys(section, variant="TOKENS" if self.template else source)
-        if self.external is not None and key == self.external.namespace:
-            return ["external.EXTNAME" if self.template else key]
+            return tracked_keys(section, variant=SOURCE if self.template else source)
         return [key]
 
     def text(self, value: str) -> str:
-        """A path, key or command with sentinels made into ``${item.<field>}``."""
+        """A path, key or command with the sentinels made into ``${item}``."""
         if not self.template:
             return value
-        for sentinel, placeholder in SENTINELS.items():
-            value = re.sub(rf"\b{sentinel}\b", placeholder, value)
-        return value
+        return re.sub(rf"\b{SOURCE}\b", "${item}", re.sub(rf"\b{SEED}\b", "s${item}", value))
 
 
 def _node(project: Project, name: str) -> Any:
@@ -327,6 +338,12 @@ def _node(project: Project, name: str) -> Any:
     if name not in nodes:
         raise StageError(f"node {name!r} is not in the default pipeline")
     return nodes[name]
+
+
+def group_name(step: str, run: RunSpec, grid: str) -> str:
+    """The ``foreach`` stage of a run's step: ``<step>-<variant>-<size>-<grid>``; the run's
+    stage is ``<that>@<seed>``."""
+    return f"{step}-{run.variant}-{run.size}-{grid}"
 
 
 def plan_stages(project: Project) -> list[tuple[Stage, Naming]]:
@@ -346,11 +363,15 @@ def plan_stages(project: Project) -> list[tuple[Stage, Naming]]:
             if step != "evaluate" and (step == "finetune") != (run.init_run is not None):
                 continue  # a run that starts from another's model trains in `finetune`
             nodes = [_node(project, f"{run.namespace}.{node_name}")]
-            stages.append((Stage(f"{step}@{run.key}", "__default__", nodes), Naming(run=run)))
+            name = f"{group_name(step, run, project.grid_of[run])}@{run.seed}"
+            stage = Stage(name, "__default__", nodes)
+            if step == "evaluate":
+                stage.live_params = [_live_params(project, run)]
+            stages.append((stage, Naming(run=run)))
     for spec in experiment.externals:
         nodes = [_node(project, f"{spec.namespace}.{name}")
                  for name in ("import_model", "export_val_tokens", "evaluate_model")]
-        stage = Stage(f"external@{spec.name}", "__default__", nodes,
+        stage = Stage(f"external-{spec.name}", "__default__", nodes,
                       files=[Path(spec.source).as_posix(), Path(spec.tokenizer).as_posix()])
         stages.append((stage, Naming(external=spec)))
     stages.append((Stage("compare", "compare", list(pipelines["compare"].nodes),
@@ -358,10 +379,28 @@ def plan_stages(project: Project) -> list[tuple[Stage, Naming]]:
     return stages
 
 
+def _live_params(project: Project, run: RunSpec) -> str:
+    """DVCLive's params.yaml of a run: its evaluate stage declares it, so that ``dvc exp
+    show`` lists each run's settings (a stage cannot declare its own output as params)."""
+    live = _required_path(project, f"{run.namespace}.{LIVE}", f"{run.namespace}.evaluate_model")
+    return f"{live}/{PARAMS_FILE}"
+
+
+def _seed_free(path: str, project: Project) -> str:
+    """A run's file as a compare dependency: the folder of all seeds of its variant and
+    size, so the compare stage need not change when the seeds do."""
+    for run in project.experiment.runs:
+        marker = f"/{run.variant}/{run.size}/s{run.seed}/"
+        if marker in f"{path}/":
+            return path[: path.index(marker) + len(marker) - len(f"s{run.seed}/") - 1]
+    return path
+
+
 def fill_stage(project: Project, stage: Stage, naming: Naming) -> Stage:
-    """Resolve a stage's deps, params, outs and metrics from its nodes."""
+    """Resolve a stage's deps, params, outs, metrics and plots from its nodes."""
     written = {out for n in stage.nodes for out in n.outputs}
-    data_deps, outs, persist, metrics, modules = set(), set(), set(), set(), set()
+    data_deps, outs, persist, metrics, plots, modules = (set(), set(), set(), set(), set(),
+                                                         set())
     params: dict[str, set[str]] = {}
     for node in stage.nodes:
         modules.add(_func_module(node.func))
@@ -369,17 +408,21 @@ def fill_stage(project: Project, stage: Stage, naming: Naming) -> Stage:
             if name.startswith("params:"):
                 for key in naming.params(name):
                     # A templated key names no real entry; its top-level key finds the file.
-                    lookup = key.split(".")[0] if naming.template else key
+                    lookup = key.split(".")[0] if SOURCE in key else key
                     params.setdefault(param_file(project, lookup), set()).add(key)
             elif name == "parameters":
                 raise StageError(f"node {node.name} reads all parameters; DVC needs exact keys")
             elif name not in written:
                 config = project.dataset_config(name)
                 path = _required_path(project, naming.dataset(name), node.name)
-                if config is not None and config.get("type") in WORKDIR_TYPES:
+                if name.endswith(f".{LIVE}"):  # DVCLive's folder (lm/training/logs.py)
+                    metrics.add(f"{path}/{METRICS_FILE}")
+                    plots.add(f"{path}/{PLOTS_DIR}")
+                    persist.add(f"{path}/{PARAMS_FILE}")
+                elif config is not None and config.get("type") in WORKDIR_TYPES:
                     persist.add(path)
                 else:
-                    data_deps.add(path)
+                    data_deps.add(path if stage.name != "compare" else _seed_free(path, project))
                 modules.update(_dataset_modules(config))
         for name in node.outputs:
             path = dataset_path(project, naming.dataset(name))
@@ -389,13 +432,18 @@ def fill_stage(project: Project, stage: Stage, naming: Naming) -> Stage:
             if path is not None:
                 (metrics if _is_metric(name) else outs).add(path)
                 modules.update(_dataset_modules(project.dataset_config(name)))
-    data_deps.update(naming.file(path) for path in stage.files)
+    data_deps.update(stage.files)
     stage.deps = sorted(naming.text(p) for p in data_deps) + source_paths(modules)
     stage.params = {path: sorted(naming.text(k) for k in keys)
                     for path, keys in sorted(params.items())}
     stage.outs = sorted(naming.text(p) for p in outs)
     stage.persist = sorted(naming.text(p) for p in persist)
     stage.metrics = sorted(naming.text(p) for p in metrics)
+    stage.plots = sorted(naming.text(p) for p in plots)
+    if naming.template and naming.run is not None:
+        live = naming.dataset(f"{naming.run.namespace}.{LIVE}")
+        stage.live_params = [naming.text(f"{dataset_path(project, live)}/{PARAMS_FILE}")
+                             for _ in stage.live_params]
     return stage
 
 
@@ -431,55 +479,42 @@ def _dataset_modules(config: dict | None) -> set[str]:
 
 def stage_dict(stage: Stage) -> dict:
     """The dvc.yaml body of one stage."""
-    cmd = stage.cmd
-    body: dict[str, Any] = {"cmd": cmd, "deps": stage.deps}
-    if stage.params:
-        body["params"] = [{path: keys} for path, keys in stage.params.items()]
+    body: dict[str, Any] = {"cmd": stage.cmd, "deps": stage.deps}
+    params: list[Any] = [{path: keys} for path, keys in stage.params.items()]
+    params += [{path: None} for path in stage.live_params]  # None: every key of the file
+    if params:
+        body["params"] = params
     outs: list[Any] = list(stage.outs) + [{path: {"persist": True}} for path in stage.persist]
     if outs:
         body["outs"] = outs
+    # DVCLive's files survive a rerun with their run folder: a resumed run appends to them.
+    persisted = set(stage.persist) | set(stage.plots)
     if stage.metrics:
-        body["metrics"] = list(stage.metrics)
+        body["metrics"] = [{path: {"persist": True}} if _live_file(path, persisted) else path
+                           for path in stage.metrics]
+    if stage.plots:
+        body["plots"] = [{path: {"persist": True, "x": "step"}} for path in stage.plots]
     return body
 
 
-def _item(naming: Naming) -> dict[str, str] | str:
-    if naming.external is not None:
-        spec = naming.external
-        return {"name": spec.name, "source": naming.file(spec.source),
-                "tokenizer": naming.file(spec.tokenizer), "tokens": spec.token_source}
-    if naming.run is None:
-        return naming.source or ""
-    run = naming.run
-    item = {"run": run.namespace, "variant": run.variant, "size": run.size,
-            "seed": f"s{run.seed}", "preset": run.preset, "tokens": run.token_source}
-    if run.init_run is not None:
-        item["init"] = run.init_run.variant
-    return item
-
-
-def _instantiate(template: Any, item: dict[str, str] | str) -> Any:
-    """A foreach body with one item's values put in (as DVC would)."""
-    text = json.dumps(template)
-    if isinstance(item, str):
-        text = text.replace("${item}", item)
-    else:
-        for key, value in item.items():
-            text = text.replace("${item." + key + "}", value)
-    return json.loads(text)
+def _live_file(path: str, persisted: set[str]) -> bool:
+    folder = path.rpartition("/")[0]
+    return any(p.startswith(folder + "/") for p in persisted)
 
 
 def _templated(project: Project, stage: Stage, naming: Naming) -> dict:
-    symbolic = Naming(run=naming.run, source=naming.source, template=True,
-                      external=naming.external)
-    body = stage_dict(fill_stage(project, Stage(stage.name, stage.pipeline, stage.nodes,
-                                                stage.select_nodes, files=stage.files), symbolic))
+    symbolic = Naming(run=naming.run, source=naming.source, template=True)
+    template = Stage(stage.name, stage.pipeline, stage.nodes, stage.select_nodes,
+                     live_params=list(stage.live_params))
+    body = stage_dict(fill_stage(project, template, symbolic))
     names = ",".join(symbolic.dataset(n) for n in stage.node_names)
-    body["cmd"] = f"{KEDRO} --pipelines {stage.pipeline} --nodes " + symbolic.text(
-        names.replace("VARIANT.SIZE.SEED", "RUN"))
-    if naming.source is not None:  # an export: the item is the text variant itself
-        body = json.loads(json.dumps(body).replace("${item.tokens}", "${item}"))
+    body["cmd"] = f"{KEDRO} --pipelines {stage.pipeline} --nodes " + symbolic.text(names)
     return body
+
+
+def _instantiate(template: Any, item: str) -> Any:
+    """A foreach body with one item put in (as DVC would)."""
+    return json.loads(json.dumps(template).replace("${item}", item))
 
 
 def _normal(body: dict) -> str:
@@ -494,58 +529,36 @@ def _normal(body: dict) -> str:
     return json.dumps(unordered(body), sort_keys=True)
 
 
-def stages_section(project: Project, planned: list[tuple[Stage, Naming]]
-                   ) -> tuple[dict, dict]:
-    """dvc.yaml ``stages:`` (per-run and per-model steps as ``foreach`` over their items)
-    and ``vars:`` (``runs``: every run, declared once for the steps over all of them; a
-    step over other items, e.g. ``finetune``, gets ``<step>_runs``)."""
+def stages_section(project: Project, planned: list[tuple[Stage, Naming]]) -> dict:
+    """dvc.yaml ``stages:``: exports as a ``foreach`` over the text variants, and each
+    (variant, size, grid) of the runs' train and evaluate steps as a ``foreach`` over its
+    grid's seeds, read from the parameter file (``${experiment.<grid>.seeds}``)."""
     section: dict[str, Any] = {}
-    every_run = {run.key: _item(Naming(run=run)) for run in project.experiment.runs}
-    shared: dict[str, Any] = {RUNS_VAR: every_run} if every_run else {}
     groups: dict[str, list[tuple[Stage, Naming]]] = {}
     for stage, naming in planned:
-        step, _, key = stage.name.partition("@")
+        group, _, key = stage.name.partition("@")
         if not key:
             section[stage.name] = stage_dict(fill_stage(project, stage, naming))
             continue
-        if step not in groups:
-            groups[step] = []
-            section[step] = None  # keep run order
-        groups[step].append((stage, naming))
-    for step, members in groups.items():
+        if group not in groups:
+            groups[group] = []
+            section[group] = None  # keep run order
+        groups[group].append((stage, naming))
+    for group, members in groups.items():
         template = _templated(project, *members[0])
-        items = {}
         for stage, naming in members:
             concrete = stage_dict(fill_stage(project, stage, naming))
-            item = _item(naming)
+            item = stage.name.partition("@")[2]
             if _normal(_instantiate(template, item)) != _normal(concrete):
-                raise StageError(f"stage {stage.name} does not fit the {step} template; "
-                                 "its runs must differ only in their names")
-            items[stage.name.partition("@")[2]] = item
-        if all(isinstance(i, str) for i in items.values()):
-            foreach: Any = list(items)
+                raise StageError(f"stage {stage.name} does not fit the {group} template; "
+                                 "its runs must differ only in their seeds")
+        first = members[0][1]
+        if first.run is None:
+            foreach: Any = [stage.name.partition("@")[2] for stage, _ in members]
         else:
-            var = next((name for name, value in shared.items() if value == items),
-                       f"{step}_{RUNS_VAR}")
-            if shared.setdefault(var, items) != items:
-                raise StageError(f"two steps would declare {var} with other items")
-            foreach = "${" + var + "}"
-        section[step] = {"foreach": foreach, "do": template}
-    return section, shared
-
-
-def plots_section(project: Project) -> list[dict]:
-    """Training and validation loss of every run, one plot each."""
-    from backstory.lm.training import TRAIN_LOG, VAL_LOG
-
-    runs = [dataset_path(project, f"{run.namespace}.training_run")
-            for run in project.experiment.runs]
-    curves = (("training loss", TRAIN_LOG, "loss"), ("validation loss", VAL_LOG, "val_loss"))
-    return [
-        {title: {"template": "linear", "x": "step",
-                 "y": {f"{run}/{log}": column for run in runs}}}
-        for title, log, column in curves
-    ]
+            foreach = "${" + f"{EXPERIMENT}.{project.grid_of[first.run]}.seeds" + "}"
+        section[group] = {"foreach": foreach, "do": template}
+    return section
 
 
 def build(root: Path) -> tuple[list[Stage], dict]:
@@ -553,12 +566,8 @@ def build(root: Path) -> tuple[list[Stage], dict]:
     project = load_project(root)
     planned = plan_stages(project)
     stages = [fill_stage(project, stage, naming) for stage, naming in planned]
-    section, shared = stages_section(project, planned)
-    document: dict[str, Any] = {"vars": [shared]} if shared else {}
-    document["stages"] = section
-    plots = plots_section(project)
-    if plots:
-        document["plots"] = plots
+    document: dict[str, Any] = {"vars": [f"{param_file(project, EXPERIMENT)}:{EXPERIMENT}"],
+                                "stages": stages_section(project, planned)}
     return stages, document
 
 

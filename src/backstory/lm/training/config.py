@@ -55,7 +55,7 @@ class TrainConfig:
     grad_clip: float  # max global gradient norm; 0 turns clipping off
     eval_interval: int  # steps between validation losses
     eval_batches: int  # micro-batches averaged per validation loss
-    log_interval: int  # steps between train_log rows (the only host syncs on GPU)
+    log_interval: int  # steps between training-curve rows (the only host syncs on GPU)
     checkpoint_interval: int  # steps between checkpoints
     seed: int  # model init and data order
     device: str  # auto: cuda, then mps, then cpu

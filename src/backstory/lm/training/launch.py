@@ -8,6 +8,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -96,7 +97,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_workers(job: TrainJob, progress: bool) -> None:
+def launch_workers(job: TrainJob, progress: bool, on_eval: Any = None,
+                   live_dir: Path | None = None) -> None:
     """Run ``nproc_per_node`` copies of ``_worker`` and wait for all of them."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -116,12 +118,14 @@ def launch_workers(job: TrainJob, progress: bool) -> None:
     elastic_launch(launch, _worker)(
         job.model_config.to_dict(), job.config.to_dict(), str(job.train_store.path),
         str(job.val_store.path), str(job.run_dir), job.lineage, progress, job.init,
+        on_eval, None if live_dir is None else str(live_dir),
     )
 
 
 @record
 def _worker(model_config: dict, train_config: dict, train_path: str, val_path: str,
-            run_dir: str, lineage: dict, progress: bool, init: InitialModel | None) -> None:
+            run_dir: str, lineage: dict, progress: bool, init: InitialModel | None,
+            on_eval: Any = None, live_dir: str | None = None) -> None:
     """One launched process: reopen the stores and train as the rank the launcher set."""
     from backstory.lm.training.run import train  # the entry point imports this module
 
@@ -133,7 +137,8 @@ def _worker(model_config: dict, train_config: dict, train_path: str, val_path: s
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     train(ModelConfig.from_dict(model_config), TrainConfig.from_record(train_config),
           TokenStore(Path(train_path)), TokenStore(Path(val_path)), Path(run_dir),
-          lineage=lineage, progress=progress, init=init)
+          lineage=lineage, progress=progress, init=init, on_eval=on_eval,
+          live_dir=None if live_dir is None else Path(live_dir))
 
 
 def launched_by_backstory() -> bool:

@@ -1,31 +1,50 @@
-"""A training run's CSV logs and its throughput meter.
+"""A training run's logs: DVCLive for the curves, parameters and summary; a speed log.
 
-``train_log.csv`` (step, loss, lr) and ``val_log.csv`` (step, val_loss) are
-bit-identical between runs of the same settings on the same machine;
-``speed_log.csv`` (step, tokens_per_s, mfu, elapsed_s) holds the wall-clock figures,
-kept apart so that everything else in a run folder is deterministic (DVC ignores it
-through ``.dvcignore``). On resume, the time spent so far is read back from its last row
-at or before the step.
+DVCLive (https://dvc.org/doc/dvclive) writes, in the run's live folder:
+
+- ``plots/metrics/train/loss.tsv``, ``train/lr.tsv`` and ``val/loss.tsv`` (step, value),
+  the curves ``dvc plots show`` / ``dvc plots diff`` draw;
+- ``metrics.json``, the latest value of each and the step, which ``dvc exp show`` and
+  ``dvc metrics diff`` read;
+- ``params.yaml``: the run's model and training settings, its lineage and the facts of
+  the machine that trained it (``backstory.lm.machine``).
+
+None of these hold a wall-clock figure (DVCLive's timestamps are off), so two clean
+runs on one machine write the same bytes; DVC hashes them. The wall-clock figures go to
+``speed_log.csv`` in the run folder (step, tokens_per_s, mfu, elapsed_s), which
+``.dvcignore`` keeps out of DVC. Only the main process logs (rank 0 under DDP).
+
+Resuming from step s keeps the rows up to s and drops the later ones (a killed run may
+have logged past its last checkpoint), so a resumed run ends with the same files as an
+uninterrupted one. DVCLive is told not to write a dvc.yaml nor save DVC experiments:
+the project's generated dvc.yaml declares these files (``backstory.tools.dvc_stages``).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-TRAIN_LOG = "train_log.csv"
-VAL_LOG = "val_log.csv"
+LIVE_DIR = "live"  # inside the run folder when train() is given no live folder
 SPEED_LOG = "speed_log.csv"
-TRAIN_COLUMNS = ("step", "loss", "lr")
-VAL_COLUMNS = ("step", "val_loss")
 SPEED_COLUMNS = ("step", "tokens_per_s", "mfu", "elapsed_s")
+TRAIN_LOSS, LR, VAL_LOSS = "train/loss", "train/lr", "val/loss"  # DVCLive metric names
+METRICS_FILE = "metrics.json"  # DVCLive's file names in its folder (dvc.yaml declares them)
+PARAMS_FILE = "params.yaml"
+PLOTS_DIR = "plots/metrics"
+
+
+def curve_file(live_dir: Path, name: str) -> Path:
+    """Where DVCLive writes the curve of metric ``name`` (step and value, tab-separated)."""
+    return Path(live_dir) / PLOTS_DIR / f"{name}.tsv"
 
 
 class Meter:
@@ -44,6 +63,84 @@ class Meter:
         return rate
 
 
+class RunLogs:
+    """The logs of one process's training session (see the module docstring).
+
+    ``start(step, params)`` opens them at the run's current step; on other ranks than
+    the main one every method does nothing.
+    """
+
+    def __init__(self, run_dir: Path, live_dir: Path | None, *, main: bool) -> None:
+        self.run_dir = Path(run_dir)
+        self.live_dir = Path(live_dir) if live_dir is not None else self.run_dir / LIVE_DIR
+        self.main = main
+        self.live: Any = None
+
+    @property
+    def speed_log(self) -> Path:
+        return self.run_dir / SPEED_LOG
+
+    def start(self, step: int, params: Mapping[str, Any]) -> float:
+        """Open the logs at ``step``; the seconds spent before it (from the speed log)."""
+        if not self.main:
+            return 0.0
+        from dvclive import Live  # imports DVC: only where a run actually logs
+
+        elapsed = elapsed_at(self.speed_log, step)  # before the restart drops later rows
+        start_log(self.speed_log, SPEED_COLUMNS, step)
+        if step > 0:
+            for path in sorted((self.live_dir / "plots").rglob("*.tsv")):
+                _truncate_tsv(path, step)
+        self.live = Live(str(self.live_dir), resume=step > 0, save_dvc_exp=False,
+                         dvcyaml=False, report=None, monitor_system=False)
+        # Sorted keys: the same settings give the same params.yaml whatever the order the
+        # caller built them in (a lineage read back from model.json is sorted).
+        self.live.log_params(json.loads(json.dumps(dict(params), sort_keys=True)))
+        return elapsed
+
+    def train(self, step: int, loss: float, lr: float, tokens_per_s: float,
+              mfu: float | None, elapsed: float) -> None:
+        if not self.main:
+            return
+        self._log(step, {TRAIN_LOSS: loss, LR: lr})
+        append_row(self.speed_log, [step, f"{tokens_per_s:.1f}",
+                                    "" if mfu is None else f"{mfu:.4f}", f"{elapsed:.3f}"])
+
+    def val(self, step: int, loss: float) -> None:
+        if self.main:
+            self._log(step, {VAL_LOSS: loss})
+
+    def _log(self, step: int, values: Mapping[str, float]) -> None:
+        self.live.step = step
+        for name, value in values.items():
+            self.live.log_metric(name, float(value), timestamp=False)
+        self.live.make_summary()
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.make_summary()
+            self.live = None
+
+    def describe(self) -> str:
+        return f"{self.live_dir} (DVCLive) and {self.speed_log}"
+
+
+def _truncate_tsv(path: Path, step: int) -> None:
+    """Keep a DVCLive curve's rows up to ``step`` (the header and rows whose step <= it)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle, delimiter="\t"))
+    if not rows or "step" not in rows[0]:
+        logger.warning("%s is not a DVCLive curve; starting it afresh", path)
+        path.unlink()
+        return
+    column = rows[0].index("step")
+    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[column]) <= step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle, delimiter="\t", lineterminator=os.linesep).writerows(kept)
+    os.replace(tmp, path)
+
+
 def start_log(path: Path, columns: tuple[str, ...], through_step: int) -> None:
     """(Re)start a CSV log keeping only rows up to ``through_step`` (0: header only)."""
     kept: list[list[str]] = []
@@ -53,6 +150,7 @@ def start_log(path: Path, columns: tuple[str, ...], through_step: int) -> None:
             kept = [row for row in rows[1:] if row and int(row[0]) <= through_step]
         else:
             logger.warning("%s does not have the columns %s; starting it afresh", path, columns)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp")
     with open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")

@@ -43,24 +43,14 @@ from backstory.lm.checkpoint import (
     save_checkpoint,
 )
 from backstory.lm.finetune import training_model
+from backstory.lm.machine import machine_facts
 from backstory.lm.model import Transformer
 from backstory.lm.optim import MuonAdamW, build_optimizer, scheduled_lr
 from backstory.lm.schedules import lr_at
 from backstory.lm.training.host import choose_threads, cpu_threads, keep_freed_memory
 from backstory.lm.training.job import TrainJob, check_same_run, json_normal
 from backstory.lm.training.launch import Rank, resolve_dtype
-from backstory.lm.training.logs import (
-    SPEED_COLUMNS,
-    SPEED_LOG,
-    TRAIN_COLUMNS,
-    TRAIN_LOG,
-    VAL_COLUMNS,
-    VAL_LOG,
-    Meter,
-    append_row,
-    elapsed_at,
-    start_log,
-)
+from backstory.lm.training.logs import Meter, RunLogs
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +86,14 @@ class Session:
     val_loss: float | None = None
     last_meta: dict = field(default_factory=dict)
     loader: Prefetcher = field(init=False)
+    logs: RunLogs = field(init=False)
 
     @classmethod
-    def start(cls, job: TrainJob, rank_: Rank, device: torch.device) -> Session:
-        """Build model and optimizer, restore the latest checkpoint if resuming, wrap."""
+    def start(cls, job: TrainJob, rank_: Rank, device: torch.device,
+              live_dir: Path | None = None) -> Session:
+        """Build model and optimizer, restore the latest checkpoint if resuming, wrap.
+
+        DVCLive logs go to ``live_dir`` (default: ``live/`` in the run folder)."""
         cfg = job.config
         if cfg.batch_size % rank_.world_size:
             raise ValueError(
@@ -119,6 +113,7 @@ class Session:
         scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         seed_everything(cfg.seed + rank_.rank)
         session = cls(job, rank_, device, dtype, raw, optimizer, scaler)
+        session.logs = RunLogs(job.run_dir, live_dir, main=rank_.main)
         session._prepare_run_dir()
         session._wrap(_resolve_compile(cfg.compile, device))
         session._log_start()
@@ -140,11 +135,7 @@ class Session:
                                job.run_dir)
                 remove_checkpoints(job.run_dir)
             discard_checkpoints_after(job.run_dir, self.step)
-            # Read before the restart, which drops the rows after the resumed step.
-            self.elapsed_before = elapsed_at(job.run_dir / SPEED_LOG, self.step)
-            start_log(job.run_dir / TRAIN_LOG, TRAIN_COLUMNS, self.step)
-            start_log(job.run_dir / VAL_LOG, VAL_COLUMNS, self.step)
-            start_log(job.run_dir / SPEED_LOG, SPEED_COLUMNS, self.step)
+            self.elapsed_before = self.logs.start(self.step, self._log_params())
         if self.rank.distributed:
             dist.barrier()
 
@@ -208,8 +199,8 @@ class Session:
         """Train from the current step to max_steps; return the final model.
 
         ``on_eval(step, model)``, when given, runs on the main process right after each
-        validation loss (benchmarks measure bits per byte there); its time is kept out
-        of tokens/s but not out of the elapsed time.
+        validation loss (the report scores its validation stories there); its time is
+        kept out of tokens/s but not out of the elapsed time.
         """
         if self.device.type != "cpu":
             return self._fit(progress, on_eval)
@@ -251,6 +242,7 @@ class Session:
         finally:
             self.loader.close()
             bar.close()
+            self.logs.close()
         self._log_end()
         return TrainedModel(self.job.model_config, cpu_state_dict(self.raw_model),
                             self.last_meta)
@@ -320,14 +312,7 @@ class Session:
         tokens_per_s = meter.rate(self.step, self.tokens_per_step)
         mfu = self._mfu(tokens_per_s)
         bar.set_postfix(loss=f"{self.train_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
-        if self.rank.main:
-            run_dir = self.job.run_dir
-            append_row(run_dir / TRAIN_LOG,
-                        [self.step, f"{self.train_loss:.6f}", f"{self.lr:.6e}"])
-            append_row(run_dir / SPEED_LOG, [
-                self.step, f"{tokens_per_s:.1f}", "" if mfu is None else f"{mfu:.4f}",
-                f"{self._elapsed():.3f}",
-            ])
+        self.logs.train(self.step, self.train_loss, self.lr, tokens_per_s, mfu, self._elapsed())
 
     def _mfu(self, tokens_per_s: float) -> float | None:
         peak = _peak_flops(self.device, self.dtype)
@@ -338,8 +323,7 @@ class Session:
 
     def _log_val(self) -> None:
         self.val_loss = self._evaluate()
-        if self.rank.main:
-            append_row(self.job.run_dir / VAL_LOG, [self.step, f"{self.val_loss:.6f}"])
+        self.logs.val(self.step, self.val_loss)
 
     @torch.no_grad()
     def _evaluate(self) -> float:
@@ -392,6 +376,12 @@ class Session:
             "n_params": self.raw_model.num_parameters(),
         }
 
+    def _log_params(self) -> dict[str, Any]:
+        """What DVCLive records as the run's parameters (params.yaml)."""
+        return {"model": json_normal(self.job.model_config.to_dict(), "model config"),
+                "train": self.job.config.to_dict(), "lineage": self.job.lineage,
+                "world_size": self.rank.world_size, "machine": machine_facts()}
+
     def _state(self, rng_states: list[dict]) -> dict[str, Any]:
         return {
             "micro_batch": self.micro_batch,
@@ -412,9 +402,8 @@ class Session:
             run_dir = self.job.run_dir
             logger.info(
                 "Finished at step %d (train loss %s, val loss %s) in %.1f s; checkpoints in %s, "
-                "logs %s, %s and %s", self.step, _fmt(self.train_loss), _fmt(self.val_loss),
-                self._elapsed(), run_dir / "checkpoints", run_dir / TRAIN_LOG, run_dir / VAL_LOG,
-                run_dir / SPEED_LOG,
+                "logs in %s", self.step, _fmt(self.train_loss), _fmt(self.val_loss),
+                self._elapsed(), run_dir / "checkpoints", self.logs.describe(),
             )
 
 

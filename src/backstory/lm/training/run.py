@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch.distributed as dist
@@ -31,7 +32,7 @@ from backstory.lm.checkpoint import (
     trained_at,
 )
 from backstory.lm.finetune import InitialModel, plain_state_dict
-from backstory.lm.model import ModelConfig
+from backstory.lm.model import ModelConfig, Transformer
 from backstory.lm.training.config import TrainConfig
 from backstory.lm.training.job import TrainJob, check_same_run, json_normal, run_differences
 from backstory.lm.training.launch import (
@@ -61,12 +62,17 @@ def train(
     lineage: dict | None = None,
     progress: bool = True,
     init: InitialModel | None = None,
+    on_eval: Callable[[int, Transformer], None] | None = None,
+    live_dir: Path | None = None,
 ) -> TrainedModel:
     """Train (or resume, or return the finished run in ``run_dir``) and return the model.
 
     With ``init`` the run starts from that trained model instead of random weights
     (fully, or with LoRA adapters: ``backstory.lm.finetune``); the lineage records it
     under ``init``, and the returned model has plain (merged) weights either way.
+    ``on_eval(step, model)`` runs on the main process after each validation loss
+    (``Session.fit``); with ``nproc_per_node > 1`` it is pickled into the workers.
+    DVCLive logs go to ``live_dir`` (default: ``live/`` in ``run_dir``).
     """
     run_dir = Path(run_dir)
     lineage = json_normal(lineage or {}, "lineage")
@@ -77,16 +83,16 @@ def train(
     job = TrainJob(model_config, config, train_store, val_store, run_dir, lineage, init)
     if env_world_size() > 1:
         with _rank_lock(run_dir):
-            return _run_process(job, progress)
+            return _run_process(job, progress, on_eval, live_dir)
     with FolderLock(run_dir, LOCKED_WHAT):
         _set_aside_other_run(job)
         finished = _finished_run(job)
         if finished is not None:
             return finished
         if config.nproc_per_node > 1:
-            launch_workers(job, progress)
+            launch_workers(job, progress, on_eval, live_dir)
             return _trained_from_checkpoint(job)
-        return _run_process(job, progress)
+        return _run_process(job, progress, on_eval, live_dir)
 
 
 def _rank_lock(run_dir: Path) -> contextlib.AbstractContextManager:
@@ -190,7 +196,9 @@ def _trained_from_checkpoint(job: TrainJob) -> TrainedModel:
     return _plain(job, trained_at(path, state))
 
 
-def _run_process(job: TrainJob, progress: bool) -> TrainedModel:
+def _run_process(job: TrainJob, progress: bool,
+                 on_eval: Callable[[int, Transformer], None] | None = None,
+                 live_dir: Path | None = None) -> TrainedModel:
     """Train as this process's rank (rank 0 of 1 without a launcher)."""
     world = env_world_size()
     rank_ = Rank()
@@ -204,8 +212,8 @@ def _run_process(job: TrainJob, progress: bool) -> TrainedModel:
             finished = _finished_run(job, repair=rank_.main)
             if finished is not None:
                 return finished
-        session = Session.start(job, rank_, device)
-        trained = session.fit(progress)
+        session = Session.start(job, rank_, device, live_dir)
+        trained = session.fit(progress, on_eval=on_eval)
         if rank_.distributed:
             dist.barrier()  # rank 0's final checkpoint is on disk for everyone
             return _trained_from_checkpoint(job)

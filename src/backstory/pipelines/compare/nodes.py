@@ -1,23 +1,22 @@
 """Compare nodes: thin adapters from the runs' persisted outputs to the evaluation layer.
 
-Runs are compared within a group: the runs of one size (preset and context) and one
-seed, which differ only in their variant. Every group is scored on the same validation
-stories. The generated-story parts of the report (coherence, instruction following)
-use the lead group: the experiment's first size at its lowest seed.
+Every run's evaluation persisted its per-story bits on the shared evaluation stories,
+and its training the bits of the first of those stories at every evaluation step; the
+report reads them (``backstory.evaluation.report``) and scores nothing again. Runs are
+grouped by size (preset and context); the seeds of a size are replicates. The
+generated-story parts of the report (coherence, instruction following) use the lead
+group: the experiment's first size at its lowest seed.
 
-Node inputs that vary with the experiment (one model per run, one token store per text
-variant) arrive positionally; the pipeline binds ``runs`` (their identities, in the same
-order) and ``sources``.
+Node inputs that vary with the experiment (a few datasets per run) arrive positionally;
+the pipeline binds ``runs`` (their identities, in the same order).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -25,25 +24,17 @@ from backstory import variants
 from backstory.data.corpus.story_table import StoryTable, iter_records
 from backstory.data.text import make_instruction
 from backstory.data.tokenizer import Tokenizer
-from backstory.data.tokens import TokenStore
-from backstory.evaluation.compare import (
-    CompareConfig,
-    check_same_stories,
-    generate_batched,
-    score_texts,
-    story_tokens_per_doc,
-)
-from backstory.evaluation.external import check_stories_match
-from backstory.evaluation.instructions import instruction_checks, instruction_shares
-from backstory.evaluation.metrics import covered_documents, document_bits, resolve_device
+from backstory.evaluation import report as reporting
+from backstory.evaluation.compare import CompareConfig, generate_batched, score_texts
+from backstory.evaluation.curve import curve_frame
+from backstory.evaluation.instructions import instruction_checks, instruction_hits
+from backstory.evaluation.metrics import resolve_device
 from backstory.evaluation.sampling import ending_prompt, opening_prompt
-from backstory.evaluation.stats import bootstrap_delta
 from backstory.lm.checkpoint import TrainedModel, build_model
 from backstory.lm.model import Transformer
 
 logger = logging.getLogger(__name__)
 
-LN2 = math.log(2.0)
 # How a generated story is prompted, by the writing variant's mode (backstory.variants).
 PROMPTS = {
     "completion": "the story's first sentence",
@@ -52,34 +43,27 @@ PROMPTS = {
     "instruction": "an instruction naming the summary and the words",
 }
 FREE = "free"  # suffix of the baseline source: a completion model told nothing
-GROUP_KEYS = ("size", "seed")
+PER_RUN = ("metrics", "document_bits", "eval_curve")  # what the report reads of each run
 
 
 def _model(trained: TrainedModel, device: str) -> Transformer:
     return build_model(trained).to(resolve_device(device)).eval()
 
 
-def _by_run(runs: Sequence[Mapping[str, Any]], items: Sequence[Any]) -> dict[str, Any]:
-    if len(runs) != len(items):
-        raise ValueError(f"{len(items)} inputs for {len(runs)} runs")
-    return {run["run"]: item for run, item in zip(runs, items, strict=True)}
-
-
-def _size(run: Mapping[str, Any]) -> str:
-    context = run.get("context")
-    return run["preset"] if context is None else f"{run['preset']}-c{context}"
-
-
 def lead_group(runs: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
     """(size, seed) of the group whose models write the report's stories."""
-    first = _size(runs[0])
-    return first, min(run["seed"] for run in runs if _size(run) == first)
+    first = reporting.size_name(runs[0]["preset"], runs[0].get("context"))
+    seeds = [run["seed"] for run in runs
+             if reporting.size_name(run["preset"], run.get("context")) == first]
+    return first, min(seeds)
 
 
 def lead_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     """The lead group's runs, by variant, in registry order."""
     size, seed = lead_group(runs)
-    found = {run["variant"]: run for run in runs if _size(run) == size and run["seed"] == seed}
+    found = {run["variant"]: run for run in runs
+             if reporting.size_name(run["preset"], run.get("context")) == size
+             and run["seed"] == seed}
     return {v: found[v] for v in variants.NAMES if v in found}
 
 
@@ -101,126 +85,43 @@ def story_sources(writers: Sequence[str]) -> dict[str, tuple[str, str]]:
     return sources
 
 
-def _model_info(run: Mapping[str, Any], trained: TrainedModel) -> dict[str, Any]:
-    return {
-        **run,
-        "size": _size(run),
-        "token_order": variants.get(run["variant"]).token_order,
-        "steps": trained.meta.get("steps"),
-        "n_params": sum(int(t.numel()) for t in trained.state_dict.values()),
-    }
+# ------------------------------------------------------------------ the runs' scores
 
 
-# ------------------------------------------------------------------ arrow of time
+def collect_scores(*inputs: Any, runs: Sequence[Mapping[str, Any]]
+                   ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """Each run's facts, per-story bits on the shared stories and training curve.
 
-
-def score_validation_documents(
-    compare: dict, *inputs: TrainedModel | TokenStore, runs: Sequence[Mapping[str, Any]],
-    sources: Sequence[str], externals: Sequence[Mapping[str, Any]] = (),
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Bits of every compared validation story under each run's model, per document.
-
-    ``inputs`` are the runs' models (in ``runs`` order), then the validation stores of
-    the text variants in ``sources``; a run is scored on its variant's token source.
-    Then the imported models of ``externals`` and their own stores of the same stories:
-    their rows form the group ``external`` (levels; deltas between imported models only).
+    ``inputs`` are, for each run in ``runs`` order, its metrics, its per-story scores
+    and its evaluation curve (``PER_RUN``).
     """
-    config = CompareConfig.from_params(compare)
-    models = _by_run(runs, inputs[: len(runs)])
-    end = len(runs) + len(sources)
-    stores = dict(zip(sources, inputs[len(runs):end], strict=True))
-    n_docs = min(covered_documents(store, config.max_tokens) for store in stores.values())
-    check_same_stories(stores, n_docs)
-    n_bytes = next(iter(stores.values())).doc_bytes[:n_docs]
-    frames, info = [], {}
-    for run in tqdm(runs, desc="compare: score validation", unit="model"):
-        trained, store = models[run["run"]], stores[variants.get(run["variant"]).token_source]
-        info[run["run"]] = _model_info(run, trained)
-        model = _model(trained, config.device)
-        bits = document_bits(model, store, seq_len=model.config.max_seq_len,
-                             batch_size=config.batch_size,
-                             token_order=info[run["run"]]["token_order"], docs=range(n_docs))
-        frames.append(pd.DataFrame({
-            "run": run["run"], "variant": run["variant"], "size": _size(run),
-            "seed": run["seed"], "doc": np.arange(n_docs), "n_bytes": n_bytes, "bits": bits,
-            "story_tokens": story_tokens_per_doc(store, n_docs),
-        }))
-    frames += _external_frames(externals, inputs[end:], stores, n_docs, config, info)
-    logger.info("Scored %d validation stories under %d models", n_docs, len(runs) + len(externals))
-    return pd.concat(frames, ignore_index=True), info
-
-
-def _external_frames(externals: Sequence[Mapping[str, Any]], inputs: Sequence[Any],
-                     stores: Mapping[str, TokenStore], n_docs: int, config: CompareConfig,
-                     info: dict[str, Any]) -> list[pd.DataFrame]:
-    """Rows of the imported models: the same stories, each scored in its own tokens."""
-    imported = _by_run(externals, inputs[: len(externals)])
-    own_stores = _by_run(externals, inputs[len(externals):])
-    frames = []
-    for external in externals:
-        trained, store = imported[external["run"]], own_stores[external["run"]]
-        reference = stores[variants.get(external["variant"]).token_source]
-        check_stories_match(store, reference, n_docs)
-        info[external["run"]] = _model_info(external, trained)
-        model = _model(trained, config.device)
-        bits = document_bits(model, store, seq_len=model.config.max_seq_len,
-                             batch_size=config.batch_size,
-                             token_order=info[external["run"]]["token_order"], docs=range(n_docs))
-        frames.append(pd.DataFrame({
-            "run": external["run"], "variant": external["variant"], "size": _size(external),
-            "seed": external["seed"], "doc": np.arange(n_docs),
-            "n_bytes": reference.doc_bytes[:n_docs], "bits": bits,
-            "story_tokens": story_tokens_per_doc(store, n_docs),
-        }))
-    return frames
-
-
-def _level(rows: pd.DataFrame) -> dict[str, float]:
-    bits = rows["bits"].sum()
-    return {"bpb": float(bits / rows["n_bytes"].sum()),
-            "nats_per_token": float(bits * LN2 / rows["story_tokens"].sum())}
-
-
-def _delta(variant: str, partner: str, group: pd.DataFrame, config: CompareConfig
-           ) -> dict[str, Any]:
-    spec = variants.get(variant)
-    ours = group[group["variant"] == variant].sort_values("doc")
-    theirs = group[group["variant"] == partner].sort_values("doc")
-    # Same stories: the ratio of mean bits is the ratio of bits per byte. Same tokens
-    # (token order): nats per document compare as nats per token.
-    scale = LN2 if spec.delta == "token_order" else 1.0
-    entry = bootstrap_delta(ours["bits"].to_numpy() * scale, theirs["bits"].to_numpy() * scale,
-                            n_boot=config.n_boot, confidence=config.confidence,
-                            seed=config.seed)
-    level = "nats_per_token" if spec.delta == "token_order" else "bpb"
-    entry.update(kind=spec.delta, backward=variant, forward=partner,
-                 unit="nats per token" if spec.delta == "token_order" else "bits per byte",
-                 backward_level=_level(ours)[level], forward_level=_level(theirs)[level])
-    return entry
+    width = len(PER_RUN)
+    if len(inputs) != width * len(runs):
+        raise ValueError(f"{len(inputs)} inputs for {len(runs)} runs ({width} per run)")
+    infos, tables, curves = {}, {}, {}
+    for i, run in enumerate(runs):
+        metrics, documents, curve = inputs[width * i: width * (i + 1)]
+        infos[run["run"]] = reporting.run_info(run, metrics)
+        tables[run["run"]] = documents
+        curves[run["run"]] = curve_frame(curve, f"{run['run']}.eval_curve")
+    documents = reporting.document_table(infos, tables)
+    logger.info("Read the scores of %d runs on %d shared validation stories", len(runs),
+                documents["doc"].nunique())
+    return infos, documents, reporting.curve_table(infos, curves, documents)
 
 
 def measure_arrow_of_time(document_bits: pd.DataFrame, models: dict, compare: dict
                           ) -> dict[str, Any]:
-    """Per-run levels and, per group, each variant's delta against its partner."""
-    config = CompareConfig.from_params(compare)
-    groups = []
-    for (size, seed), group in document_bits.groupby(list(GROUP_KEYS), sort=False):
-        present = list(dict.fromkeys(group["variant"]))
-        levels = {v: _level(group[group["variant"] == v]) for v in present}
-        deltas = []
-        for variant in present:
-            partner = variants.get(variant).compares_with
-            if partner is None:
-                continue
-            if partner not in present:
-                logger.warning("%s/s%s: no %s run to compare %s with", size, seed, partner,
-                               variant)
-                continue
-            deltas.append(_delta(variant, partner, group, config))
-            logger.info("%s s%s %s vs %s: %+.4f [%+.4f, %+.4f]", size, seed, variant, partner,
-                        deltas[-1]["delta"], deltas[-1]["low"], deltas[-1]["high"])
-        groups.append({"size": size, "seed": int(seed), "levels": levels, "deltas": deltas})
-    return {"n_docs": int(document_bits["doc"].nunique()), "groups": groups, "models": models}
+    """Per size: levels per variant and seed, deltas with intervals; and the sweeps."""
+    stats = CompareConfig.from_params(compare).statistics()
+    arrow = reporting.arrow_of_time(document_bits, models, stats)
+    arrow["sweeps"] = reporting.sweeps(arrow)
+    return arrow
+
+
+def measure_training_curves(eval_curves: pd.DataFrame, compare: dict) -> dict[str, Any]:
+    """Per size and evaluation step: bpb per variant and deltas; convergence per run."""
+    return reporting.training_curves(eval_curves, CompareConfig.from_params(compare).statistics())
 
 
 # ------------------------------------------------------------- generated stories
@@ -303,7 +204,7 @@ def score_coherence(
         readers.append(variant)
         bits, n_bytes = score_texts(_model(trained, config.device), tokenizer, texts,
                                     variant=variant, batch_size=config.batch_size)
-        table[f"{variant}_bits"] = np.nan
+        table[f"{variant}_bits"] = float("nan")
         table.loc[scored, f"{variant}_bits"] = bits
         table.loc[scored, "n_bytes"] = n_bytes
     for variant in readers:
@@ -325,95 +226,49 @@ def _coherence_summary(table: pd.DataFrame, readers: list[str]) -> dict[str, dic
     return summary
 
 
-def check_instruction_following(generated: pd.DataFrame) -> dict[str, Any]:
-    """Shares of stories using all required words / naming all summary characters."""
-    shares = {}
+def check_instruction_following(generated: pd.DataFrame, compare: dict) -> dict[str, Any]:
+    """Per source: the share of stories using all required words, naming all summary
+    characters, and both, each with a bootstrap interval over the stories."""
+    stats = CompareConfig.from_params(compare).statistics()
+    hits = {}
     for source, rows in generated.groupby("source", sort=True):
         records = [{"words": r.words.split(), "summary": r.summary, "story": r.reference}
                    for r in rows.itertuples(index=False)]
-        shares[str(source)] = instruction_shares(list(rows["text"]), records)
+        hits[str(source)] = instruction_hits(list(rows["text"]), records)
     first = generated[generated["source"] == "real"].iloc[0]
     example = instruction_checks(first["text"], {"words": first["words"].split(),
                                                  "summary": first["summary"],
                                                  "story": first["reference"]})
-    return {"shares": shares, "example_requirements": {k: example[k] for k in ("words",
-                                                                             "characters")}}
+    writers = {s: w for s, (w, _) in story_sources(
+        [s for s in hits if s in variants.REGISTRY]).items()}
+    instructed = [s for s, w in writers.items() if variants.get(w).instruct
+                  and not s.endswith(f"_{FREE}")]
+    return {"shares": reporting.instruction_intervals(hits, stats), "instructed": instructed,
+            "example_requirements": {k: example[k] for k in ("words", "characters")}}
 
 
 # ------------------------------------------------------------------------ report
 
 
-def build_report(arrow: dict, coherence: dict, instructions: dict, compare: dict
+def list_imported_models(models: dict, *metrics: Mapping[str, Any],
+                         externals: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The imported models' levels (``metrics``: theirs, in ``externals`` order), checked
+    to be on the runs' evaluation stories."""
+    shas = {info.get("eval_stories", {}).get("sha256") for info in models.values()}
+    return reporting.imported_models(externals, metrics, next(iter(shas)) if len(shas) == 1
+                                     else None)
+
+
+def build_report(arrow: dict, training: dict, coherence: dict, instructions: dict,
+                 models: dict, compare: dict, imported: dict | None = None
                  ) -> tuple[dict[str, Any], str]:
     """The comparison report as JSON and as Markdown."""
     config = CompareConfig.from_params(compare)
     settings = {k: v for k, v in sorted(config.to_dict().items()) if k != "device"}
-    report = {"arrow_of_time": arrow, "coherence": coherence,
-              "instruction_following": instructions, "settings": settings}
-    return report, report_markdown(report)
-
-
-def _num(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:+.2f}%"
-
-
-def _delta_line(d: Mapping[str, Any]) -> str:
-    return (f"| {d['backward']} vs {d['forward']} | {d['unit']} | {d['backward_level']:.4f} | "
-            f"{d['forward_level']:.4f} | {_pct(d['delta'])} | "
-            f"[{_pct(d['low'])}, {_pct(d['high'])}] |")
-
-
-def _group_lines(group: Mapping[str, Any], models: Mapping[str, Any]) -> list[str]:
-    title = f"{group['size']}, seed {group['seed']}"
-    if any(m.get("external") for m in models.values() if m["size"] == group["size"]):
-        title = f"{group['size']}: imported models, each scored in its own tokens"
-    lines = [f"### {title}", "",
-             "| variant | token order | steps | parameters | bits per byte | "
-             "nats per story token |", "|---|---|---|---|---|---|"]
-    for variant in (v for v in variants.NAMES if v in group["levels"]):
-        level = group["levels"][variant]
-        info = next(m for m in models.values() if m["variant"] == variant
-                    and m["size"] == group["size"] and m["seed"] == group["seed"])
-        lines.append(f"| {variant} | {info['token_order']} | {info['steps']} | "
-                     f"{info['n_params']:,} | {level['bpb']:.4f} | "
-                     f"{level['nats_per_token']:.4f} |")
-    lines += ["", "| pair | unit | backward | forward | delta | interval |",
-              "|---|---|---|---|---|---|", *(_delta_line(d) for d in group["deltas"])]
-    if not group["deltas"]:
-        lines.append("| (no pair of a variant and its partner in this group) | | | | | |")
-    return [*lines, ""]
-
-
-def report_markdown(report: Mapping[str, Any]) -> str:
-    """A readable Markdown rendering of the report."""
-    arrow = report["arrow_of_time"]
-    settings = report["settings"]
-    lines = ["# Run comparison", "",
-             f"## Arrow of time ({arrow['n_docs']} validation stories, the same for every model)",
-             "", "delta = E[x_bw - x_fw] / (0.5 E[x_bw + x_fw]) over documents; "
-             f"{100 * settings['confidence']:.0f}% bootstrap interval over documents "
-             f"({settings['n_boot']} resamples), within one training seed.", ""]
-    for group in arrow["groups"]:
-        lines += _group_lines(group, arrow["models"])
-    readers = report["coherence"]["readers"]
-    lines += ["## Coherence of generated stories (bits per byte; lower reads as more likely)",
-              "", "| stories | n | empty | " + " | ".join(f"{r} model" for r in readers) + " |",
-              "|---|---|---|" + "---|" * len(readers)]
-    for source, row in report["coherence"]["sources"].items():
-        cells = " | ".join(_num(row[f"{r}_bpb"]) for r in readers)
-        lines.append(f"| {source} | {row['n']} | {row['n_empty']} | {cells} |")
-    lines += ["", "## Instruction following", "",
-              "| stories | n | uses all words | names the characters | both |",
-              "|---|---|---|---|---|"]
-    for source, row in report["instruction_following"]["shares"].items():
-        lines.append(f"| {source} | {row['n']} | {row['uses_words']:.0%} | "
-                     f"{row['names_characters']:.0%} | {row['both']:.0%} |")
-    sources = story_sources([s for s in report["instruction_following"]["shares"]
-                             if s in variants.REGISTRY])
-    lines += ["", "Prompts: " + "; ".join(f"{s}: {how}" for s, (_, how) in sources.items())
-              + ".", ""]
-    return "\n".join(lines)
+    report = {"arrow_of_time": arrow, "training_curves": training, "coherence": coherence,
+              "instruction_following": instructions, "models": models,
+              "machines": reporting.machines(models), "settings": settings}
+    if imported:
+        report["imported"] = imported
+    prompts = story_sources([s for s in instructions["shares"] if s in variants.REGISTRY])
+    return report, reporting.report_markdown(report, {s: how for s, (_, how) in prompts.items()})

@@ -1,9 +1,9 @@
 """Wire the compare nodes over the runs of an experiment; they read what the runs persisted.
 
 Namespaced `compare`, so its datasets are `compare.<name>` and kedro-viz shows it as one
-collapsible group. Inputs that vary with the experiment (a model per run, a store per
-text variant) are passed positionally under template names without dots (dots are
-reserved for namespaces) and mapped to the runs' datasets.
+collapsible group. Inputs that vary with the experiment (a few datasets per run, the
+lead group's models) are passed positionally under template names without dots (dots
+are reserved for namespaces) and mapped to the runs' datasets.
 """
 
 from __future__ import annotations
@@ -14,18 +14,27 @@ from kedro.pipeline import Pipeline, node
 
 from backstory.experiment import Experiment
 from backstory.pipelines.compare.nodes import (
+    PER_RUN,
     build_report,
     check_instruction_following,
+    collect_scores,
     generate_comparison_stories,
     lead_runs,
+    list_imported_models,
     measure_arrow_of_time,
+    measure_training_curves,
     score_coherence,
-    score_validation_documents,
     story_readers,
 )
-from backstory.pipelines.compare.plots import plot_bpb_scatter, plot_delta, plot_loss_curves
+from backstory.pipelines.compare.plots import (
+    plot_bpb_scatter,
+    plot_delta,
+    plot_loss_curves,
+    plot_sweep,
+    plot_training_curves,
+)
 
-LOGS = ("train_log", "val_log", "metrics")
+LOGS = ("train_loss_curve", "val_loss_curve", "metrics")
 
 
 def _bound(func, **kwargs):
@@ -39,31 +48,32 @@ def _local(dataset: str) -> str:
 
 def create_pipeline(experiment: Experiment) -> Pipeline:
     runs = [run.describe() for run in experiment.runs]
-    sources = experiment.token_sources
     lead = lead_runs(runs)
     writers = list(lead.values())
     readers = story_readers(lead)
-    models = [f"{run['run']}.model" for run in runs]
-    stores = [f"{source}.val_tokens" for source in sources]
-    # Imported models: scored on the same stories, each in its own tokens.
-    externals = [spec.describe() for spec in experiment.externals]
-    imported = [f"{spec.namespace}.{name}" for name in ("model", "val_tokens")
-                for spec in experiment.externals]
+    scores = [f"{run['run']}.{name}" for run in runs for name in PER_RUN]
     logs = [f"{run['run']}.{log}" for run in runs for log in LOGS]
-    outside = [*models, *stores, *imported, *logs, "stories", "tokenizer"]
+    models = [f"{run['run']}.model" for run in writers]
+    # Imported models: their levels on the same stories, each in its own tokens.
+    externals = [spec.describe() for spec in experiment.externals]
+    imported = [f"{spec.namespace}.metrics" for spec in experiment.externals]
+    outside = list(dict.fromkeys([*scores, *logs, *models, *imported, "stories", "tokenizer"]))
 
     def local(names: list[str]) -> list[str]:
         return [_local(name) for name in names]
 
     nodes = [
-        node(_bound(score_validation_documents, runs=runs, sources=sources,
-                    externals=externals),
-             ["params:compare", *local(models), *local(stores), *local(imported)],
-             ["document_bits", "models"], name="score_validation_documents"),
+        node(_bound(collect_scores, runs=runs), local(scores),
+             ["models", "document_bits", "eval_curves"], name="collect_scores"),
         node(measure_arrow_of_time, ["document_bits", "models", "params:compare"],
              "arrow_of_time", name="measure_arrow_of_time"),
+        node(measure_training_curves, ["eval_curves", "params:compare"], "training_curves",
+             name="measure_training_curves"),
         node(plot_bpb_scatter, "document_bits", "bpb_scatter", name="plot_bpb_scatter"),
         node(plot_delta, "arrow_of_time", "delta_plot", name="plot_delta"),
+        node(plot_sweep, "arrow_of_time", "sweep_plot", name="plot_sweep"),
+        node(plot_training_curves, "training_curves", "training_curves_plot",
+             name="plot_training_curves"),
         node(_bound(plot_loss_curves, runs=runs), local(logs), "loss_curves",
              name="plot_loss_curves"),
     ]
@@ -77,12 +87,17 @@ def create_pipeline(experiment: Experiment) -> Pipeline:
                  ["params:compare", "tokenizer", "generated_stories",
                   *local([f"{run['run']}.model" for run in readers])],
                  ["coherence", "story_scores"], name="score_coherence"),
-            node(check_instruction_following, "generated_stories", "instruction_following",
-                 name="check_instruction_following"),
-            node(build_report, ["arrow_of_time", "coherence", "instruction_following",
-                                "params:compare"], ["report", "report_markdown"],
-                 name="build_report"),
+            node(check_instruction_following, ["generated_stories", "params:compare"],
+                 "instruction_following", name="check_instruction_following"),
+            node(build_report, ["arrow_of_time", "training_curves", "coherence",
+                                "instruction_following", "models", "params:compare",
+                                *(["imported_models"] if externals else [])],
+                 ["report", "report_markdown"], name="build_report"),
         ]
+    if externals:
+        nodes.append(node(_bound(list_imported_models, externals=externals),
+                          ["models", *local(imported)], "imported_models",
+                          name="list_imported_models"))
     return Pipeline(nodes, namespace="compare",
                     inputs={_local(name): name for name in outside},
                     parameters={"params:compare"}, tags="compare")

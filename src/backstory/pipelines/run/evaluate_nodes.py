@@ -1,23 +1,32 @@
-"""Evaluate node: one run's validation metrics and samples, with their lineage."""
+"""Evaluate node: one run's validation metrics, per-story bits and samples, with lineage."""
 
 from __future__ import annotations
 
+import pandas as pd
+
 import backstory
 from backstory import params
+from backstory.data.corpus.story_table import iter_records
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore
-from backstory.evaluation.evaluate import EvaluateConfig, evaluate_model
+from backstory.evaluation.evaluate import EvaluateConfig, evaluate_model, evaluation_set
 from backstory.lm.checkpoint import TrainedModel
 
 
 def evaluate(
     trained: TrainedModel, val_tokens: TokenStore, train_tokens: TokenStore, tokenizer: Tokenizer,
-    evaluation: dict, *, run: dict,
-) -> tuple[dict, list[dict], str]:
-    """Validation metrics and samples in the run's variant's natural mode."""
-    metrics, samples, report = evaluate_model(
-        trained, val_tokens, train_tokens, tokenizer, EvaluateConfig.from_params(evaluation),
-        variant=run["variant"],
+    stories, evaluation: dict, *, run: dict,
+) -> tuple[dict, pd.DataFrame, list[dict], str]:
+    """Metrics, per-story scores and samples in the run's variant's natural mode.
+
+    Every run is scored on the same validation stories: the first ``evaluate.n_stories``
+    of the story table's validation split.
+    """
+    config = EvaluateConfig.from_params(evaluation)
+    chosen = evaluation_set(iter_records(stories, "val"), config.n_stories)
+    metrics, documents, samples, report = evaluate_model(
+        trained, val_tokens, train_tokens, tokenizer, config, variant=run["variant"],
+        stories=chosen,
     )
     model_lineage = trained.meta.get("lineage", {})
     metrics = metrics | {
@@ -32,4 +41,4 @@ def evaluate(
             "evaluate_params_sha256": params.sha256(evaluation),
         },
     }
-    return metrics, samples, report
+    return metrics, documents, samples, report

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 import backstory
 from backstory import params
+from backstory.data.corpus.story_table import iter_records
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore
 from backstory.errors import InputError, UserError
-from backstory.evaluation.evaluate import EvaluateConfig
+from backstory.evaluation.evaluate import EvaluateConfig, evaluation_set
 from backstory.evaluation.external import evaluate_external_model
 from backstory.lm.checkpoint import TrainedModel
 from backstory.lm.interop import load_external
@@ -31,11 +34,13 @@ def import_external(declaration: dict, *, name: str) -> tuple[TrainedModel, Toke
 
 
 def evaluate_external(model: TrainedModel, val_tokens: TokenStore, runs_val_tokens: TokenStore,
-                      evaluation: dict, *, external: dict) -> dict:
-    """Bits per byte of an imported model on the stories its variant's runs are scored on."""
-    metrics = evaluate_external_model(model, val_tokens, runs_val_tokens,
-                                      EvaluateConfig.from_params(evaluation),
-                                      variant=external["variant"])
+                      stories, evaluation: dict, *, external: dict) -> tuple[dict, pd.DataFrame]:
+    """Bits per byte of an imported model on the stories every run is scored on, and its
+    per-story scores."""
+    config = EvaluateConfig.from_params(evaluation)
+    chosen = evaluation_set(iter_records(stories, "val"), config.n_stories)
+    metrics, documents = evaluate_external_model(model, val_tokens, runs_val_tokens, config,
+                                                 variant=external["variant"], stories=chosen)
     return metrics | {
         "run": external,
         "lineage": {
@@ -47,4 +52,4 @@ def evaluate_external(model: TrainedModel, val_tokens: TokenStore, runs_val_toke
             "evaluate_params_sha256": params.sha256(evaluation),
             "package_version": backstory.__version__,
         },
-    }
+    }, documents

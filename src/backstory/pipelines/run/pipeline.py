@@ -51,7 +51,10 @@ def export_pipeline(source: str) -> Pipeline:
 def run_pipeline(run: RunSpec) -> Pipeline:
     """Train and evaluate one run on its variant's token stores."""
     identity = run.describe()
-    inputs = ["train_tokens", "val_tokens", "training_run", "params:model", "params:train"]
+    # Training reads only the two evaluate settings its curve needs, so DVC reruns it for
+    # those and not for, say, a new sampling temperature.
+    inputs = ["train_tokens", "val_tokens", "training_run", "live", "params:model",
+              "params:train", "params:evaluate.curve_stories", "params:evaluate.batch_size"]
     init = run.init_run
     if init is None:
         training = node(_bound(train_model, run=identity), inputs, "model", name="train_model")
@@ -61,10 +64,10 @@ def run_pipeline(run: RunSpec) -> Pipeline:
     template = Pipeline([
         training,
         node(_bound(evaluate, run=identity),
-             ["model", "val_tokens", "train_tokens", "tokenizer", "params:evaluate"],
-             ["metrics", "samples", "samples_report"], name="evaluate_model"),
+             ["model", "val_tokens", "train_tokens", "tokenizer", "stories", "params:evaluate"],
+             ["metrics", "document_bits", "samples", "samples_report"], name="evaluate_model"),
     ])
-    outside = {"tokenizer": "tokenizer"}
+    outside = {"tokenizer": "tokenizer", "stories": "stories"}
     outside |= {f"{split}_tokens": f"{run.token_source}.{split}_tokens" for split in SPLITS}
     if init is not None:
         outside["init_model"] = f"{init.namespace}.model"
@@ -82,8 +85,8 @@ def external_pipeline(spec: ExternalSpec) -> Pipeline:
              ["stories", "tokenizer", "ingest_report", "params:text"], "val_tokens",
              name="export_val_tokens"),
         node(_bound(evaluate_external, external=spec.describe()),
-             ["model", "val_tokens", "runs_val_tokens", "params:evaluate"], "metrics",
-             name="evaluate_model"),
+             ["model", "val_tokens", "runs_val_tokens", "stories", "params:evaluate"],
+             ["metrics", "document_bits"], name="evaluate_model"),
     ])
     return Pipeline(
         template, namespace=spec.namespace,

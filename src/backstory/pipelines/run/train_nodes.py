@@ -10,6 +10,7 @@ import backstory
 from backstory import params, variants
 from backstory.data.tokens import TokenStore
 from backstory.errors import InputError
+from backstory.evaluation.curve import EVAL_CURVE, EvalCurve, write_rows
 from backstory.lm.checkpoint import TrainedModel
 from backstory.lm.finetune import FinetuneConfig, InitialModel
 from backstory.lm.model import ModelConfig
@@ -24,16 +25,23 @@ def train_model(
     train_tokens: TokenStore,
     val_tokens: TokenStore,
     training_run: Path,
+    live: Path,
     model: dict,
     train_params: dict,
+    curve_stories: int,
+    eval_batch_size: int,
     *,
     run: dict,
 ) -> TrainedModel:
     """Train run ``run`` (its identity: run, variant, preset, seed, context) on its tokens.
 
-    Checkpoints and logs go to the run folder; the model records what it was made from.
+    Checkpoints go to the run folder, DVCLive's curves, parameters and summary to the
+    ``live`` folder; the model records what it was made from.
+    At each evaluation step the first ``curve_stories`` validation stories are scored
+    (``evaluation.curve``; 0: none), with ``eval_batch_size`` windows per batch.
     """
-    return _train(train_tokens, val_tokens, training_run, {"model": model, "train": train_params},
+    return _train(train_tokens, val_tokens, training_run, live,
+                  {"model": model, "train": train_params}, curve_stories, eval_batch_size,
                   run=run)
 
 
@@ -41,8 +49,11 @@ def finetune_model(
     train_tokens: TokenStore,
     val_tokens: TokenStore,
     training_run: Path,
+    live: Path,
     model: dict,
     train_params: dict,
+    curve_stories: int,
+    eval_batch_size: int,
     finetune: dict,
     init_model: TrainedModel,
     *,
@@ -63,11 +74,13 @@ def finetune_model(
         )
     init = InitialModel(init_run, init_model, FinetuneConfig.from_params(finetune))
     settings = {"model": model, "train": train_params, "finetune": finetune}
-    return _train(train_tokens, val_tokens, training_run, settings, run=run, init=init)
+    return _train(train_tokens, val_tokens, training_run, live, settings, curve_stories,
+                  eval_batch_size, run=run, init=init)
 
 
-def _train(train_tokens: TokenStore, val_tokens: TokenStore, training_run: Path,
-           settings: dict, *, run: dict, init: InitialModel | None = None) -> TrainedModel:
+def _train(train_tokens: TokenStore, val_tokens: TokenStore, training_run: Path, live: Path,
+           settings: dict, curve_stories: int, eval_batch_size: int, *, run: dict,
+           init: InitialModel | None = None) -> TrainedModel:
     spec = variants.get(run["variant"])
     config = TrainConfig.from_params(settings["train"])
     if config.token_order != spec.token_order:
@@ -84,9 +97,18 @@ def _train(train_tokens: TokenStore, val_tokens: TokenStore, training_run: Path,
         "package_version": backstory.__version__,
         "model_params_sha256": params.sha256(settings["model"]),
     }
+    on_eval = None
+    curve = Path(training_run) / EVAL_CURVE
+    if curve_stories > 0:
+        on_eval = EvalCurve(str(val_tokens.path), curve_stories, eval_batch_size,
+                            spec.token_order, str(curve))
+    elif not curve.exists():
+        Path(training_run).mkdir(parents=True, exist_ok=True)
+        write_rows(curve, [])  # no curve asked for: an empty one, so readers find it
     trained = train(
         ModelConfig(vocab_size=train_tokens.vocab_size, **settings["model"]), config,
-        train_tokens, val_tokens, training_run, lineage=lineage, init=init,
+        train_tokens, val_tokens, training_run, lineage=lineage, init=init, on_eval=on_eval,
+        live_dir=live,
     )
     meta = dict(trained.meta)
     meta["params_sha256"] = params.sha256(settings)
