@@ -118,7 +118,7 @@ def test_registry_wires_the_initial_model_and_the_external_models():
     assert nodes["external.ext.import_model"].inputs == ["params:external.ext"]
     assert {"stories", "params:forward.text"} <= set(nodes["external.ext.export_val_tokens"].inputs)
     assert "forward.val_tokens" in nodes["external.ext.evaluate_model"].inputs
-    assert {"external.ext.model", "external.ext.val_tokens"} <= registered["compare"].inputs()
+    assert "external.ext.metrics" in registered["compare"].inputs()
 
 
 # ------------------------------------------------------------------------- dvc.yaml
@@ -133,40 +133,45 @@ def test_dvc_stages_for_a_fine_tuned_run_and_an_external_model(tmp_path):
     before = expand_stages(yaml.safe_load((root / "dvc.yaml").read_text()))
     assert dvc_stages.main(["--root", str(root)]) == 0
     document = yaml.safe_load((root / "dvc.yaml").read_text())
-    after = expand_stages(document)
-    assert set(after) - set(before) == {"finetune@instruct_ft-small-s1337",
-                                         "evaluate@instruct_ft-small-s1337", "external@ext"}
+    after = expand_stages(document, root)
+    finetune_stage = "finetune-instruct_ft-small-finetune@1337"
+    assert set(after) - set(before) == {finetune_stage, "evaluate-instruct_ft-small-finetune@1337",
+                                        "external-ext"}
     # Only the code deps and compare (which reads the new models) change.
     changed = {n for n in before if after[n] != before[n]}
     assert changed == {"compare"}
-    finetune = after["finetune@instruct_ft-small-s1337"]
+    finetune = after[finetune_stage]
     assert {"data/06_models/forward/small/s1337/model", "data/05_model_input/instruct/train.h5",
             "data/05_model_input/instruct/val.h5"} <= set(finetune["deps"])
     assert "--nodes instruct_ft.small.s1337.train_model" in finetune["cmd"]
     keys = {k for entry in finetune["params"] for keys in entry.values() for k in keys}
     assert keys == {f"{section}.{name}" for section, name in (
         ("run_defaults", "model"), ("run_defaults", "train"), ("run_defaults", "finetune"),
-        ("presets", "small"), ("variant_settings", "instruct_ft"))}
+        ("presets", "small"), ("variant_settings", "instruct_ft"),
+        ("run_defaults", "evaluate.batch_size"), ("run_defaults", "evaluate.curve_stories"))}
     assert {"data/06_models/instruct_ft/small/s1337/run": {"persist": True}} in finetune["outs"]
-    external = after["external@ext"]
+    external = after["external-ext"]
     assert {"external/m.bin", "external/t.model", "data/02_intermediate/stories",
             "data/05_model_input/forward/val.h5"} <= set(external["deps"])
     assert external["metrics"] == ["data/08_reporting/external/ext/metrics.json"]
-    assert set(external["outs"]) == {"data/06_models/external/ext/model",
+    assert "data/08_reporting/external/ext/document_bits.parquet" in external["outs"]
+    assert set(external["outs"]) - {"data/08_reporting/external/ext/document_bits.parquet"} == {
+                                     "data/06_models/external/ext/model",
                                      "data/06_models/external/ext/tokenizer.model",
                                      "data/05_model_input/external/ext/val.h5"}
     keys = {k for entry in external["params"] for keys in entry.values() for k in keys}
     assert keys == {"external.ext", "text.defaults", "text.forward", "run_defaults.evaluate"}
-    assert "data/06_models/external/ext/model" in after["compare"]["deps"]
-    assert list(document["vars"][0]) == ["runs", "train_runs", "finetune_runs",
-                                         "external_runs"]
+    assert "data/08_reporting/external/ext/metrics.json" in after["compare"]["deps"]
+    # The fine-tuned run's stages are a foreach over its grid's seeds, read by DVC.
+    assert document["stages"]["finetune-instruct_ft-small-finetune"]["foreach"] == \
+        "${experiment.finetune.seeds}"
     # DVC itself reads the file: every stage, with the variables put in.
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=root, env=env, check=True)
     listed = subprocess.run(["dvc", "stage", "list", "--fail", "--name-only"], cwd=root,
                             env=env, capture_output=True, text=True)
     assert listed.returncode == 0, listed.stderr
-    for name in ("finetune@instruct_ft-small-s1337", "external@ext", "train@forward-small-s1337"):
+    for name in (finetune_stage, "external-ext", "train-forward-small-main@1337"):
         assert name in listed.stdout
 
 
@@ -246,29 +251,25 @@ def test_compare_shows_fine_tuned_beside_scratch_instruct_and_the_imported_model
     report = read_json(folder / "report.json")
     shares = report["instruction_following"]["shares"]
     assert {"instruct", "instruct_ft"} <= set(shares)
-    assert shares["instruct_ft"]["n"] == shares["instruct"]["n"] == 2
+    for source in ("instruct", "instruct_ft"):  # shares with an interval over the stories
+        both = shares[source]["both"]
+        assert both["n"] == 2 and both["low"] <= both["share"] <= both["high"]
     markdown = (folder / "report.md").read_text()
     following = markdown[markdown.index("## Instruction following"):]
-    assert "| instruct |" in following and "| instruct_ft |" in following
-    groups = {(g["size"], g["seed"]): g for g in report["arrow_of_time"]["groups"]}
-    ours = groups[("small", 1337)]
-    assert "instruct_ft" in ours["levels"]
-    imported = groups[("external", 0)]
-    assert set(imported["levels"]) == {"forward", "reversed"}
+    assert "| **instruct** |" in following and "| **instruct_ft** |" in following
+    assert "instruct_ft.small.s1337" in report["models"]
+    imported = report["imported"]
+    assert set(imported) == {"ours", "theirs"}
+    forward = read_json(tuned_project / f"data/08_reporting/forward/{RUN}/metrics.json")
     # Our forward model, exported and imported: the very same bits on the same stories.
-    assert imported["levels"]["forward"] == ours["levels"]["forward"]
-    (delta,) = imported["deltas"]  # between the imported models only
-    assert (delta["backward"], delta["forward"], delta["kind"]) == ("reversed", "forward",
-                                                                   "word_order")
-    assert "external: imported models" in markdown
-    table = pd.read_parquet(folder / "document_bits.parquet")
-    runs = set(table["run"])
-    assert {"external.ours", "external.theirs", "instruct_ft.small.s1337"} <= runs
-    theirs = table[table["run"] == "external.theirs"].sort_values("doc")
-    forward = table[table["run"] == "forward.small.s1337"].sort_values("doc")
-    assert theirs["n_bytes"].tolist() == forward["n_bytes"].tolist()  # the same stories
-    assert theirs["story_tokens"].tolist() != forward["story_tokens"].tolist()  # own tokens
-    assert report["arrow_of_time"]["models"]["external.theirs"]["source"] == "external/theirs"
+    assert imported["ours"]["val_bpb"] == forward["val_bpb"]
+    assert imported["theirs"]["variant"] == "reversed"
+    assert "## Imported models" in markdown and "| theirs | reversed |" in markdown
+    own = pd.read_parquet(tuned_project / "data/08_reporting/external/theirs/document_bits.parquet")
+    runs = pd.read_parquet(tuned_project / f"data/08_reporting/forward/{RUN}/document_bits.parquet")
+    assert own["story"].tolist() == runs["story"].tolist()  # the same stories, by id
+    assert own["n_bytes"].tolist() == runs["n_bytes"].tolist()
+    assert own["story_tokens"].tolist() != runs["story_tokens"].tolist()  # its own tokens
 
 
 @pytest.mark.slow
@@ -278,8 +279,7 @@ def test_external_metrics_are_on_the_runs_stories_in_bits_per_byte(tuned_project
     forward = read_json(root / f"data/08_reporting/forward/{RUN}/metrics.json")
     for key in ("val_bpb", "val_loss", "n_docs", "n_bytes"):
         assert ours[key] == forward[key], key
-    # A reversed model: the stories the reversed runs are evaluated on (max_tokens counts
-    # the runs' reversed tokens), scored in its own tokens.
+    # A reversed model: the evaluation stories every run is scored on, in its own tokens.
     theirs = read_json(root / "data/08_reporting/external/theirs/metrics.json")
     reversed_run = read_json(root / f"data/08_reporting/reversed/{RUN}/metrics.json")
     assert (theirs["n_docs"], theirs["n_bytes"]) == (reversed_run["n_docs"],

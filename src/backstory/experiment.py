@@ -177,12 +177,7 @@ def declared(parameters: Mapping[str, Any]) -> Experiment:
             raise SettingError(f"parameters lack the {key!r} mapping "
                                "(conf/base/parameters_runs.yml)")
     presets = parameters[PRESETS]
-    blocks = parameters[EXPERIMENT]
-    if not blocks:
-        raise SettingError("experiment declares no runs; give at least one grid")
-    runs: set[RunSpec] = set()
-    for name, block in blocks.items():
-        runs.update(_grid(f"experiment.{name}", block, presets))
+    runs = {run for grid in grid_runs(parameters).values() for run in grid}
     order = {name: i for i, name in enumerate(variants.NAMES)}
     preset_order = {name: i for i, name in enumerate(presets)}
     ranked = sorted(runs, key=lambda r: (order[r.variant], preset_order[r.preset],
@@ -191,6 +186,16 @@ def declared(parameters: Mapping[str, Any]) -> Experiment:
     experiment = Experiment(tuple(ranked))
     externals = _externals(parameters.get(EXTERNAL), experiment)
     return Experiment(experiment.runs, externals)
+
+
+def grid_runs(parameters: Mapping[str, Any]) -> dict[str, list[RunSpec]]:
+    """The runs each named grid of ``experiment`` declares (a run may start from a model
+    that another grid declares)."""
+    blocks = parameters[EXPERIMENT]
+    if not blocks:
+        raise SettingError("experiment declares no runs; give at least one grid")
+    return {name: _grid(f"experiment.{name}", block, parameters[PRESETS])
+            for name, block in blocks.items()}
 
 
 def _check_init_runs(runs: list[RunSpec]) -> None:

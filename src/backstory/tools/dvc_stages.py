@@ -54,6 +54,7 @@ from backstory.experiment import (
     ExternalSpec,
     RunSpec,
     declared,
+    grid_runs,
     tracked_keys,
 )
 from backstory.lm.training.logs import METRICS_FILE, PARAMS_FILE, PLOTS_DIR
@@ -168,8 +169,8 @@ def grids(parameters: dict) -> dict[RunSpec, str]:
     """The grid of ``experiment`` that declares each run; each run must have one, since
     its DVC stages are an item of that grid's ``foreach`` over seeds."""
     grid_of: dict[RunSpec, str] = {}
-    for name, block in parameters[EXPERIMENT].items():
-        for run in declared({**parameters, EXPERIMENT: {name: block}}).runs:
+    for name, runs in grid_runs(parameters).items():
+        for run in runs:
             if run in grid_of:
                 raise StageError(
                     f"run {run.namespace} is declared by two grids, experiment.{grid_of[run]} "
