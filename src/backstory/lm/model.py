@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 # TorchVersion compares as a version against a tuple (a plain str would not: "2.13" < "2.5").
 SDPA_HAS_GQA = TorchVersion(torch.__version__) >= (2, 5)
 
+# Model families: the Llama decoder here, GRU and LSTM language models in
+# backstory.lm.recurrent (built by backstory.lm.families.new_model).
+FAMILIES = ("llama", "gru", "lstm")
 _INT_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "multiple_of", "max_seq_len")
 _FLOAT_FIELDS = ("norm_eps", "rope_theta", "dropout")
 # Bounds far above any model this project trains, so that a typo (an extra zero or three)
@@ -53,8 +56,12 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     dropout: float = 0.0
+    family: str = "llama"  # llama | gru | lstm; recurrent families use dim and n_layers only
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise SettingError(f"model config family={self.family!r} is unknown; use one of "
+                               f"{', '.join(FAMILIES)}")
         for name in _INT_FIELDS:
             _check_positive_int(name, getattr(self, name))
         for name in ("n_kv_heads", "hidden_dim"):
@@ -62,6 +69,16 @@ class ModelConfig:
                 _check_positive_int(name, getattr(self, name))
         for name in _FLOAT_FIELDS:
             setattr(self, name, _as_float(name, getattr(self, name)))
+        if not (self.norm_eps > 0 and self.rope_theta > 0):
+            raise SettingError(f"model config norm_eps and rope_theta must be > 0, got "
+                               f"{self.norm_eps}, {self.rope_theta}")
+        if self.family == "llama":
+            self._check_attention()
+        if not 0.0 <= self.dropout < 1.0:
+            raise SettingError(f"model config dropout must be in [0, 1), got {self.dropout}")
+        self._check_size()
+
+    def _check_attention(self) -> None:
         if self.dim % self.n_heads:
             raise SettingError(f"model config dim={self.dim} must be divisible by "
                                f"n_heads={self.n_heads}")
@@ -75,12 +92,6 @@ class ModelConfig:
                 f"head_dim = dim / n_heads = {self.head_dim} must be even for RoPE; "
                 "change model config dim or n_heads"
             )
-        if not (self.norm_eps > 0 and self.rope_theta > 0):
-            raise SettingError(f"model config norm_eps and rope_theta must be > 0, got "
-                               f"{self.norm_eps}, {self.rope_theta}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise SettingError(f"model config dropout must be in [0, 1), got {self.dropout}")
-        self._check_size()
 
     def _check_size(self) -> None:
         """Refuse sizes no machine holds (a typo), before anything is allocated."""
@@ -120,6 +131,11 @@ class ModelConfig:
     def num_parameters(self) -> int:
         """Parameters of the model this config describes (tied embedding counted once),
         computed without building it."""
+        if self.family != "llama":
+            gates = 3 if self.family == "gru" else 4
+            # per layer: input and hidden matrices and their two bias vectors per gate
+            layer = gates * (2 * self.dim * self.dim + 2 * self.dim)
+            return self.vocab_size * self.dim + self.n_layers * layer + self.dim
         attention = 2 * self.dim * (self.n_heads + self.kv_heads) * self.head_dim
         layer = attention + 3 * self.dim * self.ffn_hidden_dim + 2 * self.dim
         return self.vocab_size * self.dim + self.n_layers * layer + self.dim
