@@ -16,9 +16,10 @@ from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore
 from backstory.evaluation.lineage import LineageError, check_lineage, model_variant
 from backstory.evaluation.metrics import evaluate_loss, resolve_device, unigram_bpb
-from backstory.evaluation.sampling import make_samples, samples_markdown
+from backstory.evaluation.sampling import make_samples, samples_markdown, skipped_samples_reason
 from backstory.lm.checkpoint import TrainedModel, build_model
 from backstory.lm.generate import check_sampling
+from backstory.lm.orders import permutation_seed_of
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +91,19 @@ def evaluate_model(
     metrics: dict[str, Any] = evaluate_loss(model, val_store, seq_len=seq_len,
                                             batch_size=config.batch_size,
                                             max_tokens=config.max_tokens,
-                                            token_order=token_order)
+                                            token_order=token_order,
+                                            permutation_seed=permutation_seed_of(trained.meta))
     metrics["unigram_bpb"] = unigram_bpb(train_store, val_store)
     metrics.update(variant=variant, token_order=token_order, seq_len=seq_len,
                    n_params=model.num_parameters(), steps=trained.meta.get("steps"))
     logger.info("%s: val loss %.4f, perplexity %.2f, %.4f bits per byte (unigram %.4f)",
                 variant, metrics["val_loss"], metrics["val_perplexity"], metrics["val_bpb"],
                 metrics["unigram_bpb"])
+    if not variants.get(variant).samples:
+        reason = skipped_samples_reason(variant)
+        metrics.update(samples_skipped=config.n_samples, samples_skipped_reason=reason)
+        logger.warning("%s: %d samples skipped: %s", variant, config.n_samples, reason)
+        return metrics, [], samples_markdown([], skipped=(config.n_samples, reason))
     samples = make_samples(model, tokenizer, val_store, variant=variant, n=config.n_samples,
                            max_new_tokens=config.max_new_tokens,
                            temperature=config.temperature, top_k=config.top_k,

@@ -4,7 +4,9 @@
 file on disk differs from what the pipelines give. One DVC stage runs one step:
 
 - ``ingest``: the ``ingest`` pipeline;
-- ``export`` (``foreach`` text variant): that variant's token export;
+- ``tokenizer`` (``foreach`` variant with a tokenizer of its own): that tokenizer;
+- ``export`` (``foreach`` text variant): that variant's token export (``export_owntok``
+  for variants with their own tokenizer, which they read from a path of their own);
 - ``train`` and ``evaluate`` (``foreach`` run of the experiment, keyed
   ``<variant>-<size>-s<seed>``): one run's training and its evaluation;
 - ``compare``: the cross-run report.
@@ -32,8 +34,10 @@ from typing import Any
 
 import yaml
 
+from backstory import variants
 from backstory.errors import UserError
 from backstory.experiment import Experiment, RunSpec, declared, tracked_keys
+from backstory.pipelines.run.pipeline import tokenizer_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -256,10 +260,13 @@ class Naming:
     run: RunSpec | None = None
     source: str | None = None
     template: bool = False
+    tokenizer: str | None = None  # a run's tokenizer file (shared or its variant's own)
 
     def dataset(self, name: str) -> str:
         if not self.template:
             return name
+        if self.run is not None and name == tokenizer_dataset(self.run.variant):
+            return name  # its path is an item field (``text`` makes it ${item.tokenizer})
         if self.run is not None and name.startswith(self.run.namespace + "."):
             return "VARIANT.SIZE.SEED." + name[len(self.run.namespace) + 1:]
         source = self.source or (self.run.token_source if self.run else None)
@@ -284,6 +291,8 @@ class Naming:
         """A path, key or command with sentinels made into ``${item.<field>}``."""
         if not self.template:
             return value
+        if self.tokenizer is not None and value == self.tokenizer:
+            return "${item.tokenizer}"
         for sentinel, placeholder in SENTINELS.items():
             value = re.sub(rf"\b{sentinel}\b", placeholder, value)
         return value
@@ -305,12 +314,20 @@ def plan_stages(project: Project) -> list[tuple[Stage, Naming]]:
     stages = [(Stage("ingest", "ingest", list(pipelines["ingest"].nodes), select_nodes=False),
                Naming())]
     for source in experiment.token_sources:
+        if variants.get(source).own_tokenizer:
+            stages.append((Stage(f"tokenizer@{source}", "__default__",
+                                 [_node(project, f"{source}.fit_tokenizer")]),
+                           Naming(source=source)))
+    for source in experiment.token_sources:
         nodes = [_node(project, f"{source}.export_{split}_tokens") for split in ("train", "val")]
-        stages.append((Stage(f"export@{source}", "__default__", nodes), Naming(source=source)))
+        # Exports with their own tokenizer read it from a path of their own: another template.
+        step = "export_owntok" if variants.get(source).own_tokenizer else "export"
+        stages.append((Stage(f"{step}@{source}", "__default__", nodes), Naming(source=source)))
     for step, node_name in (("train", "train_model"), ("evaluate", "evaluate_model")):
         for run in experiment.runs:
             nodes = [_node(project, f"{run.namespace}.{node_name}")]
-            stages.append((Stage(f"{step}@{run.key}", "__default__", nodes), Naming(run=run)))
+            naming = Naming(run=run, tokenizer=_tokenizer_path(project, run))
+            stages.append((Stage(f"{step}@{run.key}", "__default__", nodes), naming))
     stages.append((Stage("compare", "compare", list(pipelines["compare"].nodes),
                          select_nodes=False), Naming()))
     return stages
@@ -405,7 +422,12 @@ def _item(naming: Naming) -> dict[str, str] | str:
         return naming.source or ""
     run = naming.run
     return {"run": run.namespace, "variant": run.variant, "size": run.size,
-            "seed": f"s{run.seed}", "preset": run.preset, "tokens": run.token_source}
+            "seed": f"s{run.seed}", "preset": run.preset, "tokens": run.token_source,
+            "tokenizer": naming.tokenizer}
+
+
+def _tokenizer_path(project: Project, run: RunSpec) -> str:
+    return _required_path(project, tokenizer_dataset(run.variant), f"{run.namespace} (tokenizer)")
 
 
 def _instantiate(template: Any, item: dict[str, str] | str) -> Any:
@@ -420,7 +442,8 @@ def _instantiate(template: Any, item: dict[str, str] | str) -> Any:
 
 
 def _templated(project: Project, stage: Stage, naming: Naming) -> dict:
-    symbolic = Naming(run=naming.run, source=naming.source, template=True)
+    symbolic = Naming(run=naming.run, source=naming.source, template=True,
+                      tokenizer=naming.tokenizer)
     body = stage_dict(fill_stage(project, Stage(stage.name, stage.pipeline, stage.nodes,
                                                 stage.select_nodes), symbolic))
     names = ",".join(symbolic.dataset(n) for n in stage.node_names)

@@ -42,7 +42,8 @@ from backstory.lm.checkpoint import (
     resumable_checkpoint,
     save_checkpoint,
 )
-from backstory.lm.model import Transformer
+from backstory.lm.families import LanguageModel, new_model
+from backstory.lm.orders import order_windows
 from backstory.lm.schedules import lr_at
 from backstory.lm.training.job import TrainJob, check_same_run, json_normal
 from backstory.lm.training.launch import Rank, resolve_dtype
@@ -79,7 +80,7 @@ class Session:
     rank: Rank
     device: torch.device
     dtype: torch.dtype
-    raw_model: Transformer
+    raw_model: LanguageModel
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     model: torch.nn.Module = field(init=False)  # what the step calls: compiled, DDP-wrapped
@@ -107,7 +108,7 @@ class Session:
         if device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for fp32 leftovers
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        raw = Transformer(job.model_config).to(device)
+        raw = new_model(job.model_config).to(device)
         optimizer = raw.configure_optimizer(lr=cfg.lr, weight_decay=cfg.weight_decay,
                                             betas=(cfg.beta1, cfg.beta2),
                                             device_type=device.type)
@@ -269,7 +270,8 @@ class Session:
                                        seq_len=self.job.model_config.max_seq_len, seed=cfg.seed)
         per_rank = cfg.batch_size // self.rank.world_size
         rows = windows[self.rank.rank * per_rank:(self.rank.rank + 1) * per_rank]
-        return host_tensor(rows, cfg.token_order, pin=self.device.type == "cuda")
+        return host_tensor(rows, cfg.token_order, pin=self.device.type == "cuda",
+                           permutation_seed=cfg.permutation_seed)
 
     def _sync(self, last_micro_step: bool) -> contextlib.AbstractContextManager:
         if isinstance(self.model, DistributedDataParallel) and not last_micro_step:
@@ -417,10 +419,11 @@ class Prefetcher:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def host_tensor(rows: np.ndarray, token_order: str, *, pin: bool) -> torch.Tensor:
-    """Windows (b, seq_len + 1) as an int64 tensor, reversed in time for ``backward``."""
-    if token_order == "backward":
-        rows = rows[:, ::-1]  # reverse in token space, before the input/target shift
+def host_tensor(rows: np.ndarray, token_order: str, *, pin: bool,
+                permutation_seed: int | None = None) -> torch.Tensor:
+    """Windows (b, seq_len + 1) as an int64 tensor in ``token_order`` (reversed for
+    ``backward``, permuted for ``permuted``), before the input/target shift."""
+    rows = order_windows(rows, token_order, permutation_seed)
     batch = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
     return batch.pin_memory() if pin else batch
 

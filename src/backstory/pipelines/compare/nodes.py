@@ -39,6 +39,7 @@ from backstory.evaluation.sampling import ending_prompt, opening_prompt
 from backstory.evaluation.stats import bootstrap_delta
 from backstory.lm.checkpoint import TrainedModel, build_model
 from backstory.lm.model import Transformer
+from backstory.lm.orders import permutation_seed_of
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +77,18 @@ def lead_group(runs: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
 
 
 def lead_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
-    """The lead group's runs, by variant, in registry order."""
+    """The lead group's runs that take part in the generated-story comparison, by
+    variant, in registry order (``Variant.in_story_comparison``: a permuted model writes
+    no stories, and one with its own tokenizer reads none of the shared tokenizer's)."""
     size, seed = lead_group(runs)
     found = {run["variant"]: run for run in runs if _size(run) == size and run["seed"] == seed}
-    return {v: found[v] for v in variants.NAMES if v in found}
+    left_out = [v for v in found if not variants.get(v).in_story_comparison]
+    if left_out:
+        logger.info("generated-story comparison leaves out %s (no reading order, or a "
+                    "tokenizer of their own); their deltas are in the arrow-of-time report",
+                    ", ".join(left_out))
+    return {v: found[v] for v in variants.NAMES
+            if v in found and variants.get(v).in_story_comparison}
 
 
 def story_readers(lead: Mapping[str, Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -135,7 +144,8 @@ def score_validation_documents(
         model = _model(trained, config.device)
         bits = document_bits(model, store, seq_len=model.config.max_seq_len,
                              batch_size=config.batch_size,
-                             token_order=info[run["run"]]["token_order"], docs=range(n_docs))
+                             token_order=info[run["run"]]["token_order"], docs=range(n_docs),
+                             permutation_seed=permutation_seed_of(trained.meta))
         frames.append(pd.DataFrame({
             "run": run["run"], "variant": run["variant"], "size": _size(run),
             "seed": run["seed"], "doc": np.arange(n_docs), "n_bytes": n_bytes, "bits": bits,
