@@ -52,6 +52,15 @@ def tiny_run_params(**train) -> dict:
     }
 
 
+def default_variants() -> tuple[str, ...]:
+    """The variants of conf/base's default experiment (the registered controls, permuted
+    and reversed_owntok, are opt-in: conf/controls)."""
+    from backstory.experiment import declared
+
+    data = yaml.safe_load((REPO / "conf/base/parameters_runs.yml").read_text())
+    return tuple(declared(data).variants)
+
+
 def load_defaults(section: str) -> dict:
     """``run_defaults.<section>`` of the repository's conf/base (the one source of defaults)."""
     from backstory.experiment import project_defaults

@@ -461,15 +461,15 @@ def model_dir_with(tmp_path: Path, **config_changes) -> Path:
 
 @pytest.fixture
 def constructions(monkeypatch) -> list[str]:
-    """The default device of every Transformer built through backstory.lm.checkpoint."""
+    """The default device of every model built through backstory.lm.checkpoint."""
     built: list[str] = []
+    real = ckpt.new_model
 
-    class Recording(Transformer):
-        def __init__(self, config: ModelConfig) -> None:
-            built.append(torch.get_default_device().type)
-            super().__init__(config)
+    def recording(config: ModelConfig):
+        built.append(torch.get_default_device().type)
+        return real(config)
 
-    monkeypatch.setattr(ckpt, "Transformer", Recording)
+    monkeypatch.setattr(ckpt, "new_model", recording)
     return built
 
 

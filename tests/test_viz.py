@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from backstory import variants
+from tests.project import default_variants
 
-VARIANTS = variants.ALL  # the default experiment: every variant but the opt-in ones
+VARIANTS = default_variants()  # the tiny run's experiment: conf/base's default
 EXPORTS = ("forward", "reversed", "instruct")  # backward reads forward's tokens
 RUNS = tuple(f"{v}.small.s1337" for v in VARIANTS)  # the tiny run's experiment
 PIPELINES = {"__default__", "ingest", "compare", *VARIANTS, *RUNS}

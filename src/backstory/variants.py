@@ -7,7 +7,12 @@ A variant fixes how a story becomes a training document and how a model of it is
 - ``instruct``: whether an instruction made from the record's summary comes first
   (``prompt + [BOS] + story + [EOS]``; otherwise ``[BOS] + story``);
 - ``token_order``: the order the model reads each training window in (``backward``
-  reverses the window in token space after tokenization: the Arrows of Time setup);
+  reverses the window in token space after tokenization: the Arrows of Time setup;
+  ``permuted`` applies one fixed seeded permutation of the positions inside every
+  window, ``backstory.lm.orders``, its seed ``train.permutation_seed``);
+- ``own_tokenizer``: the variant's documents are encoded with a tokenizer of its own,
+  trained on its own training text (same vocabulary size), instead of the shared one
+  trained on forward text (the tokenizer control of the word-order delta);
 - ``tokens_from``: another variant whose token stores it trains on (the same tokens,
   windows and split), instead of exporting its own;
 - ``compares_with`` and ``delta``: the variant it is measured against in the report, and
@@ -29,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 WORD_ORDERS = ("forward", "reversed")
-TOKEN_ORDERS = ("forward", "backward")
+TOKEN_ORDERS = ("forward", "backward", "permuted")
 DELTAS = ("word_order", "token_order")
 
 
@@ -43,6 +48,7 @@ class Variant:
     instruct: bool = False
     token_order: str = "forward"
     tokens_from: str | None = None
+    own_tokenizer: bool = False
     compares_with: str | None = None
     delta: str | None = None
     init_from: str | None = None
@@ -58,6 +64,9 @@ class Variant:
             raise ValueError(f"variant {self.name}: compares_with and delta go together")
         if self.delta is not None and self.delta not in DELTAS:
             raise ValueError(f"variant {self.name}: delta must be one of {DELTAS}")
+        if self.own_tokenizer and self.tokens_from is not None:
+            raise ValueError(f"variant {self.name}: own_tokenizer needs documents of its own "
+                             "(no tokens_from)")
 
     @property
     def token_source(self) -> str:
@@ -79,7 +88,26 @@ class Variant:
             return "ending"
         if self.token_order == "backward":
             return "ending, token order backward"
+        if self.token_order == "permuted":
+            return "none (token positions permuted)"
         return "completion"
+
+    @property
+    def samples(self) -> bool:
+        """Whether a model of this variant writes stories: a permuted model reads no
+        order a story can be written in, so its samples are skipped (and counted)."""
+        return self.token_order != "permuted"
+
+    @property
+    def tokenizer(self) -> str:
+        """Whose tokenizer encodes this variant's documents: its own, or the shared one."""
+        return self.token_source if get(self.token_source).own_tokenizer else "shared"
+
+    @property
+    def in_story_comparison(self) -> bool:
+        """Whether the report's generated-story comparison (one shared tokenizer, texts
+        in reading order) includes this variant's model as a writer and a reader."""
+        return self.samples and self.tokenizer == "shared"
 
     @property
     def writes_backwards(self) -> bool:
@@ -104,6 +132,14 @@ REGISTRY: dict[str, Variant] = {
                 "model of the same preset and seed instead of from scratch",
                 instruct=True, tokens_from="instruct", init_from="forward", opt_in=True,
                 color="tab:olive"),
+        Variant("permuted", "forward's very tokens, each training window read in one fixed "
+                "seeded permutation of its positions (Arrows of Time)", token_order="permuted",
+                tokens_from="forward", compares_with="forward", delta="token_order",
+                opt_in=True, color="tab:brown"),
+        Variant("reversed_owntok", "word order reversed, encoded by its own tokenizer trained "
+                "on reversed training text (the tokenizer control of the word-order delta)",
+                words="reversed", own_tokenizer=True, compares_with="forward",
+                delta="word_order", opt_in=True, color="tab:red"),
     )
 }
 NAMES = tuple(REGISTRY)

@@ -33,10 +33,11 @@ from backstory.data.tokens import TokenStore
 from backstory.errors import InputError
 from backstory.evaluation.lineage import LineageError, check_lineage, model_variant
 from backstory.evaluation.metrics import LN2, document_scores, resolve_device, unigram_bpb
-from backstory.evaluation.sampling import make_samples, samples_markdown
+from backstory.evaluation.sampling import make_samples, samples_markdown, skipped_samples_reason
 from backstory.lm.checkpoint import TrainedModel, build_model
 from backstory.lm.generate import check_sampling
 from backstory.lm.machine import machine_facts
+from backstory.lm.orders import permutation_seed_of
 
 logger = logging.getLogger(__name__)
 
@@ -151,12 +152,13 @@ def check_store_holds(store: TokenStore, stories: EvaluationSet) -> None:
 
 
 def score_stories(model: Any, store: TokenStore, stories: EvaluationSet, *, token_order: str,
-                  batch_size: int) -> pd.DataFrame:
+                  batch_size: int, permutation_seed: int | None = None) -> pd.DataFrame:
     """One row per evaluation story: its id, bytes and story tokens, and the model's bits
     of its story text, nats of every target and the number of targets."""
     n = stories.n_stories
     scores = document_scores(model, store, seq_len=model.config.max_seq_len,
-                             batch_size=batch_size, token_order=token_order, docs=range(n))
+                             batch_size=batch_size, token_order=token_order, docs=range(n),
+                             permutation_seed=permutation_seed)
     spans = np.asarray(store.story_spans[:n])
     return pd.DataFrame({
         "doc": np.arange(n, dtype=np.int64), "story": list(stories.ids),
@@ -208,7 +210,8 @@ def evaluate_model(
     check_store_holds(val_store, stories)
     model = build_model(trained).to(resolve_device(config.device)).eval()
     documents = score_stories(model, val_store, stories, token_order=token_order,
-                              batch_size=config.batch_size)
+                              batch_size=config.batch_size,
+                              permutation_seed=permutation_seed_of(trained.meta))
     metrics: dict[str, Any] = summarize_scores(documents)
     metrics["unigram_bpb"] = unigram_bpb(train_store, val_store, stories.n_stories)
     metrics.update(variant=variant, token_order=token_order, seq_len=model.config.max_seq_len,
@@ -218,6 +221,11 @@ def evaluate_model(
     logger.info("%s: val loss %.4f, perplexity %.2f, %.4f bits per byte (unigram %.4f) on %d "
                 "validation stories", variant, metrics["val_loss"], metrics["val_perplexity"],
                 metrics["val_bpb"], metrics["unigram_bpb"], stories.n_stories)
+    if not variants.get(variant).samples:
+        reason = skipped_samples_reason(variant)
+        metrics.update(samples_skipped=config.n_samples, samples_skipped_reason=reason)
+        logger.warning("%s: %d samples skipped: %s", variant, config.n_samples, reason)
+        return metrics, documents, [], samples_markdown([], skipped=(config.n_samples, reason))
     samples = make_samples(model, tokenizer, val_store, variant=variant, n=config.n_samples,
                            max_new_tokens=config.max_new_tokens,
                            temperature=config.temperature, top_k=config.top_k,

@@ -11,6 +11,10 @@ denominator about the same text, evaluation always covers whole documents: with
 right to left. A stream's last token is then only predictable from the token that
 follows it; at the end of the evaluated range that is the next document's first token
 (or the store's first token after the last document, the token documents start with).
+
+``token_order="permuted"`` reads every window in the fixed permutation of its positions
+the model was trained with (``backstory.lm.orders``; ``permutation_seed`` from its
+training settings): the same windows, the same tokens scored once each, in that order.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from backstory.data.tokens import TokenStore
-from backstory.lm.model import Transformer
-from backstory.variants import TOKEN_ORDERS
+from backstory.lm.families import LanguageModel
+from backstory.lm.orders import check_order, permute_scored
 
 LN2 = math.log(2.0)
 
@@ -35,9 +39,8 @@ LN2 = math.log(2.0)
 # ------------------------------------------------------------------------- shared checks
 
 
-def _check_order(token_order: str) -> None:
-    if token_order not in TOKEN_ORDERS:
-        raise ValueError(f"token_order must be one of {TOKEN_ORDERS}, got {token_order!r}")
+def _check_order(token_order: str, permutation_seed: int | None = None) -> None:
+    check_order(token_order, permutation_seed)
 
 
 def check_positive(name: str, value: Any) -> None:
@@ -45,7 +48,7 @@ def check_positive(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def _model_device(model: Transformer, device: str | torch.device | None) -> torch.device:
+def _model_device(model: LanguageModel, device: str | torch.device | None) -> torch.device:
     """The model's device; a different requested device is an error, not a silent move."""
     have = model.tok_embeddings.weight.device
     if device is None:
@@ -58,7 +61,7 @@ def _model_device(model: Transformer, device: str | torch.device | None) -> torc
     return have
 
 
-def _check_seq_len(model: Transformer, seq_len: int) -> None:
+def _check_seq_len(model: LanguageModel, seq_len: int) -> None:
     check_positive("seq_len", seq_len)
     if seq_len > model.config.max_seq_len:
         raise ValueError(
@@ -66,7 +69,7 @@ def _check_seq_len(model: Transformer, seq_len: int) -> None:
         )
 
 
-def _check_store_fits(model: Transformer, store: TokenStore) -> None:
+def _check_store_fits(model: LanguageModel, store: TokenStore) -> None:
     if store.vocab_size > model.config.vocab_size:
         raise ValueError(
             f"{store.path}: vocab_size {store.vocab_size} is larger than the model's "
@@ -78,7 +81,7 @@ def _check_store_fits(model: Transformer, store: TokenStore) -> None:
 
 
 @torch.inference_mode()
-def _target_losses(model: Transformer, windows: np.ndarray, device: torch.device) -> torch.Tensor:
+def _target_losses(model: LanguageModel, windows: np.ndarray, device: torch.device) -> torch.Tensor:
     """Cross-entropy in nats (b, T) of windows (b, T + 1) padded with -1 (0 where padded)."""
     batch = torch.from_numpy(np.ascontiguousarray(windows)).to(device)
     inputs = batch[:, :-1].clamp(min=0)  # padded inputs only feed padded targets
@@ -94,11 +97,11 @@ def _target_losses(model: Transformer, windows: np.ndarray, device: torch.device
 class _EvalMode:
     """Run a block with the model in eval mode and restore its previous mode after."""
 
-    def __init__(self, model: Transformer) -> None:
+    def __init__(self, model: LanguageModel) -> None:
         self.model = model
         self.was_training = model.training
 
-    def __enter__(self) -> Transformer:
+    def __enter__(self) -> LanguageModel:
         self.model.eval()
         return self.model
 
@@ -185,7 +188,7 @@ def _reversed_targets(windows: np.ndarray, position_mask: np.ndarray
 
 
 def evaluate_loss(
-    model: Transformer,
+    model: LanguageModel,
     store: TokenStore,
     *,
     seq_len: int,
@@ -193,6 +196,7 @@ def evaluate_loss(
     max_tokens: int | None = None,
     device: str | torch.device | None = None,
     token_order: str = "forward",
+    permutation_seed: int | None = None,
 ) -> dict[str, float | int]:
     """Mean loss, perplexity and story bits per byte over whole documents of ``store``.
 
@@ -203,7 +207,7 @@ def evaluate_loss(
     """
     check_positive("batch_size", batch_size)
     _check_seq_len(model, seq_len)
-    _check_order(token_order)
+    _check_order(token_order, permutation_seed)
     _check_store_fits(model, store)
     device = _model_device(model, device)
     if store.n_docs == 0:
@@ -215,6 +219,8 @@ def evaluate_loss(
     batches = store.sequential_windows(seq_len, batch_size=batch_size, limit_tokens=covered)
     if token_order == "backward":
         batches = _backward_batches(batches, _first_is_story(store), _boundary_token(store, k))
+    elif token_order == "permuted":
+        batches = (permute_scored(w, m, permutation_seed) for w, m in batches)
     sums = _accumulate(model, batches, device)
     return _loss_report(store, k, sums)
 
@@ -228,7 +234,7 @@ class _Sums:
 
 
 def _accumulate(
-    model: Transformer, batches: Iterator[tuple[np.ndarray, np.ndarray]], device: torch.device
+    model: LanguageModel, batches: Iterator[tuple[np.ndarray, np.ndarray]], device: torch.device
 ) -> _Sums:
     sums = _Sums()
     # Loss sums stay on the device until the end: no host sync per batch on a GPU.
@@ -281,7 +287,7 @@ def _document_sequence(store: TokenStore, i: int, token_order: str
     story = np.zeros(tokens.size, dtype=bool)
     span_start, span_end = (int(x) - start for x in store.story_spans[i])
     story[span_start:span_end] = True
-    if token_order == "forward":
+    if token_order != "backward":
         if span_start == 0 and span_end > 0:
             raise ValueError(
                 f"{store.path}: document {i}'s story starts at its first token, which no "
@@ -334,7 +340,7 @@ def _pad_rows(rows: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]
 
 
 def document_bits(
-    model: Transformer,
+    model: LanguageModel,
     store: TokenStore,
     *,
     seq_len: int,
@@ -343,6 +349,7 @@ def document_bits(
     stride: int | None = None,
     docs: Sequence[int] | None = None,
     device: str | torch.device | None = None,
+    permutation_seed: int | None = None,
 ) -> np.ndarray:
     """Bits of each document's story text (float64, one per entry of ``docs``).
 
@@ -351,15 +358,16 @@ def document_bits(
     first context token. Every story token is scored exactly once, so bits / doc_bytes
     is the document's bpb. Documents longer than seq_len + 1 tokens are scored in
     sliding windows that advance by ``stride`` tokens (default seq_len // 2): each later
-    target sees at least seq_len + 1 - stride tokens of context.
+    target sees at least seq_len + 1 - stride tokens of context. A permuted model reads
+    each window (its targets masked as above) in its permutation.
     """
     return document_scores(model, store, seq_len=seq_len, batch_size=batch_size,
                            token_order=token_order, stride=stride, docs=docs,
-                           device=device)["bits"]
+                           device=device, permutation_seed=permutation_seed)["bits"]
 
 
 def document_scores(
-    model: Transformer,
+    model: LanguageModel,
     store: TokenStore,
     *,
     seq_len: int,
@@ -368,6 +376,7 @@ def document_scores(
     stride: int | None = None,
     docs: Sequence[int] | None = None,
     device: str | torch.device | None = None,
+    permutation_seed: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-document scores, one entry per document of ``docs`` (see ``document_bits``):
 
@@ -379,7 +388,7 @@ def document_scores(
     """
     check_positive("batch_size", batch_size)
     _check_seq_len(model, seq_len)
-    _check_order(token_order)
+    _check_order(token_order, permutation_seed)
     _check_store_fits(model, store)
     stride = max(1, seq_len // 2) if stride is None else stride
     check_positive("stride", stride)
@@ -403,6 +412,10 @@ def document_scores(
         for batch in tqdm(_batched(rows, batch_size), desc="document bits", unit="batch",
                           leave=False):
             doc_ids, windows, story, scored = _pad_rows(batch)
+            if token_order == "permuted":  # the same permutation for both masks
+                permuted, story = permute_scored(windows, story, permutation_seed)
+                _, scored = permute_scored(windows, scored, permutation_seed)
+                windows = permuted
             losses = _target_losses(model, windows, device).double()  # (b, T)
             where = torch.tensor([position[d] for d in doc_ids], device=device)
             # a long document spans several rows

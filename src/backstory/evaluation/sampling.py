@@ -20,6 +20,7 @@ from backstory import variants
 from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore
+from backstory.errors import SettingError
 from backstory.evaluation.metrics import check_positive
 from backstory.lm.beam import beam_search, check_beam
 from backstory.lm.constraints import make_constraint
@@ -66,6 +67,7 @@ def prompt_ids(tokenizer: Tokenizer, variant: str, prompt: str) -> list[int]:
     ending's ids, last first, as the model read its training windows.
     """
     spec = variants.get(variant)
+    check_samples(variant)
     if not prompt.strip() and spec.mode != "completion":
         raise ValueError(f"the {variant} variant needs a non-empty prompt ({spec.mode})")
     if spec.instruct:
@@ -265,9 +267,27 @@ def make_samples(
     ]
 
 
-def samples_markdown(samples: Sequence[Mapping[str, Any]]) -> str:
-    """A readable report of samples: prompt, story and how generation ended."""
+def skipped_samples_reason(variant: str) -> str:
+    """Why a model of ``variant`` writes no samples (its registry entry says it cannot)."""
+    return (f"the {variant} variant reads each window in a fixed permutation of its token "
+            "positions, so there is no reading order to write a story in; it is measured by "
+            "its loss only")
+
+
+def check_samples(variant: str) -> None:
+    """SettingError unless a model of ``variant`` can write stories."""
+    if not variants.get(variant).samples:
+        raise SettingError(f"cannot sample from a {variant} model: "
+                           f"{skipped_samples_reason(variant)}")
+
+
+def samples_markdown(samples: Sequence[Mapping[str, Any]],
+                     skipped: tuple[int, str] | None = None) -> str:
+    """A readable report of samples: prompt, story and how generation ended; with
+    ``skipped`` (count, reason), says how many samples were not written and why."""
     lines = ["# Samples", ""]
+    if skipped is not None:
+        lines += [f"{skipped[0]} samples skipped: {skipped[1]}.", ""]
     for i, sample in enumerate(samples, start=1):
         ending = "stopped at end of story" if sample["stopped"] else "ran out of tokens"
         lines += [

@@ -33,6 +33,7 @@ from backstory.lm.generate import (
     resolve_device,
 )
 from backstory.lm.model import KVCache, Transformer
+from backstory.lm.recurrent import RecurrentState
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,10 @@ class _Search:
         return best <= threshold
 
 
-def _reorder(cache: KVCache, parents: torch.Tensor) -> None:
+def _reorder(cache: KVCache | RecurrentState, parents: torch.Tensor) -> None:
     """Keep the cached keys and values of each new beam's parent, in the new beam order."""
+    if isinstance(cache, RecurrentState):
+        cache.reorder(parents)
+        return
     cache.k = cache.k.index_select(1, parents)  # (n_layers, n_beams, kv_heads, len, head_dim)
     cache.v = cache.v.index_select(1, parents)

@@ -33,7 +33,8 @@ from safetensors.torch import load_file, save_file
 
 from backstory.data.files import file_sha256
 from backstory.errors import InputError, UserError
-from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.families import LanguageModel, new_model
+from backstory.lm.model import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -562,18 +563,20 @@ def load_trained(directory: Path) -> TrainedModel:
     return trained
 
 
-def load_model(directory: Path, *, device: str = "cpu") -> tuple[Transformer, dict[str, Any]]:
+def load_model(directory: Path, *, device: str = "cpu"
+               ) -> tuple[LanguageModel, dict[str, Any]]:
     """Rebuild the model saved in ``directory`` (strict load), in eval mode on ``device``."""
     trained = load_trained(directory)
     return build_model(trained, source=Path(directory)).to(device).eval(), trained.meta
 
 
-def build_model(trained: TrainedModel, *, source: Path | str = "model") -> Transformer:
-    """A CPU ``Transformer`` holding ``trained``'s weights; every weight must fit exactly."""
+def build_model(trained: TrainedModel, *, source: Path | str = "model") -> LanguageModel:
+    """A CPU model of the config's family holding ``trained``'s weights; every weight
+    must fit exactly."""
     check_weights_fit(trained, source=source)
     # The random init of the fresh model must not move the caller's global RNG.
     with torch.random.fork_rng(devices=[]):
-        model = Transformer(trained.config)
+        model = new_model(trained.config)
     try:
         model.load_state_dict(trained.state_dict, strict=True)
     except RuntimeError as err:
@@ -587,7 +590,7 @@ def check_weights_fit(trained: TrainedModel, *, source: Path | str = "model") ->
     in model.json must not first build a model of that size)."""
     with torch.device("meta"), torch.random.fork_rng(devices=[]):
         expected = {name: tuple(t.shape) for name, t in
-                    Transformer(trained.config).state_dict().items()}
+                    new_model(trained.config).state_dict().items()}
     got = {name: tuple(t.shape) for name, t in trained.state_dict.items()}
     problems = [f"{name} is missing" for name in sorted(expected.keys() - got.keys())]
     problems += [f"{name} is unexpected" for name in sorted(got.keys() - expected.keys())]

@@ -27,6 +27,7 @@ from safetensors.torch import save as safetensors_bytes
 from backstory import params
 from backstory.errors import InputError
 from backstory.lm.checkpoint import MODEL_FORMAT, TrainedModel, cpu_copies
+from backstory.lm.families import new_model
 from backstory.lm.model import ModelConfig, Transformer
 
 logger = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def training_model(config: ModelConfig, init: InitialModel | None) -> Transforme
 
     Random numbers come from torch's global RNG, which the caller has seeded.
     """
-    model = Transformer(config)
+    model = new_model(config)
     if init is None:
         return model
     init.check_fits(config)

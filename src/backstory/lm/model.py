@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 # TorchVersion compares as a version against a tuple (a plain str would not: "2.13" < "2.5").
 SDPA_HAS_GQA = TorchVersion(torch.__version__) >= (2, 5)
 
+# Model families: the Llama decoder here, GRU and LSTM language models in
+# backstory.lm.recurrent (built by backstory.lm.families.new_model).
+FAMILIES = ("llama", "gru", "lstm")
 _INT_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "multiple_of", "max_seq_len")
 _FLOAT_FIELDS = ("norm_eps", "rope_theta", "dropout")
 # Bounds far above any model this project trains, so that a typo (an extra zero or three)
@@ -47,7 +50,8 @@ MAX_PARAMETERS = 1 << 34  # ~17 billion: 64 GiB of float32 weights before any op
 
 # Levers added after the first model format: written to dicts (model.json, checkpoints)
 # only when switched on, so a model without them keeps its bytes and its resumable runs.
-_LEVER_DEFAULTS = {"qk_norm": False, "zero_init_out": False}
+_LEVER_DEFAULTS = {"qk_norm": False, "zero_init_out": False, "family": "llama"}
+_BOOL_LEVERS = ("qk_norm", "zero_init_out")
 
 
 @dataclass
@@ -67,8 +71,12 @@ class ModelConfig:
     dropout: float = 0.0
     qk_norm: bool = False  # RMSNorm on each head's queries and keys (modded-nanogpt)
     zero_init_out: bool = False  # wo and w2 start at zero: each block starts as identity
+    family: str = "llama"  # llama | gru | lstm; recurrent families use dim and n_layers only
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise SettingError(f"model config family={self.family!r} is unknown; use one of "
+                               f"{', '.join(FAMILIES)}")
         for name in _INT_FIELDS:
             _check_positive_int(name, getattr(self, name))
         for name in ("n_kv_heads", "hidden_dim"):
@@ -76,6 +84,20 @@ class ModelConfig:
                 _check_positive_int(name, getattr(self, name))
         for name in _FLOAT_FIELDS:
             setattr(self, name, _as_float(name, getattr(self, name)))
+        if not (self.norm_eps > 0 and self.rope_theta > 0):
+            raise SettingError(f"model config norm_eps and rope_theta must be > 0, got "
+                               f"{self.norm_eps}, {self.rope_theta}")
+        if self.family == "llama":
+            self._check_attention()
+        if not 0.0 <= self.dropout < 1.0:
+            raise SettingError(f"model config dropout must be in [0, 1), got {self.dropout}")
+        for name in _BOOL_LEVERS:
+            if not isinstance(getattr(self, name), bool):
+                raise SettingError(f"model config {name} must be true or false, "
+                                   f"got {getattr(self, name)!r}")
+        self._check_size()
+
+    def _check_attention(self) -> None:
         if self.dim % self.n_heads:
             raise SettingError(f"model config dim={self.dim} must be divisible by "
                                f"n_heads={self.n_heads}")
@@ -89,16 +111,6 @@ class ModelConfig:
                 f"head_dim = dim / n_heads = {self.head_dim} must be even for RoPE; "
                 "change model config dim or n_heads"
             )
-        if not (self.norm_eps > 0 and self.rope_theta > 0):
-            raise SettingError(f"model config norm_eps and rope_theta must be > 0, got "
-                               f"{self.norm_eps}, {self.rope_theta}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise SettingError(f"model config dropout must be in [0, 1), got {self.dropout}")
-        for name in _LEVER_DEFAULTS:
-            if not isinstance(getattr(self, name), bool):
-                raise SettingError(f"model config {name} must be true or false, "
-                                   f"got {getattr(self, name)!r}")
-        self._check_size()
 
     def _check_size(self) -> None:
         """Refuse sizes no machine holds (a typo), before anything is allocated."""
@@ -138,6 +150,11 @@ class ModelConfig:
     def num_parameters(self) -> int:
         """Parameters of the model this config describes (tied embedding counted once),
         computed without building it."""
+        if self.family != "llama":
+            gates = 3 if self.family == "gru" else 4
+            # per layer: input and hidden matrices and their two bias vectors per gate
+            layer = gates * (2 * self.dim * self.dim + 2 * self.dim)
+            return self.vocab_size * self.dim + self.n_layers * layer + self.dim
         attention = 2 * self.dim * (self.n_heads + self.kv_heads) * self.head_dim
         layer = attention + 3 * self.dim * self.ffn_hidden_dim + 2 * self.dim
         if self.qk_norm:

@@ -39,6 +39,7 @@ from backstory.lm.checkpoint import MODEL_META_FILE, WEIGHTS_FILE, load_model, l
 from backstory.lm.constraints import CONSTRAINTS
 from backstory.lm.generate import check_sampling
 from backstory.lm.interop import FORMATS, export_model, load_external, save_imported
+from backstory.pipelines.run.pipeline import tokenizer_dataset
 from backstory.tools.locate import Project
 
 logger = logging.getLogger(__name__)
@@ -138,8 +139,8 @@ def _paths(args: argparse.Namespace) -> tuple[str | None, Path, Path]:
                 run = project.find_run(args.variant, args.run)
                 variant, model_dir = run.variant, project.path(f"{run.namespace}.model")
                 make = f"kedro run --pipelines {run.namespace}"
-            if tokenizer is None:
-                tokenizer = project.path("tokenizer")
+            if tokenizer is None:  # the variant's own tokenizer, or the shared one
+                tokenizer = project.path(tokenizer_dataset(variant) if variant else "tokenizer")
         except ValueError as err:
             raise UsageError(str(err)) from err
     for name in (WEIGHTS_FILE, MODEL_META_FILE):

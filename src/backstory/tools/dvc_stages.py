@@ -4,7 +4,9 @@
 file on disk differs from what the pipelines give. One DVC stage runs one step:
 
 - ``ingest``: the ``ingest`` pipeline;
-- ``export`` (``foreach`` text variant): that variant's token export;
+- ``tokenizer`` (``foreach`` variant with a tokenizer of its own): that tokenizer;
+- ``export`` (``foreach`` text variant): that variant's token export (``export_owntok``
+  for variants with their own tokenizer, which they read from a path of their own);
 - ``train-<variant>-<size>-<grid>`` and ``evaluate-...`` (``foreach`` over the grid's
   seeds, read by DVC from the parameter file: ``${experiment.<grid>.seeds}``): one run's
   training and its evaluation, stage ``train-reversed-small-main@1337``;
@@ -47,6 +49,7 @@ from typing import Any
 
 import yaml
 
+from backstory import variants
 from backstory.errors import UserError
 from backstory.experiment import (
     EXPERIMENT,
@@ -356,8 +359,20 @@ def plan_stages(project: Project) -> list[tuple[Stage, Naming]]:
     stages = [(Stage("ingest", "ingest", list(pipelines["ingest"].nodes), select_nodes=False),
                Naming())]
     for source in experiment.token_sources:
+        if variants.get(source).own_tokenizer:
+            stages.append((Stage(f"tokenizer@{source}", "__default__",
+                                 [_node(project, f"{source}.fit_tokenizer")]),
+                           Naming(source=source)))
+    for source in experiment.token_sources:
+        if variants.get(source).own_tokenizer:
+            stages.append((Stage(f"tokenizer@{source}", "__default__",
+                                 [_node(project, f"{source}.fit_tokenizer")]),
+                           Naming(source=source)))
+    for source in experiment.token_sources:
         nodes = [_node(project, f"{source}.export_{split}_tokens") for split in ("train", "val")]
-        stages.append((Stage(f"export@{source}", "__default__", nodes), Naming(source=source)))
+        # Exports with their own tokenizer read it from a path of their own: another template.
+        step = "export_owntok" if variants.get(source).own_tokenizer else "export"
+        stages.append((Stage(f"{step}@{source}", "__default__", nodes), Naming(source=source)))
     for step, node_name in (("train", "train_model"), ("finetune", "train_model"),
                             ("evaluate", "evaluate_model")):
         for run in experiment.runs:

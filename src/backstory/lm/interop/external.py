@@ -31,6 +31,7 @@ from backstory.data.tokenizer import (
     check_llama2c_tokenizer_bin,
     llama2c_tokenizer_bin,
 )
+from backstory.errors import SettingError
 from backstory.lm.checkpoint import MODEL_META_FILE, TrainedModel, load_trained, save_model
 from backstory.lm.checkpoint import WEIGHTS_FILE as BACKSTORY_WEIGHTS_FILE
 from backstory.lm.interop import hf, llama2c
@@ -67,6 +68,10 @@ def export_model(trained: TrainedModel, tokenizer: Tokenizer, out_dir: Path, *,
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
+    if trained.config.family != "llama":
+        raise SettingError(
+            f"cannot export a {trained.config.family} model to {fmt}: llama2.c and Hugging "
+            "Face Llama hold Llama decoders only (model.family: llama)")
     _check_vocab(trained, tokenizer, "export")
     document = export_document(trained, tokenizer.sha256)
     out_dir = Path(out_dir)

@@ -28,6 +28,10 @@ def _how_to_prompt(spec: variants.Variant) -> str:
                 "first, so feed the ending's ids reversed and reverse the generated ids. "
                 "run.c and transformers' generate encode text forward and cannot prompt it "
                 "as it was trained.")
+    if spec.token_order == "permuted":
+        return ("Tokens in a permuted order: the model reads every window of max_seq_len + 1 "
+                "tokens in one fixed seeded permutation of its positions (train_config."
+                "permutation_seed, backstory.lm.orders); it scores text, it does not write it.")
     parts = []
     if spec.instruct:
         parts.append("Documents are [EOS] + instruction + [BOS] + story + [EOS]: prompt with "

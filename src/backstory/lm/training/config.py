@@ -29,7 +29,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 # not use them keeps its bytes and its older checkpoints stay resumable.
 LATER_DEFAULTS = {"optimizer": "adamw", "muon_lr": 0.02, "muon_momentum": 0.95,
                   "muon_weight_decay": 0.0, "loss_chunk": 0, "num_threads": 0,
-                  "compile_mode": "default"}
+                  "compile_mode": "default", "permutation_seed": 0}
 
 
 @dataclass
@@ -61,7 +61,8 @@ class TrainConfig:
     device: str  # auto: cuda, then mps, then cpu
     dtype: str  # auto: bfloat16 on cuda (float16 if unsupported), float32 elsewhere
     compile: str | bool  # auto: torch.compile on cuda only
-    token_order: str  # "backward" reverses every window (Arrows of Time)
+    token_order: str  # "backward" reverses every window, "permuted" permutes its positions
+    permutation_seed: int  # the one fixed permutation of a "permuted" run (backstory.lm.orders)
     nproc_per_node: int  # processes (GPUs) to launch; batch_size must divide by it
     resume: bool  # continue from run_dir's latest checkpoint when it matches
     optimizer: str  # adamw | muon (Muon on the blocks' matrices, AdamW on the rest)
@@ -86,6 +87,7 @@ class TrainConfig:
             _require_int(name, getattr(self, name), 1)
         _require_int("warmup_steps", self.warmup_steps, 0)
         _require_int("seed", self.seed, 0)
+        _require_int("permutation_seed", self.permutation_seed, 0)
         check_schedule(schedule=self.schedule, lr=self.lr, min_lr=self.min_lr,
                        warmup_steps=self.warmup_steps, max_steps=self.max_steps,
                        cooldown_fraction=self.cooldown_fraction)

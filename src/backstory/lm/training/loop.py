@@ -42,10 +42,11 @@ from backstory.lm.checkpoint import (
     resumable_checkpoint,
     save_checkpoint,
 )
+from backstory.lm.families import LanguageModel
 from backstory.lm.finetune import training_model
 from backstory.lm.machine import machine_facts
-from backstory.lm.model import Transformer
 from backstory.lm.optim import MuonAdamW, build_optimizer, scheduled_lr
+from backstory.lm.orders import order_windows
 from backstory.lm.schedules import lr_at
 from backstory.lm.training.host import choose_threads, cpu_threads, keep_freed_memory
 from backstory.lm.training.job import TrainJob, check_same_run, json_normal
@@ -72,7 +73,7 @@ class Session:
     rank: Rank
     device: torch.device
     dtype: torch.dtype
-    raw_model: Transformer
+    raw_model: LanguageModel
     optimizer: torch.optim.Optimizer | MuonAdamW
     scaler: torch.amp.GradScaler
     model: torch.nn.Module = field(init=False)  # what the step calls: compiled, DDP-wrapped
@@ -195,7 +196,7 @@ class Session:
     # -- the loop
 
     def fit(self, progress: bool, *,
-            on_eval: Callable[[int, Transformer], None] | None = None) -> TrainedModel:
+            on_eval: Callable[[int, LanguageModel], None] | None = None) -> TrainedModel:
         """Train from the current step to max_steps; return the final model.
 
         ``on_eval(step, model)``, when given, runs on the main process right after each
@@ -214,7 +215,7 @@ class Session:
             return self._fit(progress, on_eval)
 
     def _fit(self, progress: bool,
-             on_eval: Callable[[int, Transformer], None] | None) -> TrainedModel:
+             on_eval: Callable[[int, LanguageModel], None] | None) -> TrainedModel:
         cfg = self.job.config
         self.clock_start = time.perf_counter()
         meter = Meter(self.step)
@@ -288,7 +289,8 @@ class Session:
                                        seq_len=self.job.model_config.max_seq_len, seed=cfg.seed)
         per_rank = cfg.batch_size // self.rank.world_size
         rows = windows[self.rank.rank * per_rank:(self.rank.rank + 1) * per_rank]
-        return host_tensor(rows, cfg.token_order, pin=self.device.type == "cuda")
+        return host_tensor(rows, cfg.token_order, pin=self.device.type == "cuda",
+                           permutation_seed=cfg.permutation_seed)
 
     def _sync(self, last_micro_step: bool) -> contextlib.AbstractContextManager:
         if isinstance(self.model, DistributedDataParallel) and not last_micro_step:
@@ -433,10 +435,11 @@ class Prefetcher:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def host_tensor(rows: np.ndarray, token_order: str, *, pin: bool) -> torch.Tensor:
-    """Windows (b, seq_len + 1) as an int64 tensor, reversed in time for ``backward``."""
-    if token_order == "backward":
-        rows = rows[:, ::-1]  # reverse in token space, before the input/target shift
+def host_tensor(rows: np.ndarray, token_order: str, *, pin: bool,
+                permutation_seed: int | None = None) -> torch.Tensor:
+    """Windows (b, seq_len + 1) as an int64 tensor in ``token_order`` (reversed for
+    ``backward``, permuted for ``permuted``), before the input/target shift."""
+    rows = order_windows(rows, token_order, permutation_seed)
     batch = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
     return batch.pin_memory() if pin else batch
 

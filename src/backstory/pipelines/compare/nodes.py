@@ -59,12 +59,20 @@ def lead_group(runs: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
 
 
 def lead_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
-    """The lead group's runs, by variant, in registry order."""
+    """The lead group's runs that take part in the generated-story comparison, by
+    variant, in registry order (``Variant.in_story_comparison``: a permuted model writes
+    no stories, and one with its own tokenizer reads none of the shared tokenizer's)."""
     size, seed = lead_group(runs)
     found = {run["variant"]: run for run in runs
              if reporting.size_name(run["preset"], run.get("context")) == size
              and run["seed"] == seed}
-    return {v: found[v] for v in variants.NAMES if v in found}
+    left_out = [v for v in found if not variants.get(v).in_story_comparison]
+    if left_out:
+        logger.info("generated-story comparison leaves out %s (no reading order, or a "
+                    "tokenizer of their own); their deltas are in the arrow-of-time report",
+                    ", ".join(left_out))
+    return {v: found[v] for v in variants.NAMES
+            if v in found and variants.get(v).in_story_comparison}
 
 
 def story_readers(lead: Mapping[str, Mapping[str, Any]]) -> list[Mapping[str, Any]]:

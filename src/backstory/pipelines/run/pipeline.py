@@ -21,7 +21,9 @@ from functools import partial, update_wrapper
 
 from kedro.pipeline import Pipeline, node
 
+from backstory import variants
 from backstory.experiment import EXTERNAL, RUN_DEFAULTS, ExternalSpec, RunSpec
+from backstory.pipelines.ingest.nodes import fit_tokenizer
 from backstory.pipelines.run.evaluate_nodes import evaluate
 from backstory.pipelines.run.export_nodes import export_tokens
 from backstory.pipelines.run.external_nodes import evaluate_external, import_external
@@ -36,15 +38,30 @@ def _bound(func, **kwargs):
     return update_wrapper(partial(func, **kwargs), func)
 
 
+def tokenizer_dataset(variant: str) -> str:
+    """The catalog dataset of the tokenizer that encodes ``variant``'s documents: the
+    shared ``tokenizer``, or ``<source>.tokenizer`` for a variant with its own."""
+    source = variants.get(variant).token_source
+    return f"{source}.tokenizer" if variants.get(source).own_tokenizer else "tokenizer"
+
+
 def export_pipeline(source: str) -> Pipeline:
-    """Encode the stories as ``source``'s documents: one token store per split."""
-    template = Pipeline([
+    """Encode the stories as ``source``'s documents: one token store per split (and,
+    for a variant with a tokenizer of its own, first train it on its training text)."""
+    spec = variants.get(source)
+    nodes = [
         node(_bound(export_tokens, variant=source, split=split),
              ["stories", "tokenizer", "ingest_report", "params:text"], f"{split}_tokens",
              name=f"export_{split}_tokens")
         for split in SPLITS
-    ])
-    return Pipeline(template, namespace=source, inputs={n: n for n in INGEST_OUTPUTS},
+    ]
+    inputs = {n: n for n in INGEST_OUTPUTS}
+    if spec.own_tokenizer:
+        nodes.insert(0, node(_bound(fit_tokenizer, words=spec.words),
+                             ["stories", "params:tokenizer"], "tokenizer", name="fit_tokenizer"))
+        del inputs["tokenizer"]  # its own: <source>.tokenizer, made here
+    return Pipeline(Pipeline(nodes), namespace=source, inputs=inputs,
+                    parameters={"params:tokenizer"} if spec.own_tokenizer else None,
                     tags=[source, "export"])
 
 
@@ -67,7 +84,7 @@ def run_pipeline(run: RunSpec) -> Pipeline:
              ["model", "val_tokens", "train_tokens", "tokenizer", "stories", "params:evaluate"],
              ["metrics", "document_bits", "samples", "samples_report"], name="evaluate_model"),
     ])
-    outside = {"tokenizer": "tokenizer", "stories": "stories"}
+    outside = {"tokenizer": tokenizer_dataset(run.variant), "stories": "stories"}
     outside |= {f"{split}_tokens": f"{run.token_source}.{split}_tokens" for split in SPLITS}
     if init is not None:
         outside["init_model"] = f"{init.namespace}.model"
