@@ -16,6 +16,7 @@ from backstory.data.corpus.storyworld import generate_record
 from backstory.data.text import reverse_words
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
 from backstory.errors import SettingError
+from backstory.evaluation import report as reporting
 from backstory.evaluation.metrics import document_bits, evaluate_loss
 from backstory.evaluation.sampling import generate_story, samples_markdown
 from backstory.lm import orders
@@ -28,7 +29,7 @@ from backstory.lm.model import ModelConfig
 from backstory.lm.recurrent import RecurrentLM
 from backstory.lm.training import loop as train_loop
 from backstory.lm.training import train
-from backstory.pipelines.compare.nodes import build_report, lead_runs, measure_arrow_of_time
+from backstory.pipelines.compare.nodes import lead_runs, measure_arrow_of_time
 from backstory.pipelines.ingest.nodes import fit_tokenizer
 from tests.project import REPO, make_project, tiny_run_params
 from tests.test_train import (
@@ -215,37 +216,37 @@ def test_recurrent_presets_get_their_family_and_the_default_is_llama():
 
 
 def test_the_report_shows_recurrent_presets_deltas_beside_the_transformers():
-    rows = []
     rng = np.random.default_rng(0)
-    for size, slower in (("small", 1.1), ("gru_small", 1.3)):
+    infos, tables = {}, {}
+    for preset, slower in (("small", 1.1), ("gru_small", 1.3)):
         for variant, factor in (("forward", 1.0), ("reversed", slower), ("backward", 1.02),
                                 ("permuted", 2.0)):
-            bits = rng.uniform(90, 110, 30) * factor
-            rows.append(pd.DataFrame({"run": f"{variant}.{size}.s1", "variant": variant,
-                                      "size": size, "seed": 1, "doc": np.arange(30),
-                                      "n_bytes": 100, "bits": bits, "story_tokens": 40}))
-    compare = _compare_params()
-    table = pd.concat(rows, ignore_index=True)
-    models = {run: {"run": run, "variant": run.split(".")[0], "size": run.split(".")[1],
-                    "seed": 1, "token_order": variants.get(run.split(".")[0]).token_order,
-                    "steps": 10, "n_params": 1000} for run in table["run"].unique()}
-    arrow = measure_arrow_of_time(table, models, compare)
-    by_size = {g["size"]: g for g in arrow["groups"]}
+            run = {"run": f"{variant}.{preset}.s1", "variant": variant, "preset": preset,
+                   "seed": 1, "context": None}
+            metrics = {"n_params": 1000, "seq_len": 256, "steps": 10,
+                       "eval_stories": {"sha256": "same"}}
+            infos[run["run"]] = reporting.run_info(run, metrics)
+            tables[run["run"]] = pd.DataFrame({
+                "doc": np.arange(30), "story": [f"data00.json:{i}" for i in range(30)],
+                "n_bytes": 100, "story_tokens": 40,
+                "bits": rng.uniform(90, 110, 30) * factor})
+    documents = reporting.document_table(infos, tables)
+    arrow = measure_arrow_of_time(documents, infos, _compare_params())
+    by_size = {s["size"]: s for s in arrow["sizes"]}
     assert set(by_size) == {"small", "gru_small"}
-    for group in by_size.values():
-        kinds = {(d["backward"], d["kind"]) for d in group["deltas"]}
-        assert kinds == {("reversed", "word_order"), ("backward", "token_order"),
-                         ("permuted", "token_order")}
-    gru_word = next(d for d in by_size["gru_small"]["deltas"] if d["backward"] == "reversed")
-    assert gru_word["delta"] == pytest.approx(0.3, abs=0.05)
-    _, markdown = build_report(arrow, {"readers": [], "sources": {}}, {"shares": {}}, compare)
-    assert "gru_small" in markdown and "permuted" in markdown
+    for size in by_size.values():
+        assert {(d["variant"], d["kind"]) for d in size["deltas"]} == {
+            ("reversed", "word_order"), ("backward", "token_order"), ("permuted", "token_order")}
+    gru_word = next(d for d in by_size["gru_small"]["deltas"] if d["variant"] == "reversed")
+    assert gru_word["delta"] == pytest.approx(0.3 / 1.15, abs=0.05)
+    assert "one seed" in gru_word["method"]
 
 
 def test_the_story_comparison_leaves_out_permuted_and_own_tokenizer_models():
     runs = [{"run": f"{v}.small.s1", "variant": v, "preset": "small", "seed": 1,
              "context": None} for v in variants.NAMES]
-    assert list(lead_runs(runs)) == ["forward", "reversed", "instruct", "backward"]
+    assert list(lead_runs(runs)) == [v for v in variants.NAMES
+                                     if v not in ("permuted", "reversed_owntok")]
 
 
 # ------------------------------------------------------------------- own tokenizer
@@ -284,19 +285,20 @@ def test_every_variant_with_gru_and_lstm_presets_makes_a_valid_dvc_yaml(tmp_path
     from backstory.tools import dvc_stages
 
     params = tiny_run_params()
-    params["experiment"] = {"main": {"variants": "all",
+    params["experiment"] = {"main": {"variants": list(variants.NAMES),  # opt-in ones too
                                      "presets": ["small", "gru_small", "lstm_small"],
                                      "seeds": [1337]}}
     root = make_project(tmp_path / "project", {"parameters_runs.yml": params})
     stages, document = dvc_stages.build(root)
     names = {stage.name for stage in stages}
     assert {"tokenizer@reversed_owntok", "export_owntok@reversed_owntok",
-            "train@permuted-gru_small-s1337", "evaluate@reversed_owntok-lstm_small-s1337",
+            "train-permuted-gru_small-main@1337", "evaluate-reversed_owntok-lstm_small-main@1337",
             "export@forward"} <= names
     assert "export@permuted" not in names  # permuted reads forward's tokens
-    owntok = document["vars"][0]["runs"]["reversed_owntok-small-s1337"]
-    assert owntok["tokenizer"] == "data/06_models/tokenizer/reversed_owntok/tokenizer.model"
-    assert "${item.tokenizer}" in document["stages"]["evaluate"]["do"]["deps"]
+    own = "data/06_models/tokenizer/reversed_owntok/tokenizer.model"
+    body = document["stages"]["evaluate-reversed_owntok-small-main"]["do"]
+    assert own in body["deps"]  # its own tokenizer, not the shared one
+    assert "data/06_models/tokenizer/tokenizer.model" not in body["deps"]
     merged = experiment.run_settings(
         __import__("yaml").safe_load((root / "conf/base/parameters_runs.yml").read_text()),
         experiment.RunSpec("permuted", "gru_small", 1337))
@@ -338,10 +340,10 @@ def test_controls_run_end_to_end_and_report_their_deltas(tmp_path: Path):
         os.chdir(previous)
     import json
     report = json.loads((root / "data/08_reporting/compare/report.json").read_text())
-    groups = {g["size"]: g for g in report["arrow_of_time"]["groups"]}
+    groups = {g["size"]: g for g in report["arrow_of_time"]["sizes"]}
     assert set(groups) == {"small", "gru_small"}
     for group in groups.values():
-        pairs = {(d["backward"], d["unit"]) for d in group["deltas"]}
+        pairs = {(d["variant"], d["unit"]) for d in group["deltas"]}
         assert pairs == {("reversed", "bits per byte"), ("reversed_owntok", "bits per byte"),
                          ("backward", "nats per token"), ("permuted", "nats per token")}
     own = root / "data/06_models/tokenizer/reversed_owntok/tokenizer.model"

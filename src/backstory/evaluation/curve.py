@@ -37,13 +37,14 @@ class EvalCurve:
     batch_size: int
     token_order: str
     path: str  # the CSV file
+    permutation_seed: int | None = None  # token order `permuted` only
 
     def __call__(self, step: int, model) -> None:
         with TokenStore(Path(self.store_path)) as store:
             n = min(self.n_stories, store.n_docs)
             bits = document_bits(model, store, seq_len=model.config.max_seq_len,
                                  batch_size=self.batch_size, token_order=self.token_order,
-                                 docs=range(n))
+                                 docs=range(n), permutation_seed=self.permutation_seed)
         kept = [row for row in read_rows(Path(self.path)) if int(row[0]) < step]
         rows = kept + [[str(step), str(doc), repr(float(b))] for doc, b in enumerate(bits)]
         write_rows(Path(self.path), rows)

@@ -527,26 +527,39 @@ class Transformer(nn.Module):
     def configure_optimizer(self, *, lr: float, weight_decay: float,
                             betas: tuple[float, float], device_type: str) -> torch.optim.AdamW:
         """AdamW that decays matrices and embeddings (dim >= 2) but not norm gains."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        logger.info("optimizer: %d decayed tensors (%d params), %d not decayed (%d params)",
-                    len(decay), sum(p.numel() for p in decay),
-                    len(no_decay), sum(p.numel() for p in no_decay))
-        groups = [{"params": decay, "weight_decay": weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        fused = device_type == "cuda" and torch.cuda.is_available()
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+        return decayed_adamw(self, lr=lr, weight_decay=weight_decay, betas=betas,
+                             device_type=device_type)
 
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
         """Parameter count, the tied embedding/output matrix counted once."""
-        total = sum(p.numel() for p in self.parameters())
-        if exclude_embeddings:
-            total -= self.tok_embeddings.weight.numel()
-        return total
+        return count_parameters(self, self.tok_embeddings, exclude_embeddings)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward): 6N + 12*L*H*Q*T, as in PaLM."""
         cfg = self.config
         return 6.0 * self.num_parameters() + 12.0 * cfg.n_layers * cfg.n_heads * \
             cfg.head_dim * seq_len
+
+
+def decayed_adamw(model: nn.Module, *, lr: float, weight_decay: float,
+                  betas: tuple[float, float], device_type: str) -> torch.optim.AdamW:
+    """llama2.c's AdamW for any of our language models: trainable matrices and embeddings
+    (dim >= 2) decay, biases and norm gains (dim < 2) do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    logger.info("optimizer: %d decayed tensors (%d params), %d not decayed (%d params)",
+                len(decay), sum(p.numel() for p in decay),
+                len(no_decay), sum(p.numel() for p in no_decay))
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    fused = device_type == "cuda" and torch.cuda.is_available()
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+
+
+def count_parameters(model: nn.Module, embedding: nn.Embedding, exclude_embeddings: bool
+                     ) -> int:
+    """Parameters of ``model``, its tied embedding/output matrix counted once (or not at
+    all with ``exclude_embeddings``)."""
+    total = sum(p.numel() for p in model.parameters())
+    return total - embedding.weight.numel() if exclude_embeddings else total

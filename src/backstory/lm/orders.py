@@ -78,5 +78,11 @@ def permute_scored(windows: np.ndarray, target_mask: np.ndarray, seed: int
 
 
 def permutation_seed_of(meta: Mapping[str, Any]) -> int | None:
-    """The permutation seed a model was trained with (its checkpoint meta), if any."""
-    return (meta.get("train_config") or {}).get("permutation_seed")
+    """The permutation seed a model was trained with (its checkpoint meta)."""
+    from backstory.lm.training.config import LATER_DEFAULTS  # training imports this module
+
+    config = meta.get("train_config")
+    if not config:
+        return None
+    # A seed at its implied value is left out of saved train configs (LATER_DEFAULTS).
+    return config.get("permutation_seed", LATER_DEFAULTS["permutation_seed"])

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backstory.lm.model import ModelConfig, RMSNorm
+from backstory.lm.losses import chunked_cross_entropy
+from backstory.lm.model import ModelConfig, RMSNorm, count_parameters, decayed_adamw
 
 
 class RecurrentState:
@@ -81,12 +82,14 @@ class RecurrentLM(nn.Module):
                     param[dim:2 * dim].fill_(1.0)  # forget gate open: remember by default
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, *,
-                cache: RecurrentState | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                cache: RecurrentState | None = None, loss_chunk: int = 0
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits (B, T, V) and mean cross-entropy over targets != -1 (None without targets).
 
         With a state, ``tokens`` follow the ``cache.length`` positions it has consumed;
-        the state is advanced by T.
+        the state is advanced by T. With targets and ``loss_chunk`` > 0 the output layer
+        and the loss run fused, ``loss_chunk`` positions at a time (no logits returned),
+        as in the transformer.
         """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
@@ -102,15 +105,18 @@ class RecurrentLM(nn.Module):
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         hidden = None if cache is None else cache.hidden
         out, hidden = self.rnn(h, hidden)  # (B, T, dim)
-        logits = self.output(self.norm(out))  # (B, T, vocab_size)
         if cache is not None:
             cache.hidden = hidden
             cache.length += T
+        if targets is not None and targets.shape != (B, T):
+            raise ValueError(f"targets shape {tuple(targets.shape)} != tokens shape {(B, T)}")
+        if targets is not None and loss_chunk > 0:
+            flat = self.norm(out).reshape(B * T, -1)  # (B * T, dim)
+            return None, chunked_cross_entropy(flat, self.output.weight, targets.reshape(-1),
+                                               loss_chunk)
+        logits = self.output(self.norm(out))  # (B, T, vocab_size)
         loss = None
         if targets is not None:
-            if targets.shape != logits.shape[:2]:
-                raise ValueError(f"targets shape {tuple(targets.shape)} != tokens shape "
-                                 f"{tuple(logits.shape[:2])}")
             loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]),
                                    targets.reshape(-1), ignore_index=-1)
         return logits, loss
@@ -129,18 +135,12 @@ class RecurrentLM(nn.Module):
     def configure_optimizer(self, *, lr: float, weight_decay: float,
                             betas: tuple[float, float], device_type: str) -> torch.optim.AdamW:
         """AdamW that decays matrices and embeddings (dim >= 2), not biases or norm gains."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        fused = device_type == "cuda" and torch.cuda.is_available()
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+        return decayed_adamw(self, lr=lr, weight_decay=weight_decay, betas=betas,
+                             device_type=device_type)
 
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
         """Parameter count, the tied embedding/output matrix counted once."""
-        total = sum(p.numel() for p in self.parameters())
-        if exclude_embeddings:
-            total -= self.tok_embeddings.weight.numel()
-        return total
+        return count_parameters(self, self.tok_embeddings, exclude_embeddings)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward): 6N, no attention term."""

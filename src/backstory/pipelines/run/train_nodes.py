@@ -101,7 +101,7 @@ def _train(train_tokens: TokenStore, val_tokens: TokenStore, training_run: Path,
     curve = Path(training_run) / EVAL_CURVE
     if curve_stories > 0:
         on_eval = EvalCurve(str(val_tokens.path), curve_stories, eval_batch_size,
-                            spec.token_order, str(curve))
+                            spec.token_order, str(curve), config.permutation_seed)
     elif not curve.exists():
         Path(training_run).mkdir(parents=True, exist_ok=True)
         write_rows(curve, [])  # no curve asked for: an empty one, so readers find it
