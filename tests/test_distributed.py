@@ -72,7 +72,7 @@ from backstory.data.tokens import TokenStore
 from backstory.lm.training import TrainConfig, train
 
 model, config, train_path, val_path, run_dir, lineage = json.loads(sys.argv[1])
-trained = train(ModelConfig.from_dict(model), TrainConfig.from_params(config),
+trained = train(ModelConfig.from_dict(model), TrainConfig.from_record(config),
                 TokenStore(Path(train_path)), TokenStore(Path(val_path)), Path(run_dir),
                 lineage=lineage, progress=False)
 assert trained.meta["steps"] == config["max_steps"]

@@ -22,6 +22,10 @@ import numpy as np
 
 from backstory.variants import TOKEN_ORDERS
 
+# What a train config written before `permutation_seed` existed, or leaving it out at
+# this value, means.
+IMPLIED_PERMUTATION_SEED = 0
+
 
 def check_order(token_order: str, permutation_seed: int | None) -> None:
     """ValueError for an unknown order, or a permuted order without its seed."""
@@ -79,10 +83,9 @@ def permute_scored(windows: np.ndarray, target_mask: np.ndarray, seed: int
 
 def permutation_seed_of(meta: Mapping[str, Any]) -> int | None:
     """The permutation seed a model was trained with (its checkpoint meta)."""
-    from backstory.lm.training.config import LATER_DEFAULTS  # training imports this module
-
     config = meta.get("train_config")
     if not config:
         return None
-    # A seed at its implied value is left out of saved train configs (LATER_DEFAULTS).
-    return config.get("permutation_seed", LATER_DEFAULTS["permutation_seed"])
+    # A seed at its implied value is left out of saved train configs
+    # (backstory.lm.training.config.LATER_DEFAULTS).
+    return config.get("permutation_seed", IMPLIED_PERMUTATION_SEED)

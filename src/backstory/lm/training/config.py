@@ -12,6 +12,7 @@ import torch
 from backstory import params
 from backstory.errors import SettingError
 from backstory.lm.optim import OPTIMIZERS
+from backstory.lm.orders import IMPLIED_PERMUTATION_SEED
 from backstory.lm.schedules import check_schedule
 from backstory.variants import TOKEN_ORDERS
 
@@ -29,7 +30,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 # not use them keeps its bytes and its older checkpoints stay resumable.
 LATER_DEFAULTS = {"optimizer": "adamw", "muon_lr": 0.02, "muon_momentum": 0.95,
                   "muon_weight_decay": 0.0, "loss_chunk": 0, "num_threads": 0,
-                  "compile_mode": "default", "permutation_seed": 0}
+                  "compile_mode": "default", "permutation_seed": IMPLIED_PERMUTATION_SEED}
 
 
 @dataclass
