@@ -182,7 +182,7 @@ def figures(report: Mapping) -> list[str]:
     for machine in report["machines"]:
         facts = machine["facts"]
         lines.append(f"machine: {facts.get('cpu')}, torch {facts.get('torch')}, "
-                     f"{facts.get('cpu_capability')}, {facts.get('threads')} thread(s) "
+                     f"{facts.get('cpu_capability')} "
                      f"({len(machine['runs'])} runs evaluated there)")
     return lines
 

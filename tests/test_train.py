@@ -249,7 +249,7 @@ def test_training_learns_and_writes_logs_and_checkpoints(stores, tmp_path: Path)
     assert params["train"] == config.to_dict() and params["lineage"] == LINEAGE
     assert params["model"]["dim"] == MODEL.dim
     assert params["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    assert params["machine"]["threads"] == 1
+    assert "threads" not in params["machine"]  # chosen by load; moves no bit of the result
 
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000016", "step_00000024"]
     state = read_state(latest_checkpoint(tmp_path))

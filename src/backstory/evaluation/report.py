@@ -493,7 +493,7 @@ def _machine_lines(found: Sequence[Mapping[str, Any]]) -> list[str]:
     for entry in found:
         f = entry["facts"]
         lines.append(f"- {f.get('cpu', '?')}, torch {f.get('torch', '?')}, ATen CPU capability "
-                     f"{f.get('cpu_capability', '?')}, {f.get('threads', '?')} threads"
+                     f"{f.get('cpu_capability', '?')}"
                      + (f", GPU {f['gpu']}" if f.get("gpu") else "")
                      + f": {len(entry['runs'])} run(s)")
     return [*lines, ""]

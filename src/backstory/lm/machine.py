@@ -2,9 +2,11 @@
 
 The same code, data and seed give bit-identical weights on one machine, but not across
 machines: torch picks its CPU kernels by the instruction set it finds (ATen's CPU
-capability: DEFAULT, AVX2, AVX512, ...), float reductions split differently with the
-thread count, and the torch build (its version and the MKL / oneDNN it ships) sets the
-rest. Each published figure records these facts (docs/reproducibility.md).
+capability: DEFAULT, AVX2, AVX512, ...), and the torch build (its version and the MKL /
+oneDNN it ships) sets the rest. Each published figure records these facts
+(docs/reproducibility.md). The thread count is not one of them: it does not change a
+training step's bits (tests/test_train.py), and ``train.num_threads: 0`` chooses it by
+the machine's idle cores, so recording it would make the same run's files differ.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ def machine_facts() -> dict[str, Any]:
         "torch": str(torch.__version__),
         "cpu": cpu_model(),
         "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
-        "threads": int(torch.get_num_threads()),
         "mkl": bool(torch.backends.mkl.is_available()),
         "mkldnn": bool(torch.backends.mkldnn.is_available()),
         "platform": platform.platform(),
