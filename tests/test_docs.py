@@ -97,7 +97,7 @@ def test_documented_kedro_runs_name_existing_envs_pipelines_and_parameters(where
         for name in value.split(","):
             if name.startswith("external.") and declared_in(where, name.split(".", 1)[1]):
                 continue  # an imported model the same page declares first
-            assert name in names, f"{where}: `{shlex.join(words)}` names {name!r}, not in --env {env}"
+            assert name in names, f"{where}: `{shlex.join(words)}`: no {name!r} in --env {env}"
     for value in option(words, "--params"):
         for pair in value.split(","):
             key = pair.split("=", 1)[0]
@@ -126,7 +126,7 @@ def test_documented_dvc_stages_exist():
             assert stage in stages, f"{where}: `{shlex.join(words)}`: no stage {stage!r}"
             if item:
                 grid = stage.rsplit("-", 1)[1]
-                assert int(item) in seeds[grid], f"{where}: {target}: {item} is not a seed of {grid}"
+                assert int(item) in seeds[grid], f"{where}: {target}: no seed {item} in {grid}"
 
 
 def test_documented_scripts_and_modules_exist():
