@@ -25,6 +25,8 @@ import sys
 import numpy as np
 import sentencepiece as spm
 
+from backstory.data import protobuf
+
 log = logging.getLogger(__name__)
 
 SPACE_MARK = "\u2581"  # sentencepiece's "▁"
@@ -45,37 +47,9 @@ _NORM_REMOVE_EXTRA_WHITESPACES, _NORM_ESCAPE_WHITESPACES, _NORM_RULE_TSV = 4, 5,
 _MODEL_TYPE_BPE = 2
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data):
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return value, pos
-
-
 def _proto_fields(data: bytes) -> dict[int, int | bytes]:
-    """Top-level fields of one protobuf message (the last occurrence of a field wins)."""
-    fields: dict[int, int | bytes] = {}
-    pos = 0
-    while pos < len(data):
-        key, pos = _read_varint(data, pos)
-        number, wire_type = key >> 3, key & 7
-        if wire_type == 0:
-            fields[number], pos = _read_varint(data, pos)
-        elif wire_type in (1, 5):  # fixed64 / fixed32: skipped, none we read
-            pos += 8 if wire_type == 1 else 4
-        elif wire_type == 2:
-            size, pos = _read_varint(data, pos)
-            fields[number] = data[pos : pos + size]
-            pos += size
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire_type}")
-    return fields
+    """Varint and length-delimited top-level fields of one message (the last one wins)."""
+    return {number: value for number, wire, value in protobuf.fields(data) if wire in (0, 2)}
 
 
 def _specs_allow_chunking(model_bytes: bytes) -> bool:

@@ -38,6 +38,7 @@ import numpy as np
 import sentencepiece as spm
 
 from backstory import params
+from backstory.data import protobuf
 from backstory.data.chunk_cache import (
     CACHE_ROUND_TEXTS,
     DEFAULT_CACHE_ENTRIES,
@@ -412,39 +413,6 @@ class Tokenizer:
 # --- model type and llama2.c's tokenizer.bin -------------------------------------------
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data):
-            raise ValueError("truncated protobuf varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
-
-
-def _fields(data: bytes):
-    """(field number, wire type, value) of each top-level field of a protobuf message."""
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(data, pos)
-        elif wire == 1:
-            value, pos = data[pos:pos + 8], pos + 8
-        elif wire == 2:
-            size, pos = _varint(data, pos)
-            value, pos = data[pos:pos + size], pos + size
-        elif wire == 5:
-            value, pos = data[pos:pos + 4], pos + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield number, wire, value
-
-
 def model_type_of(model_bytes: bytes) -> str:
     """The algorithm a serialized sentencepiece model uses (one of MODEL_TYPES).
 
@@ -452,9 +420,9 @@ def model_type_of(model_bytes: bytes) -> str:
     package is needed; an absent field means sentencepiece's default, unigram.
     """
     try:
-        for number, wire, value in _fields(model_bytes):
+        for number, wire, value in protobuf.fields(model_bytes):
             if number == 2 and wire == 2:
-                for inner, inner_wire, code in _fields(value):
+                for inner, inner_wire, code in protobuf.fields(value):
                     if inner == 3 and inner_wire == 0:
                         return _MODEL_TYPE_CODES.get(code, f"unknown({code})")
                 return "unigram"
