@@ -39,3 +39,12 @@ def tiny_run(tmp_path_factory):
     finally:
         os.chdir(previous)
     return root
+
+
+@pytest.fixture
+def server():
+    """A loopback HTTP server (tests/loopback.py): its base URL and its state."""
+    from tests.loopback import serving
+
+    with serving() as served:
+        yield served

@@ -6,9 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
-from collections.abc import Iterator
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,7 @@ from backstory.data.corpus.sources import PUBLISHED, CorpusConfig, PublishedFile
 from backstory.data.corpus.splits import SplitRule
 from backstory.data.corpus.story_table import CleanPlan, CleanSettings, build_story_table
 from tests.project import REAL_DATA, real_excerpt
-from tests.test_download import RangeHandler, ServerState, build_archive
+from tests.test_download import build_archive
 
 REAL = REAL_DATA
 STORIES = real_excerpt("stories_100.json")
@@ -28,22 +25,6 @@ MORE = real_excerpt("stories_50_more.json")
 HEADERS = real_excerpt("instruct_headers_25.json")
 PINNED = re.compile(r"https://huggingface\.co/datasets/roneneldan/TinyStories(Instruct)?"
                     r"/resolve/[0-9a-f]{40}/[A-Za-z0-9_.-]+")
-
-
-@pytest.fixture
-def hub() -> Iterator[tuple[str, ServerState]]:
-    """A loopback HTTP server standing in for the Hugging Face hub."""
-    state = ServerState()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
-    httpd.state = state  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
 
 
 def test_every_published_file_is_pinned_to_a_commit() -> None:
@@ -94,10 +75,10 @@ def fake_contents(dataset: str) -> dict[str, bytes]:
             "TinyStories-Instruct-valid.txt": instruct_file(HEADERS[20:], MORE)}
 
 
-def publish(monkeypatch, hub, dataset: str, contents: dict[str, bytes], *,
+def publish(monkeypatch, server, dataset: str, contents: dict[str, bytes], *,
             size_offset: int = 0) -> list[PublishedFile]:
     """Serve ``contents`` under the pinned paths, and make the registry describe them."""
-    base, state = hub
+    base, state = server
     published = []
     for item in PUBLISHED[dataset]:
         data = contents[item.name]
@@ -111,17 +92,17 @@ def publish(monkeypatch, hub, dataset: str, contents: dict[str, bytes], *,
     return published
 
 
-def config(dataset: str, hub: str, tmp_path: Path) -> CorpusConfig:
-    return CorpusConfig("tinystories", 0, 0, 1, dataset, hub, str(tmp_path / "dl"), None, None)
+def config(dataset: str, server: str, tmp_path: Path) -> CorpusConfig:
+    return CorpusConfig("tinystories", 0, 0, 1, dataset, server, str(tmp_path / "dl"), None, None)
 
 
 @pytest.mark.parametrize("dataset", ["all_data", "v1", "v2", "instruct"])
 def test_each_published_set_downloads_verifies_and_ingests(
-    tmp_path, monkeypatch, hub, dataset
+    tmp_path, monkeypatch, server, dataset
 ) -> None:
     contents = fake_contents(dataset)
-    published = publish(monkeypatch, hub, dataset, contents)
-    base, state = hub
+    published = publish(monkeypatch, server, dataset, contents)
+    base, state = server
     plan = plan_corpus(config(dataset, base, tmp_path), progress=False)
     assert state.paths == [item.url(base)[len(base):] for item in published]
     assert all(re.search(r"/resolve/[0-9a-f]{40}/", path) for path in state.paths)
@@ -149,40 +130,40 @@ def test_each_published_set_downloads_verifies_and_ingests(
     assert len(state.paths) == len(published)
 
 
-def test_a_file_of_the_wrong_size_is_refused_and_deleted(tmp_path, monkeypatch, hub
+def test_a_file_of_the_wrong_size_is_refused_and_deleted(tmp_path, monkeypatch, server
                                                          ) -> None:
-    publish(monkeypatch, hub, "v1", fake_contents("v1"), size_offset=1)
+    publish(monkeypatch, server, "v1", fake_contents("v1"), size_offset=1)
     with pytest.raises(SizeError, match="TinyStories-train.txt.*deleted"):
-        plan_corpus(config("v1", hub[0], tmp_path), progress=False)
+        plan_corpus(config("v1", server[0], tmp_path), progress=False)
     assert not (tmp_path / "dl" / "TinyStories-train.txt").exists()
 
 
 def test_a_cached_file_that_changed_since_its_download_is_fetched_again(
-    tmp_path, monkeypatch, hub
+    tmp_path, monkeypatch, server
 ) -> None:
     contents = fake_contents("v2")
-    publish(monkeypatch, hub, "v2", contents)
-    plan_corpus(config("v2", hub[0], tmp_path), progress=False)
+    publish(monkeypatch, server, "v2", contents)
+    plan_corpus(config("v2", server[0], tmp_path), progress=False)
     cached = tmp_path / "dl" / "TinyStoriesV2-GPT4-valid.txt"
     damaged = bytearray(cached.read_bytes())
     damaged[100] ^= 0x20  # same size, one bit flipped
     cached.write_bytes(bytes(damaged))
-    plan_corpus(config("v2", hub[0], tmp_path), progress=False)
+    plan_corpus(config("v2", server[0], tmp_path), progress=False)
     assert cached.read_bytes() == contents["TinyStoriesV2-GPT4-valid.txt"]
-    assert hub[1].paths[-1].endswith("/TinyStoriesV2-GPT4-valid.txt")
-    assert len(hub[1].paths) == 3
+    assert server[1].paths[-1].endswith("/TinyStoriesV2-GPT4-valid.txt")
+    assert len(server[1].paths) == 3
 
 
 def test_a_damaged_cached_archive_is_removed_so_the_next_run_fetches_it(
-    tmp_path, monkeypatch, hub
+    tmp_path, monkeypatch, server
 ) -> None:
     good = fake_contents("all_data")["TinyStories_all_data.tar.gz"]
     damaged = bytearray(good)
     damaged[len(damaged) // 2] ^= 0xFF
-    publish(monkeypatch, hub, "all_data", {"TinyStories_all_data.tar.gz": bytes(damaged)})
+    publish(monkeypatch, server, "all_data", {"TinyStories_all_data.tar.gz": bytes(damaged)})
     with pytest.raises(CorruptArchiveError, match="deleted, run again"):
-        plan_corpus(config("all_data", hub[0], tmp_path), progress=False)
+        plan_corpus(config("all_data", server[0], tmp_path), progress=False)
     assert not (tmp_path / "dl" / "TinyStories_all_data.tar.gz").exists()
-    publish(monkeypatch, hub, "all_data", {"TinyStories_all_data.tar.gz": good})
-    plan = plan_corpus(config("all_data", hub[0], tmp_path), progress=False)
+    publish(monkeypatch, server, "all_data", {"TinyStories_all_data.tar.gz": good})
+    plan = plan_corpus(config("all_data", server[0], tmp_path), progress=False)
     assert [spec.name for spec in plan.files] == ["data00.json", "data01.json"]
