@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -31,4 +30,3 @@ def test_report_notebook_executes_on_the_tiny_run(tiny_run: Path, monkeypatch):
     texts = "".join(str(o.get("data", {}).get("text/plain", "")) + str(o.get("text", ""))
                     for o in outputs)
     assert "val_bpb" in texts and "reversed" in texts
-    assert os.environ["KEDRO_DISABLE_TELEMETRY"] == "1"

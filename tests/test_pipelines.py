@@ -25,7 +25,6 @@ from tests.project import (
     tiny_run_params,
 )
 
-VARIANTS = ("forward", "reversed", "instruct")
 RUN = "small/s1337"
 
 

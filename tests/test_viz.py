@@ -9,14 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.project import default_variants
+from backstory.variants import token_sources
+from tests.project import REPO, default_variants
 
 VARIANTS = default_variants()  # the tiny run's experiment: conf/base's default
-EXPORTS = ("forward", "reversed", "instruct")  # backward reads forward's tokens
+EXPORTS = tuple(token_sources(VARIANTS))  # one export per text variant
 RUNS = tuple(f"{v}.small.s1337" for v in VARIANTS)  # the tiny run's experiment
 PIPELINES = {"__default__", "ingest", "compare", *VARIANTS, *RUNS}
-LAYERS = ["raw", "intermediate", "primary", "model_input", "models", "reporting"]
 INGEST_NODES = {"acquire_corpus", "clean_corpus", "report_ingest", "fit_tokenizer"}
 EXPORT_NODES = {"export_train_tokens", "export_val_tokens"}
 RUN_NODES = {"train_model", "evaluate_model"}
@@ -52,7 +53,24 @@ def test_every_pipeline_is_built(viz_api):
     assert {p["id"] for p in main["pipelines"]} == PIPELINES
     assert {p.name for p in (viz_api / "pipelines").iterdir()} == PIPELINES
     assert main["selected_pipeline"] == "__default__"
-    assert main["layers"] == LAYERS
+    catalog = yaml.safe_load((REPO / "conf/base/catalog.yml").read_text())
+    declared = {entry["metadata"]["kedro-viz"]["layer"] for entry in catalog.values()
+                if "layer" in entry.get("metadata", {}).get("kedro-viz", {})}
+    assert set(main["layers"]) == declared
+
+
+def test_layers_run_one_way(viz_api):
+    """kedro-viz hides every layer when a node reads a later layer than it writes."""
+    main = _load(viz_api / "main")
+    rank = {layer: i for i, layer in enumerate(main["layers"])}
+    layer_of = {n["id"]: n.get("layer") for n in main["nodes"] if n["type"] != "task"}
+    tasks = {n["id"] for n in main["nodes"] if n["type"] == "task"}
+    reads = {t: [e["source"] for e in main["edges"] if e["target"] == t] for t in tasks}
+    writes = {t: [e["target"] for e in main["edges"] if e["source"] == t] for t in tasks}
+    for task in tasks:
+        ins = [rank[layer_of[d]] for d in reads[task] if layer_of.get(d)]
+        outs = [rank[layer_of[d]] for d in writes[task] if layer_of.get(d)]
+        assert not ins or not outs or max(ins) <= min(outs), task
 
 
 def test_variants_presets_and_seeds_are_nested_namespaces(viz_api):
