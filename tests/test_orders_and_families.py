@@ -31,6 +31,7 @@ from backstory.lm.training import loop as train_loop
 from backstory.lm.training import train
 from backstory.pipelines.compare.nodes import lead_runs, measure_arrow_of_time
 from backstory.pipelines.ingest.nodes import fit_tokenizer
+from backstory.pipelines.run.export_nodes import fit_own_tokenizer
 from tests.project import REPO, make_project, tiny_run_params
 from tests.test_train import (
     LINEAGE,
@@ -266,7 +267,7 @@ def test_own_tokenizer_is_trained_on_the_reversed_training_text(tmp_path: Path):
 
     table = _story_table(tmp_path)
     settings = {"vocab_size": 512, "model_type": "bpe", "max_sentences": 1000}
-    own = fit_tokenizer(table, settings, words="reversed")
+    own = fit_own_tokenizer(table, settings, words="reversed")
     texts = [reverse_words(r["story"]) for r in iter_records(table, "train")]
     assert own == train_tokenizer(texts, vocab_size=512, model_type="bpe", max_sentences=1000)
     assert own != fit_tokenizer(table, settings)

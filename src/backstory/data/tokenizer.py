@@ -145,6 +145,11 @@ class TokenizerConfig:
     def from_params(cls, settings: Any) -> TokenizerConfig:
         return params.build(cls, settings, "tokenizer")
 
+    def train(self, texts: Iterable[str]) -> bytes:
+        """A sentencepiece model of these settings trained on ``texts``: its bytes."""
+        return train_tokenizer(texts, vocab_size=self.vocab_size, model_type=self.model_type,
+                               max_sentences=self.max_sentences)
+
 
 def train_tokenizer(
     texts: Iterable[str],

@@ -54,8 +54,10 @@ from backstory.data.files import (
 )
 from backstory.data.fingerprints import code_digest, sha256_of
 from backstory.data.parallel import run_tasks, workers_for
+from backstory.data.text import reverse_words
 from backstory.errors import UserError
 from backstory.locks import FolderLock
+from backstory.variants import WORD_ORDERS
 
 if TYPE_CHECKING:  # pandas is imported where frames are made: worker processes skip it
     import pandas as pd
@@ -487,6 +489,15 @@ def _read_manifest(folder: Path) -> dict:
             f"{path}: not a version-{FORMAT_VERSION} story table manifest; run ingest again"
         )
     return manifest
+
+
+def story_texts(stories: Mapping[str, Callable[[], pd.DataFrame]], split: str,
+                words: str = "forward") -> Iterator[str]:
+    """The stories of one split, as written or with their word order reversed."""
+    if words not in WORD_ORDERS:
+        raise ValueError(f"words must be one of {WORD_ORDERS}, got {words!r}")
+    return (reverse_words(r["story"]) if words == "reversed" else r["story"]
+            for r in iter_records(stories, split))
 
 
 def iter_records(stories: Mapping[str, Callable[[], pd.DataFrame]], split: str

@@ -13,11 +13,9 @@ import logging
 from backstory.data.corpus.raw_store import RawCorpus, RawCorpusPlan
 from backstory.data.corpus.sources import CorpusConfig, plan_corpus
 from backstory.data.corpus.splits import SplitRule
-from backstory.data.corpus.story_table import CleanPlan, IngestConfig, StoryTable, iter_records
-from backstory.data.text import reverse_words
-from backstory.data.tokenizer import TokenizerConfig, train_tokenizer
+from backstory.data.corpus.story_table import CleanPlan, IngestConfig, StoryTable, story_texts
+from backstory.data.tokenizer import TokenizerConfig
 from backstory.params import build
-from backstory.variants import WORD_ORDERS
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +40,6 @@ def report_ingest(stories: StoryTable) -> dict:
     return report
 
 
-def fit_tokenizer(stories: StoryTable, tokenizer: dict, *, words: str = "forward") -> bytes:
-    """Train a sentencepiece model on the training stories in word order ``words``: the
-    shared one on forward text, a variant's own (``Variant.own_tokenizer``) on its text."""
-    config = TokenizerConfig.from_params(tokenizer)
-    if words not in WORD_ORDERS:
-        raise ValueError(f"words must be one of {WORD_ORDERS}, got {words!r}")
-    texts = (reverse_words(record["story"]) if words == "reversed" else record["story"]
-             for record in iter_records(stories, "train"))
-    return train_tokenizer(texts, vocab_size=config.vocab_size, model_type=config.model_type,
-                           max_sentences=config.max_sentences)
+def fit_tokenizer(stories: StoryTable, tokenizer: dict) -> bytes:
+    """The shared sentencepiece model, trained on the training stories as written."""
+    return TokenizerConfig.from_params(tokenizer).train(story_texts(stories, "train"))

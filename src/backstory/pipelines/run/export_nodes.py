@@ -1,11 +1,12 @@
-"""Export node: one split of one text variant's documents as a lazy token stream."""
+"""Export nodes: a variant's own tokenizer, and one split of one text variant's documents
+as a lazy token stream."""
 
 from __future__ import annotations
 
 from backstory import params, variants
-from backstory.data.corpus.story_table import StoryTable
+from backstory.data.corpus.story_table import StoryTable, story_texts
 from backstory.data.documents import StoryDocuments, TextConfig
-from backstory.data.tokenizer import Tokenizer
+from backstory.data.tokenizer import Tokenizer, TokenizerConfig
 from backstory.data.tokens import TokenStream
 
 
@@ -44,3 +45,9 @@ def export_tokens(
         "split_strategy": ingest_report["split"]["strategy"],
     }
     return TokenStream(batches=None, attrs=attrs, documents=documents, workers=config.workers)
+
+
+def fit_own_tokenizer(stories: StoryTable, tokenizer: dict, *, words: str) -> bytes:
+    """A variant's own sentencepiece model (``Variant.own_tokenizer``), trained on its
+    training stories in its word order, with the shared tokenizer's settings."""
+    return TokenizerConfig.from_params(tokenizer).train(story_texts(stories, "train", words))

@@ -23,9 +23,8 @@ from kedro.pipeline import Pipeline, node
 
 from backstory import variants
 from backstory.experiment import EXTERNAL, RUN_DEFAULTS, ExternalSpec, RunSpec
-from backstory.pipelines.ingest.nodes import fit_tokenizer
 from backstory.pipelines.run.evaluate_nodes import evaluate
-from backstory.pipelines.run.export_nodes import export_tokens
+from backstory.pipelines.run.export_nodes import export_tokens, fit_own_tokenizer
 from backstory.pipelines.run.external_nodes import evaluate_external, import_external
 from backstory.pipelines.run.train_nodes import finetune_model, train_model
 
@@ -57,7 +56,7 @@ def export_pipeline(source: str) -> Pipeline:
     ]
     inputs = {n: n for n in INGEST_OUTPUTS}
     if spec.own_tokenizer:
-        nodes.insert(0, node(_bound(fit_tokenizer, words=spec.words),
+        nodes.insert(0, node(_bound(fit_own_tokenizer, words=spec.words),
                              ["stories", "params:tokenizer"], "tokenizer", name="fit_tokenizer"))
         del inputs["tokenizer"]  # its own: <source>.tokenizer, made here
     return Pipeline(Pipeline(nodes), namespace=source, inputs=inputs,
