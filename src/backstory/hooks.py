@@ -89,6 +89,46 @@ def report_paths(pipeline: Any, catalog: Any) -> list[str]:
     return paths
 
 
+MODEL_NAME = "model"  # a run's or an external's trained model: <namespace>.model
+
+
+def stale_paths(node: Any, catalog: Any, registered: Any) -> list[Path]:
+    """The files derived from the model ``node`` is about to replace, that exist.
+
+    They are the outputs of what follows ``<namespace>.model`` in the namespace's
+    registered pipeline (metrics, scores, samples): once a new model is being made they
+    describe a model that is going away.
+    """
+    paths = []
+    for output in node.outputs:
+        namespace, _, name = output.rpartition(".")
+        pipeline = registered.get(namespace) if name == MODEL_NAME else None
+        if pipeline is None:
+            continue
+        for derived in sorted(pipeline.from_inputs(output).all_outputs() - set(node.outputs)):
+            dataset = catalog.get(derived)
+            path = (dataset._describe() if dataset is not None else {}).get("filepath")
+            if path and Path(path).is_file():
+                paths.append(Path(path))
+    return paths
+
+
+class StaleReportHooks:
+    """Before a node makes a new model, delete the reports of the old one.
+
+    Otherwise a run that fails after replacing the model (or while making it) would leave
+    the previous model's metrics and samples beside the new one, or beside none.
+    """
+
+    @hook_impl
+    def before_node_run(self, node: Any, catalog: Any) -> None:
+        from kedro.framework.project import pipelines
+
+        for path in stale_paths(node, catalog, pipelines):
+            logger.info("Removing %s: it reports on the model %s replaces", path, node.name)
+            path.unlink()
+
+
 class ReportLocationHooks:
     """After a run, log where its reports are (the last lines a user sees)."""
 

@@ -110,6 +110,14 @@ def _export_parser(commands: argparse._SubParsersAction) -> None:
                              "AutoModelForCausalLM / AutoTokenizer")
     _add_model_paths(export)
     export.add_argument("--out", type=Path, required=True, help="folder to write into")
+    _add_force(export)
+
+
+def _add_force(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--force", action="store_true",
+                         help="write even where --out is the source, lies in a model or run "
+                              "folder, or holds model files (files of the same name are "
+                              "replaced, others left)")
 
 
 def _import_parser(commands: argparse._SubParsersAction) -> None:
@@ -127,6 +135,7 @@ def _import_parser(commands: argparse._SubParsersAction) -> None:
                      help="the text layout the model was trained on, when it records none")
     imp.add_argument("--out", type=Path, required=True,
                      help="folder for model.safetensors, model.json and tokenizer.model")
+    _add_force(imp)
 
 
 def _paths(args: argparse.Namespace) -> tuple[str | None, Path, Path]:
@@ -221,7 +230,8 @@ def _export(args: argparse.Namespace) -> list[Path]:
         check_lineage(trained.meta, tokenizer.sha256, model_path=str(model_dir),
                       tokenizer_path=str(tokenizer_path))
         _checked_variant(variant, trained.meta, model_dir)
-        return export_model(trained, tokenizer, args.out, fmt=args.fmt)
+        return export_model(trained, tokenizer, args.out, fmt=args.fmt, source=model_dir,
+                            force=args.force)
     except (UserError, ValueError, OSError) as err:
         raise UsageError(str(err)) from err
 
@@ -232,7 +242,8 @@ def _import(args: argparse.Namespace) -> list[Path]:
         trained, tokenizer = load_external(args.source, tokenizer=args.tokenizer,
                                            tokenizer_bin=args.tokenizer_bin,
                                            variant=args.variant)
-        return save_imported(trained, tokenizer, args.out)
+        return save_imported(trained, tokenizer, args.out, source=args.source,
+                             force=args.force)
     except (UserError, ValueError, OSError) as err:
         raise UsageError(str(err)) from err
 

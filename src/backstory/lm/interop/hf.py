@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from backstory.lm.checkpoint import TrainedModel
+from backstory.lm.checkpoint import TrainedModel, save_weights
 from backstory.lm.model import ModelConfig
 
 CONFIG_FILE = "config.json"
@@ -34,6 +34,8 @@ TOKENIZER_MODEL_FILE = "tokenizer.model"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_FILE = "special_tokens_map.json"
 METADATA_KEY = "backstory"  # where config.json keeps the export document
+WRITTEN_FILES = (CONFIG_FILE, WEIGHTS_FILE, GENERATION_CONFIG_FILE, TOKENIZER_MODEL_FILE,
+                 TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_FILE)
 
 # (backstory name, HF name) inside each layer
 _LAYER_NAMES = (
@@ -119,7 +121,7 @@ def write_hf_folder(trained: TrainedModel, tokenizer_model: bytes, out_dir: Path
     config = hf_config(trained.config, bos_id=bos_id, eos_id=eos_id)
     config[METADATA_KEY] = document
     _write_json(out_dir / CONFIG_FILE, config)
-    save_file(to_hf_state(trained), str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
+    save_weights(to_hf_state(trained), out_dir / WEIGHTS_FILE, metadata={"format": "pt"})
     _write_json(out_dir / GENERATION_CONFIG_FILE, {"bos_token_id": bos_id,
                                                    "eos_token_id": eos_id})
     (out_dir / TOKENIZER_MODEL_FILE).write_bytes(tokenizer_model)
