@@ -11,15 +11,23 @@ import signal
 import stat
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from kedro.io import DatasetError
 
 from backstory.data.files import file_sha256
+from backstory.data.tokens import DocBatch, TokenStore, TokenStream
+from backstory.datasets.token_store_dataset import TokenStoreDataset
+from backstory.datasets.tokenizer_dataset import SentencePieceDataset
+from backstory.errors import user_error_in
 from backstory.evaluation.evaluate import ScoreError, summarize_scores
 from backstory.lm.checkpoint import save_model
+from backstory.locks import LockedError
 from backstory.tools.cli import main
 from tests.project import TINY_INGEST, make_project, tiny_run_params
 from tests.tiny_models import peaked_model, tokenizer
@@ -185,3 +193,112 @@ def test_a_diverging_run_stops_saves_no_model_and_drops_old_reports(tmp_path):
     assert not (run / "model").exists()
     assert not (run / "run/checkpoints").exists()
     assert sorted(p.name for p in reports.iterdir()) == []
+
+
+# --- item 3: a run never replaces a shared file another live run reads -------------------
+
+HOLD = """
+import sys
+import time
+from backstory.locks import keep_artifact_locks
+from backstory.datasets.{module} import {cls}
+keep_artifact_locks(True)  # as inside a pipeline run
+{cls}(sys.argv[1]).load()
+print("loaded", flush=True)
+sys.stdin.read()  # hold until the test closes stdin
+"""
+
+
+@contextmanager
+def live_reader(module: str, cls: str, path: Path):
+    """Another process that loaded ``path`` the way a pipeline run does, still running."""
+    reader = subprocess.Popen([sys.executable, "-c", HOLD.format(module=module, cls=cls),
+                               str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert reader.stdout.readline() == "loaded\n"
+        yield reader
+    finally:
+        reader.stdin.close()
+        reader.wait(timeout=60)
+
+
+def test_a_tokenizer_another_run_reads_is_not_replaced(tmp_path):
+    path = tmp_path / "tokenizer" / "tokenizer.model"
+    dataset = SentencePieceDataset(str(path))
+    dataset.save(tokenizer().model_bytes)
+    other = tokenizer(vocab_size=400).model_bytes
+    with live_reader("tokenizer_dataset", "SentencePieceDataset", path) as reader:
+        with pytest.raises(DatasetError) as raised:  # Kedro's wrapper; kedro run unwraps it
+            dataset.save(other)
+        assert isinstance(user_error_in(raised.value), LockedError)
+        assert f"in use by another run (pid {reader.pid} on " in str(raised.value)
+        assert path.read_bytes() == tokenizer().model_bytes
+        dataset.save(tokenizer().model_bytes)  # the same bytes: nothing to replace
+    dataset.save(other)  # the reader has finished
+    assert path.read_bytes() == other
+
+
+def token_stream(n_docs: int) -> TokenStream:
+    """``n_docs`` documents of 5 tokens each: enough to tell two stores apart."""
+    lengths = np.full(n_docs, 5, dtype=np.int64)
+    batch = DocBatch(tokens=np.arange(5 * n_docs) % 500, doc_lengths=lengths,
+                     story_spans=np.tile([[1, 4]], (n_docs, 1)),
+                     doc_bytes=np.full(n_docs, 12, dtype=np.int64))
+    attrs = {"variant": "forward", "layout": "story", "vocab_size": 512, "bos_id": 1,
+             "eos_id": 2, "tokenizer_sha256": "t", "corpus_fingerprint": "c"}
+    return TokenStream(batches=[batch], attrs=attrs)
+
+
+def test_a_token_store_another_run_reads_is_not_replaced(tmp_path):
+    path = tmp_path / "forward" / "train.h5"
+    dataset = TokenStoreDataset(str(path))
+    dataset.save(token_stream(20))
+    before = file_sha256(path)
+    with live_reader("token_store_dataset", "TokenStoreDataset", path) as reader:
+        with pytest.raises(DatasetError) as raised:
+            dataset.save(token_stream(30))
+        assert isinstance(user_error_in(raised.value), LockedError)
+        assert f"in use by another run (pid {reader.pid} on " in str(raised.value)
+        assert file_sha256(path) == before
+    dataset.save(token_stream(30))
+    assert TokenStore(path).n_docs == 30
+
+
+def test_replacing_a_token_store_keeps_the_bytes_a_reader_mapped(tmp_path):
+    path = tmp_path / "train.h5"
+    TokenStoreDataset(str(path)).save(token_stream(20))
+    mapped = TokenStore(path)
+    old = np.array(mapped.tokens)
+    TokenStoreDataset(str(path)).save(token_stream(30))
+    assert np.array_equal(mapped.tokens, old)  # the old inode, still mapped
+    assert TokenStore(path).n_docs == 30
+
+
+@pytest.mark.slow
+def test_a_second_kedro_run_stops_before_replacing_the_tokenizer_of_a_live_run(tmp_path):
+    root = make_project(tmp_path / "p", {
+        "parameters_ingest.yml": TINY_INGEST,
+        "parameters_runs.yml": tiny_run_params(max_steps=1_000_000, checkpoint_interval=1000)
+        | {"experiment": {"main": {"variants": ["forward"]}}}})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    kedro = Path(sys.executable).with_name("kedro")
+    first = subprocess.Popen([str(kedro), "run", "--pipelines", "ingest,forward"], cwd=root,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run_lock = root / "data/06_models/forward/small/s1337/run/.lock"
+        deadline = time.monotonic() + 300
+        while not (run_lock.is_file() and run_lock.stat().st_size):  # training has begun
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        tokenizer_file = root / "data/06_models/tokenizer/tokenizer.model"
+        before = file_sha256(tokenizer_file)
+        second = kedro_run(root, "--pipelines", "ingest,forward",
+                           "--params", "tokenizer.vocab_size=400")
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert f"is in use by another run (pid {first.pid} on " in second.stderr
+        assert file_sha256(tokenizer_file) == before
+        assert first.poll() is None  # still training
+    finally:
+        first.kill()
+        first.wait(timeout=60)

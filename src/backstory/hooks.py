@@ -12,6 +12,7 @@ from kedro.framework.hooks import hook_impl
 
 from backstory import experiment
 from backstory.experiment import Experiment
+from backstory.locks import keep_artifact_locks
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,23 @@ class StaleReportHooks:
         for path in stale_paths(node, catalog, pipelines):
             logger.info("Removing %s: it reports on the model %s replaces", path, node.name)
             path.unlink()
+
+
+class ArtifactLockHooks:
+    """Shared artifacts a pipeline run loads or writes stay locked until it ends
+    (``backstory.locks.use_artifact``), so no other run replaces them under it."""
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        keep_artifact_locks(True)
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        keep_artifact_locks(False)
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        keep_artifact_locks(False)
 
 
 class ReportLocationHooks:

@@ -3,9 +3,14 @@
 import warnings
 
 from backstory.config_loader import ProjectConfigLoader
-from backstory.hooks import ExperimentHooks, ReportLocationHooks, StaleReportHooks
+from backstory.hooks import (
+    ArtifactLockHooks,
+    ExperimentHooks,
+    ReportLocationHooks,
+    StaleReportHooks,
+)
 
-HOOKS = (ExperimentHooks(), StaleReportHooks(), ReportLocationHooks())
+HOOKS = (ExperimentHooks(), ArtifactLockHooks(), StaleReportHooks(), ReportLocationHooks())
 
 # OmegaConfigLoader, with the experiment's runs expanded into the parameters.
 CONFIG_LOADER_CLASS = ProjectConfigLoader
