@@ -6,6 +6,7 @@ model scored, shared files rewritten under a live run, a traceback instead of a 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from kedro.io import DatasetError
 
 from backstory.data.files import file_sha256
@@ -302,3 +304,61 @@ def test_a_second_kedro_run_stops_before_replacing_the_tokenizer_of_a_live_run(t
     finally:
         first.kill()
         first.wait(timeout=60)
+
+
+# --- item 4: import checks the config against the weights before writing -----------------
+
+
+def edit_config(folder: Path, change) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    change(config)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_import_of_an_hf_config_wider_than_its_weights_is_refused(project, tmp_path, capsys):
+    hf = tmp_path / "hf"
+    assert export(project, hf) == 0
+
+    def widen(config):
+        del config["backstory"]
+        config.update(hidden_size=16384, head_dim=16384 // config["num_attention_heads"])
+
+    edit_config(hf, widen)
+    capsys.readouterr()
+    out = tmp_path / "imported"
+    assert main(["import", "--source", str(hf), "--variant", "forward", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "weights do not fit the model config" in err and "dim=16384" in err
+    assert not out.exists()
+
+
+def test_import_of_a_ckpt_whose_model_args_do_not_fit_is_refused(tmp_path, capsys):
+    tok = tokenizer()
+    trained = peaked_model(tok)
+    cfg = trained.config
+    torch.save({"model": trained.state_dict,
+                "model_args": {"dim": 16384, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+                               "n_kv_heads": cfg.n_kv_heads, "vocab_size": cfg.vocab_size,
+                               "multiple_of": cfg.multiple_of, "max_seq_len": cfg.max_seq_len}},
+               tmp_path / "ckpt.pt")
+    (tmp_path / "tokenizer.model").write_bytes(tok.model_bytes)
+    out = tmp_path / "imported"
+    assert main(["import", "--source", str(tmp_path / "ckpt.pt"), "--variant", "forward",
+                 "--out", str(out)]) == 2
+    assert "weights do not fit the model config" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_hand_edited_hf_fields_that_contradict_the_backstory_record_are_refused(
+        project, tmp_path, capsys):
+    hf = tmp_path / "hf"
+    assert export(project, hf) == 0
+    edit_config(hf, lambda config: config.update(rope_theta=500000.0,
+                                                 rope_parameters={"rope_type": "default",
+                                                                  "rope_theta": 500000.0}))
+    capsys.readouterr()
+    assert main(["import", "--source", str(hf), "--out", str(tmp_path / "imported")]) == 2
+    err = capsys.readouterr().err
+    assert "contradicts itself" in err
+    assert "rope_theta: 500000.0 in the Hugging Face fields, 10000.0 under 'backstory'" in err
+    assert not (tmp_path / "imported").exists()

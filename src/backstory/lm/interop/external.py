@@ -224,6 +224,7 @@ def load_external(source: Path, *, tokenizer: Path | None = None,
         trained, document = hf.read_hf_folder(source)
         if document is not None:
             config = read_document(document, source=str(source / hf.CONFIG_FILE))[0]
+            _check_same_config(trained.config, config, source / hf.CONFIG_FILE)
             trained = TrainedModel(config, trained.state_dict, trained.meta)
         weights_file = source / hf.WEIGHTS_FILE
     else:
@@ -236,6 +237,20 @@ def load_external(source: Path, *, tokenizer: Path | None = None,
         "sha256": file_sha256(weights_file) if weights_file.is_file() else None,
     }
     return TrainedModel(trained.config, trained.state_dict, meta), tok
+
+
+def _check_same_config(from_hf: Any, recorded: Any, file: Path) -> None:
+    """Refuse a config.json whose Hugging Face fields (edited by hand?) contradict the
+    backstory export record it carries: which of the two describes the weights is unknown."""
+    differ = [f"{name}: {getattr(from_hf, name)!r} in the Hugging Face fields, "
+              f"{getattr(recorded, name)!r} under {hf.METADATA_KEY!r}"
+              for name in ("vocab_size", "dim", "n_layers", "n_heads", "kv_heads", "ffn_hidden_dim",
+                           "max_seq_len", "norm_eps", "rope_theta")
+              if getattr(from_hf, name) != getattr(recorded, name)]
+    if differ:
+        raise InputError(f"{file} contradicts itself ({'; '.join(differ)}); make the two agree "
+                         f"(or delete the {hf.METADATA_KEY!r} key to import the Hugging Face "
+                         "fields as they are)")
 
 
 def _read_json(path: Path) -> Any:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from backstory.lm.checkpoint import TrainedModel, save_weights
+from backstory.lm.checkpoint import TrainedModel, check_weights_fit, save_weights
 from backstory.lm.model import ModelConfig
 
 CONFIG_FILE = "config.json"
@@ -212,20 +212,26 @@ def _load_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def from_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, *,
                   source: str) -> dict[str, torch.Tensor]:
-    """Our names and rotary layout; the output matrix must equal the embedding (tied)."""
+    """Our names and rotary layout; the output matrix must equal the embedding (tied).
+
+    The shapes are checked against ``config`` first (reordering rows keeps them), so a
+    config.json that does not describe the weights is refused by name.
+    """
     try:
         embedding = state["model.embed_tokens.weight"]
-        out = {"tok_embeddings.weight": embedding, "norm.weight": state["model.norm.weight"]}
+        out = {"tok_embeddings.weight": embedding, "norm.weight": state["model.norm.weight"],
+               "output.weight": embedding}
         for i in range(config.n_layers):
             for ours, theirs in _LAYER_NAMES:
-                tensor = state[f"model.layers.{i}.{theirs}"]
-                if ours == "attention.wq.weight":
-                    tensor = halves_to_interleaved(tensor, config.n_heads)
-                elif ours == "attention.wk.weight":
-                    tensor = halves_to_interleaved(tensor, config.kv_heads)
-                out[f"layers.{i}.{ours}"] = tensor
+                out[f"layers.{i}.{ours}"] = state[f"model.layers.{i}.{theirs}"]
     except KeyError as err:
         raise ValueError(f"{source} lacks the weight {err}") from err
+    check_weights_fit(TrainedModel(config, out, {}),
+                      source=f"{source}: {CONFIG_FILE} and {WEIGHTS_FILE}")
+    for i in range(config.n_layers):
+        for name, heads in (("wq", config.n_heads), ("wk", config.kv_heads)):
+            key = f"layers.{i}.attention.{name}.weight"
+            out[key] = halves_to_interleaved(out[key], heads)
     head = state.get("lm_head.weight")
     if head is not None and not torch.equal(head, embedding):
         raise ValueError(f"{source}: lm_head differs from the token embedding; backstory models "
@@ -235,7 +241,6 @@ def from_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, *,
     extra = sorted(set(state) - known)
     if extra:
         raise ValueError(f"{source} has weights backstory's model lacks: {extra[:5]}")
-    out["output.weight"] = embedding
     return {name: t.detach().to(torch.float32).contiguous() for name, t in out.items()}
 
 

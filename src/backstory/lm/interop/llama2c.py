@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backstory.lm.checkpoint import TrainedModel
+from backstory.lm.checkpoint import TrainedModel, check_weights_fit
 from backstory.lm.model import ModelConfig, rope_tables
 
 HEADER = struct.Struct("<7i")
@@ -222,7 +222,9 @@ def load_llama2c_checkpoint(path: Path) -> TrainedModel:
     meta: dict[str, Any] = {"source": {"format": "llama2c-checkpoint", "path": str(path)}}
     if isinstance(checkpoint.get("iter_num"), int):
         meta["steps"] = checkpoint["iter_num"]
-    return TrainedModel(config, state, meta)
+    trained = TrainedModel(config, state, meta)
+    check_weights_fit(trained, source=f"{path}: its model_args and weights")
+    return trained
 
 
 def _checkpoint_config(path: Path, model_args: Any) -> ModelConfig:
