@@ -22,17 +22,24 @@ import pytest
 import torch
 from kedro.io import DatasetError
 
+from backstory.data.corpus.readers import read_json_shard
+from backstory.data.corpus.schema import BadRecordError
+from backstory.data.corpus.sources import CorpusConfig, plan_corpus
 from backstory.data.files import file_sha256
+from backstory.data.tokenizer import train_tokenizer
 from backstory.data.tokens import DocBatch, TokenStore, TokenStream
 from backstory.datasets.token_store_dataset import TokenStoreDataset
 from backstory.datasets.tokenizer_dataset import SentencePieceDataset
-from backstory.errors import user_error_in
+from backstory.errors import SettingError, user_error_in
 from backstory.evaluation.evaluate import ScoreError, summarize_scores
+from backstory.experiment import expand
 from backstory.lm.checkpoint import save_model
 from backstory.locks import LockedError
+from backstory.params import build
 from backstory.tools.cli import main
 from tests.project import TINY_INGEST, make_project, tiny_run_params
-from tests.tiny_models import peaked_model, tokenizer
+from tests.tiny_models import REPO, peaked_model, tokenizer
+from tests.tiny_models import stories as tiny_stories
 
 RUN_MODEL = "data/06_models/forward/small/s1337/model"
 
@@ -362,3 +369,123 @@ def test_hand_edited_hf_fields_that_contradict_the_backstory_record_are_refused(
     assert "contradicts itself" in err
     assert "rope_theta: 500000.0 in the Hugging Face fields, 10000.0 under 'backstory'" in err
     assert not (tmp_path / "imported").exists()
+
+
+# --- items 5 and 6: bad settings and inputs end with one paragraph, exit 2 ---------------
+
+
+@pytest.mark.parametrize("section,settings,message", [
+    ("corpus", {"source": "local", "path": None}, "corpus.path is not set"),
+    ("ingest", {"max_stories_per_file": 0}, "ingest.max_stories_per_file must be null or >= 1"),
+    ("ingest", {"on_bad_record": "bogus"}, "ingest.on_bad_record must be one of"),
+])
+def test_bad_ingest_settings_are_refused_when_the_parameters_are_read(section, settings,
+                                                                      message):
+    parameters = load_conf_parameters()
+    parameters[section] = {**parameters[section], **settings}
+    with pytest.raises(SettingError, match=message):
+        expand(parameters)
+
+
+def load_conf_parameters() -> dict:
+    from backstory.config_loader import ProjectConfigLoader
+    from backstory.settings import CONFIG_LOADER_ARGS
+
+    loader = ProjectConfigLoader(conf_source=str(REPO / "conf"), **CONFIG_LOADER_ARGS)
+    return {k: v for k, v in dict(loader["parameters"]).items()}
+
+
+def test_a_local_corpus_folder_that_does_not_exist_is_a_setting_error(tmp_path):
+    config = build(CorpusConfig, {**load_conf_parameters()["corpus"], "source": "local",
+                                  "path": str(tmp_path / "nowhere")}, "corpus")
+    with pytest.raises(SettingError, match=r"corpus.path=.*nowhere' does not exist"):
+        plan_corpus(config)
+
+
+def test_a_vocabulary_too_small_for_the_text_is_a_setting_error():
+    with pytest.raises(SettingError, match="tokenizer.vocab_size=5 does not fit"):
+        train_tokenizer(list(tiny_stories()), vocab_size=5, model_type="bpe")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header length"])
+def test_import_of_a_damaged_safetensors_file_names_it(project, tmp_path, capsys, damage):
+    hf = tmp_path / "hf"
+    assert export(project, hf) == 0
+    weights = hf / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:len(data) // 2] if damage == "truncated"
+                        else (1 << 62).to_bytes(8, "little") + data[8:])
+    capsys.readouterr()
+    assert main(["import", "--source", str(hf), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights} cannot be read as safetensors weights" in err and "Traceback" not in err
+
+
+def test_machine_checks_refuse_before_any_work(tmp_path):
+    root = make_project(tmp_path / "p", {
+        "parameters_ingest.yml": TINY_INGEST,
+        "parameters_runs.yml": {"experiment": {"main": {"variants": ["forward"],
+                                                        "contexts": [60000]}},
+                                "run_defaults": {"train": {"batch_size": 256}}}})
+    result = kedro_run(root, "--pipelines", "ingest,forward")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.startswith("kedro run: error: run forward.small-c60000.s1337: "
+                                    "training needs at least ")
+    assert "max_seq_len=60,000" in result.stderr and result.stderr.count("\n") == 1
+    assert not (root / "data/01_raw/corpus").exists()  # nothing ran, not even ingest
+    if torch.cuda.is_available():
+        return
+    result = kedro_run(root, "--pipelines", "ingest,forward", "--params",
+                       "experiment.main.contexts=null,run_defaults.train.device=cuda")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "train.device='cuda' but CUDA is not available" in result.stderr
+    assert not (root / "data/01_raw/corpus").exists()
+
+
+# --- item 7: messages that name the right thing -------------------------------------------
+
+
+def test_a_llama2c_bin_cut_mid_float_names_the_file(project, tmp_path, capsys):
+    out = tmp_path / "l2c"
+    assert export(project, out, fmt="llama2c") == 0
+    model = out / "model.bin"
+    model.write_bytes(model.read_bytes()[:-3])
+    capsys.readouterr()
+    assert main(["import", "--source", str(model), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{model} holds" in err and "truncated or damaged" in err
+
+
+def test_a_json_shard_that_is_not_json_is_called_a_syntax_error(tmp_path):
+    with pytest.raises(BadRecordError) as raised:
+        list(read_json_shard(b"{ this is not json", "data00.json"))
+    assert "JSON object" not in str(raised.value) and "data00.json" in str(raised.value)
+    with pytest.raises(BadRecordError, match="got a JSON object"):
+        list(read_json_shard(b'{"story": "a real object"}', "data00.json"))
+
+
+FULL_DISK_INGEST = """
+import resource, signal, sys
+from kedro.framework.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+sys.argv = ["kedro", "run", "--pipelines", "ingest", "--params", sys.argv[2]]
+main()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs POSIX file size limits")
+def test_a_full_disk_during_ingest_names_the_file(tmp_path):
+    root = make_project(tmp_path / "p", {"parameters_ingest.yml": TINY_INGEST})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    env.pop("BACKSTORY_TRACEBACK", None)
+    # One process (workers=1): the limit is inherited by forks, its SIG_IGN is not always.
+    assert kedro_run(root, "--pipelines", "ingest", "--params", "ingest.workers=1"
+                     ).returncode == 0
+    result = subprocess.run([sys.executable, "-c", FULL_DISK_INGEST, "3000",
+                             "ingest.workers=1,split.val_fraction=0.2"], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "kedro run: error: cannot write " in result.stderr
+    assert "data/02_intermediate/stories" in result.stderr and "Traceback" not in result.stderr

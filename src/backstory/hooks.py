@@ -130,6 +130,33 @@ class StaleReportHooks:
             path.unlink()
 
 
+TRAIN_NODE = "train_model"
+_PLACEHOLDER_VOCAB = 256  # when no tokenizer settings say more
+
+
+class MachineCheckHooks:
+    """Before any node runs, refuse runs of the pipeline this machine cannot train (a
+    missing ``train.device``, a context too long for its memory), instead of after ingest
+    and export have run."""
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
+        from backstory.lm.model import ModelConfig
+        from backstory.lm.training.config import TrainConfig
+        from backstory.lm.training.launch import check_machine
+
+        tokenizer = catalog.load("params:tokenizer") if "params:tokenizer" in catalog else {}
+        vocab_size = tokenizer.get("vocab_size", _PLACEHOLDER_VOCAB)
+        for node in pipeline.nodes:
+            namespace, _, name = node.name.rpartition(".")
+            if name != TRAIN_NODE:
+                continue
+            model = ModelConfig.from_dict({**catalog.load(f"params:{namespace}.model"),
+                                           "vocab_size": vocab_size})
+            train = TrainConfig.from_params(catalog.load(f"params:{namespace}.train"))
+            check_machine(model, train, where=f"run {namespace}")
+
+
 class ArtifactLockHooks:
     """Shared artifacts a pipeline run loads or writes stay locked until it ends
     (``backstory.locks.use_artifact``), so no other run replaces them under it."""

@@ -6,11 +6,13 @@ from backstory.config_loader import ProjectConfigLoader
 from backstory.hooks import (
     ArtifactLockHooks,
     ExperimentHooks,
+    MachineCheckHooks,
     ReportLocationHooks,
     StaleReportHooks,
 )
 
-HOOKS = (ExperimentHooks(), ArtifactLockHooks(), StaleReportHooks(), ReportLocationHooks())
+HOOKS = (ExperimentHooks(), MachineCheckHooks(), ArtifactLockHooks(), StaleReportHooks(),
+         ReportLocationHooks())
 
 # OmegaConfigLoader, with the experiment's runs expanded into the parameters.
 CONFIG_LOADER_CLASS = ProjectConfigLoader

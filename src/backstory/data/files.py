@@ -76,6 +76,13 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None])
             os.fsync(handle.fileno())
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, UserError):
+            raise
+        raise WriteError(f"cannot write {path}: {err}. The previous {path.name}, if any, is "
+                         "untouched: free disk space (or fix the folder's permissions) and "
+                         "run again") from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -432,14 +432,15 @@ def _read_sums(file: Path) -> dict[str, str]:
 def _load_files(path: Path, files: tuple[str, ...]) -> None:
     for name in files:
         if name == WEIGHTS_FILE:
-            _load_weights(path / name)
+            load_weights(path / name)
         elif name == OPTIMIZER_FILE:
             _load_optimizer(path / name)
         else:
             read_state(path)
 
 
-def _load_weights(file: Path) -> dict[str, torch.Tensor]:
+def load_weights(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a damaged file is a ``CheckpointError`` naming it."""
     try:
         return load_file(str(file), device="cpu")
     except Exception as err:  # any decoding failure means the same thing: a bad file
@@ -461,7 +462,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(
         path=path,
         step=state["step"],
-        model_state=_load_weights(path / WEIGHTS_FILE),
+        model_state=load_weights(path / WEIGHTS_FILE),
         optimizer_state=_load_optimizer(path / OPTIMIZER_FILE),
         state=state,
     )
@@ -475,7 +476,7 @@ def trained_at(path: Path, state: dict[str, Any]) -> TrainedModel:
         config = ModelConfig.from_dict(state["model_config"])
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"{path / STATE_FILE}: bad model_config: {err}") from err
-    return TrainedModel(config=config, state_dict=_load_weights(path / WEIGHTS_FILE),
+    return TrainedModel(config=config, state_dict=load_weights(path / WEIGHTS_FILE),
                         meta=state["meta"])
 
 
@@ -568,7 +569,7 @@ def load_trained(directory: Path) -> TrainedModel:
         config = ModelConfig.from_dict(document["model_config"])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{meta_file}: bad model_config: {err}") from err
-    trained = TrainedModel(config=config, state_dict=_load_weights(weights),
+    trained = TrainedModel(config=config, state_dict=load_weights(weights),
                            meta=document["meta"])
     check_weights_fit(trained, source=f"{weights} and the model_config in {meta_file}")
     return trained

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
-from backstory.lm.checkpoint import TrainedModel, check_weights_fit, save_weights
+from backstory.lm.checkpoint import TrainedModel, check_weights_fit, load_weights, save_weights
 from backstory.lm.model import ModelConfig
 
 CONFIG_FILE = "config.json"
@@ -192,12 +191,12 @@ def model_config_from_hf(config: dict[str, Any], *, source: str) -> ModelConfig:
 
 def _load_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / WEIGHTS_FILE).is_file():
-        return load_file(str(folder / WEIGHTS_FILE), device="cpu")
+        return load_weights(folder / WEIGHTS_FILE)
     if (folder / WEIGHTS_INDEX_FILE).is_file():
         index = json.loads((folder / WEIGHTS_INDEX_FILE).read_text())
         state: dict[str, torch.Tensor] = {}
         for shard in sorted(set(index["weight_map"].values())):
-            state.update(load_file(str(folder / shard), device="cpu"))
+            state.update(load_weights(folder / shard))
         return state
     if (folder / PICKLED_WEIGHTS_FILE).is_file():
         try:

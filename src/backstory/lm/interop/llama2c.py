@@ -120,11 +120,11 @@ def read_llama2c_model(path: Path, *, config: ModelConfig | None = None) -> Trai
     vocab = abs(vocab)
     header_config = _header_config(path, dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len)
     config = _reconcile(path, header_config, config)
-    floats = np.frombuffer(data, dtype="<f4", offset=HEADER.size)
     expected = _float_count(config, shared)
-    if floats.size != expected or (len(data) - HEADER.size) % 4:
+    if len(data) - HEADER.size != expected * 4:  # checked before any float is read
         raise ValueError(f"{path} holds {len(data) - HEADER.size} bytes of weights; a model with "
-                         f"this header needs {expected * 4}")
+                         f"this header needs {expected * 4} (a truncated or damaged file?)")
+    floats = np.frombuffer(data, dtype="<f4", offset=HEADER.size)
     state, pos = {}, 0
     for names in _tensor_order(config):
         for name in names:
