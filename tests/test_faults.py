@@ -489,3 +489,23 @@ def test_a_full_disk_during_ingest_names_the_file(tmp_path):
     assert result.returncode == 2, result.stderr[-3000:]
     assert "kedro run: error: cannot write " in result.stderr
     assert "data/02_intermediate/stories" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- item 9: an imported folder brings its own tokenizer ---------------------------------
+
+
+def test_generate_with_an_imported_folder_outside_a_project(project, tmp_path, monkeypatch,
+                                                            capsys):
+    imported = tmp_path / "imported"
+    assert export(project, tmp_path / "hf") == 0
+    assert main(["import", "--source", str(tmp_path / "hf"), "--out", str(imported)]) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)  # no conf/ here: not a project
+    args = ["generate", "--prompt", "Once upon a time", "--temperature", "0",
+            "--max-new-tokens", "8"]
+    assert main([*args, "--model-dir", str(imported)]) == 0
+    story = capsys.readouterr().out
+    assert story.startswith("Once upon a time")
+    assert main([*args, "--model-dir", str(imported), "--tokenizer",
+                 str(imported / "tokenizer.model")]) == 0
+    assert capsys.readouterr().out == story

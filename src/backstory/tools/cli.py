@@ -39,6 +39,7 @@ from backstory.lm.checkpoint import MODEL_META_FILE, WEIGHTS_FILE, load_model, l
 from backstory.lm.constraints import CONSTRAINTS
 from backstory.lm.generate import check_sampling
 from backstory.lm.interop import FORMATS, export_model, load_external, save_imported
+from backstory.lm.interop.external import TOKENIZER_MODEL_FILE
 from backstory.pipelines.run.pipeline import tokenizer_dataset
 from backstory.tools.locate import Project
 
@@ -77,7 +78,8 @@ def _add_model_paths(command: argparse.ArgumentParser) -> None:
                          help="a model folder instead of the run's (its variant is read from "
                               "it unless --variant is given)")
     command.add_argument("--tokenizer", type=Path, default=None,
-                         help="a sentencepiece model instead of the project's")
+                         help="a sentencepiece model instead of the project's (default with "
+                              "--model-dir: its tokenizer.model, when it has one)")
 
 
 def _generate_parser(commands: argparse._SubParsersAction) -> None:
@@ -141,6 +143,8 @@ def _import_parser(commands: argparse._SubParsersAction) -> None:
 def _paths(args: argparse.Namespace) -> tuple[str | None, Path, Path]:
     """(variant or None, model folder, tokenizer file) the arguments point at."""
     variant, model_dir, tokenizer, make = args.variant, args.model_dir, args.tokenizer, None
+    if tokenizer is None and model_dir is not None and (model_dir / TOKENIZER_MODEL_FILE).is_file():
+        tokenizer = model_dir / TOKENIZER_MODEL_FILE  # an import keeps its own tokenizer
     if model_dir is None or tokenizer is None:
         try:
             project = Project.load(args.project_dir, args.env)
