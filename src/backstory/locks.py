@@ -166,14 +166,15 @@ def _lock_artifact(folder: Path, what: str, *, exclusive: bool) -> int:
 def _release_artifact(fd: int) -> None:
     """Strike this process from the holders, then drop its lock."""
     with contextlib.suppress(OSError):
-        others = [json.dumps(h) + "\n" for h in _read_holders(fd)]
+        others = [json.dumps(h) + "\n" for h in _read_holders(fd)
+                  if (h.get("host"), h.get("pid")) != (socket.gethostname(), os.getpid())]
         os.ftruncate(fd, 0)
         os.write(fd, "".join(others).encode())
     os.close(fd)
 
 
 def _read_holders(fd: int) -> list[dict[str, Any]]:
-    """The other live holders the lock file names (all when liveness cannot be told)."""
+    """The live holders the lock file names (all when liveness cannot be told)."""
     try:
         os.lseek(fd, 0, os.SEEK_SET)
         lines = os.read(fd, 1 << 16).decode().splitlines()
@@ -193,8 +194,6 @@ def _read_holders(fd: int) -> list[dict[str, Any]]:
 def _may_live(holder: dict[str, Any]) -> bool:
     if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
         return True
-    if holder["pid"] == os.getpid():
-        return False
     try:
         os.kill(holder["pid"], 0)
     except ProcessLookupError:

@@ -26,6 +26,13 @@ class WriteError(UserError, OSError):
     """A file or folder could not be written (full disk, permissions); names the path."""
 
 
+def _write_error(message: str, cause: OSError) -> WriteError:
+    """A ``WriteError`` with ``message`` that keeps the errno of ``cause`` (ENOSPC, ...)."""
+    error = WriteError(message)
+    error.errno = cause.errno
+    return error
+
+
 def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
@@ -80,9 +87,9 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None])
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, UserError):
             raise
-        raise WriteError(f"cannot write {path}: {err}. The previous {path.name}, if any, is "
-                         "untouched: free disk space (or fix the folder's permissions) and "
-                         "run again") from err
+        raise _write_error(f"cannot write {path}: {err}. The previous {path.name}, if any, "
+                           "is untouched: free disk space (or fix the folder's permissions) "
+                           "and run again", err) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -118,9 +125,9 @@ def write_folder_atomically(folder: str | os.PathLike, write: Callable[[Path], N
         try:
             write(staging)
         except OSError as err:
-            raise WriteError(f"cannot write {folder}: {err}. Nothing was written there (free "
-                             "disk space or fix the folder's permissions, then try again)"
-                             ) from err
+            raise _write_error(f"cannot write {folder}: {err}. Nothing was written there "
+                               "(free disk space or fix the folder's permissions, then try "
+                               "again)", err) from err
         names = sorted(entry.name for entry in staging.iterdir())
         if folder.exists():
             for name in names:
