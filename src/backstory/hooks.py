@@ -12,6 +12,9 @@ from kedro.framework.hooks import hook_impl
 
 from backstory import experiment
 from backstory.experiment import Experiment
+from backstory.lm.model import ModelConfig
+from backstory.lm.training.config import TrainConfig
+from backstory.lm.training.launch import check_machine
 from backstory.locks import keep_artifact_locks
 
 logger = logging.getLogger(__name__)
@@ -141,10 +144,6 @@ class MachineCheckHooks:
 
     @hook_impl
     def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
-        from backstory.lm.model import ModelConfig
-        from backstory.lm.training.config import TrainConfig
-        from backstory.lm.training.launch import check_machine
-
         tokenizer = catalog.load("params:tokenizer") if "params:tokenizer" in catalog else {}
         vocab_size = tokenizer.get("vocab_size", _PLACEHOLDER_VOCAB)
         for node in pipeline.nodes:

@@ -121,6 +121,9 @@ def replacing_artifact(folder: Path | str, what: str) -> Iterator[None]:
     """Hold ``folder`` exclusively while ``what`` in it is replaced; afterwards this run
     reads it (a shared lock), or, outside a pipeline run, lets it go."""
     folder = Path(folder)
+    if fcntl is None:  # pragma: no cover - Windows
+        yield
+        return
     fd = _lock_artifact(folder, what, exclusive=True)
     try:
         yield
@@ -158,8 +161,9 @@ def _lock_artifact(folder: Path, what: str, *, exclusive: bool) -> int:
     _artifacts[key] = fd
     if exclusive:
         os.ftruncate(fd, 0)
-    # One line per holder: shared holders add theirs; dead ones are skipped on reading.
-    os.write(fd, (json.dumps(_holder()) + "\n").encode())
+    if new or exclusive:
+        # One line per holder: shared holders add theirs; dead ones are skipped on reading.
+        os.write(fd, (json.dumps(_holder()) + "\n").encode())
     return fd
 
 
