@@ -43,12 +43,16 @@ from pathlib import Path
 from typing import Any
 
 from backstory import variants
+from backstory.data.corpus.sources import CorpusConfig
+from backstory.data.corpus.story_table import IngestConfig
 from backstory.data.documents import TextConfig
+from backstory.data.tokenizer import TokenizerConfig
 from backstory.errors import SettingError
 from backstory.evaluation.evaluate import EvaluateConfig
 from backstory.lm.finetune import FinetuneConfig
 from backstory.lm.model import ModelConfig
 from backstory.lm.training.config import TrainConfig
+from backstory.params import build
 
 EXPERIMENT, TEXT, RUN_DEFAULTS, PRESETS, VARIANT_SETTINGS, EXTERNAL = (
     "experiment", "text", "run_defaults", "presets", "variant_settings", "external")
@@ -433,6 +437,7 @@ def _validate_run(run: RunSpec, merged: dict[str, dict[str, Any]]) -> None:
 def expand(parameters: Mapping[str, Any]) -> dict[str, Any]:
     """``parameters`` plus each export's text block and each run's merged settings."""
     experiment = declared(parameters)
+    _check_ingest_settings(parameters)
     expanded = dict(parameters)
     for name in variants.NAMES:
         extra = parameters.get(name)
@@ -456,6 +461,15 @@ def expand(parameters: Mapping[str, Any]) -> dict[str, Any]:
                 f"model settings must agree: {ours} vs {theirs}"
             )
     return expanded
+
+
+def _check_ingest_settings(parameters: Mapping[str, Any]) -> None:
+    """Refuse bad ingest settings when the parameters are read, not after work has run."""
+    for section, check in (("corpus", lambda p: build(CorpusConfig, p, "corpus")),
+                           ("ingest", lambda p: build(IngestConfig, p, "ingest")),
+                           ("tokenizer", TokenizerConfig.from_params)):
+        if section in parameters:
+            check(parameters[section])
 
 
 def tracked_keys(section: str, *, variant: str, preset: str | None = None) -> list[str]:

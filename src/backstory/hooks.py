@@ -12,6 +12,10 @@ from kedro.framework.hooks import hook_impl
 
 from backstory import experiment
 from backstory.experiment import Experiment
+from backstory.lm.model import ModelConfig
+from backstory.lm.training.config import TrainConfig
+from backstory.lm.training.launch import check_machine
+from backstory.locks import keep_artifact_locks
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +91,86 @@ def report_paths(pipeline: Any, catalog: Any) -> list[str]:
         if described.get("filepath"):
             paths.append(str(described["filepath"]))
     return paths
+
+
+MODEL_NAME = "model"  # a run's or an external's trained model: <namespace>.model
+
+
+def stale_paths(node: Any, catalog: Any, registered: Any) -> list[Path]:
+    """The files derived from the model ``node`` is about to replace, that exist.
+
+    They are the outputs of what follows ``<namespace>.model`` in the namespace's
+    registered pipeline (metrics, scores, samples): once a new model is being made they
+    describe a model that is going away.
+    """
+    paths = []
+    for output in node.outputs:
+        namespace, _, name = output.rpartition(".")
+        pipeline = registered.get(namespace) if name == MODEL_NAME else None
+        if pipeline is None:
+            continue
+        for derived in sorted(pipeline.from_inputs(output).all_outputs() - set(node.outputs)):
+            dataset = catalog.get(derived)
+            path = (dataset._describe() if dataset is not None else {}).get("filepath")
+            if path and Path(path).is_file():
+                paths.append(Path(path))
+    return paths
+
+
+class StaleReportHooks:
+    """Before a node makes a new model, delete the reports of the old one.
+
+    Otherwise a run that fails after replacing the model (or while making it) would leave
+    the previous model's metrics and samples beside the new one, or beside none.
+    """
+
+    @hook_impl
+    def before_node_run(self, node: Any, catalog: Any) -> None:
+        from kedro.framework.project import pipelines
+
+        for path in stale_paths(node, catalog, pipelines):
+            logger.info("Removing %s: it reports on the model %s replaces", path, node.name)
+            path.unlink()
+
+
+TRAIN_NODE = "train_model"
+_PLACEHOLDER_VOCAB = 256  # when no tokenizer settings say more
+
+
+class MachineCheckHooks:
+    """Before any node runs, refuse runs of the pipeline this machine cannot train (a
+    missing ``train.device``, a context too long for its memory), instead of after ingest
+    and export have run."""
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
+        tokenizer = catalog.load("params:tokenizer") if "params:tokenizer" in catalog else {}
+        vocab_size = tokenizer.get("vocab_size", _PLACEHOLDER_VOCAB)
+        for node in pipeline.nodes:
+            namespace, _, name = node.name.rpartition(".")
+            if name != TRAIN_NODE:
+                continue
+            model = ModelConfig.from_dict({**catalog.load(f"params:{namespace}.model"),
+                                           "vocab_size": vocab_size})
+            train = TrainConfig.from_params(catalog.load(f"params:{namespace}.train"))
+            check_machine(model, train, where=f"run {namespace}")
+
+
+class ArtifactLockHooks:
+    """Shared artifacts a pipeline run loads or writes stay locked until it ends
+    (``backstory.locks.use_artifact``), so no other run replaces them under it."""
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        keep_artifact_locks(True)
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        keep_artifact_locks(False)
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        keep_artifact_locks(False)
 
 
 class ReportLocationHooks:

@@ -5,15 +5,24 @@
 file. A second holder fails at once with ``LockedError`` naming the first. The lock dies
 with its process (the kernel drops it), so a killed run never leaves a stale lock: the
 file may stay behind, but it no longer blocks anyone.
+
+Shared artifacts (the tokenizers, the token stores) are read by every run that trains on
+them, for as long as it runs. Inside a pipeline run (``keep_artifact_locks``), loading one
+takes a shared lock on its folder (``use_artifact``) and replacing one takes the exclusive
+lock for the write, then keeps a shared one (``replacing_artifact``); all are dropped when
+the pipeline ends. So a second run that would replace a file a live run reads stops at
+once, naming that run, and a run never starts reading a file being replaced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +64,10 @@ class FolderLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(fd)
+            holders = _read_holders(fd)
             os.close(fd)
             raise LockedError(
-                f"{self.folder} is in use by another run ({_describe(holder)}); wait for it "
+                f"{self.folder} is in use by another run ({_describe(holders)}); wait for it "
                 f"to finish or stop it. Two runs writing {self.what} at once would mix "
                 "their files."
             ) from None
@@ -83,16 +92,123 @@ def _holder() -> dict[str, Any]:
             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def _read_holder(fd: int) -> dict[str, Any]:
+# folder -> descriptor of its .lock, holding a shared or exclusive flock (this process)
+_artifacts: dict[Path, int] = {}
+_keeping = False
+
+
+def keep_artifact_locks(keep: bool) -> None:
+    """Start (True) or end (False: every artifact lock is dropped) a pipeline run."""
+    global _keeping
+    _keeping = keep
+    if not keep:
+        for fd in _artifacts.values():
+            _release_artifact(fd)
+        _artifacts.clear()
+
+
+def use_artifact(folder: Path | str, what: str) -> None:
+    """This run reads ``what`` in ``folder`` until the pipeline ends: no other may replace it.
+
+    Outside a pipeline run (a notebook, a test) nothing is held.
+    """
+    if _keeping:
+        _lock_artifact(Path(folder), what, exclusive=False)
+
+
+@contextlib.contextmanager
+def replacing_artifact(folder: Path | str, what: str) -> Iterator[None]:
+    """Hold ``folder`` exclusively while ``what`` in it is replaced; afterwards this run
+    reads it (a shared lock), or, outside a pipeline run, lets it go."""
+    folder = Path(folder)
+    if fcntl is None:  # pragma: no cover - Windows
+        yield
+        return
+    fd = _lock_artifact(folder, what, exclusive=True)
+    try:
+        yield
+    finally:
+        if _keeping:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # a downgrade never waits
+        else:
+            _release_artifact(_artifacts.pop(folder.resolve()))
+
+
+def _lock_artifact(folder: Path, what: str, *, exclusive: bool) -> int:
+    if fcntl is None:  # pragma: no cover - Windows
+        return -1
+    folder.mkdir(parents=True, exist_ok=True)
+    key = folder.resolve()
+    fd = _artifacts.get(key)
+    new = fd is None
+    if fd is None:
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holders = _read_holders(fd)
+        if new:
+            os.close(fd)
+        else:  # a failed upgrade may have dropped the shared lock this run had
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        doing = ("reads it while it runs, so this run may not replace it" if exclusive
+                 else "is replacing it, so this run may not read it yet")
+        raise LockedError(
+            f"{folder} ({what}) is in use by another run ({_describe(holders)}), which "
+            f"{doing}; wait for that run to finish or stop it, then run again"
+        ) from None
+    _artifacts[key] = fd
+    if exclusive:
+        os.ftruncate(fd, 0)
+    if new or exclusive:
+        # One line per holder: shared holders add theirs; dead ones are skipped on reading.
+        os.write(fd, (json.dumps(_holder()) + "\n").encode())
+    return fd
+
+
+def _release_artifact(fd: int) -> None:
+    """Strike this process from the holders, then drop its lock."""
+    with contextlib.suppress(OSError):
+        others = [json.dumps(h) + "\n" for h in _read_holders(fd)
+                  if (h.get("host"), h.get("pid")) != (socket.gethostname(), os.getpid())]
+        os.ftruncate(fd, 0)
+        os.write(fd, "".join(others).encode())
+    os.close(fd)
+
+
+def _read_holders(fd: int) -> list[dict[str, Any]]:
+    """The live holders the lock file names (all when liveness cannot be told)."""
     try:
         os.lseek(fd, 0, os.SEEK_SET)
-        return json.loads(os.read(fd, 4096).decode() or "{}")
-    except (OSError, ValueError):
-        return {}
+        lines = os.read(fd, 1 << 16).decode().splitlines()
+    except OSError:
+        return []
+    holders = []
+    for line in lines:
+        try:
+            holder = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(holder, dict) and _may_live(holder):
+            holders.append(holder)
+    return holders
 
 
-def _describe(holder: dict[str, Any]) -> str:
-    if not holder:
+def _may_live(holder: dict[str, Any]) -> bool:
+    if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return True
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def _describe(holders: list[dict[str, Any]]) -> str:
+    if not holders:
         return "holder unknown"
-    return (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}: "
-            f"{holder.get('command')}")
+    return "; ".join(f"pid {h.get('pid')} on {h.get('host')} since {h.get('since')}: "
+                     f"{h.get('command')}" for h in holders[-3:])

@@ -3,9 +3,16 @@
 import warnings
 
 from backstory.config_loader import ProjectConfigLoader
-from backstory.hooks import ExperimentHooks, ReportLocationHooks
+from backstory.hooks import (
+    ArtifactLockHooks,
+    ExperimentHooks,
+    MachineCheckHooks,
+    ReportLocationHooks,
+    StaleReportHooks,
+)
 
-HOOKS = (ExperimentHooks(), ReportLocationHooks())
+HOOKS = (ExperimentHooks(), MachineCheckHooks(), ArtifactLockHooks(), StaleReportHooks(),
+         ReportLocationHooks())
 
 # OmegaConfigLoader, with the experiment's runs expanded into the parameters.
 CONFIG_LOADER_CLASS = ProjectConfigLoader

@@ -10,13 +10,42 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from backstory.errors import UserError
+
 _HASH_BLOCK = 1 << 20
 TMP_SUFFIX = ".tmp"
+
+
+class WriteError(UserError, OSError):
+    """A file or folder could not be written (full disk, permissions); names the path."""
+
+
+def _write_error(message: str, cause: OSError) -> WriteError:
+    """A ``WriteError`` with ``message`` that keeps the errno of ``cause`` (ENOSPC, ...)."""
+    error = WriteError(message)
+    error.errno = cause.errno
+    return error
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file: 0666 less the umask.
+
+    ``mkstemp`` and safetensors create files 0600; data files are not secret, so every
+    writer here gives its files this mode instead.
+    """
+    return 0o666 & ~_umask()
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -52,8 +81,15 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None])
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; data files are not secret
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, UserError):
+            raise
+        raise _write_error(f"cannot write {path}: {err}. The previous {path.name}, if any, "
+                           "is untouched: free disk space (or fix the folder's permissions) "
+                           "and run again", err) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -68,6 +104,42 @@ def write_json_atomically(path: str | os.PathLike, value: Any) -> None:
     """JSON with sorted keys and an indent, so the same value gives the same bytes."""
     text = json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
     write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def write_folder_atomically(folder: str | os.PathLike, write: Callable[[Path], None]
+                            ) -> list[Path]:
+    """Call ``write(staging)`` on a new sibling folder, then move what it wrote into ``folder``.
+
+    A new ``folder`` appears by one rename, complete or not at all; into an existing one
+    the finished files are renamed one by one (over files of the same name; others stay).
+    Renames need no space, so a full disk or a crash while writing leaves ``folder`` as
+    it was and no staging folder behind. Returns the files moved in, sorted. An I/O
+    failure becomes a ``WriteError`` naming ``folder``.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.",
+                                    suffix=TMP_SUFFIX))
+    try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private
+        try:
+            write(staging)
+        except OSError as err:
+            raise _write_error(f"cannot write {folder}: {err}. Nothing was written there "
+                               "(free disk space or fix the folder's permissions, then try "
+                               "again)", err) from err
+        names = sorted(entry.name for entry in staging.iterdir())
+        if folder.exists():
+            for name in names:
+                os.replace(staging / name, folder / name)
+            staging.rmdir()
+        else:
+            os.rename(staging, folder)
+        fsync_folder(folder.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return [folder / name for name in names]
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -47,6 +47,7 @@ from backstory.data.chunk_cache import (
     raise_for_bad_text,
     single_spaced,
 )
+from backstory.errors import SettingError
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def train_tokenizer(
                 f"{feed.too_long} over tokenizer.max_sentence_bytes={max_sentence_bytes})"
             ) from exc
         if "ocabulary size" in str(exc):
-            raise ValueError(
+            raise SettingError(
                 f"tokenizer.vocab_size={vocab_size} does not fit this {model_type} model: {exc}"
             ) from exc
         raise

@@ -9,6 +9,9 @@ from kedro.io import AbstractDataset, DatasetError
 
 from backstory.data.token_export import write_token_store_parallel
 from backstory.data.tokens import TokenStore, TokenStream, write_token_store
+from backstory.locks import replacing_artifact, use_artifact
+
+WHAT = "the token stores"
 
 
 class TokenStoreDataset(AbstractDataset[TokenStream, TokenStore]):
@@ -32,6 +35,7 @@ class TokenStoreDataset(AbstractDataset[TokenStream, TokenStore]):
         self.metadata = metadata
 
     def load(self) -> TokenStore:
+        use_artifact(self._filepath.parent, WHAT)
         return TokenStore(self._filepath)
 
     def save(self, data: TokenStream) -> None:
@@ -40,12 +44,14 @@ class TokenStoreDataset(AbstractDataset[TokenStream, TokenStore]):
                 f"{self._filepath}: TokenStoreDataset saves a TokenStream, "
                 f"got {type(data).__name__}"
             )
-        self._filepath.parent.mkdir(parents=True, exist_ok=True)
-        if data.documents is not None:
-            write_token_store_parallel(self._filepath, data.documents, attrs=data.attrs,
-                                       workers=data.workers)
-        else:
-            write_token_store(self._filepath, data.batches, attrs=data.attrs)
+        # The new store is written aside and renamed over the old one, so a process that
+        # mapped the old file keeps reading its bytes; the lock keeps live runs' files.
+        with replacing_artifact(self._filepath.parent, WHAT):
+            if data.documents is not None:
+                write_token_store_parallel(self._filepath, data.documents, attrs=data.attrs,
+                                           workers=data.workers)
+            else:
+                write_token_store(self._filepath, data.batches, attrs=data.attrs)
 
     def _exists(self) -> bool:
         return self._filepath.is_file()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from kedro.io.core import AbstractDataset, DatasetError
 
+from backstory.data.files import write_bytes_atomically
 from backstory.data.tokenizer import Tokenizer
+from backstory.locks import replacing_artifact, use_artifact
+
+WHAT = "the tokenizer"
 
 
 class SentencePieceDataset(AbstractDataset[bytes | Tokenizer, Tokenizer]):
@@ -27,6 +29,7 @@ class SentencePieceDataset(AbstractDataset[bytes | Tokenizer, Tokenizer]):
         self.metadata = metadata
 
     def load(self) -> Tokenizer:
+        use_artifact(self._filepath.parent, WHAT)
         if not self._filepath.is_file():
             raise DatasetError(f"tokenizer model file not found: {self._filepath}")
         return Tokenizer.from_file(self._filepath)
@@ -42,22 +45,13 @@ class SentencePieceDataset(AbstractDataset[bytes | Tokenizer, Tokenizer]):
                 f"SentencePieceDataset({self._filepath}) saves bytes or a Tokenizer, "
                 f"got {type(data).__name__}"
             )
-        self._write_atomically(payload)
-
-    def _write_atomically(self, payload: bytes) -> None:
-        # A crash mid-write must never leave a truncated model under the final name.
-        self._filepath.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self._filepath.parent, prefix=self._filepath.name + ".")
-        try:
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is not secret
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self._filepath)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        if self._filepath.is_file() and self._filepath.read_bytes() == payload:
+            use_artifact(self._filepath.parent, WHAT)  # the same model: runs reading it go on
+            return
+        # A crash mid-write must never leave a truncated model under the final name, and a
+        # run that reads this tokenizer must not see it replaced.
+        with replacing_artifact(self._filepath.parent, WHAT):
+            write_bytes_atomically(self._filepath, payload)
 
     def _exists(self) -> bool:
         return self._filepath.is_file()

@@ -168,8 +168,24 @@ def score_stories(model: Any, store: TokenStore, stories: EvaluationSet, *, toke
     })
 
 
+class ScoreError(InputError):
+    """A model's scores are not finite numbers."""
+
+
 def summarize_scores(documents: pd.DataFrame) -> dict[str, float | int]:
-    """Loss, perplexity and bits per byte of a run from its per-story scores."""
+    """Loss, perplexity and bits per byte of a run from its per-story scores.
+
+    A story scored NaN or infinite is refused: pandas' sums skip NaN, which would score
+    a diverged model (or one NaN on some stories) better than a sound one.
+    """
+    scores = documents[["nats", "bits"]].to_numpy(dtype=float)
+    bad = ~np.isfinite(scores).all(axis=1)
+    if bad.any():
+        raise ScoreError(
+            f"{int(bad.sum())} of {len(documents)} evaluated stories score NaN or infinite "
+            f"(the first is story {int(np.argmax(bad))}): the model's outputs are not finite, "
+            "so it has no loss to report. It most likely diverged in training (a learning "
+            "rate too large); train it again with a lower train.lr")
     n_bytes = int(documents["n_bytes"].sum())
     if n_bytes == 0:
         raise ValueError("the evaluated stories hold no bytes")

@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from backstory.data.files import file_sha256
+from backstory.data.files import WriteError, file_mode, file_sha256
 from backstory.errors import InputError, UserError
 from backstory.lm.families import LanguageModel, new_model
 from backstory.lm.model import ModelConfig
@@ -113,6 +113,17 @@ def cpu_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 # --- writing -------------------------------------------------------------------------
 
 
+def save_weights(tensors: dict[str, torch.Tensor], path: Path,
+                 metadata: dict[str, str]) -> None:
+    """Write a safetensors file with the mode of every other data file (safetensors
+    alone makes it 0600); a failed write (full disk) is a ``WriteError`` naming ``path``."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as err:
+        raise WriteError(f"cannot write {path}: {err}") from err
+    os.chmod(path, file_mode())
+
+
 def save_checkpoint(
     run_dir: Path,
     *,
@@ -138,7 +149,7 @@ def save_checkpoint(
     document = {**state, "step": step, "format": CHECKPOINT_FORMAT,
                 "format_version": CHECKPOINT_FORMAT_VERSION}
     writers: tuple[tuple[str, Callable[[Path], object]], ...] = (
-        (WEIGHTS_FILE, lambda f: save_file(model_state, str(f), metadata={"step": str(step)})),
+        (WEIGHTS_FILE, lambda f: save_weights(model_state, f, metadata={"step": str(step)})),
         (OPTIMIZER_FILE, lambda f: torch.save(optimizer_state, f)),
         (STATE_FILE, lambda f: f.write_text(json.dumps(document, sort_keys=True, indent=1))),
         # Last: the sums of what is on disk, so a damaged write shows as a mismatch.
@@ -421,14 +432,15 @@ def _read_sums(file: Path) -> dict[str, str]:
 def _load_files(path: Path, files: tuple[str, ...]) -> None:
     for name in files:
         if name == WEIGHTS_FILE:
-            _load_weights(path / name)
+            load_weights(path / name)
         elif name == OPTIMIZER_FILE:
             _load_optimizer(path / name)
         else:
             read_state(path)
 
 
-def _load_weights(file: Path) -> dict[str, torch.Tensor]:
+def load_weights(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a damaged file is a ``CheckpointError`` naming it."""
     try:
         return load_file(str(file), device="cpu")
     except Exception as err:  # any decoding failure means the same thing: a bad file
@@ -450,7 +462,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(
         path=path,
         step=state["step"],
-        model_state=_load_weights(path / WEIGHTS_FILE),
+        model_state=load_weights(path / WEIGHTS_FILE),
         optimizer_state=_load_optimizer(path / OPTIMIZER_FILE),
         state=state,
     )
@@ -464,7 +476,7 @@ def trained_at(path: Path, state: dict[str, Any]) -> TrainedModel:
         config = ModelConfig.from_dict(state["model_config"])
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"{path / STATE_FILE}: bad model_config: {err}") from err
-    return TrainedModel(config=config, state_dict=_load_weights(path / WEIGHTS_FILE),
+    return TrainedModel(config=config, state_dict=load_weights(path / WEIGHTS_FILE),
                         meta=state["meta"])
 
 
@@ -525,7 +537,7 @@ def save_model(directory: Path, trained: TrainedModel) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS_FILE
     tmp = directory / f"{_TMP_PREFIX}{WEIGHTS_FILE}"
-    save_file(cpu_copies(trained.state_dict), str(tmp), metadata={"format": MODEL_FORMAT})
+    save_weights(cpu_copies(trained.state_dict), tmp, metadata={"format": MODEL_FORMAT})
     _fsync_file(tmp)
     os.replace(tmp, weights)
     document = {
@@ -557,7 +569,7 @@ def load_trained(directory: Path) -> TrainedModel:
         config = ModelConfig.from_dict(document["model_config"])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{meta_file}: bad model_config: {err}") from err
-    trained = TrainedModel(config=config, state_dict=_load_weights(weights),
+    trained = TrainedModel(config=config, state_dict=load_weights(weights),
                            meta=document["meta"])
     check_weights_fit(trained, source=f"{weights} and the model_config in {meta_file}")
     return trained

@@ -39,6 +39,7 @@ from backstory.lm.checkpoint import MODEL_META_FILE, WEIGHTS_FILE, load_model, l
 from backstory.lm.constraints import CONSTRAINTS
 from backstory.lm.generate import check_sampling
 from backstory.lm.interop import FORMATS, export_model, load_external, save_imported
+from backstory.lm.interop.external import TOKENIZER_MODEL_FILE
 from backstory.pipelines.run.pipeline import tokenizer_dataset
 from backstory.tools.locate import Project
 
@@ -77,7 +78,8 @@ def _add_model_paths(command: argparse.ArgumentParser) -> None:
                          help="a model folder instead of the run's (its variant is read from "
                               "it unless --variant is given)")
     command.add_argument("--tokenizer", type=Path, default=None,
-                         help="a sentencepiece model instead of the project's")
+                         help="a sentencepiece model instead of the project's (default with "
+                              "--model-dir: its tokenizer.model, when it has one)")
 
 
 def _generate_parser(commands: argparse._SubParsersAction) -> None:
@@ -110,6 +112,14 @@ def _export_parser(commands: argparse._SubParsersAction) -> None:
                              "AutoModelForCausalLM / AutoTokenizer")
     _add_model_paths(export)
     export.add_argument("--out", type=Path, required=True, help="folder to write into")
+    _add_force(export)
+
+
+def _add_force(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--force", action="store_true",
+                         help="write even where --out is the source, lies in a model or run "
+                              "folder, or holds model files (files of the same name are "
+                              "replaced, others left)")
 
 
 def _import_parser(commands: argparse._SubParsersAction) -> None:
@@ -127,11 +137,14 @@ def _import_parser(commands: argparse._SubParsersAction) -> None:
                      help="the text layout the model was trained on, when it records none")
     imp.add_argument("--out", type=Path, required=True,
                      help="folder for model.safetensors, model.json and tokenizer.model")
+    _add_force(imp)
 
 
 def _paths(args: argparse.Namespace) -> tuple[str | None, Path, Path]:
     """(variant or None, model folder, tokenizer file) the arguments point at."""
     variant, model_dir, tokenizer, make = args.variant, args.model_dir, args.tokenizer, None
+    if tokenizer is None and model_dir is not None and (model_dir / TOKENIZER_MODEL_FILE).is_file():
+        tokenizer = model_dir / TOKENIZER_MODEL_FILE  # an import keeps its own tokenizer
     if model_dir is None or tokenizer is None:
         try:
             project = Project.load(args.project_dir, args.env)
@@ -221,7 +234,8 @@ def _export(args: argparse.Namespace) -> list[Path]:
         check_lineage(trained.meta, tokenizer.sha256, model_path=str(model_dir),
                       tokenizer_path=str(tokenizer_path))
         _checked_variant(variant, trained.meta, model_dir)
-        return export_model(trained, tokenizer, args.out, fmt=args.fmt)
+        return export_model(trained, tokenizer, args.out, fmt=args.fmt, source=model_dir,
+                            force=args.force)
     except (UserError, ValueError, OSError) as err:
         raise UsageError(str(err)) from err
 
@@ -232,7 +246,8 @@ def _import(args: argparse.Namespace) -> list[Path]:
         trained, tokenizer = load_external(args.source, tokenizer=args.tokenizer,
                                            tokenizer_bin=args.tokenizer_bin,
                                            variant=args.variant)
-        return save_imported(trained, tokenizer, args.out)
+        return save_imported(trained, tokenizer, args.out, source=args.source,
+                             force=args.force)
     except (UserError, ValueError, OSError) as err:
         raise UsageError(str(err)) from err
 

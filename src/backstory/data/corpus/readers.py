@@ -77,6 +77,7 @@ _HEAD_BYTES = 1 << 16  # enough to see several instruct records
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
 # A decode error this close to the end of the buffered text may only mean "more text
 # needed" (a cut literal, escape or number), so the reader reads on before judging.
+_KIND_PROBE = 1 << 16  # characters read to tell a bad value from a good non-array
 _JSON_TAIL = 16
 
 
@@ -338,6 +339,14 @@ class _JsonArray:
         kind = kinds.get(first, "number" if first[:1] in "-0123456789" and first else None)
         if kind is None:
             return self._syntax_error("Expecting value", self.pos)
+        # Name the value only if it is one: "{ this is not json" is a syntax error.
+        while len(self.text) - self.pos < _KIND_PROBE and self._fill():
+            pass
+        try:
+            self.scan(self.text, self.pos)
+        except json.JSONDecodeError as err:
+            if self.eof or err.pos < len(self.text) - _JSON_TAIL:
+                return self._syntax_error(err.msg, err.pos)
         return BadRecordError(self.source, None, "not_json_array",
                               f"a shard must be one JSON array, got a JSON {kind}")
 

@@ -32,6 +32,7 @@ from backstory.data.corpus import download, storyworld, storyworld_lexicon
 from backstory.data.corpus.raw_store import RawCorpusPlan, RawFileSpec
 from backstory.data.corpus.splits import role_from_name
 from backstory.data.fingerprints import code_digest
+from backstory.errors import SettingError
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,9 @@ class CorpusConfig:
             raise ValueError(
                 f"corpus.dataset must be one of {', '.join(PUBLISHED)}; got {self.dataset!r}"
             )
+        if self.source == "local" and not self.path:
+            raise ValueError("corpus.source is local but corpus.path is not set; set it to "
+                             "the folder of TinyStories .json or .txt files to ingest")
         if self.max_shards is not None and (not isinstance(self.max_shards, int)
                                             or self.max_shards < 1):
             raise ValueError(f"corpus.max_shards must be null or >= 1, got {self.max_shards!r}")
@@ -199,7 +203,9 @@ def list_local(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
 def _local_plan(config: CorpusConfig, workers: int) -> RawCorpusPlan:
     folder = config.path
     if not folder or not Path(folder).is_dir():
-        raise ValueError(f"corpus.path must name a folder of TinyStories files; got {folder!r}")
+        missing = "does not exist" if not Path(folder or "").exists() else "is not a folder"
+        raise SettingError(f"corpus.path={folder!r} {missing}; it must name a folder of "
+                           "TinyStories .json or .txt files (corpus.source: local)")
     paths, ignored = list_local(Path(folder))
     if not paths:
         raise ValueError(

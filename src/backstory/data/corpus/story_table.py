@@ -92,6 +92,14 @@ class StoryTableError(UserError, ValueError):
     """The story table is missing, unfinished, damaged or from another ingest."""
 
 
+def _check_clean_settings(on_bad_record: str, max_stories_per_file: int | None) -> None:
+    clean.check_on_bad_record(on_bad_record)
+    limit = max_stories_per_file
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or limit < 1):
+        raise ValueError(f"ingest.max_stories_per_file must be null or >= 1, got {limit!r}")
+
+
 @dataclass(frozen=True)
 class CleanSettings:
     """How raw records become table rows (the ``ingest`` and ``split`` parameters)."""
@@ -101,11 +109,7 @@ class CleanSettings:
     max_stories_per_file: int | None = None
 
     def __post_init__(self) -> None:
-        clean.check_on_bad_record(self.on_bad_record)
-        limit = self.max_stories_per_file
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
-                                  or limit < 1):
-            raise ValueError(f"ingest.max_stories_per_file must be null or >= 1, got {limit!r}")
+        _check_clean_settings(self.on_bad_record, self.max_stories_per_file)
 
     def describe(self) -> dict[str, Any]:
         return {"on_bad_record": self.on_bad_record, "split": self.split.describe(),
@@ -119,6 +123,9 @@ class IngestConfig:
     on_bad_record: str
     max_stories_per_file: int | None
     workers: int
+
+    def __post_init__(self) -> None:
+        _check_clean_settings(self.on_bad_record, self.max_stories_per_file)
 
     def settings(self, split: SplitRule) -> CleanSettings:
         return CleanSettings(self.on_bad_record, split, self.max_stories_per_file)

@@ -19,20 +19,24 @@ for the Llama 2 vocabulary, data/tok<N>.model for custom ones).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from backstory import variants
-from backstory.data.files import file_sha256
+from backstory.data.files import file_sha256, write_folder_atomically
 from backstory.data.tokenizer import (
     Tokenizer,
     check_llama2c_tokenizer_bin,
     llama2c_tokenizer_bin,
 )
-from backstory.errors import SettingError
-from backstory.lm.checkpoint import MODEL_META_FILE, TrainedModel, load_trained, save_model
+from backstory.errors import InputError, SettingError
+from backstory.lm.checkpoint import (
+    CHECKPOINTS_DIR,
+    MODEL_META_FILE,
+    TrainedModel,
+    load_trained,
+    save_model,
+)
 from backstory.lm.checkpoint import WEIGHTS_FILE as BACKSTORY_WEIGHTS_FILE
 from backstory.lm.interop import hf, llama2c
 from backstory.lm.interop.metadata import export_document, read_document
@@ -42,6 +46,55 @@ LLAMA2C_MODEL_FILE = "model.bin"
 LLAMA2C_TOKENIZER_FILE = "tokenizer.bin"
 TOKENIZER_MODEL_FILE = "tokenizer.model"
 SIDECAR_SUFFIX = ".lineage.json"
+
+
+# Files that make a folder a model (any format read here): never overwritten unasked.
+MODEL_FILES = frozenset({BACKSTORY_WEIGHTS_FILE, MODEL_META_FILE, hf.CONFIG_FILE,
+                         hf.WEIGHTS_INDEX_FILE, hf.PICKLED_WEIGHTS_FILE, LLAMA2C_MODEL_FILE,
+                         "ckpt.pt"})
+WRITTEN_FILES = {
+    "llama2c": (LLAMA2C_MODEL_FILE, LLAMA2C_TOKENIZER_FILE, TOKENIZER_MODEL_FILE,
+                LLAMA2C_MODEL_FILE.removesuffix(".bin") + SIDECAR_SUFFIX),
+    "hf": hf.WRITTEN_FILES,
+    "backstory": (BACKSTORY_WEIGHTS_FILE, MODEL_META_FILE, TOKENIZER_MODEL_FILE),
+}
+
+
+class OutFolderError(InputError):
+    """``--out`` would overwrite a model, or is not a folder."""
+
+
+def check_out_folder(out_dir: Path, fmt: str, *, source: Path | None = None,
+                     force: bool = False) -> None:
+    """Refuse an output folder whose writing would destroy a model, unless ``force``.
+
+    Refused: ``source`` itself (or the folder of a source file), a folder inside a
+    model or training-run folder (a project's run folders are rewritten by training
+    and read by evaluation), and a folder that already holds model files or files
+    this format writes. A file is refused even with ``force``: the output is a folder.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutFolderError(f"--out {out_dir} is a file; --out must be a folder (new, or "
+                             "empty) to write the model files into")
+    if force:
+        return
+    hint = "choose a new or empty folder, or pass --force to replace its files"
+    here = out_dir.resolve()
+    if source is not None:
+        source = Path(source).resolve()
+        if here in (source, source.parent if source.is_file() else source):
+            raise OutFolderError(f"--out {out_dir} is where the source {source} lies; writing "
+                                 f"there would replace the model being read: {hint}")
+    for folder in (here, *here.parents):
+        if (folder / MODEL_META_FILE).is_file() or (folder / CHECKPOINTS_DIR).is_dir():
+            raise OutFolderError(f"--out {out_dir} is or lies inside the model or training "
+                                 f"run folder {folder}, which training rewrites: {hint}")
+    held = sorted(name for name in MODEL_FILES.union(WRITTEN_FILES[fmt])
+                  if (out_dir / name).exists())
+    if held:
+        raise OutFolderError(f"--out {out_dir} already holds {', '.join(held)}; writing "
+                             f"there would replace them: {hint}")
 
 
 def sidecar_path(bin_path: Path) -> Path:
@@ -59,12 +112,13 @@ def _check_vocab(trained: TrainedModel, tokenizer: Tokenizer, where: str) -> Non
 
 
 def export_model(trained: TrainedModel, tokenizer: Tokenizer, out_dir: Path, *,
-                 fmt: str) -> list[Path]:
+                 fmt: str, source: Path | None = None, force: bool = False) -> list[Path]:
     """Write ``trained`` and ``tokenizer`` as format ``fmt`` into ``out_dir``; the files.
 
-    The files are written into a temporary folder beside ``out_dir`` and moved in one by
-    one, so an interrupted export leaves no half-written file; other files in
-    ``out_dir`` are left alone.
+    ``check_out_folder`` first (``source``: the model folder read). The files are
+    written into a folder beside ``out_dir`` and moved in at the end
+    (``write_folder_atomically``), so a failed export leaves ``out_dir`` as it was;
+    other files in ``out_dir`` are left alone.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
@@ -73,26 +127,22 @@ def export_model(trained: TrainedModel, tokenizer: Tokenizer, out_dir: Path, *,
             f"cannot export a {trained.config.family} model to {fmt}: llama2.c and Hugging "
             "Face Llama hold Llama decoders only (model.family: llama)")
     _check_vocab(trained, tokenizer, "export")
+    if fmt == "hf" and tokenizer.model_type != "bpe":
+        raise ValueError(
+            f"the tokenizer is a sentencepiece {tokenizer.model_type} model; "
+            "transformers' LlamaTokenizer converts sentencepiece BPE only and would "
+            "give other ids: train with tokenizer.model_type: bpe to export to hf")
+    check_out_folder(out_dir, fmt, source=source, force=force)
     document = export_document(trained, tokenizer.sha256)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tmp-export-") as tmp:
-        staging = Path(tmp)
+
+    def stage(staging: Path) -> None:
         if fmt == "llama2c":
             _stage_llama2c(trained, tokenizer, staging, document)
         else:
-            if tokenizer.model_type != "bpe":
-                raise ValueError(
-                    f"the tokenizer is a sentencepiece {tokenizer.model_type} model; "
-                    "transformers' LlamaTokenizer converts sentencepiece BPE only and would "
-                    "give other ids: train with tokenizer.model_type: bpe to export to hf")
             hf.write_hf_folder(trained, tokenizer.model_bytes, staging, bos_id=tokenizer.bos_id,
                                eos_id=tokenizer.eos_id, document=document)
-        written = []
-        for file in sorted(staging.iterdir()):
-            os.replace(file, out_dir / file.name)
-            written.append(out_dir / file.name)
-    return written
+
+    return write_folder_atomically(out_dir, stage)
 
 
 def _stage_llama2c(trained: TrainedModel, tokenizer: Tokenizer, staging: Path,
@@ -174,6 +224,7 @@ def load_external(source: Path, *, tokenizer: Path | None = None,
         trained, document = hf.read_hf_folder(source)
         if document is not None:
             config = read_document(document, source=str(source / hf.CONFIG_FILE))[0]
+            _check_same_config(trained.config, config, source / hf.CONFIG_FILE)
             trained = TrainedModel(config, trained.state_dict, trained.meta)
         weights_file = source / hf.WEIGHTS_FILE
     else:
@@ -186,6 +237,20 @@ def load_external(source: Path, *, tokenizer: Path | None = None,
         "sha256": file_sha256(weights_file) if weights_file.is_file() else None,
     }
     return TrainedModel(trained.config, trained.state_dict, meta), tok
+
+
+def _check_same_config(from_hf: Any, recorded: Any, file: Path) -> None:
+    """Refuse a config.json whose Hugging Face fields (edited by hand?) contradict the
+    backstory export record it carries: which of the two describes the weights is unknown."""
+    differ = [f"{name}: {getattr(from_hf, name)!r} in the Hugging Face fields, "
+              f"{getattr(recorded, name)!r} under {hf.METADATA_KEY!r}"
+              for name in ("vocab_size", "dim", "n_layers", "n_heads", "kv_heads", "ffn_hidden_dim",
+                           "max_seq_len", "norm_eps", "rope_theta")
+              if getattr(from_hf, name) != getattr(recorded, name)]
+    if differ:
+        raise InputError(f"{file} contradicts itself ({'; '.join(differ)}); make the two agree "
+                         f"(or delete the {hf.METADATA_KEY!r} key to import the Hugging Face "
+                         "fields as they are)")
 
 
 def _read_json(path: Path) -> Any:
@@ -227,12 +292,16 @@ def _import_meta(trained: TrainedModel, document: Any, tok: Tokenizer, variant: 
     return meta
 
 
-def save_imported(trained: TrainedModel, tokenizer: Tokenizer, out_dir: Path) -> list[Path]:
-    """Write an import as a backstory model folder plus its ``tokenizer.model``."""
-    out_dir = Path(out_dir)
-    save_model(out_dir, trained)
-    target = out_dir / TOKENIZER_MODEL_FILE
-    tmp = out_dir / f".tmp-{TOKENIZER_MODEL_FILE}"
-    tmp.write_bytes(tokenizer.model_bytes)
-    os.replace(tmp, target)
-    return [out_dir / BACKSTORY_WEIGHTS_FILE, out_dir / MODEL_META_FILE, target]
+def save_imported(trained: TrainedModel, tokenizer: Tokenizer, out_dir: Path, *,
+                  source: Path | None = None, force: bool = False) -> list[Path]:
+    """Write an import as a backstory model folder plus its ``tokenizer.model``.
+
+    ``check_out_folder`` first; written like ``export_model``, all or nothing.
+    """
+    check_out_folder(out_dir, "backstory", source=source, force=force)
+
+    def stage(staging: Path) -> None:
+        save_model(staging, trained)
+        (staging / TOKENIZER_MODEL_FILE).write_bytes(tokenizer.model_bytes)
+
+    return write_folder_atomically(out_dir, stage)

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from backstory.lm.checkpoint import TrainedModel
+from backstory.lm.checkpoint import TrainedModel, check_weights_fit, load_weights, save_weights
 from backstory.lm.model import ModelConfig
 
 CONFIG_FILE = "config.json"
@@ -34,6 +33,8 @@ TOKENIZER_MODEL_FILE = "tokenizer.model"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_FILE = "special_tokens_map.json"
 METADATA_KEY = "backstory"  # where config.json keeps the export document
+WRITTEN_FILES = (CONFIG_FILE, WEIGHTS_FILE, GENERATION_CONFIG_FILE, TOKENIZER_MODEL_FILE,
+                 TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_FILE)
 
 # (backstory name, HF name) inside each layer
 _LAYER_NAMES = (
@@ -119,7 +120,7 @@ def write_hf_folder(trained: TrainedModel, tokenizer_model: bytes, out_dir: Path
     config = hf_config(trained.config, bos_id=bos_id, eos_id=eos_id)
     config[METADATA_KEY] = document
     _write_json(out_dir / CONFIG_FILE, config)
-    save_file(to_hf_state(trained), str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
+    save_weights(to_hf_state(trained), out_dir / WEIGHTS_FILE, metadata={"format": "pt"})
     _write_json(out_dir / GENERATION_CONFIG_FILE, {"bos_token_id": bos_id,
                                                    "eos_token_id": eos_id})
     (out_dir / TOKENIZER_MODEL_FILE).write_bytes(tokenizer_model)
@@ -190,12 +191,12 @@ def model_config_from_hf(config: dict[str, Any], *, source: str) -> ModelConfig:
 
 def _load_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / WEIGHTS_FILE).is_file():
-        return load_file(str(folder / WEIGHTS_FILE), device="cpu")
+        return load_weights(folder / WEIGHTS_FILE)
     if (folder / WEIGHTS_INDEX_FILE).is_file():
         index = json.loads((folder / WEIGHTS_INDEX_FILE).read_text())
         state: dict[str, torch.Tensor] = {}
         for shard in sorted(set(index["weight_map"].values())):
-            state.update(load_file(str(folder / shard), device="cpu"))
+            state.update(load_weights(folder / shard))
         return state
     if (folder / PICKLED_WEIGHTS_FILE).is_file():
         try:
@@ -210,20 +211,26 @@ def _load_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def from_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, *,
                   source: str) -> dict[str, torch.Tensor]:
-    """Our names and rotary layout; the output matrix must equal the embedding (tied)."""
+    """Our names and rotary layout; the output matrix must equal the embedding (tied).
+
+    The shapes are checked against ``config`` first (reordering rows keeps them), so a
+    config.json that does not describe the weights is refused by name.
+    """
     try:
         embedding = state["model.embed_tokens.weight"]
-        out = {"tok_embeddings.weight": embedding, "norm.weight": state["model.norm.weight"]}
+        out = {"tok_embeddings.weight": embedding, "norm.weight": state["model.norm.weight"],
+               "output.weight": embedding}
         for i in range(config.n_layers):
             for ours, theirs in _LAYER_NAMES:
-                tensor = state[f"model.layers.{i}.{theirs}"]
-                if ours == "attention.wq.weight":
-                    tensor = halves_to_interleaved(tensor, config.n_heads)
-                elif ours == "attention.wk.weight":
-                    tensor = halves_to_interleaved(tensor, config.kv_heads)
-                out[f"layers.{i}.{ours}"] = tensor
+                out[f"layers.{i}.{ours}"] = state[f"model.layers.{i}.{theirs}"]
     except KeyError as err:
         raise ValueError(f"{source} lacks the weight {err}") from err
+    check_weights_fit(TrainedModel(config, out, {}),
+                      source=f"{source}: {CONFIG_FILE} and {WEIGHTS_FILE}")
+    for i in range(config.n_layers):
+        for name, heads in (("wq", config.n_heads), ("wk", config.kv_heads)):
+            key = f"layers.{i}.attention.{name}.weight"
+            out[key] = halves_to_interleaved(out[key], heads)
     head = state.get("lm_head.weight")
     if head is not None and not torch.equal(head, embedding):
         raise ValueError(f"{source}: lm_head differs from the token embedding; backstory models "
@@ -233,7 +240,6 @@ def from_hf_state(state: dict[str, torch.Tensor], config: ModelConfig, *,
     extra = sorted(set(state) - known)
     if extra:
         raise ValueError(f"{source} has weights backstory's model lacks: {extra[:5]}")
-    out["output.weight"] = embedding
     return {name: t.detach().to(torch.float32).contiguous() for name, t in out.items()}
 
 

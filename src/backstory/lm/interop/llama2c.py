@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backstory.lm.checkpoint import TrainedModel
+from backstory.lm.checkpoint import TrainedModel, check_weights_fit
 from backstory.lm.model import ModelConfig, rope_tables
 
 HEADER = struct.Struct("<7i")
@@ -120,11 +120,11 @@ def read_llama2c_model(path: Path, *, config: ModelConfig | None = None) -> Trai
     vocab = abs(vocab)
     header_config = _header_config(path, dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len)
     config = _reconcile(path, header_config, config)
-    floats = np.frombuffer(data, dtype="<f4", offset=HEADER.size)
     expected = _float_count(config, shared)
-    if floats.size != expected or (len(data) - HEADER.size) % 4:
+    if len(data) - HEADER.size != expected * 4:  # checked before any float is read
         raise ValueError(f"{path} holds {len(data) - HEADER.size} bytes of weights; a model with "
-                         f"this header needs {expected * 4}")
+                         f"this header needs {expected * 4} (a truncated or damaged file?)")
+    floats = np.frombuffer(data, dtype="<f4", offset=HEADER.size)
     state, pos = {}, 0
     for names in _tensor_order(config):
         for name in names:
@@ -222,7 +222,9 @@ def load_llama2c_checkpoint(path: Path) -> TrainedModel:
     meta: dict[str, Any] = {"source": {"format": "llama2c-checkpoint", "path": str(path)}}
     if isinstance(checkpoint.get("iter_num"), int):
         meta["steps"] = checkpoint["iter_num"]
-    return TrainedModel(config, state, meta)
+    trained = TrainedModel(config, state, meta)
+    check_weights_fit(trained, source=f"{path}: its model_args and weights")
+    return trained
 
 
 def _checkpoint_config(path: Path, model_args: Any) -> ModelConfig:

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from backstory.data.tokens import TokenStore
+from backstory.errors import SettingError
 from backstory.lm.finetune import InitialModel
 from backstory.lm.model import ModelConfig
 from backstory.lm.training.config import DTYPES, TrainConfig, is_cuda_index
@@ -79,6 +80,47 @@ def resolve_device(name: str, rank_: Rank) -> torch.device:
     if name == "cuda":
         return torch.device("cuda", rank_.local_rank)
     return torch.device(name)
+
+
+def check_machine(model_config: ModelConfig, config: TrainConfig, *, where: str) -> None:
+    """Refuse, before any work, a run this machine cannot train: its ``train.device`` is
+    missing, or one micro-batch certainly needs more memory than the device has."""
+    try:
+        device = resolve_device(config.device, Rank(world_size=config.nproc_per_node))
+    except ValueError as err:
+        raise SettingError(f"{where}: {err}") from err
+    have = device_memory_bytes(device)
+    need = training_memory_bytes(model_config, config)
+    if have is not None and need > have:
+        raise SettingError(
+            f"{where}: training needs at least {need / 2**30:,.1f} GiB on {device.type} (model "
+            f"config max_seq_len={model_config.max_seq_len:,}, train.batch_size="
+            f"{config.batch_size}, dim={model_config.dim}, n_layers={model_config.n_layers}, "
+            f"vocab_size={model_config.vocab_size:,}) but the device has "
+            f"{have / 2**30:,.1f} GiB; lower max_seq_len (contexts) or train.batch_size (raise "
+            "train.grad_accum to keep the tokens per step), or set train.loss_chunk")
+
+
+def training_memory_bytes(model_config: ModelConfig, config: TrainConfig) -> int:
+    """A lower bound on one process's training memory: weights, gradients and AdamW's two
+    moments (16 bytes a parameter) plus what autograd keeps of one micro-batch, about
+    10 dim + 3 ffn_hidden_dim float32 values a token in each layer and the logits with
+    their gradient (2 vocab_size a token, unless train.loss_chunk fuses them away).
+    Attention is not counted: SDPA's kernels keep it linear in the context."""
+    tokens = config.batch_size // config.nproc_per_node * model_config.max_seq_len
+    per_token = model_config.n_layers * (10 * model_config.dim + 3 * model_config.ffn_hidden_dim)
+    if config.loss_chunk == 0:
+        per_token += 2 * model_config.vocab_size
+    return 16 * model_config.num_parameters + 4 * tokens * per_token
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """Total memory of ``device`` (the machine's RAM for cpu); None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return None
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

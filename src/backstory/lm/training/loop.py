@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from backstory.data.tokens import TokenStore
+from backstory.errors import UserError
 from backstory.lm.checkpoint import (
     TrainedModel,
     capture_rng_state,
@@ -309,8 +310,7 @@ class Session:
             dist.all_reduce(loss)
             loss /= self.rank.world_size
         self.train_loss = loss.item()  # the host sync of this step, on log steps only
-        if not math.isfinite(self.train_loss):
-            logger.warning("Training loss is %s at step %d", self.train_loss, self.step)
+        self._check_finite("training loss", self.train_loss)
         tokens_per_s = meter.rate(self.step, self.tokens_per_step)
         mfu = self._mfu(tokens_per_s)
         bar.set_postfix(loss=f"{self.train_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
@@ -323,8 +323,24 @@ class Session:
         flops = self.raw_model.flops_per_token(self.job.model_config.max_seq_len)
         return flops * tokens_per_s / (peak * self.rank.world_size)
 
+    def _check_finite(self, what: str, value: float) -> None:
+        """Stop a diverged run: its model would be all NaN, and NaN never recovers."""
+        if not math.isfinite(value):
+            raise self._diverged(f"the {what} is {value}")
+
+    def _diverged(self, what: str) -> DivergedError:
+        cfg = self.job.config
+        return DivergedError(
+            f"training diverged: {what} at step {self.step} of "
+            f"{self.job.run_dir}. The likely cause is a learning rate too large for this "
+            f"model (train.lr={cfg.lr:g}, learning rate now {self.lr:g}): lower train.lr (or "
+            f"raise train.warmup_steps, or set train.grad_clip) and run again. No model was "
+            "saved as finished, and no checkpoint holds the diverged weights"
+        )
+
     def _log_val(self) -> None:
         self.val_loss = self._evaluate()
+        self._check_finite("validation loss", self.val_loss)
         self.logs.val(self.step, self.val_loss)
 
     @torch.no_grad()
@@ -352,6 +368,10 @@ class Session:
             dist.all_gather_object(gathered, rng_states[0])
             rng_states = gathered
         self.last_meta = self._meta()
+        # One host sync per checkpoint: a resumed or "finished" run never starts from NaN.
+        finite = torch.stack([p.detach().isfinite().all() for p in self.raw_model.parameters()])
+        if not bool(finite.all()):
+            raise self._diverged("some of the model's weights are NaN or infinite")
         if self.rank.main:
             save_checkpoint(self.job.run_dir, step=self.step,
                             model_state=cpu_state_dict(self.raw_model),
@@ -476,6 +496,10 @@ def _device_name(device: torch.device) -> str:
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+class DivergedError(UserError, RuntimeError):
+    """The loss or the weights became NaN or infinite."""
 
 
 def _fmt(value: float | None) -> str:
