@@ -3,9 +3,9 @@
 import warnings
 
 from backstory.config_loader import ProjectConfigLoader
-from backstory.hooks import ExperimentHooks, ReportLocationHooks
+from backstory.hooks import ExperimentHooks, ParallelGridHooks, ReportLocationHooks
 
-HOOKS = (ExperimentHooks(), ReportLocationHooks())
+HOOKS = (ExperimentHooks(), ParallelGridHooks(), ReportLocationHooks())
 
 # OmegaConfigLoader, with the experiment's runs expanded into the parameters.
 CONFIG_LOADER_CLASS = ProjectConfigLoader
