@@ -142,3 +142,15 @@ def test_a_tiny_aot_rerun_reports_every_size_over_seeds(tmp_path, capsys):
     assert (root / "data/08_reporting/compare/sweep.png").is_file()
     out = capsys.readouterr().out
     assert "pass 0:" in out and "backward vs forward (nats per token)" in out
+
+
+def test_the_muon_plan_pairs_each_adamw_run_with_a_muon_run_of_the_same_shape():
+    parameters, experiment = rerun_script().load(REPO, "aot_muon")
+    settings = {r.size: run_settings(parameters, r) for r in experiment.runs
+                if r.variant == "forward" and r.seed == 1}
+    adamw, muon = settings["tiny"], settings["tiny_muon"]
+    assert {k: v for k, v in muon["model"].items() if k != "zero_init_out"} == {
+        k: v for k, v in adamw["model"].items() if k != "zero_init_out"}
+    assert (adamw["train"]["optimizer"], muon["train"]["optimizer"]) == ("adamw", "muon")
+    assert adamw["train"]["schedule"] == muon["train"]["schedule"] == "wsd"
+    assert len(experiment.runs) == 2 * 3 * 3
