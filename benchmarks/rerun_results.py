@@ -1,34 +1,38 @@
-"""Rerun the published arrow-of-time figures: the `aot` experiment on every core.
+"""Rerun an experiment's published figures: `kedro run --runner ParallelRunner`, then print them.
 
-    python benchmarks/rerun_results.py --estimate   # time a few steps per size: the expected total
-    python benchmarks/rerun_results.py              # the whole experiment (about 40 min on 2 cores)
-    python benchmarks/rerun_results.py --jobs 1     # the same runs in one process
+    python benchmarks/rerun_results.py --env aot_converged --estimate  # time a few steps per size
+    python benchmarks/rerun_results.py --env aot_converged             # the grid, to convergence
+    python benchmarks/rerun_results.py --env aot                       # issue 9's 150 steps
 
-It runs, in the project folder (``--root``, default this repository):
+Each pass is one ``kedro run --env <env> --runner ParallelRunner --runner-params
+max_workers=<jobs>`` (``--jobs``: the cores idle when it starts), so Kedro runs the grid's
+runs side by side, each with one torch thread (``backstory.hooks.ParallelGridHooks``). A
+run is trained by one process with one thread, whichever process that is, so this
+changes no byte of a result (tests/test_grid.py).
 
-1. ``kedro run --env aot --pipeline ingest`` and ``--tags export`` (one process, every core);
-2. the runs of the experiment, split over ``--jobs`` processes of one torch thread each
-   (``kedro run --env aot --namespaces <runs>``), balanced by their estimated cost;
-3. ``kedro run --env aot --pipeline compare``.
+A warmup-stable-decay environment (``aot_converged``) is run in passes of doubling length:
+pass 0 trains every preset's ``train.max_steps``, pass k twice the tokens of pass k - 1 by
+continuing each run from its end-of-stable-phase checkpoint (``--params
+presets.<preset>.train.max_steps=...``). After pass 1 the report says per run whether the
+doubling moved its validation loss by less than ``compare.convergence_tolerance``; with
+``--doublings K`` the passes go on to K, stopping early once every run has converged.
 
-A run is trained by one process with one thread, whichever process that is, so the split
-does not change a single byte of its results; it does differ from a run trained with
-several threads (docs/reproducibility.md, "Machines"). The script prints the wall time of
-each step, then the figures published in docs/results.md from compare/report.json: bits
-per byte per variant and size with its interval over seeds and stories, both deltas with
-theirs and whether they exclude zero, and the machine.
+Killed, the same command continues: finished runs are reused and unfinished ones resume
+from their checkpoints. It starts at the pass the runs' checkpoints have reached, never
+at a shorter one (a shorter length would set a longer run aside and train it again).
 
 ``--estimate`` trains nothing: it times ``--steps`` optimizer steps of each distinct model
-shape of the experiment in this process with one thread (CPU time, so a shared machine
-does not inflate it) and adds the evaluations' share; ingest, exports and compare are a
-fixed ``--fixed-s`` (measured on a quiet 2-core machine, docs/benchmarks.md).
+shape with one thread (CPU time, so a shared machine inflates it less) and adds the
+evaluations' share and ``--fixed-s`` for ingest, exports and compare.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -36,8 +40,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = "aot"
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+ENV = "aot_converged"
 SCORED_TOKENS_PER_STORY = 240  # a storyworld story's tokens, about: for the evaluation share
 
 
@@ -109,55 +112,71 @@ def estimate(parameters: Mapping, experiment, steps: int) -> dict[str, dict]:
             print(f"  {run.size}: {measured[key]:.3f} CPU s per step "
                   f"({settings['train']['batch_size']} x {settings['model']['max_seq_len']} "
                   "tokens, 1 thread)", flush=True)
-        costs[run.namespace] = {"size": run.size, "step_s": measured[key],
+        costs[run.namespace] = {"size": run.size, "preset": run.preset, "step_s": measured[key],
                                 "cpu_s": measured[key] * step_equivalents(settings)}
     return costs
 
 
-def split_runs(costs: Mapping[str, float], jobs: int) -> list[list[str]]:
-    """Runs over ``jobs`` processes: longest first, each to the least loaded process
-    (ties to the lower process), so every run is in exactly one list."""
-    loads = [0.0] * jobs
-    parts: list[list[str]] = [[] for _ in range(jobs)]
-    for name in sorted(costs, key=lambda n: (-costs[n], n)):
-        i = loads.index(min(loads))
-        parts[i].append(name)
-        loads[i] += costs[name]
-    return [p for p in parts if p]
+def lengths(parameters: Mapping, experiment) -> dict[str, int]:
+    """Pass 0's ``train.max_steps`` per preset (every run of a preset shares it)."""
+    from backstory.experiment import run_settings
+
+    found: dict[str, set[int]] = {}
+    for run in experiment.runs:
+        found.setdefault(run.preset, set()).add(run_settings(parameters, run)["train"]["max_steps"])
+    uneven = {p: sorted(v) for p, v in found.items() if len(v) > 1}
+    if uneven:
+        raise SystemExit(f"runs of one preset train for different max_steps {uneven}; give "
+                         "each preset one length (presets.<preset>.train.max_steps)")
+    return {preset: steps.pop() for preset, steps in found.items()}
 
 
-def kedro(root: Path, env: str, args: Sequence[str], extra_env: Mapping[str, str] | None = None,
-          ) -> subprocess.Popen:
-    environ = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", **(extra_env or {})}
-    return subprocess.Popen([sys.executable, "-m", "kedro", "run", "--env", env, *args],
-                            cwd=root, env=environ)
+def pass_steps(base: int, k: int, schedule: str, cooldown_fraction: float) -> float:
+    """Optimizer steps pass ``k`` trains for a run whose pass-0 length is ``base``: all of
+    them at pass 0, then from the previous length's stable end to the new length."""
+    from backstory.lm.schedules import stable_end
+
+    if k == 0:
+        return base
+    if schedule != "wsd":
+        raise SystemExit("--doublings needs a wsd schedule (train.schedule: wsd)")
+    return base * 2 ** k - stable_end(base * 2 ** (k - 1), cooldown_fraction)
 
 
-def wait(*procs: subprocess.Popen) -> None:
-    codes = [p.wait() for p in procs]
-    if any(codes):
-        raise SystemExit(f"a kedro run failed (exit codes {codes}); see its output above")
+def reached_pass(root: Path, env: str, experiment, base: Mapping[str, int]) -> int:
+    """The furthest pass any run's checkpoints belong to (0 when none trained yet)."""
+    from backstory.lm.checkpoint import latest_checkpoint, read_state
+    from backstory.tools.locate import Project
+
+    project = Project.load(root, env)
+    reached = 0
+    for run in experiment.runs:
+        checkpoint = latest_checkpoint(project.path(f"{run.namespace}.training_run"))
+        if checkpoint is not None:
+            steps = read_state(checkpoint)["train_config"]["max_steps"]
+            reached = max(reached, round(math.log2(max(1, steps / base[run.preset]))))
+    return reached
 
 
-def rerun(root: Path, env: str, jobs: int, costs: Mapping[str, float]) -> dict[str, float]:
-    """Run the experiment as the module docstring says; the wall seconds of each step."""
-    times = {}
-    start = time.perf_counter()
-    wait(kedro(root, env, ["--pipeline", "ingest"]))
-    wait(kedro(root, env, ["--tags", "export"]))
-    times["ingest and exports"] = time.perf_counter() - start
-    mark = time.perf_counter()
-    parts = split_runs(costs, jobs)
-    for i, part in enumerate(parts):
-        print(f"process {i + 1}: {len(part)} runs, ~{sum(costs[n] for n in part) / 60:.1f} CPU "
-              "min estimated", flush=True)
-    wait(*(kedro(root, env, ["--namespaces", ",".join(part)], ONE_THREAD) for part in parts))
-    times["runs"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    wait(kedro(root, env, ["--pipeline", "compare"]))
-    times["compare"] = time.perf_counter() - mark
-    times["total"] = time.perf_counter() - start
-    return times
+def kedro(root: Path, env: str, jobs: int, base: Mapping[str, int], k: int) -> None:
+    """One pass: every run at ``base * 2**k`` steps, ``jobs`` at a time."""
+    overrides = ",".join(f"presets.{p}.train.max_steps={n * 2 ** k}" for p, n in base.items())
+    command = [sys.executable, "-m", "kedro", "run", "--env", env, "--runner", "ParallelRunner",
+               "--runner-params", f"max_workers={jobs}", "--params", overrides]
+    print("$ " + " ".join(command[1:]), flush=True)
+    environ = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+    code = subprocess.run(command, cwd=root, env=environ).returncode
+    if code:
+        raise SystemExit(f"kedro run failed (exit code {code}); see its output above. Run "
+                         "the same command again to continue where it stopped")
+
+
+def idle_jobs() -> int:
+    """Runs at once: the cores idle now (at least one)."""
+    from backstory.lm.training.host import idle_cores
+
+    idle = idle_cores()
+    return max(1, int(idle + 0.5) if idle is not None else len(os.sched_getaffinity(0)))
 
 
 def figures(report: Mapping) -> list[str]:
@@ -176,9 +195,14 @@ def figures(report: Mapping) -> list[str]:
                          f"{100 * d['delta']:+.2f}% [{100 * d['low']:+.2f}%, "
                          f"{100 * d['high']:+.2f}%], excludes 0: "
                          f"{'yes' if d['excludes_zero'] else 'no'} ({d['method']})")
-    training = report["training_curves"]
-    for size in training["sizes"]:
-        lines.append(f"{size['size']}: {size['n_converged']} of {size['n_runs']} runs converged")
+    found = report["convergence"]
+    for size, n in found["sizes"].items():
+        lines.append(f"{size}: {n['n_converged']} of {n['n_runs']} runs converged "
+                     f"({n['n_checked']} checked by doubling their tokens)")
+    for run, c in found["runs"].items():
+        if c["verdict"] is not None:
+            lines.append(f"  {run}: {c['from_tokens']:,} -> {c['to_tokens']:,} tokens moved the "
+                         f"validation loss {100 * c['relative_change']:+.2f}% ({c['verdict']})")
     for machine in report["machines"]:
         facts = machine["facts"]
         lines.append(f"machine: {facts.get('cpu')}, torch {facts.get('torch')}, "
@@ -187,39 +211,74 @@ def figures(report: Mapping) -> list[str]:
     return lines
 
 
+def keep_pass_report(report: Path, k: int) -> None:
+    """Copy pass ``k``'s report files to ``pass<k>/`` beside them: the next pass replaces
+    them, and the deltas against training tokens read across the passes."""
+    folder = report.parent / f"pass{k}"
+    folder.mkdir(exist_ok=True)
+    for name in ("report.json", "report.md"):
+        if (report.parent / name).exists():
+            shutil.copy(report.parent / name, folder / name)
+
+
+def all_converged(report: Mapping) -> bool:
+    runs = report["convergence"]["runs"].values()
+    return bool(runs) and all(c["verdict"] == "converged" for c in runs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=REPO, help="the project folder")
-    parser.add_argument("--env", default=ENV, help="the Kedro environment (default: aot)")
-    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
-                        help="processes that train runs at once (default: usable cores)")
+    parser.add_argument("--env", default=ENV, help=f"the Kedro environment (default: {ENV})")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="runs trained at once (default 0: the cores idle at the start)")
+    parser.add_argument("--doublings", type=int, default=None,
+                        help="passes of doubled length after the first (default: 1 for a "
+                             "wsd experiment, 0 otherwise)")
     parser.add_argument("--estimate", action="store_true", help="estimate the time only")
     parser.add_argument("--steps", type=int, default=6, help="steps timed per model shape")
     parser.add_argument("--fixed-s", type=float, default=300.0,
-                        help="seconds for ingest, exports and compare in the estimate")
+                        help="seconds for ingest, exports and compare per pass in the estimate")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from machine import describe
 
+    from backstory.experiment import run_settings
+
     print(f"machine: {describe()}", flush=True)
     root = args.root.resolve()
     parameters, experiment = load(root, args.env)
+    base = lengths(parameters, experiment)
+    train = run_settings(parameters, experiment.runs[0])["train"]
+    doublings = args.doublings if args.doublings is not None else int(train["schedule"] == "wsd")
+    jobs = args.jobs or idle_jobs()
     print(f"{args.env}: {len(experiment.runs)} runs, sizes "
-          f"{', '.join(dict.fromkeys(r.size for r in experiment.runs))}", flush=True)
+          f"{', '.join(dict.fromkeys(r.size for r in experiment.runs))}, pass-0 steps {base}, "
+          f"{doublings} doubling(s), {jobs} at once", flush=True)
     costs = estimate(parameters, experiment, args.steps)
-    cpu = {name: c["cpu_s"] for name, c in costs.items()}
-    parts = split_runs(cpu, max(1, args.jobs))
-    longest = max(sum(cpu[n] for n in part) for part in parts)
-    print(f"estimated: {sum(cpu.values()) / 60:.1f} CPU min of runs; with {len(parts)} "
-          f"process(es) {longest / 60:.1f} min, plus ~{args.fixed_s / 60:.0f} min for ingest, "
-          f"exports and compare: ~{(longest + args.fixed_s) / 60:.0f} min", flush=True)
+    passes = range(doublings + 1)
+    # A run's evaluations scale with its steps: each pass costs its share of pass 0's.
+    cpu = sum(c["cpu_s"] * sum(pass_steps(base[c["preset"]], k, train["schedule"],
+                                          train["cooldown_fraction"]) for k in passes)
+              / base[c["preset"]] for c in costs.values())
+    longest = max(c["step_s"] * base[c["preset"]] * 2 ** doublings for c in costs.values())
+    wall = max(cpu / jobs, longest) + args.fixed_s * len(passes)
+    print(f"estimated: {cpu / 3600:.2f} CPU h of runs; with {jobs} at once ~{wall / 3600:.2f} h "
+          f"wall, ingest, exports and compare included", flush=True)
     if args.estimate:
         return 0
-    times = rerun(root, args.env, max(1, args.jobs), cpu)
-    print("wall time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()))
     from backstory.tools.locate import Project
 
     path = Project.load(root, args.env).path("compare.report")
+    start = reached_pass(root, args.env, experiment, base)
+    for k in range(start, doublings + 1):
+        mark = time.perf_counter()
+        kedro(root, args.env, jobs, base, k)
+        print(f"pass {k}: {(time.perf_counter() - mark) / 60:.1f} min wall", flush=True)
+        keep_pass_report(path, k)
+        if k >= 1 and all_converged(json.loads(path.read_text())):
+            print(f"every run converged after pass {k}", flush=True)
+            break
     print(f"figures ({path}):")
     print("\n".join(figures(json.loads(path.read_text()))))
     return 0

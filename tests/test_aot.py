@@ -44,14 +44,66 @@ def test_aot_runs_three_seeds_of_both_pairs_at_three_sizes_and_two_contexts():
     assert counts == {"tiny": 328_256, "small": 1_000_576, "medium": 4_213_504}
 
 
-def test_runs_are_split_over_processes_once_each_and_balanced():
-    split = rerun_script().split_runs
-    costs = {"a": 5.0, "b": 4.0, "c": 3.0, "d": 3.0, "e": 1.0}
-    parts = split(costs, 2)
-    assert sorted(n for part in parts for n in part) == sorted(costs)
-    assert sorted(sum(costs[n] for n in part) for part in parts) == [8.0, 8.0]
-    assert split(costs, 1) == [["a", "b", "c", "d", "e"]]
-    assert split({"a": 1.0}, 4) == [["a"]]  # no empty processes
+def test_aot_converged_doubles_wsd_runs_of_five_seeds_at_three_sizes_and_a_control():
+    script = rerun_script()
+    parameters, experiment = script.load(REPO, "aot_converged")
+    runs = experiment.runs
+    sizes = {"micro", "tiny", "small"}
+    for size in sizes:
+        for variant in ("forward", "reversed", "backward"):
+            assert sorted(r.seed for r in runs if r.size == size and r.variant == variant) == [
+                1, 2, 3, 4, 5]
+    assert {(r.size, r.seed) for r in runs if r.variant == "permuted"} == {
+        ("micro", s) for s in range(1, 6)}
+    assert len(runs) == 50
+    for run in runs:
+        train = run_settings(parameters, run)["train"]
+        assert train["schedule"] == "wsd" and train["batch_size"] == 16
+    base = script.lengths(parameters, experiment)
+    assert set(base) == sizes and len(set(base.values())) == 1  # equal tokens at every size
+    counts = {size: Transformer(ModelConfig(vocab_size=2048, **run_settings(
+        parameters, next(r for r in runs if r.size == size))["model"])).num_parameters()
+        for size in sizes}
+    assert counts == {"micro": 114_976, "tiny": 328_256, "small": 1_000_576}
+
+
+def test_a_doubling_pass_trains_from_the_previous_length_stable_end():
+    pass_steps = rerun_script().pass_steps
+    assert pass_steps(500, 0, "wsd", 0.2) == 500
+    assert pass_steps(500, 1, "wsd", 0.2) == 1000 - 400  # from step 400 of the 500-step run
+    assert pass_steps(500, 2, "wsd", 0.2) == 2000 - 800
+    with pytest.raises(SystemExit, match="wsd"):
+        pass_steps(500, 1, "cosine", 0.2)
+
+
+def gpu_script():
+    spec = importlib.util.spec_from_file_location("gpu_grid", REPO / "benchmarks/gpu_grid.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gpu_grid_plans_four_sizes_on_two_corpora_and_checks_every_setting(tmp_path):
+    gpu = gpu_script()
+    lines = {}
+    for corpus in gpu.CORPORA:
+        root = gpu.project_copy(tmp_path / corpus, corpus)
+        lines[corpus] = gpu.plan(root, corpus)
+    assert lines["storyworld"][0].startswith("storyworld: corpus storyworld, 100,000 stories")
+    assert lines["tinystories_v2"][0].startswith("tinystories_v2: corpus tinystories v2")
+    for found in lines.values():
+        assert "65 runs" in found[0]
+        assert [line.split(":")[0].strip() for line in found[1:]] == [
+            "small", "medium", "stories15m", "stories42m"]
+        assert "7,155,360 parameters" in found[3] and "27,402,752 parameters" in found[4]
+        assert "permuted x5" in found[1]
+    # A bad setting in the environment stops the plan, naming it.
+    runs = tmp_path / "storyworld/conf/aot_gpu/parameters_runs.yml"
+    data = yaml.safe_load(runs.read_text())
+    data["run_defaults"]["train"]["lr"] = -1
+    runs.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match="train.lr"):
+        gpu.plan(tmp_path / "storyworld", "storyworld")
 
 
 @pytest.mark.slow
@@ -74,8 +126,8 @@ def test_a_tiny_aot_rerun_reports_every_size_over_seeds(tmp_path, capsys):
                        "tiny": {"model": {**shape, "dim": 16}}}
     data["run_defaults"] = tiny["run_defaults"]
     aot.write_text(yaml.safe_dump(data, sort_keys=False))
-    assert rerun_script().main(["--root", str(root), "--jobs", "2", "--steps", "1",
-                                "--fixed-s", "0"]) == 0
+    assert rerun_script().main(["--root", str(root), "--env", "aot", "--jobs", "2",
+                                "--steps", "1", "--fixed-s", "0"]) == 0
     report = json.loads((root / "data/08_reporting/compare/report.json").read_text())
     sizes = {s["size"]: s for s in report["arrow_of_time"]["sizes"]}
     assert set(sizes) == {"small", "tiny", "small-c64"}
@@ -89,4 +141,16 @@ def test_a_tiny_aot_rerun_reports_every_size_over_seeds(tmp_path, capsys):
         (s, p) for s in sizes for p in ("reversed vs forward", "backward vs forward")}
     assert (root / "data/08_reporting/compare/sweep.png").is_file()
     out = capsys.readouterr().out
-    assert "wall time:" in out and "backward vs forward (nats per token)" in out
+    assert "pass 0:" in out and "backward vs forward (nats per token)" in out
+
+
+def test_the_muon_plan_pairs_each_adamw_run_with_a_muon_run_of_the_same_shape():
+    parameters, experiment = rerun_script().load(REPO, "aot_muon")
+    settings = {r.size: run_settings(parameters, r) for r in experiment.runs
+                if r.variant == "forward" and r.seed == 1}
+    adamw, muon = settings["tiny"], settings["tiny_muon"]
+    assert {k: v for k, v in muon["model"].items() if k != "zero_init_out"} == {
+        k: v for k, v in adamw["model"].items() if k != "zero_init_out"}
+    assert (adamw["train"]["optimizer"], muon["train"]["optimizer"]) == ("adamw", "muon")
+    assert adamw["train"]["schedule"] == muon["train"]["schedule"] == "wsd"
+    assert len(experiment.runs) == 2 * 3 * 3

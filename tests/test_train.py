@@ -731,3 +731,58 @@ def test_thread_choice(monkeypatch) -> None:
     assert host.choose_threads(0, processes=2) == 1
     monkeypatch.setattr(host, "idle_cores", lambda *a: 0.2)  # every core busy: still one
     assert host.choose_threads(0) == 1
+
+
+# --- extending a wsd run ---------------------------------------------------------------
+
+
+def test_a_longer_wsd_run_continues_from_the_stable_checkpoint_and_equals_a_direct_run(
+        stores, tmp_path: Path, monkeypatch) -> None:
+    short = small_config(max_steps=12, schedule="wsd", cooldown_fraction=0.25)  # stable to 9
+    long = replace(short, max_steps=24)  # stable to 18: steps 0-8 run at the same rates
+    run_dir = tmp_path / "run"
+    first = run(stores, run_dir, short)
+    assert [p.name for p in (run_dir / "stable").iterdir()] == ["step_00000009"]
+    started_at = []
+    start = train_loop.Session.start
+
+    def recording_start(*args, **kwargs):
+        session = start(*args, **kwargs)
+        started_at.append(session.step)
+        return session
+
+    monkeypatch.setattr(train_loop.Session, "start", recording_start)
+    extended = run(stores, run_dir, long)
+    direct = run(stores, tmp_path / "direct", long)
+    assert started_at == [9, 0]  # the extension trained steps 9-23 only
+    assert_same_weights(extended.state_dict, direct.state_dict)
+    assert deterministic_logs(run_dir) == deterministic_logs(tmp_path / "direct")
+    # The finished short run is kept, and its final loss is the first of the cooldowns.
+    kept = latest_checkpoint(tmp_path / "run.previous")
+    assert_same_weights(first.state_dict, load_checkpoint(kept).model_state)
+    assert [(c["steps"], c["val_loss"]) for c in extended.meta["cooldowns"]] == [
+        (12, first.meta["val_loss"]), (24, direct.meta["val_loss"])]
+    assert direct.meta["cooldowns"] == [extended.meta["cooldowns"][1]]
+    assert [p.name for p in (run_dir / "stable").iterdir()] == ["step_00000018"]
+
+
+def test_only_a_wsd_run_lengthened_past_its_stable_checkpoint_is_extended(
+        stores, tmp_path: Path) -> None:
+    wsd = small_config(max_steps=12, schedule="wsd", cooldown_fraction=0.25)
+    run(stores, tmp_path / "shorter", wsd)
+    # Shorter: the kept checkpoint (step 9) lies in the new run's cooldown (from step 6).
+    shortened = run(stores, tmp_path / "shorter", replace(wsd, max_steps=8))
+    assert (tmp_path / "shorter.previous").exists()
+    assert_same_weights(shortened.state_dict,
+                        run(stores, tmp_path / "direct8", replace(wsd, max_steps=8)).state_dict)
+    # A cosine run's rates depend on its length everywhere: a longer one starts afresh.
+    cosine = small_config(max_steps=8)
+    run(stores, tmp_path / "cosine", cosine)
+    assert not (tmp_path / "cosine" / "stable").exists()
+    longer = run(stores, tmp_path / "cosine", replace(cosine, max_steps=12))
+    assert (tmp_path / "cosine.previous").exists()
+    assert "cooldowns" not in longer.meta
+    # Another setting besides the length (here the peak rate) is another run, too.
+    run(stores, tmp_path / "other", wsd)
+    run(stores, tmp_path / "other", replace(wsd, max_steps=24, lr=1e-3))
+    assert read_state(latest_checkpoint(tmp_path / "other.previous"))["step"] == 12

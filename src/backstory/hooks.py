@@ -1,5 +1,6 @@
 """Project hooks: keep the registered pipelines in step with the session's experiment,
-and say where the reports of a run are once it has finished."""
+give each run of a parallel grid one torch thread, and say where the reports of a run are
+once it has finished."""
 
 from __future__ import annotations
 
@@ -69,6 +70,41 @@ class ExperimentHooks:
     @hook_impl
     def on_pipeline_error(self) -> None:
         _activate(None)
+
+
+class ParallelGridHooks:
+    """One torch thread per training process under Kedro's ``ParallelRunner``.
+
+    ``train.num_threads: 0`` takes one thread per idle core, which each of the runner's
+    worker processes would measure at the same moment and all take; several runs then
+    share every core and wait on each other's threads at every operation
+    (``backstory.lm.training.host``). Before the runner starts its workers, this sets
+    ``OMP_NUM_THREADS=1`` in the environment they inherit, which ``num_threads: 0`` obeys
+    (a value the user set is kept) and removes it after the run. Threads change speed
+    only, never a result.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        # Kedro records the runner as its repr: "<kedro.runner.ParallelRunner object ...>".
+        if "ParallelRunner" in str(run_params.get("runner")) \
+                and "OMP_NUM_THREADS" not in os.environ:
+            os.environ["OMP_NUM_THREADS"] = "1"
+            self._set = True
+            logger.info("ParallelRunner: one torch thread per worker process (OMP_NUM_THREADS=1)")
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        if self._set:
+            del os.environ["OMP_NUM_THREADS"]
+            self._set = False
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self.after_pipeline_run()
 
 
 def _activate(declared: Experiment | None) -> None:

@@ -7,12 +7,13 @@ from backstory.hooks import (
     ArtifactLockHooks,
     ExperimentHooks,
     MachineCheckHooks,
+    ParallelGridHooks,
     ReportLocationHooks,
     StaleReportHooks,
 )
 
-HOOKS = (ExperimentHooks(), MachineCheckHooks(), ArtifactLockHooks(), StaleReportHooks(),
-         ReportLocationHooks())
+HOOKS = (ExperimentHooks(), MachineCheckHooks(), ParallelGridHooks(), ArtifactLockHooks(),
+         StaleReportHooks(), ReportLocationHooks())
 
 # OmegaConfigLoader, with the experiment's runs expanded into the parameters.
 CONFIG_LOADER_CLASS = ProjectConfigLoader

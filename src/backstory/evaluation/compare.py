@@ -37,8 +37,7 @@ class CompareConfig:
     n_boot: int  # bootstrap resamples of documents per interval
     confidence: float  # interval coverage
     seed: int  # bootstrap seed; generation batch b samples with seed + b
-    convergence_window: float  # share of training at the end over which bpb must settle
-    convergence_tolerance: float  # converged: bpb fell less than this (relative) over it
+    convergence_tolerance: float  # converged: doubling the tokens moved the loss less (relative)
     n_stories: int  # validation records prompted per source
     generate_batch_size: int  # stories decoded together
     max_new_tokens: int  # per generated story (capped by the model's context)
@@ -67,7 +66,6 @@ class CompareConfig:
     def statistics(self) -> Statistics:
         """How the report makes its intervals and judges convergence."""
         return Statistics(n_boot=self.n_boot, confidence=self.confidence, seed=self.seed,
-                          convergence_window=self.convergence_window,
                           convergence_tolerance=self.convergence_tolerance)
 
 

@@ -234,6 +234,8 @@ def evaluate_model(
                    n_params=model.num_parameters(), steps=trained.meta.get("steps"),
                    tokens_seen=trained.meta.get("tokens_seen"),
                    eval_stories=stories.identity(), machine=machine_facts())
+    if "cooldowns" in trained.meta:  # a wsd run: the report's doubling test reads them
+        metrics["cooldowns"] = trained.meta["cooldowns"]
     logger.info("%s: val loss %.4f, perplexity %.2f, %.4f bits per byte (unigram %.4f) on %d "
                 "validation stories", variant, metrics["val_loss"], metrics["val_perplexity"],
                 metrics["val_bpb"], metrics["unigram_bpb"], stories.n_stories)

@@ -52,17 +52,15 @@ class Statistics:
     n_boot: int
     confidence: float
     seed: int
-    convergence_window: float  # share of training at the end over which bpb must settle
-    convergence_tolerance: float  # converged: bpb fell less than this (relative) over it
+    convergence_tolerance: float  # converged: doubling the training tokens moved the
+                                  # validation loss by less than this (relative)
 
     def __post_init__(self) -> None:
         params.check_int("compare", "n_boot", self.n_boot, 10)
         params.check_int("compare", "seed", self.seed, 0)
-        for name in ("confidence", "convergence_window"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) \
-                    or not 0 < value < 1:
-                raise ValueError(f"compare.{name}={value!r} must be in (0, 1)")
+        value = self.confidence
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 1:
+            raise ValueError(f"compare.confidence={value!r} must be in (0, 1)")
         value = self.convergence_tolerance
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"compare.convergence_tolerance={value!r} must be > 0")
@@ -96,7 +94,7 @@ def run_info(run: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, An
         "n_params": int(metrics["n_params"]), "seq_len": int(metrics["seq_len"]),
         "steps": steps, "tokens_per_step": (tokens // steps) if tokens and steps else None,
         "val_bpb": metrics.get("val_bpb"), "eval_stories": metrics["eval_stories"],
-        "machine": metrics.get("machine"),
+        "machine": metrics.get("machine"), "cooldowns": metrics.get("cooldowns"),
     }
 
 
@@ -298,31 +296,13 @@ def _run_bpb(rows: pd.DataFrame) -> float:
     return float(rows["bits"].sum() / rows["n_bytes"].sum())
 
 
-def convergence(curve: pd.DataFrame, stats: Statistics) -> dict[str, Any]:
-    """Whether one run's curve bpb had settled: its relative fall from the last
-    evaluation point at or before (1 - window) of the run's steps to the final point is
-    below the tolerance."""
-    by_step = {int(s): _run_bpb(rows) for s, rows in curve.groupby("step")}
-    steps = sorted(by_step)
-    last = steps[-1]
-    earlier = [s for s in steps if s <= (1 - stats.convergence_window) * last]
-    if not earlier:
-        return {"converged": None, "from_step": None, "to_step": last, "relative_fall": None}
-    start = earlier[-1]
-    fall = (by_step[start] - by_step[last]) / by_step[last]
-    return {"converged": bool(fall < stats.convergence_tolerance), "from_step": start,
-            "to_step": last, "relative_fall": float(fall)}
-
-
 def training_curves(curves: pd.DataFrame, stats: Statistics) -> dict[str, Any]:
     """Per size and evaluation step: each variant's bpb (mean over seeds) and each
-    registry pair's delta with its interval; per run, whether it had converged."""
+    registry pair's delta with its interval."""
     result: dict[str, Any] = {"n_docs": int(curves["doc"].nunique()) if len(curves) else 0,
-                              "sizes": [], "runs": {}}
+                              "sizes": []}
     if not len(curves):
         return result
-    for run, rows in curves.groupby("run", sort=False):
-        result["runs"][str(run)] = convergence(rows, stats)
     for size, group in curves.groupby("size", sort=False):
         present = [v for v in variants.NAMES if v in set(group["variant"])]
         points = []
@@ -343,14 +323,51 @@ def training_curves(curves: pd.DataFrame, stats: Statistics) -> dict[str, Any]:
             tokens = at["tokens"].max()
             points.append({"step": int(step), "tokens": int(tokens) if tokens else None,
                            "bpb": levels, "deltas": deltas})
-        runs = [str(r) for r in group["run"].unique()]
-        judged = [result["runs"][r]["converged"] for r in runs]
-        result["sizes"].append({
-            "size": str(size), "points": points,
-            "converged": None if None in judged else all(judged),
-            "n_converged": sum(bool(j) for j in judged), "n_runs": len(runs),
-        })
+        result["sizes"].append({"size": str(size), "points": points})
     return result
+
+
+# ------------------------------------------------------------------ convergence
+
+VERDICTS = {"converged": "converged", "falling": "still falling: train longer",
+            "rising": "rising: overfitting, train shorter", None: "not checked"}
+
+
+def doubling(cooldowns: Sequence[Mapping[str, Any]] | None, tolerance: float
+             ) -> dict[str, Any]:
+    """Whether a run had converged: doubling its training tokens moved its validation
+    loss by less than ``tolerance`` (relative).
+
+    ``cooldowns`` are the run's lengths, each trained to the end of its cooldown
+    (``meta["cooldowns"]`` of a wsd run: steps, tokens, validation loss on the run's
+    fixed validation windows, so a relative change of loss is one of bits per byte).
+    The test compares the longest length with the one of half its tokens. A loss that
+    rose by more than the tolerance is overfitting (too many epochs): the answer moved
+    too, so the run is not converged either; a shorter run is the better one.
+    """
+    lengths = {int(c["tokens"]): c for c in cooldowns or [] if c.get("val_loss") is not None}
+    longest = max(lengths, default=None)
+    if longest is None or longest % 2 or longest // 2 not in lengths:
+        return {"verdict": None, "from_tokens": None, "to_tokens": longest,
+                "relative_change": None}
+    before, after = lengths[longest // 2]["val_loss"], lengths[longest]["val_loss"]
+    change = (after - before) / before
+    verdict = "converged" if abs(change) < tolerance else "falling" if change < 0 else "rising"
+    return {"verdict": verdict, "from_tokens": longest // 2, "to_tokens": longest,
+            "relative_change": float(change)}
+
+
+def convergence(infos: Mapping[str, Mapping[str, Any]], stats: Statistics) -> dict[str, Any]:
+    """Per run, the doubling test (``doubling``); per size, how many runs passed it."""
+    runs = {run: doubling(info.get("cooldowns"), stats.convergence_tolerance)
+            for run, info in infos.items()}
+    sizes: dict[str, dict[str, Any]] = {}
+    for run, info in infos.items():
+        entry = sizes.setdefault(info["size"], {"n_runs": 0, "n_checked": 0, "n_converged": 0})
+        entry["n_runs"] += 1
+        entry["n_checked"] += runs[run]["verdict"] is not None
+        entry["n_converged"] += runs[run]["verdict"] == "converged"
+    return {"tolerance": stats.convergence_tolerance, "runs": runs, "sizes": sizes}
 
 
 # ------------------------------------------------------------------ instructions
@@ -450,21 +467,15 @@ def _sweep_lines(arrow: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _curve_lines(training: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
+def _curve_lines(training: Mapping[str, Any]) -> list[str]:
     if not training["sizes"]:
         return ["## Training: no evaluation curves (evaluate.curve_stories is 0)", ""]
-    window, tolerance = settings["convergence_window"], settings["convergence_tolerance"]
     lines = ["## Training: the delta against training tokens", "",
              f"At every evaluation step of training, each run scored the first "
              f"{training['n_docs']} evaluation stories (the same stories at every step and "
-             f"in every run). A run has **converged** when its bits per byte on them fell by "
-             f"less than {100 * tolerance:g}% (relative) over the last {100 * window:g}% of "
-             "its steps.", ""]
+             "in every run).", ""]
     for size in training["sizes"]:
-        verdict = {True: "all runs converged", False: "not converged",
-                   None: "too few evaluation points to judge"}[size["converged"]]
-        lines += [f"### {size['size']}: {verdict} ({size['n_converged']} of "
-                  f"{size['n_runs']} runs converged)", ""]
+        lines += [f"### {size['size']}", ""]
         pairs = sorted({f"{d['variant']} vs {d['partner']}" for p in size["points"]
                         for d in p["deltas"]})
         present = [v for v in variants.NAMES if any(v in p["bpb"] for p in size["points"])]
@@ -479,12 +490,28 @@ def _curve_lines(training: Mapping[str, Any], settings: Mapping[str, Any]) -> li
             tokens = f"{point['tokens']:,}" if point["tokens"] else "n/a"
             lines.append(f"| {point['step']} | {tokens} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["| run | from step | to step | relative fall of bpb | converged |",
+    return lines
+
+
+def _convergence_lines(found: Mapping[str, Any]) -> list[str]:
+    tolerance = found["tolerance"]
+    lines = ["## Convergence: does doubling the training tokens move the answer?", "",
+             "A run has **converged** when doubling its training tokens moved its validation "
+             f"loss by less than {100 * tolerance:g}% (relative; `compare."
+             "convergence_tolerance`). Both lengths are full warmup-stable-decay runs; the "
+             "longer one continues the shorter one's stable phase from its kept checkpoint "
+             "(docs/results.md, \"Convergence\"). Runs not trained to two such lengths are "
+             "not checked.", "",
+             "| size | runs | checked | converged |", "|---|---|---|---|"]
+    for size, n in found["sizes"].items():
+        lines.append(f"| {size} | {n['n_runs']} | {n['n_checked']} | {n['n_converged']} |")
+    lines += ["", "| run | tokens | doubled to | change of validation loss | verdict |",
               "|---|---|---|---|---|"]
-    for run, c in training["runs"].items():
-        fall = "n/a" if c["relative_fall"] is None else f"{100 * c['relative_fall']:.2f}%"
-        lines.append(f"| {run} | {c['from_step']} | {c['to_step']} | {fall} | "
-                     f"{ {True: 'yes', False: 'no', None: 'n/a'}[c['converged']] } |")
+    for run, c in found["runs"].items():
+        change = "n/a" if c["relative_change"] is None else f"{100 * c['relative_change']:+.2f}%"
+        before = "n/a" if c["from_tokens"] is None else f"{c['from_tokens']:,}"
+        after = "n/a" if c["to_tokens"] is None else f"{c['to_tokens']:,}"
+        lines.append(f"| {run} | {before} | {after} | {change} | {VERDICTS[c['verdict']]} |")
     return [*lines, ""]
 
 
@@ -515,7 +542,8 @@ def report_markdown(report: Mapping[str, Any], prompts: Mapping[str, str]) -> st
     for size in arrow["sizes"]:
         lines += _size_lines(size)
     lines += _sweep_lines(arrow)
-    lines += _curve_lines(report["training_curves"], settings)
+    lines += _curve_lines(report["training_curves"])
+    lines += _convergence_lines(report["convergence"])
     readers = report["coherence"]["readers"]
     lines += ["## Coherence of generated stories (bits per byte; lower reads as more likely)",
               "", "| stories | n | empty | " + " | ".join(f"{r} model" for r in readers) + " |",

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"
 KEEP_LAST = 2  # checkpoints kept on disk: the newest, plus one in case it is damaged later
+STABLE_DIR = "stable"  # wsd: a copy of the checkpoint at the end of the stable phase
 WEIGHTS_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "state.json"
@@ -261,6 +262,48 @@ def remove_checkpoints(run_dir: Path) -> None:
     root = checkpoints_dir(run_dir)
     if root.exists():
         shutil.rmtree(root)
+
+
+def keep_stable(run_dir: Path, checkpoint: Path) -> Path:
+    """Copy ``checkpoint`` to ``<run_dir>/stable/`` in place of the one there.
+
+    A wsd run's checkpoint at the end of its stable phase outlives pruning there: a
+    longer run of the same settings continues from it (``restore_checkpoint``) instead
+    of training again from step 0. The copy is renamed into place whole.
+    """
+    root = Path(run_dir) / STABLE_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(root)
+    tmp = root / f"{_TMP_PREFIX}{checkpoint.name}"
+    shutil.copytree(checkpoint, tmp)
+    _fsync_dir(tmp)
+    _rename_into_place(tmp, root / checkpoint.name)
+    for other in root.iterdir():
+        if other.name != checkpoint.name:
+            shutil.rmtree(other)
+    return root / checkpoint.name
+
+
+def stable_checkpoint(run_dir: Path) -> Path | None:
+    """The kept end-of-stable-phase checkpoint of ``run_dir``, if it has one."""
+    root = Path(run_dir) / STABLE_DIR
+    found = [p for p in root.iterdir() if _STEP_DIR.match(p.name)] if root.is_dir() else []
+    return max(found, key=_step_of, default=None)
+
+
+def restore_checkpoint(run_dir: Path, checkpoint: Path) -> Path:
+    """Make the intact ``checkpoint`` the one ``run_dir`` resumes from: checkpoints after
+    its step go, a copy of it takes its place and ``latest`` names it."""
+    verify_checkpoint(checkpoint)
+    root = checkpoints_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    discard_checkpoints_after(run_dir, _step_of(checkpoint))
+    tmp = root / f"{_TMP_PREFIX}{checkpoint.name}"
+    shutil.copytree(checkpoint, tmp)
+    _fsync_dir(tmp)
+    _rename_into_place(tmp, root / checkpoint.name)
+    _write_text_atomic(root / LATEST_FILE, checkpoint.name + "\n")
+    return root / checkpoint.name
 
 
 # --- reading -------------------------------------------------------------------------

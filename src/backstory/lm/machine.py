@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
-# Environment variables that change which kernels torch uses or how many threads it runs.
-KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-              "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+# Environment variables that change which kernels torch uses. Thread counts
+# (OMP_NUM_THREADS, MKL_NUM_THREADS) are left out like torch's own: they move no bit, and a
+# grid under ParallelRunner sets OMP_NUM_THREADS=1 (backstory.hooks.ParallelGridHooks).
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
 def cpu_model() -> str:

@@ -63,6 +63,12 @@ def cooldown_steps(max_steps: int, cooldown_fraction: float) -> int:
     return int(round(cooldown_fraction * max_steps))
 
 
+def stable_end(max_steps: int, cooldown_fraction: float) -> int:
+    """``wsd``: the first cooldown step. Every step before it runs at the rate any longer
+    ``max_steps`` gives it too, so a checkpoint there can be trained on to a longer run."""
+    return max_steps - cooldown_steps(max_steps, cooldown_fraction)
+
+
 def lr_at(
     step: int,
     *,
@@ -101,7 +107,7 @@ def _cosine(step: int, lr: float, min_lr: float, warmup_steps: int, max_steps: i
 
 def _wsd(step: int, lr: float, min_lr: float, max_steps: int, n_cooldown: int) -> float:
     """Constant ``lr``, then a straight line to ``min_lr`` over the last ``n_cooldown`` steps."""
-    start = max_steps - n_cooldown
+    start = max_steps - n_cooldown  # stable_end
     if step < start:
         return float(lr)
     return lr + (min_lr - lr) * (step - start) / n_cooldown

@@ -17,14 +17,15 @@ from backstory.data.tokens import TokenStore
 from backstory.errors import InputError
 from backstory.lm.finetune import InitialModel
 from backstory.lm.model import ModelConfig
+from backstory.lm.schedules import stable_end
 from backstory.lm.training.config import RESUME_FREE_KEYS, TrainConfig
 
 # Store attributes that identify the data a run trained on (checked on resume).
 DATA_KEYS = ("variant", "layout", "vocab_size", "tokenizer_sha256", "corpus_fingerprint",
               "n_tokens", "n_docs")
-
-
-
+# The length of a wsd run: a checkpoint taken in the stable phase belongs to every length
+# whose stable phase reaches it (``same_rates_until``), so a longer run continues from it.
+LENGTH_KEYS = frozenset({"max_steps", "cooldown_fraction"})
 
 @dataclass
 class TrainJob:
@@ -76,6 +77,8 @@ def run_differences(job: TrainJob, state: dict) -> list[str]:
     now = job.config.to_dict()
     changed = sorted(k for k in now.keys() | saved.keys()
                      if k not in RESUME_FREE_KEYS and saved.get(k) != now.get(k))
+    if same_rates_until(saved, now, int(state.get("step", 0))):
+        changed = [k for k in changed if k not in LENGTH_KEYS]
     if changed:
         differences.append(f"train settings {changed}")
     saved_lineage = dict(state.get("lineage") or {})
@@ -87,6 +90,18 @@ def run_differences(job: TrainJob, state: dict) -> list[str]:
     if state.get("data") != job.data_identity():
         differences.append("token stores")
     return differences
+
+
+def same_rates_until(saved: dict, now: dict, step: int) -> bool:
+    """Whether two runs' settings gave every step before ``step`` the same learning rate
+    when they differ at most in length: both wsd, ``step`` in both stable phases."""
+    if saved.get("schedule") != "wsd" or now.get("schedule") != "wsd":
+        return False
+    try:
+        ends = [stable_end(c["max_steps"], c["cooldown_fraction"]) for c in (saved, now)]
+    except (KeyError, TypeError):
+        return False
+    return step <= min(ends)
 
 
 def check_same_run(job: TrainJob, state: dict, path: Path) -> None:

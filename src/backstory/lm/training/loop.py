@@ -36,6 +36,7 @@ from backstory.lm.checkpoint import (
     checkpoints_dir,
     cpu_state_dict,
     discard_checkpoints_after,
+    keep_stable,
     load_checkpoint,
     read_state,
     remove_checkpoints,
@@ -48,7 +49,7 @@ from backstory.lm.finetune import training_model
 from backstory.lm.machine import machine_facts
 from backstory.lm.optim import MuonAdamW, build_optimizer, scheduled_lr
 from backstory.lm.orders import order_windows
-from backstory.lm.schedules import lr_at
+from backstory.lm.schedules import lr_at, stable_end
 from backstory.lm.training.host import choose_threads, cpu_threads, keep_freed_memory
 from backstory.lm.training.job import TrainJob, check_same_run, json_normal
 from backstory.lm.training.launch import Rank, resolve_dtype
@@ -238,7 +239,7 @@ class Session:
                     if on_eval is not None and self.rank.main:
                         on_eval(self.step, self.raw_model)
                     meter.restart(self.step)  # keep eval time out of tokens/s
-                if self._due(cfg.checkpoint_interval):
+                if self._due(cfg.checkpoint_interval) or self.step == self._stable_end:
                     self._checkpoint()
                     meter.restart(self.step)
         finally:
@@ -248,6 +249,12 @@ class Session:
         self._log_end()
         return TrainedModel(self.job.model_config, cpu_state_dict(self.raw_model),
                             self.last_meta)
+
+    @property
+    def _stable_end(self) -> int | None:
+        """wsd: the step whose checkpoint is kept for a longer run (``keep_stable``)."""
+        cfg = self.job.config
+        return stable_end(cfg.max_steps, cfg.cooldown_fraction) if cfg.schedule == "wsd" else None
 
     def _due(self, interval: int) -> bool:
         return self.step % interval == 0 or self.step == self.job.config.max_steps
@@ -373,10 +380,12 @@ class Session:
         if not bool(finite.all()):
             raise self._diverged("some of the model's weights are NaN or infinite")
         if self.rank.main:
-            save_checkpoint(self.job.run_dir, step=self.step,
-                            model_state=cpu_state_dict(self.raw_model),
-                            optimizer_state=self.optimizer.state_dict(),
-                            state=self._state(rng_states))
+            path = save_checkpoint(self.job.run_dir, step=self.step,
+                                   model_state=cpu_state_dict(self.raw_model),
+                                   optimizer_state=self.optimizer.state_dict(),
+                                   state=self._state(rng_states))
+            if self.step == self._stable_end:
+                keep_stable(self.job.run_dir, path)
         if self.rank.distributed:
             dist.barrier()
 

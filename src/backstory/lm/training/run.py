@@ -14,6 +14,7 @@ same folder fails at once, naming the first.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -22,13 +23,16 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from backstory.data.files import write_json_atomically
 from backstory.data.tokens import TokenStore
 from backstory.errors import InputError
 from backstory.lm.checkpoint import (
     TrainedModel,
     latest_checkpoint,
     read_state,
+    restore_checkpoint,
     resumable_checkpoint,
+    stable_checkpoint,
     trained_at,
 )
 from backstory.lm.finetune import InitialModel, plain_state_dict
@@ -50,6 +54,7 @@ from backstory.locks import LOCK_FILE, FolderLock
 logger = logging.getLogger(__name__)
 
 LOCKED_WHAT = "training checkpoints and logs"  # what the run folder's lock protects
+COOLDOWNS_FILE = "cooldowns.json"  # wsd: validation loss at each length the run cooled down at
 
 
 def train(
@@ -83,16 +88,18 @@ def train(
     job = TrainJob(model_config, config, train_store, val_store, run_dir, lineage, init)
     if env_world_size() > 1:
         with _rank_lock(run_dir):
-            return _run_process(job, progress, on_eval, live_dir)
+            trained = _run_process(job, progress, on_eval, live_dir)
+            owner = not launched_by_backstory() and int(os.environ["RANK"]) == 0
+            return with_cooldowns(job, trained) if owner else trained
     with FolderLock(run_dir, LOCKED_WHAT):
         _set_aside_other_run(job)
-        finished = _finished_run(job)
-        if finished is not None:
-            return finished
-        if config.nproc_per_node > 1:
+        trained = _finished_run(job)
+        if trained is None and config.nproc_per_node > 1:
             launch_workers(job, progress, on_eval, live_dir)
-            return _trained_from_checkpoint(job)
-        return _run_process(job, progress, on_eval, live_dir)
+            trained = _trained_from_checkpoint(job)
+        elif trained is None:
+            trained = _run_process(job, progress, on_eval, live_dir)
+        return with_cooldowns(job, trained)
 
 
 def _rank_lock(run_dir: Path) -> contextlib.AbstractContextManager:
@@ -125,12 +132,20 @@ def _set_aside_other_run(job: TrainJob) -> None:
     ``<run_dir>.previous`` (replacing an older one there), so hours of training are not
     deleted by a mistaken change, and the new run starts from step 0. The folder itself
     stays, with the lock this process holds in it.
+
+    A longer run of the same wsd settings is an extension instead (``_extend``): it
+    continues from the old run's end-of-stable-phase checkpoint.
     """
     path = resumable_checkpoint(job.run_dir) if job.config.resume else None
     if path is None:
         return
-    differences = run_differences(job, read_state(path))
+    state = read_state(path)
+    differences = run_differences(job, state)
     if not differences:
+        return
+    stable = stable_checkpoint(job.run_dir)
+    if stable is not None and not run_differences(job, read_state(stable)):
+        _extend(job, stable, state)
         return
     aside = previous_run_dir(job.run_dir)
     if aside.exists():
@@ -141,6 +156,48 @@ def _set_aside_other_run(job: TrainJob) -> None:
             os.replace(entry, aside / entry.name)
     logger.warning("%s held a run of other data or settings (%s differ): moved it to %s and "
                    "starting afresh", job.run_dir, ", ".join(differences), aside)
+
+
+def _extend(job: TrainJob, stable: Path, state: dict) -> None:
+    """Continue the run in ``run_dir`` to a longer wsd length from its ``stable`` checkpoint.
+
+    Every step before that checkpoint had the learning rate the longer run gives it
+    (``job.same_rates_until``), so training on from it repeats the longer run trained
+    from step 0, byte for byte, at the cost of the steps after it only. A copy of the
+    old run stays in ``<run_dir>.previous``; its final validation loss joins the run's
+    cooldowns first when it had finished.
+    """
+    if state["step"] == state["train_config"]["max_steps"]:
+        _record_cooldown(job.run_dir, state["meta"])
+    aside = previous_run_dir(job.run_dir)
+    if aside.exists():
+        shutil.rmtree(aside)
+    shutil.copytree(job.run_dir, aside, ignore=shutil.ignore_patterns(LOCK_FILE))
+    restore_checkpoint(job.run_dir, stable)
+    logger.info("Extending %s from %d to %d steps: continuing from its end-of-stable-phase "
+                "checkpoint %s (the run as it was is in %s)", job.run_dir,
+                state["train_config"]["max_steps"], job.config.max_steps, stable.name, aside)
+
+
+def _record_cooldown(run_dir: Path, meta: dict) -> dict:
+    """Add a finished length's validation loss to the run's cooldowns file; return them."""
+    file = run_dir / COOLDOWNS_FILE
+    cooldowns = json.loads(file.read_text()) if file.exists() else {}
+    cooldowns[str(meta["steps"])] = {"steps": meta["steps"], "tokens": meta["tokens_seen"],
+                                     "val_loss": meta["val_loss"]}
+    write_json_atomically(file, cooldowns)
+    return cooldowns
+
+
+def with_cooldowns(job: TrainJob, trained: TrainedModel) -> TrainedModel:
+    """A wsd run's model with ``meta["cooldowns"]``: the validation loss (on the run's
+    fixed validation windows) at every length it was trained to, shortest first, which
+    the report's doubling test reads. Other schedules' models are returned as they are."""
+    if job.config.schedule != "wsd":
+        return trained
+    cooldowns = _record_cooldown(job.run_dir, trained.meta)
+    ordered = sorted(cooldowns.values(), key=lambda c: c["steps"])
+    return TrainedModel(trained.config, trained.state_dict, {**trained.meta, "cooldowns": ordered})
 
 
 def check_tokens_agree(model_config: ModelConfig, train_store: TokenStore,

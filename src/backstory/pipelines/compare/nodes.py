@@ -128,7 +128,7 @@ def measure_arrow_of_time(document_bits: pd.DataFrame, models: dict, compare: di
 
 
 def measure_training_curves(eval_curves: pd.DataFrame, compare: dict) -> dict[str, Any]:
-    """Per size and evaluation step: bpb per variant and deltas; convergence per run."""
+    """Per size and evaluation step: bpb per variant and deltas."""
     return reporting.training_curves(eval_curves, CompareConfig.from_params(compare).statistics())
 
 
@@ -273,8 +273,9 @@ def build_report(arrow: dict, training: dict, coherence: dict, instructions: dic
     """The comparison report as JSON and as Markdown."""
     config = CompareConfig.from_params(compare)
     settings = {k: v for k, v in sorted(config.to_dict().items()) if k != "device"}
-    report = {"arrow_of_time": arrow, "training_curves": training, "coherence": coherence,
-              "instruction_following": instructions, "models": models,
+    report = {"arrow_of_time": arrow, "training_curves": training,
+              "convergence": reporting.convergence(models, config.statistics()),
+              "coherence": coherence, "instruction_following": instructions, "models": models,
               "machines": reporting.machines(models), "settings": settings}
     if imported:
         report["imported"] = imported
