@@ -87,7 +87,7 @@ class FolderLock:
 
 
 def _holder() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(),
+    return {"host": socket.gethostname(), "pid": os.getpid(), "run": os.environ.get(RUN_VAR),
             "command": " ".join(sys.argv)[:300],
             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
@@ -95,16 +95,27 @@ def _holder() -> dict[str, Any]:
 # folder -> descriptor of its .lock, holding a shared or exclusive flock (this process)
 _artifacts: dict[Path, int] = {}
 _keeping = False
+# The pipeline run this process works for. Kedro's ParallelRunner loads and saves datasets
+# in worker processes, which inherit it (forked or spawned): the workers of one run are
+# that run, not others to stop at.
+RUN_VAR = "BACKSTORY_PIPELINE_RUN"
 
 
 def keep_artifact_locks(keep: bool) -> None:
     """Start (True) or end (False: every artifact lock is dropped) a pipeline run."""
     global _keeping
     _keeping = keep
-    if not keep:
+    if keep:
+        os.environ.setdefault(RUN_VAR, f"{socket.gethostname()}:{os.getpid()}:{time.time()}")
+    else:
         for fd in _artifacts.values():
             _release_artifact(fd)
         _artifacts.clear()
+        os.environ.pop(RUN_VAR, None)
+
+
+def _in_run() -> bool:
+    return _keeping or RUN_VAR in os.environ
 
 
 def use_artifact(folder: Path | str, what: str) -> None:
@@ -112,7 +123,7 @@ def use_artifact(folder: Path | str, what: str) -> None:
 
     Outside a pipeline run (a notebook, a test) nothing is held.
     """
-    if _keeping:
+    if _in_run():
         _lock_artifact(Path(folder), what, exclusive=False)
 
 
@@ -128,8 +139,8 @@ def replacing_artifact(folder: Path | str, what: str) -> Iterator[None]:
     try:
         yield
     finally:
-        if _keeping:
-            fcntl.flock(fd, fcntl.LOCK_SH)  # a downgrade never waits
+        if _in_run():
+            fcntl.flock(fd, fcntl.LOCK_SH)  # a downgrade (or a sibling's shared lock) never waits
         else:
             _release_artifact(_artifacts.pop(folder.resolve()))
 
@@ -147,6 +158,19 @@ def _lock_artifact(folder: Path, what: str, *, exclusive: bool) -> int:
         fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
     except BlockingIOError:
         holders = _read_holders(fd)
+        for _ in range(20):  # a new exclusive holder empties the file, then writes its line
+            if holders:
+                break
+            time.sleep(0.05)
+            holders = _read_holders(fd)
+        run = os.environ.get(RUN_VAR)
+        if run and holders and all(h.get("run") == run for h in holders):
+            # Only this run's own workers hold it: Kedro orders their reads and writes.
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            _artifacts[key] = fd
+            if new:
+                os.write(fd, (json.dumps(_holder()) + "\n").encode())
+            return fd
         if new:
             os.close(fd)
         else:  # a failed upgrade may have dropped the shared lock this run had
