@@ -509,3 +509,12 @@ def test_generate_with_an_imported_folder_outside_a_project(project, tmp_path, m
     assert main([*args, "--model-dir", str(imported), "--tokenizer",
                  str(imported / "tokenizer.model")]) == 0
     assert capsys.readouterr().out == story
+
+
+def test_a_reader_of_one_store_does_not_block_its_neighbour(tmp_path):
+    """One lock per file: ParallelRunner exports train.h5 and val.h5 of one folder at once."""
+    train, val = tmp_path / "forward" / "train.h5", tmp_path / "forward" / "val.h5"
+    TokenStoreDataset(str(train)).save(token_stream(20))
+    with live_reader("token_store_dataset", "TokenStoreDataset", train):
+        TokenStoreDataset(str(val)).save(token_stream(10))
+    assert TokenStore(val).n_docs == 10

@@ -24,7 +24,7 @@ from backstory.data.documents import encode_documents
 from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
 from backstory.datasets.tokenizer_dataset import SentencePieceDataset
-from backstory.locks import LOCK_FILE
+from backstory.locks import artifact_lock_path
 
 NAMES = ["Lily", "Ben", "Tom", "Sue", "Max", "Mia"]
 WORDS = (
@@ -158,8 +158,9 @@ def test_dataset_saves_and_loads(tmp_path, tok, model_bytes):
     assert dataset.load().sha256 == tok.sha256
     dataset.save(tok)  # a Tokenizer saves as its bytes
     assert path.read_bytes() == model_bytes
-    # No temp leftovers; .lock names the runs using the tokenizer (backstory.locks).
-    assert sorted(p.name for p in path.parent.iterdir()) == [LOCK_FILE, "tokenizer.model"]
+    # No temp leftovers; the lock file names the runs using the tokenizer (backstory.locks).
+    assert sorted(p.name for p in path.parent.iterdir()) == [artifact_lock_path(path).name,
+                                                             "tokenizer.model"]
     assert str(path) in str(dataset)
 
 

@@ -8,10 +8,14 @@ file may stay behind, but it no longer blocks anyone.
 
 Shared artifacts (the tokenizers, the token stores) are read by every run that trains on
 them, for as long as it runs. Inside a pipeline run (``keep_artifact_locks``), loading one
-takes a shared lock on its folder (``use_artifact``) and replacing one takes the exclusive
-lock for the write, then keeps a shared one (``replacing_artifact``); all are dropped when
-the pipeline ends. So a second run that would replace a file a live run reads stops at
-once, naming that run, and a run never starts reading a file being replaced.
+takes a shared lock on its own lock file ``.<name>.lock`` beside it (``use_artifact``) and
+replacing one takes the exclusive lock for the write, then keeps a shared one
+(``replacing_artifact``); all are dropped when the pipeline ends. So a second run that would
+replace a file a live run reads stops at once, naming that run, and a run never starts
+reading a file being replaced. One lock per file, not per folder: within a run each file
+is written once, before it is read, so nodes that Kedro's ParallelRunner runs side by side
+(train.h5 and val.h5 exported at once) never meet on one lock; its worker processes learn
+that a pipeline run is on from ``KEEP_ENV`` and drop their locks when they exit.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,107 +92,97 @@ class FolderLock:
 
 
 def _holder() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "run": os.environ.get(RUN_VAR),
+    return {"host": socket.gethostname(), "pid": os.getpid(),
             "command": " ".join(sys.argv)[:300],
             "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-# folder -> descriptor of its .lock, holding a shared or exclusive flock (this process)
+KEEP_ENV = "BACKSTORY_KEEP_ARTIFACT_LOCKS"  # set while a pipeline runs (inherited by workers)
+# lock file -> its descriptor, holding a shared or exclusive flock (this process)
 _artifacts: dict[Path, int] = {}
-_keeping = False
-# The pipeline run this process works for. Kedro's ParallelRunner loads and saves datasets
-# in worker processes, which inherit it (forked or spawned): the workers of one run are
-# that run, not others to stop at.
-RUN_VAR = "BACKSTORY_PIPELINE_RUN"
+_registry = threading.Lock()  # ThreadRunner loads datasets from several threads
 
 
 def keep_artifact_locks(keep: bool) -> None:
     """Start (True) or end (False: every artifact lock is dropped) a pipeline run."""
-    global _keeping
-    _keeping = keep
     if keep:
-        os.environ.setdefault(RUN_VAR, f"{socket.gethostname()}:{os.getpid()}:{time.time()}")
-    else:
+        os.environ[KEEP_ENV] = "1"
+        return
+    os.environ.pop(KEEP_ENV, None)
+    with _registry:
         for fd in _artifacts.values():
             _release_artifact(fd)
         _artifacts.clear()
-        os.environ.pop(RUN_VAR, None)
 
 
-def _in_run() -> bool:
-    return _keeping or RUN_VAR in os.environ
+def _keeping() -> bool:
+    return os.environ.get(KEEP_ENV) == "1"
 
 
-def use_artifact(folder: Path | str, what: str) -> None:
-    """This run reads ``what`` in ``folder`` until the pipeline ends: no other may replace it.
+def artifact_lock_path(path: Path | str) -> Path:
+    """The lock file of an artifact: ``.<name>.lock`` beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{LOCK_FILE}")
 
-    Outside a pipeline run (a notebook, a test) nothing is held.
-    """
-    if _in_run():
-        _lock_artifact(Path(folder), what, exclusive=False)
+
+def use_artifact(path: Path | str, what: str) -> None:
+    """This run reads the file ``path`` (``what``) until the pipeline ends: no other run
+    may replace it. Outside a pipeline run (a notebook, a test) nothing is held."""
+    if _keeping():
+        _lock_artifact(artifact_lock_path(path), what, exclusive=False)
 
 
 @contextlib.contextmanager
-def replacing_artifact(folder: Path | str, what: str) -> Iterator[None]:
-    """Hold ``folder`` exclusively while ``what`` in it is replaced; afterwards this run
+def replacing_artifact(path: Path | str, what: str) -> Iterator[None]:
+    """Hold ``path``'s lock exclusively while the file is replaced; afterwards this run
     reads it (a shared lock), or, outside a pipeline run, lets it go."""
-    folder = Path(folder)
+    lock = artifact_lock_path(path)
     if fcntl is None:  # pragma: no cover - Windows
         yield
         return
-    fd = _lock_artifact(folder, what, exclusive=True)
+    fd = _lock_artifact(lock, what, exclusive=True)
     try:
         yield
     finally:
-        if _in_run():
-            fcntl.flock(fd, fcntl.LOCK_SH)  # a downgrade (or a sibling's shared lock) never waits
+        if _keeping():
+            fcntl.flock(fd, fcntl.LOCK_SH)  # a downgrade never waits
         else:
-            _release_artifact(_artifacts.pop(folder.resolve()))
+            with _registry:
+                _release_artifact(_artifacts.pop(lock.resolve()))
 
 
-def _lock_artifact(folder: Path, what: str, *, exclusive: bool) -> int:
+def _lock_artifact(lock: Path, what: str, *, exclusive: bool) -> int:
     if fcntl is None:  # pragma: no cover - Windows
         return -1
-    folder.mkdir(parents=True, exist_ok=True)
-    key = folder.resolve()
-    fd = _artifacts.get(key)
-    new = fd is None
-    if fd is None:
-        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holders = _read_holders(fd)
-        for _ in range(20):  # a new exclusive holder empties the file, then writes its line
-            if holders:
-                break
-            time.sleep(0.05)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    key = lock.resolve()
+    with _registry:
+        fd = _artifacts.get(key)
+        new = fd is None
+        if fd is None:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
             holders = _read_holders(fd)
-        run = os.environ.get(RUN_VAR)
-        if run and holders and all(h.get("run") == run for h in holders):
-            # Only this run's own workers hold it: Kedro orders their reads and writes.
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            _artifacts[key] = fd
             if new:
-                os.write(fd, (json.dumps(_holder()) + "\n").encode())
-            return fd
-        if new:
-            os.close(fd)
-        else:  # a failed upgrade may have dropped the shared lock this run had
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        doing = ("reads it while it runs, so this run may not replace it" if exclusive
-                 else "is replacing it, so this run may not read it yet")
-        raise LockedError(
-            f"{folder} ({what}) is in use by another run ({_describe(holders)}), which "
-            f"{doing}; wait for that run to finish or stop it, then run again"
-        ) from None
-    _artifacts[key] = fd
-    if exclusive:
-        os.ftruncate(fd, 0)
-    if new or exclusive:
-        # One line per holder: shared holders add theirs; dead ones are skipped on reading.
-        os.write(fd, (json.dumps(_holder()) + "\n").encode())
+                os.close(fd)
+            else:  # a failed upgrade may have dropped the shared lock this run had
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            doing = ("reads it while it runs, so this run may not replace it" if exclusive
+                     else "is replacing it, so this run may not read it yet")
+            raise LockedError(
+                f"{lock.parent / lock.name[1:-len(LOCK_FILE)]} ({what}) is in use by another "
+                f"run ({_describe(holders)}), which {doing}; wait for that run to finish or "
+                "stop it, then run again"
+            ) from None
+        _artifacts[key] = fd
+        if exclusive:
+            os.ftruncate(fd, 0)
+        if new or exclusive:
+            # One line per holder: shared holders add theirs; dead ones are skipped on reading.
+            os.write(fd, (json.dumps(_holder()) + "\n").encode())
     return fd
 
 

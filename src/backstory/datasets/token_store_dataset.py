@@ -11,7 +11,7 @@ from backstory.data.token_export import write_token_store_parallel
 from backstory.data.tokens import TokenStore, TokenStream, write_token_store
 from backstory.locks import replacing_artifact, use_artifact
 
-WHAT = "the token stores"
+WHAT = "a token store"
 
 
 class TokenStoreDataset(AbstractDataset[TokenStream, TokenStore]):
@@ -35,7 +35,7 @@ class TokenStoreDataset(AbstractDataset[TokenStream, TokenStore]):
         self.metadata = metadata
 
     def load(self) -> TokenStore:
-        use_artifact(self._filepath.parent, WHAT)
+        use_artifact(self._filepath, WHAT)
         return TokenStore(self._filepath)
 
     def save(self, data: TokenStream) -> None:
@@ -46,7 +46,7 @@ class TokenStoreDataset(AbstractDataset[TokenStream, TokenStore]):
             )
         # The new store is written aside and renamed over the old one, so a process that
         # mapped the old file keeps reading its bytes; the lock keeps live runs' files.
-        with replacing_artifact(self._filepath.parent, WHAT):
+        with replacing_artifact(self._filepath, WHAT):
             if data.documents is not None:
                 write_token_store_parallel(self._filepath, data.documents, attrs=data.attrs,
                                            workers=data.workers)

@@ -29,7 +29,7 @@ class SentencePieceDataset(AbstractDataset[bytes | Tokenizer, Tokenizer]):
         self.metadata = metadata
 
     def load(self) -> Tokenizer:
-        use_artifact(self._filepath.parent, WHAT)
+        use_artifact(self._filepath, WHAT)
         if not self._filepath.is_file():
             raise DatasetError(f"tokenizer model file not found: {self._filepath}")
         return Tokenizer.from_file(self._filepath)
@@ -46,11 +46,11 @@ class SentencePieceDataset(AbstractDataset[bytes | Tokenizer, Tokenizer]):
                 f"got {type(data).__name__}"
             )
         if self._filepath.is_file() and self._filepath.read_bytes() == payload:
-            use_artifact(self._filepath.parent, WHAT)  # the same model: runs reading it go on
+            use_artifact(self._filepath, WHAT)  # the same model: runs reading it go on
             return
         # A crash mid-write must never leave a truncated model under the final name, and a
         # run that reads this tokenizer must not see it replaced.
-        with replacing_artifact(self._filepath.parent, WHAT):
+        with replacing_artifact(self._filepath, WHAT):
             write_bytes_atomically(self._filepath, payload)
 
     def _exists(self) -> bool:
