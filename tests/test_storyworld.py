@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backstory.data.corpus import storyworld as sw
-from backstory.data.corpus import storyworld_lexicon as lex
+from backstory.data.corpus.storyworld import lexicon as lex
+from backstory.data.corpus.storyworld.fields import _head_noun
 
 N_CHECKED = 3000  # records whose text is checked sentence by sentence
 N_VARIETY = 20_000  # the size the variety requirement is stated for
@@ -337,8 +338,8 @@ def test_inflect_and_head_nouns() -> None:
     assert lex.inflect("ride") == ("rode", "riding")
     assert lex.inflect("play with") == ("played with", "playing with")
     assert lex.inflect("tiptoe") == ("tiptoed", "tiptoeing")
-    assert sw._head_noun("teddy bear") == "bear"
-    assert sw._head_noun("tower of blocks") == "tower"
+    assert _head_noun("teddy bear") == "bear"
+    assert _head_noun("tower of blocks") == "tower"
 
 
 def test_lexicon_has_no_duplicates() -> None:
