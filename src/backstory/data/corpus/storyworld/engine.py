@@ -3,6 +3,7 @@ feature markers and the Plot shape every plot fills."""
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -62,22 +63,102 @@ _FEATURE_PHRASES = {
 T = TypeVar("T")
 
 
+# --------------------------------------------------------------------------- the source
+
+# log2(n) for the pool sizes a story draws from: a list index is cheaper than math.log2.
+_LOG2 = [0.0] + [math.log2(n) for n in range(1, 1 << 12)]
+
+
+class _ChanceBits(dict):
+    """p -> (bits of a miss, bits of a hit), computed once per odds the generator uses."""
+
+    def __missing__(self, p: float) -> tuple[float, float]:
+        self[p] = (-math.log2(1.0 - p), -math.log2(p))
+        return self[p]
+
+
+_CHANCE_BITS = _ChanceBits()
+
+
+class Source(random.Random):
+    """The random source of one story: every draw goes through pick, pick_k or chance.
+
+    Each adds to ``bits`` the information of what it drew (-log2 of its probability), so
+    ``bits`` is the log-probability of the story's derivation. The draws are the ones the
+    generator always made (one ``random()`` each), so recording moves no byte of a story.
+    """
+
+    __slots__ = ("bits",)
+
+    def __init__(self, seed: str) -> None:
+        super().__init__(seed)
+        self.bits = 0.0
+
+    def pick(self, seq: Sequence[T]) -> T:
+        """One item of seq by position; cheaper than choice, which shows in stories/s."""
+        n = len(seq)
+        self.bits += _LOG2[n]
+        return seq[int(self.random() * n)]
+
+    def pick_k(self, seq: Sequence[T], k: int) -> list[T]:
+        """k distinct items of seq (by position), in the order drawn."""
+        n = len(seq)
+        taken: list[int] = []
+        while len(taken) < k:
+            i = int(self.random() * n)
+            if i not in taken:
+                self.bits += _LOG2[n - len(taken)]
+                taken.append(i)
+        return [seq[i] for i in taken]
+
+    def chance(self, p: float) -> bool:
+        """True with probability p."""
+        hit = self.random() < p
+        self.bits += _CHANCE_BITS[p][hit]
+        return hit
+
+    def skip(self) -> None:
+        """A draw whose outcome cannot change the story: made, to keep the stream, unrecorded."""
+        self.random()
+
+    def pick_item(self, seq: Sequence[T]) -> T:
+        """pick for a seq that repeats items: the bits of the item drawn, not its position."""
+        n = len(seq)
+        item = seq[int(self.random() * n)]
+        self.bits += _LOG2[n] - _LOG2[seq.count(item)]
+        return item
+
+    def share(self, seq: Sequence[T], value: T) -> float:
+        """Chance that pick(seq) gives value (a retry loop that rejects it conditions on it)."""
+        return seq.count(value) / len(seq)
+
+    def retry(self, bits: float) -> None:
+        """A rejected attempt: forget its draws (back to ``bits``, as before the attempt)."""
+        self.bits = bits
+
+    def condition(self, share: float) -> None:
+        """Drawing until the result avoids an outcome of probability share makes what was
+        kept 1 / (1 - share) times likelier than its draws' bits say."""
+        self.bits += math.log2(1.0 - share)
+
+
 # --------------------------------------------------------------------------- the teller
 
 
 class _Teller:
     """Writes one story: picks sentence templates, fills them, keeps paragraphs."""
 
-    __slots__ = ("rng", "f", "features", "bad", "fore", "paragraphs", "_current")
+    __slots__ = ("rng", "_pick", "f", "features", "bad", "fore", "paragraphs", "_current")
 
     def __init__(
         self,
-        rng: random.Random,
+        rng: Source,
         f: dict[str, str],
         features: frozenset[str],
         fore: tuple[str, str] | None,
     ) -> None:
         self.rng = rng
+        self._pick = rng.pick  # bound once: add runs ~15 times a story
         self.f = f
         self.features = features
         self.bad = "BadEnding" in features
@@ -91,8 +172,8 @@ class _Teller:
     def add(self, *options: str) -> None:
         """Append one of the template sentences, filled and capitalised."""
         n = len(options)
-        # Inlined _pick: add runs ~15 times per story, so call overhead shows in stories/s.
-        template = options[0] if n == 1 else options[int(self.rng.random() * n)]
+        # One template draws nothing: the generator never drew for it.
+        template = options[0] if n == 1 else self._pick(options)
         text = template.format_map(self.f)
         # Templates start with a capital letter or a field; only a field can need capitals.
         self._current.append(_cap(text) if template[0] == "{" else text)
@@ -104,7 +185,7 @@ class _Teller:
 
     def say(self, who: str, *pairs: tuple[str, str]) -> None:
         """A line of speech: quoted with Dialogue, reported speech without it."""
-        quote, reported = _pick(self.rng, pairs)
+        quote, reported = self.rng.pick(pairs)
         if "Dialogue" not in self.features:
             self.add(reported)
             return
@@ -118,8 +199,8 @@ class _Teller:
             return
         self.add(*causes)
         self.add(*_CONFLICT_MARKS)
-        self.say(_pick(self.rng, ("H", "F")), *_CONFLICT_SAY)
-        if self.bad and self.rng.random() < 0.5:
+        self.say(self.rng.pick(("H", "F")), *_CONFLICT_SAY)
+        if self.bad and self.rng.chance(0.5):
             self.add(*_CONFLICT_STAYS)
         else:
             self.add(*_CONFLICT_MENDS)
@@ -137,12 +218,12 @@ class _Teller:
 
     def scene(self) -> None:
         """Sometimes, a sentence about the day that sets the scene."""
-        if self.rng.random() < 0.6:
+        if self.rng.chance(0.6):
             self.add(*(lex.SCENES_OUTDOORS if self.f["outdoor"] else lex.SCENES_INDOORS))
 
     def detail(self) -> None:
         """Sometimes, a small detail in the middle of the story."""
-        if self.rng.random() < 0.6:
+        if self.rng.chance(0.6):
             self.add(*_DETAILS)
 
     def hint(self) -> None:
@@ -155,7 +236,7 @@ class _Teller:
 
     def end(self, good: tuple[str, ...], bad: tuple[str, ...], n: int = 2) -> None:
         """Closing sentences: n distinct picks from the happy or the sad set."""
-        for template in _pick_k(self.rng, bad if self.bad else good, n):
+        for template in self.rng.pick_k(bad if self.bad else good, n):
             self.add(template)
 
     def moral(self, lessons: tuple[str, ...], bad_lessons: tuple[str, ...]) -> None:
@@ -164,35 +245,21 @@ class _Teller:
             if self.bad:
                 pool = bad_lessons
             else:
-                pool = lessons if self.rng.random() < 0.75 else _GOOD_LESSONS
-            lesson = self.fill(_pick(self.rng, pool))
-            self.add(_pick(self.rng, _MORAL_FORMS).replace("{lesson}", lesson))
+                pool = lessons if self.rng.chance(0.75) else _GOOD_LESSONS
+            lesson = self.fill(self.rng.pick(pool))
+            self.add(self.rng.pick(_MORAL_FORMS).replace("{lesson}", lesson))
 
     def text(self) -> str:
         return "\n\n".join(" ".join(p) for p in self.paragraphs if p)
 
 
-def _pick(rng: random.Random, seq: Sequence[T]) -> T:
-    """One item of seq; cheaper than rng.choice, which matters at thousands of stories/s."""
-    return seq[int(rng.random() * len(seq))]
-
-
-def _pick_k(rng: random.Random, seq: Sequence[T], k: int) -> list[T]:
-    """k distinct items of seq (by position), in the order drawn."""
-    n = len(seq)
-    taken: list[int] = []
-    while len(taken) < k:
-        i = int(rng.random() * n)
-        if i not in taken:
-            taken.append(i)
-    return [seq[i] for i in taken]
 
 
 def _cap(s: str) -> str:
     return s[:1].upper() + s[1:] if s[:1].islower() else s
 
 
-def _quote(rng: random.Random, q: str, speaker: str, listener: str) -> str:
+def _quote(rng: Source, q: str, speaker: str, listener: str) -> str:
     """Render quoted speech with 'said' or 'asked' in one of several word orders."""
     if q.endswith("?"):
         forms = (
@@ -210,7 +277,7 @@ def _quote(rng: random.Random, q: str, speaker: str, listener: str) -> str:
             f'"{body}," {speaker} said.',
             f'{speaker} turned to {listener} and said, "{body}."',
         )
-    return _pick(rng, forms)
+    return rng.pick(forms)
 
 
 def _a(word: str) -> str:
@@ -307,6 +374,6 @@ class Plot:
     fore: tuple[tuple[str, str], ...]  # (hint, payoff) for happy endings
     bad_fore: tuple[tuple[str, str], ...]  # (hint, payoff) for bad endings
     places: str = "any"  # a key of _PLACE_FILTERS: any, outdoor, out (not at home), home, garden
-    setup: Callable[[random.Random, dict[str, str]], None] | None = None
+    setup: Callable[[Source, dict[str, str]], None] | None = None
     forced: tuple[str, ...] = ()  # features this plot always has
     intro_friend: bool = True  # False when the friend is met during the story

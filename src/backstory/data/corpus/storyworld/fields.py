@@ -3,7 +3,6 @@ first use."""
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -15,10 +14,9 @@ from backstory.data.corpus.storyworld.engine import (
     _WRECKERS,
     FEATURES,
     Plot,
+    Source,
     _a,
     _cap,
-    _pick,
-    _pick_k,
 )
 
 # --------------------------------------------------------------------------- planning
@@ -77,9 +75,13 @@ class StoryPlan:
     noun: str  # the whole object noun ("teddy bear"); words[1] is its head word
 
 
-def _pick_features(rng: random.Random, plot: Plot) -> tuple[str, ...]:
-    chosen = {f for f in FEATURES if rng.random() < _FEATURE_ODDS[f]}
-    chosen.update(plot.forced)
+def _pick_features(rng: Source, plot: Plot) -> tuple[str, ...]:
+    chosen = set(plot.forced)
+    for f in FEATURES:
+        if f in plot.forced:
+            rng.skip()  # drawn before the plot's needs were known; the plot decides
+        elif rng.chance(_FEATURE_ODDS[f]):
+            chosen.add(f)
     return tuple(f for f in FEATURES if f in chosen)
 
 
@@ -93,61 +95,68 @@ def _person(f: dict[str, str], prefix: str, name: str, kind: str, he: str) -> No
     f[prefix.upper() + "his" if prefix else "His"] = poss.capitalize()
 
 
-def _cast(rng: random.Random, f: dict[str, str]) -> str:
+def _cast(rng: Source, f: dict[str, str]) -> str:
     """Choose hero and friend; returns the friend's relation ('friend', 'sibling', 'pet')."""
-    animal_hero = rng.random() < _ANIMAL_HERO_ODDS
+    animal_hero = rng.chance(_ANIMAL_HERO_ODDS)
     f["animal_hero"] = "1" if animal_hero else ""
-    he = _pick(rng, ("he", "she"))
+    he = rng.pick(("he", "she"))
     if animal_hero:
-        name, kind = _pick(rng, lex.ANIMAL_NAMES), _pick(rng, lex.ANIMALS).kind
+        name, kind = rng.pick(lex.ANIMAL_NAMES), rng.pick(lex.ANIMALS).kind
     else:
         name, kind = _child(rng, he)
     _person(f, "", name, kind, he)
     f["himself"] = "himself" if he == "he" else "herself"
-    relation = "friend" if animal_hero else _pick(rng, ("friend", "friend", "sibling", "pet"))
-    fhe = _pick(rng, ("he", "she"))
-    fname = name
-    while fname == name:  # two characters never share a name
+    relation = "friend" if animal_hero else rng.pick_item(("friend", "friend", "sibling", "pet"))
+    fhe = rng.pick(("he", "she"))
+    start = rng.bits
+    while True:  # two characters never share a name
         fname, fkind, f["rel"] = _friend(rng, relation, fhe, animal_hero)
+        if fname != name:
+            break
+        rng.retry(start)
+    names = lex.ANIMAL_NAMES if animal_hero or relation == "pet" else _child_names(fhe)
+    rng.condition(rng.share(names, name))
     _person(f, "f", fname, fkind, fhe)
-    trait, ftrait = _pick(rng, lex.TRAITS), _pick(rng, lex.TRAITS)
+    trait, ftrait = rng.pick(lex.TRAITS), rng.pick(lex.TRAITS)
     f["a_trait"], f["a_ftrait"] = f"{_a(trait)} {trait}", f"{_a(ftrait)} {ftrait}"
     return relation
 
 
-def _child(rng: random.Random, he: str) -> tuple[str, str]:
+def _child_names(he: str) -> tuple[str, ...]:
+    return lex.BOY_NAMES if he == "he" else lex.GIRL_NAMES
+
+
+def _child(rng: Source, he: str) -> tuple[str, str]:
     """A child's (name, kind) for the pronoun he."""
-    if he == "he":
-        return _pick(rng, lex.BOY_NAMES), "boy"
-    return _pick(rng, lex.GIRL_NAMES), "girl"
+    return rng.pick(_child_names(he)), "boy" if he == "he" else "girl"
 
 
-def _friend(rng: random.Random, relation: str, he: str, animal: bool) -> tuple[str, str, str]:
+def _friend(rng: Source, relation: str, he: str, animal: bool) -> tuple[str, str, str]:
     """The friend's (name, kind, relation word as in 'her <big sister> Mia')."""
     if animal:
-        return _pick(rng, lex.ANIMAL_NAMES), _pick(rng, lex.ANIMALS).kind, _pick(rng, _FRIEND_RELS)
+        return rng.pick(lex.ANIMAL_NAMES), rng.pick(lex.ANIMALS).kind, rng.pick(_FRIEND_RELS)
     if relation == "pet":
-        kind = _pick(rng, _PETS)
-        return _pick(rng, lex.ANIMAL_NAMES), kind, kind
+        kind = rng.pick(_PETS)
+        return rng.pick(lex.ANIMAL_NAMES), kind, kind
     name, kind = _child(rng, he)
     if relation == "sibling":
         sibling = "brother" if he == "he" else "sister"
-        return name, kind, f"{_pick(rng, ('little', 'big'))} {sibling}"
-    return name, kind, _pick(rng, _FRIEND_RELS)
+        return name, kind, f"{rng.pick(('little', 'big'))} {sibling}"
+    return name, kind, rng.pick(_FRIEND_RELS)
 
 
-def _set_place(f: dict[str, str], place: lex.Place, rng: random.Random) -> None:
+def _set_place(f: dict[str, str], place: lex.Place, rng: Source) -> None:
     f["P"] = place.name
     f["outdoor"] = "1" if place.outdoor else ""
     f["P_cap"] = _cap(place.name)
     f["at_P"] = f"{place.prep} {place.name}"
     f["to_P"] = f"to {place.name}"
-    f["sight"], f["sight2"], f["sight3"] = _pick_k(rng, place.sights, 3)
+    f["sight"], f["sight2"], f["sight3"] = rng.pick_k(place.sights, 3)
 
 
-def _set_object(f: dict[str, str], rng: random.Random, obj: lex.Obj) -> tuple[str, str]:
+def _set_object(f: dict[str, str], rng: Source, obj: lex.Obj) -> tuple[str, str]:
     """Fill object and verb keys; returns (verb word, adjective) for the words list."""
-    adj = _pick(rng, obj.adjectives + lex.COLORS + lex.SIZES)
+    adj = rng.pick(obj.adjectives + lex.COLORS + lex.SIZES)
     f["N"], f["adj"] = obj.noun, adj
     f["a_obj"] = f"{_a(adj)} {adj} {obj.noun}"
     f["a_N"] = f"{_a(obj.noun)} {obj.noun}"
@@ -155,66 +164,65 @@ def _set_object(f: dict[str, str], rng: random.Random, obj: lex.Obj) -> tuple[st
         ("tore", "torn", "tear", "tears") if obj.soft else ("broke", "broken", "break", "breaks")
     )
     f["fixer"] = "a needle and thread" if obj.soft else "some glue and tape"
-    if rng.random() < 0.55:
-        phrase = _pick(rng, obj.verbs)
+    if rng.chance(0.55):
+        phrase = rng.pick(obj.verbs)
         past, ing = lex.inflect(phrase)
         the = f"the {obj.noun}"
         f["vp"], f["vped"], f["vping"] = f"{phrase} {the}", f"{past} {the}", f"{ing} {the}"
         f["vp_it"] = f"{phrase} it"
     else:
-        phrase = _pick(rng, lex.ACTIVITIES)
+        phrase = rng.pick(lex.ACTIVITIES)
         past, ing = lex.inflect(phrase)
         f["vp"], f["vped"], f["vping"], f["vp_it"] = phrase, past, ing, phrase
     return phrase.split(" ", 1)[0], adj
 
 
-def _draw_home(rng: random.Random, f: dict[str, str]) -> None:
-    f["home"] = _pick(rng, lex.ANIMAL_HOMES if f["animal_hero"] else lex.HOMES).strip()
+def _draw_home(rng: Source, f: dict[str, str]) -> None:
+    f["home"] = rng.pick(lex.ANIMAL_HOMES if f["animal_hero"] else lex.HOMES).strip()
 
 
-def _draw_looks(rng: random.Random, f: dict[str, str]) -> None:
-    looks = _pick_k(rng, lex.LOOKS_ANIMAL if f["animal_hero"] else lex.LOOKS_CHILD, 2)
+def _draw_looks(rng: Source, f: dict[str, str]) -> None:
+    looks = rng.pick_k(lex.LOOKS_ANIMAL if f["animal_hero"] else lex.LOOKS_CHILD, 2)
     f["look"], f["look2"] = looks[0].format_map(f), looks[1].format_map(f)
     f["look_bare"] = f["look"].split(" ", 1)[1] if f["look"].startswith("a ") else f["look"]
 
 
-def _draw_spots(rng: random.Random, f: dict[str, str]) -> None:
-    f["spot1"], f["spot2"], hide = _pick_k(
-        rng, lex.HIDING_OUTDOORS if f["outdoor"] else lex.HIDING_INDOORS, 3
-    )
-    f["hide"] = hide if rng.random() < 0.7 else f"near {f['sight3']}"
+def _draw_spots(rng: Source, f: dict[str, str]) -> None:
+    spots = lex.HIDING_OUTDOORS if f["outdoor"] else lex.HIDING_INDOORS
+    f["spot1"], f["spot2"], hide = rng.pick_k(spots, 3)
+    f["hide"] = hide if rng.chance(0.7) else f"near {f['sight3']}"
 
 
-def _draw_food(rng: random.Random, f: dict[str, str]) -> None:
-    f["food"], f["food2"] = _pick_k(rng, lex.FOODS, 2)
+def _draw_food(rng: Source, f: dict[str, str]) -> None:
+    f["food"], f["food2"] = rng.pick_k(lex.FOODS, 2)
     f["Food"] = _cap(f["food"])
 
 
-def _draw_critter(rng: random.Random, f: dict[str, str]) -> None:
-    critter = _pick(rng, _CRITTERS)
+def _draw_critter(rng: Source, f: dict[str, str]) -> None:
+    critter = rng.pick(_CRITTERS)
     f["critter"], f["a_critter"] = critter, f"{_a(critter)} {critter}"
     f["A_critter"] = _cap(f["a_critter"])
 
 
-def _draw_beast(rng: random.Random, f: dict[str, str]) -> None:
-    beast = _pick(rng, lex.ANIMALS)
+def _draw_beast(rng: Source, f: dict[str, str]) -> None:
+    beast = rng.pick(lex.ANIMALS)
     f["a_beast"] = f"{_a(beast.kind)} {beast.kind}"
     f["A_beast"] = _cap(f["a_beast"])
     f["beast_sound"], f["beast_moved"] = beast.sound, beast.move
 
 
-def _draw_count(rng: random.Random, f: dict[str, str]) -> None:
-    f["count"], f["counted"] = _pick(rng, lex.NUMBERS), _pick(rng, lex.COUNTABLES)
+def _draw_count(rng: Source, f: dict[str, str]) -> None:
+    f["count"], f["counted"] = rng.pick(lex.NUMBERS), rng.pick(lex.COUNTABLES)
 
 
-def _draw_wrecker(rng: random.Random, f: dict[str, str]) -> None:
-    f["wrecker"], f["wrecked"] = _pick(rng, _WRECKERS)
+def _draw_wrecker(rng: Source, f: dict[str, str]) -> None:
+    f["wrecker"], f["wrecked"] = rng.pick(_WRECKERS)
     f["Wrecker"] = _cap(f["wrecker"])
 
 
-def _draw_one(key: str, pool: Sequence[str]) -> Callable[[random.Random, dict[str, str]], None]:
-    def draw(rng: random.Random, f: dict[str, str]) -> None:
-        f[key] = _pick(rng, pool).strip().format_map(f)
+def _draw_one(key: str, pool: Sequence[str]) -> Callable[[Source, dict[str, str]], None]:
+    def draw(rng: Source, f: dict[str, str]) -> None:
+        f[key] = rng.pick(pool).strip().format_map(f)
 
     return draw
 
@@ -222,7 +230,7 @@ def _draw_one(key: str, pool: Sequence[str]) -> Callable[[random.Random, dict[st
 # Incidental fields, drawn the first time a template asks for them: most stories use only
 # a few of them, and not drawing the rest is a good share of the generator's speed. Record
 # i stays a function of (seed, i), because its templates are always read in the same order.
-_LAZY_DRAWS: dict[str, Callable[[random.Random, dict[str, str]], None]] = {
+_LAZY_DRAWS: dict[str, Callable[[Source, dict[str, str]], None]] = {
     "home": _draw_home,
     **dict.fromkeys(("look", "look2", "look_bare"), _draw_looks),
     **dict.fromkeys(("spot1", "spot2", "hide"), _draw_spots),
@@ -243,7 +251,7 @@ class _Fields(dict):
 
     __slots__ = ("rng",)
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(self, rng: Source) -> None:
         super().__init__()
         self.rng = rng
 

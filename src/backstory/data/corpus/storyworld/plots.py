@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import random
 import re
 
 from backstory.data.corpus.storyworld import lexicon as lex
-from backstory.data.corpus.storyworld.engine import Plot, _a, _cap, _pick, _Teller
+from backstory.data.corpus.storyworld.engine import Plot, Source, _a, _cap, _Teller
 from backstory.data.corpus.storyworld.fields import _PLACES_BY_NAME, _draw_wrecker, _set_place
 
 
@@ -275,8 +274,8 @@ _FEARS = (
 )
 
 
-def _setup_fear(rng: random.Random, f: dict[str, str]) -> None:
-    f["fear"], f["fear_do"], f["fear_did"] = _pick(rng, _FEARS)
+def _setup_fear(rng: Source, f: dict[str, str]) -> None:
+    f["fear"], f["fear_do"], f["fear_did"] = rng.pick(_FEARS)
 
 
 def _body_fear(t: _Teller) -> None:
@@ -465,8 +464,8 @@ _TROUBLES = (
 )
 
 
-def _setup_help(rng: random.Random, f: dict[str, str]) -> None:
-    trouble, fix, short = _pick(rng, _TROUBLES)
+def _setup_help(rng: Source, f: dict[str, str]) -> None:
+    trouble, fix, short = rng.pick(_TROUBLES)
     f["trouble"] = trouble.format_map(f)
     f["Trouble"] = _cap(f["trouble"])
     f["help_fix"] = fix.format_map(f)
@@ -630,12 +629,12 @@ _CREATIONS = (
 )
 
 
-def _setup_make(rng: random.Random, f: dict[str, str]) -> None:
-    thing, verb, past, stuff, use, places = _pick(rng, _CREATIONS)
+def _setup_make(rng: Source, f: dict[str, str]) -> None:
+    thing, verb, past, stuff, use, places = rng.pick(_CREATIONS)
     f["thing"] = thing.format_map(f)
     f["make"], f["made"], f["stuff"] = verb, past, stuff
     f["use"] = use.format_map(f)
-    _set_place(f, _PLACES_BY_NAME[_pick(rng, places)], rng)
+    _set_place(f, _PLACES_BY_NAME[rng.pick(places)], rng)
     _draw_wrecker(rng, f)
 
 
@@ -873,8 +872,8 @@ TRIP = Plot(
 )
 
 
-def _setup_mix(rng: random.Random, f: dict[str, str]) -> None:
-    f["hide"] = _pick(rng, lex.HIDING_INDOORS)
+def _setup_mix(rng: Source, f: dict[str, str]) -> None:
+    f["hide"] = rng.pick(lex.HIDING_INDOORS)
 
 
 def _body_mix(t: _Teller) -> None:
@@ -1227,7 +1226,7 @@ BROKEN = Plot(
 )
 
 
-def _setup_surprise(rng: random.Random, f: dict[str, str]) -> None:
+def _setup_surprise(rng: Source, f: dict[str, str]) -> None:
     _draw_wrecker(rng, f)
 
 
@@ -1473,8 +1472,8 @@ _WEATHER = (
 )
 
 
-def _setup_weather(rng: random.Random, f: dict[str, str]) -> None:
-    f["wx"], f["wx_arrives"] = _pick(rng, _WEATHER)
+def _setup_weather(rng: Source, f: dict[str, str]) -> None:
+    f["wx"], f["wx_arrives"] = rng.pick(_WEATHER)
 
 
 def _body_weather(t: _Teller) -> None:
@@ -1609,8 +1608,8 @@ _SEEDS = (
 )
 
 
-def _setup_garden(rng: random.Random, f: dict[str, str]) -> None:
-    f["seed"], f["grown"], f["other"] = _pick(rng, _SEEDS)
+def _setup_garden(rng: Source, f: dict[str, str]) -> None:
+    f["seed"], f["grown"], f["other"] = rng.pick(_SEEDS)
     f["a_seed"] = f"{_a(f['seed'])} {f['seed']}"
 
 

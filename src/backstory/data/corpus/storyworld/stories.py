@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 from backstory.data.corpus.storyworld import lexicon as lex
 from backstory.data.corpus.storyworld.engine import (
     _FEATURE_PHRASES,
@@ -11,8 +9,8 @@ from backstory.data.corpus.storyworld.engine import (
     _PROMPT_HEAD,
     SOURCE,
     Plot,
+    Source,
     _cap,
-    _pick,
     _Teller,
 )
 from backstory.data.corpus.storyworld.fields import (
@@ -31,25 +29,28 @@ from backstory.data.corpus.storyworld.fields import (
 from backstory.data.corpus.storyworld.plots import PLOTS
 
 
-def _build(seed: int, index: int) -> tuple[StoryPlan, _Teller, Plot]:
-    rng = random.Random(f"{seed}:{index}")
-    plot = _pick(rng, PLOTS)
+def _source(seed: int, index: int) -> Source:
+    return Source(f"{seed}:{index}")
+
+
+def _build(rng: Source) -> tuple[StoryPlan, _Teller, Plot]:
+    plot = rng.pick(PLOTS)
     features = _pick_features(rng, plot)
     f = _Fields(rng)
     relation = _cast(rng, f)
     f["relation"] = relation
     animal = bool(f["animal_hero"])
     objects = _ANIMAL_OBJECTS if animal else _CHILD_OBJECTS
-    obj = _pick(rng, objects)
+    obj = rng.pick(objects)
     verb, adj = _set_object(f, rng, obj)
-    _set_place(f, _pick(rng, _PLACE_POOLS[(plot.places, animal)]), rng)
-    adult, ghe = _pick(rng, lex.ADULTS)
+    _set_place(f, rng.pick(_PLACE_POOLS[(plot.places, animal)]), rng)
+    adult, ghe = rng.pick(lex.ADULTS)
     f["G"], f["ghe"], f["Ghe"] = adult, ghe, ghe.capitalize()
     f["ghim"], f["ghis"] = _PRONOUNS[ghe][1], _PRONOUNS[ghe][2]
     if plot.setup:
         plot.setup(rng, f)
     bad = "BadEnding" in features
-    fore = _pick(rng, plot.bad_fore if bad else plot.fore) if "Foreshadowing" in features else None
+    fore = rng.pick(plot.bad_fore if bad else plot.fore) if "Foreshadowing" in features else None
     teller = _Teller(rng, f, frozenset(features), fore)
     plan = StoryPlan(
         plot=plot.name,
@@ -125,7 +126,7 @@ _VERB_LINES = (
 def _opening(t: _Teller, plot: Plot) -> None:
     animal = bool(t.f["animal_hero"])
     t.add(*(_INTROS_ANIMAL if animal else _INTROS_CHILD))
-    if t.rng.random() < 0.5:
+    if t.rng.chance(0.5):
         t.add(*(_LOOKS_ANIMAL if animal else _LOOKS_CHILD))
     if plot.intro_friend:
         t.add(*_FRIEND_INTROS[t.f["relation"]])
@@ -150,23 +151,38 @@ def _prompt(words: tuple[str, str, str], features: tuple[str, ...]) -> str:
     return text + " Remember to only use simple words!\n\nPossible story:"
 
 
+def _tell(teller: _Teller, plot: Plot) -> str:
+    """The story text of a built plan: opening, then the plot's body."""
+    _opening(teller, plot)
+    plot.body(teller)
+    return teller.text()
+
+
+def story_of(rng: Source) -> str:
+    """The story text that the draws of rng make (no leading blank line, no summary)."""
+    _plan, teller, plot = _build(rng)
+    return _tell(teller, plot)
+
+
 def plan_story(seed: int, index: int) -> StoryPlan:
     """The plan behind record `index` of corpus `seed` (plot, cast, words, features)."""
     _check_seed_index(seed, index)
-    return _build(seed, index)[0]
+    return _build(_source(seed, index))[0]
 
 
 def generate_record(seed: int, index: int) -> dict:
     """Record `index` of the corpus `seed`, in the TinyStories_all_data schema."""
     _check_seed_index(seed, index)
-    plan, teller, plot = _build(seed, index)
-    _opening(teller, plot)
-    plot.body(teller)
-    story = teller.text()
-    if teller.rng.random() < _LEADING_BLANK_ODDS:
+    rng = _source(seed, index)
+    plan, teller, plot = _build(rng)
+    story = _tell(teller, plot)
+    # The story is complete: the draws below (a leading blank line, which ingest strips,
+    # and the summary) do not change its text.
+    source_bits = rng.bits
+    if teller.rng.chance(_LEADING_BLANK_ODDS):
         story = "\n\n" + story
     summaries = plot.bad_summaries if teller.bad else plot.summaries
-    summary = _cap(teller.fill(_pick(teller.rng, summaries)))
+    summary = _cap(teller.fill(teller.rng.pick(summaries)))
     return {
         "story": story,
         "instruction": {
@@ -176,6 +192,7 @@ def generate_record(seed: int, index: int) -> dict:
         },
         "summary": summary,
         "source": SOURCE,
+        "source_bits": source_bits,
     }
 
 
