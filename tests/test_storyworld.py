@@ -389,3 +389,16 @@ def test_walking_every_derivation_sums_to_one_and_measures_the_overstatement() -
     walked = exact.walk(1, prefix=[0] * 7)
     assert walked.total_probability == pytest.approx(1.0, abs=1e-9)
     assert walked.derivations == walked.texts and walked.excess_bits == 0.0
+
+
+def test_single_site_excess_counts_the_draws_the_text_does_not_show() -> None:
+    from backstory.data.corpus.storyworld.stories import _build, _source
+
+    _plan, teller, _plot = _build(_source(sw.DEFAULT_SEED, 0))
+    record = sw.generate_record(sw.DEFAULT_SEED, 0)
+    story = record["story"]
+    # Record 0 writes neither its hero's nor its friend's trait: each of those two draws
+    # from lex.TRAITS could have been any trait, so each is a whole draw of overstatement.
+    assert teller.f["a_trait"] not in story and teller.f["a_ftrait"] not in story
+    excess = exact.single_site_excess(sw.DEFAULT_SEED, 0)
+    assert 2 * math.log2(len(lex.TRAITS)) <= excess < record["source_bits"]

@@ -11,6 +11,7 @@ text and compares the expected derivation bits with the expected exact text bits
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -152,3 +153,99 @@ def walk(width: int, prefix: Sequence[int] = (), limit: int = 2_000_000) -> Ambi
         derivation += sum(2.0**-b * b for b in bits)
         worst = max(worst, max(bits) - text_bits)
     return Ambiguity(width, n, len(by_text), total, derivation, text, worst)
+
+
+# --------------------------------------------------------------------------- full size
+
+
+class _Replay(Source):
+    """A source that records each draw's outcome, or replays recorded outcomes with one
+    of them changed (``forced``: draw number -> outcome)."""
+
+    __slots__ = ("outcomes", "forced", "sites", "replaying")
+
+    def __init__(self, seed: str, outcomes: list | None = None,
+                 forced: tuple[int, object] | None = None) -> None:
+        super().__init__(seed)
+        self.replaying = outcomes is not None
+        self.outcomes = [] if outcomes is None else outcomes
+        self.forced = forced
+        self.sites: list[tuple[str, object]] = []  # (kind, size) of each draw, in order
+
+    def _next(self, kind: str, size: object, draw) -> object:
+        i = len(self.sites)
+        self.sites.append((kind, size))
+        if not self.replaying:
+            self.outcomes.append(draw())
+            return self.outcomes[-1]
+        if i >= len(self.outcomes):
+            raise _Rejected  # a changed draw changed how many draws follow
+        if self.forced is not None and self.forced[0] == i:
+            return self.forced[1]
+        return self.outcomes[i]
+
+    def pick(self, seq: Sequence[T]) -> T:
+        i = self._next("pick", len(seq), lambda: int(self.random() * len(seq)))
+        if not isinstance(i, int) or i >= len(seq):
+            raise _Rejected
+        return seq[i]
+
+    def pick_item(self, seq: Sequence[T]) -> T:
+        return self.pick(seq)
+
+    def pick_k(self, seq: Sequence[T], k: int) -> list[T]:
+        taken = self._next("pick_k", (len(seq), k), lambda: tuple(super(_Replay, self).pick_k(
+            range(len(seq)), k)))
+        if not isinstance(taken, tuple) or len(taken) != k or max(taken) >= len(seq):
+            raise _Rejected
+        return [seq[i] for i in taken]
+
+    def chance(self, p: float) -> bool:
+        hit = self._next("chance", p, lambda: self.random() < p)
+        if not isinstance(hit, bool):
+            raise _Rejected
+        return hit
+
+
+def _alternatives(kind: str, size: object) -> list[tuple[object, float]]:
+    """Every outcome of one draw with its probability."""
+    if kind == "chance":
+        return [(True, size), (False, 1.0 - size)]
+    if kind == "pick":
+        return [(i, 1.0 / size) for i in range(size)]
+    n, k = size
+    orders = list(itertools.permutations(range(n), k))
+    return [(order, 1.0 / len(orders)) for order in orders]
+
+
+def single_site_excess(seed: int, index: int, max_outcomes: int = 5000) -> float:
+    """Estimated bits by which record index's source_bits overstate its text's bits.
+
+    For each draw of the story, the outcomes that leave the text unchanged (the others
+    held fixed) are another derivation of the same text; their share of the draw's
+    probability is counted, as if the draws were independent. An unused draw (three
+    sights of a place the story never describes) counts its whole bits. Draws with more
+    than max_outcomes outcomes are not tried.
+    """
+    key = f"{seed}:{index}"
+    first = _Replay(key)
+    story = story_of(first)
+    excess = 0.0
+    for i, ((kind, size), chosen) in enumerate(zip(first.sites, first.outcomes, strict=True)):
+        outcomes = _alternatives(kind, size) if kind != "pick_k" or math.perm(*size) <= \
+            max_outcomes else []
+        p_chosen = next((p for o, p in outcomes if o == chosen), None)
+        if p_chosen is None:
+            continue
+        same = 0.0
+        for outcome, p in outcomes:
+            if outcome == chosen:
+                same += p
+                continue
+            try:
+                if story_of(_Replay(key, first.outcomes, (i, outcome))) == story:
+                    same += p
+            except (_Rejected, IndexError, KeyError):
+                pass
+        excess += math.log2(same / p_chosen)
+    return excess
