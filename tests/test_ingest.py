@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from backstory.data.corpus import story_table
+from backstory.data.corpus import story_table, storyworld
 from backstory.data.corpus.clean import RecordCleaner
 from backstory.data.corpus.raw_store import (
     MANIFEST as RAW_MANIFEST,
@@ -448,3 +448,24 @@ def test_a_failed_task_never_deletes_partitions_the_committed_table_names(tmp_pa
     writer.discard()
     StoryTable(folder).verify()
     assert old.fingerprint == StoryTable(folder).fingerprint
+
+
+# ---------------------------------------------------------------- issue 19: source_bits
+
+
+def test_source_bits_survive_ingest_and_split_and_older_records_still_ingest(tmp_path) -> None:
+    generated = storyworld.generate_records(5, 0, 40)
+    older = [{k: v for k, v in r.items() if k != "source_bits"}
+             for r in storyworld.generate_records(5, 40, 50)]  # written before the field
+    raw = raw_corpus(tmp_path, {"data00.json": json.dumps(generated).encode(),
+                                "data01.json": json.dumps(older).encode(),
+                                "TinyStories-train.txt": text_bytes(STORIES[:10])})
+    table = build(tmp_path / "stories", raw)
+    records = all_records(table)
+    assert len(records) == 60 and {r["split"] for r in records} == {"train", "val"}
+    by_story = {r["story"].strip(): r["source_bits"] for r in generated}
+    for record in records:
+        if record["shard"] == "data00.json":
+            assert record["source_bits"] == by_story[record["story"]]  # the very float
+        else:
+            assert record["source_bits"] is None

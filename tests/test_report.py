@@ -224,8 +224,15 @@ def test_training_curves_give_the_delta_at_every_step():
     (delta,) = last["deltas"]
     assert delta["delta"] == pytest.approx((1.30 - 1.195) / (0.5 * (1.30 + 1.195)))
     assert delta["method"] == DOCUMENTS_ONLY
-    figure = plot_training_curves(training)
+    floor = {"available": True, "curve": {"bpb": 0.9, "n_stories": 10}}
+    figure = plot_training_curves(training, floor)
     assert len(figure.axes[0].lines) >= 1
+    # The right panel: one bpb line per variant and the floor of the curve stories.
+    levels = figure.axes[1]
+    assert [list(line.get_ydata()) for line in levels.lines][-1] == [0.9, 0.9]
+    assert list(levels.lines[0].get_ydata()) == pytest.approx([2.0, 1.5, 1.2, 1.195])
+    figure = plot_training_curves(training, {"available": False, "reason": "real data"})
+    assert len(figure.axes[1].lines) == 2 and "no floor" in figure.axes[1].get_title()
 
 
 # ---------------------------------------------------------------- convergence by doubling

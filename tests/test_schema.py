@@ -46,6 +46,7 @@ def test_optional_fields_get_defaults() -> None:
         "source": "stories.txt",
         "random_sentence": "",
         "extra_fields": [],
+        "source_bits": None,
     }
 
 
@@ -125,3 +126,14 @@ def test_instruct_fields_are_validated() -> None:
     assert (record["random_sentence"], record["extra_fields"]) == ("Hi.", ["Summary: x"])
     with pytest.raises(BadRecordError, match="extra_fields"):
         validate_record({"story": "a", "extra_fields": "Summary: x"}, "i.txt", 0)
+
+
+def test_source_bits_is_an_optional_number() -> None:
+    record = validate_record({"story": "a", "source_bits": 12}, "data00.json", 0)
+    assert record["source_bits"] == 12.0
+    assert validate_record({"story": "a"}, "data00.json", 0)["source_bits"] is None
+    for bad, reason in (("12", "wrong_type:source_bits"), (True, "wrong_type:source_bits"),
+                        (-1.0, "bad_value:source_bits"), (float("nan"), "bad_value:source_bits")):
+        with pytest.raises(BadRecordError) as err:
+            validate_record({"story": "a", "source_bits": bad}, "data00.json", 3)
+        assert err.value.reason == reason and "data00.json, record 3" in str(err.value)

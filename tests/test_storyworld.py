@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -14,7 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backstory.data.corpus import storyworld as sw
-from backstory.data.corpus import storyworld_lexicon as lex
+from backstory.data.corpus.storyworld import exact
+from backstory.data.corpus.storyworld import lexicon as lex
+from backstory.data.corpus.storyworld.fields import _head_noun
 
 N_CHECKED = 3000  # records whose text is checked sentence by sentence
 N_VARIETY = 20_000  # the size the variety requirement is stated for
@@ -98,12 +101,32 @@ def _hint_is_paid_off(paragraphs: list[str]) -> bool:
 
 def test_record_has_exactly_the_tinystories_schema() -> None:
     record = sw.generate_record(sw.DEFAULT_SEED, 0)
-    assert list(record) == ["story", "instruction", "summary", "source"]
+    # The TinyStories keys, then the bits of the story's derivation (see test_source_bits_*).
+    assert list(record) == ["story", "instruction", "summary", "source", "source_bits"]
     assert list(record["instruction"]) == ["prompt:", "words", "features"]
     assert record["source"] == "storyworld"
     assert isinstance(record["story"], str) and isinstance(record["summary"], str)
     assert len(record["instruction"]["words"]) == 3
     assert all(f in sw.FEATURES for f in record["instruction"]["features"])
+
+
+def test_stories_are_those_of_the_generator_before_it_recorded_bits() -> None:
+    # sha256 of the first 500 default-seed stories, measured at commit 5022375, before the
+    # recording source: recording observes the draws and must not move a byte.
+    stories = "\0".join(r["story"] for r in sw.generate_records(sw.DEFAULT_SEED, 0, 500))
+    assert hashlib.sha256(stories.encode()).hexdigest() == (
+        "f584259b4920e3217ef9a718f07b125213027ab291915a8b386e4ebc057d226d"
+    )
+
+
+def test_source_bits_are_the_log_probability_of_the_draws() -> None:
+    records = sw.generate_records(sw.DEFAULT_SEED, 0, 200)
+    bits = [r["source_bits"] for r in records]
+    assert all(math.isfinite(b) and b > 0 for b in bits)
+    # Longer stories take more draws; the bits grow with the text.
+    long = sorted(records, key=lambda r: len(r["story"]))
+    assert sum(r["source_bits"] for r in long[-50:]) > sum(r["source_bits"] for r in long[:50])
+    assert sw.generate_record(sw.DEFAULT_SEED, 7)["source_bits"] == bits[7]
 
 
 def test_prompt_names_the_words_and_only_listed_features(checked) -> None:
@@ -337,8 +360,8 @@ def test_inflect_and_head_nouns() -> None:
     assert lex.inflect("ride") == ("rode", "riding")
     assert lex.inflect("play with") == ("played with", "playing with")
     assert lex.inflect("tiptoe") == ("tiptoed", "tiptoeing")
-    assert sw._head_noun("teddy bear") == "bear"
-    assert sw._head_noun("tower of blocks") == "tower"
+    assert _head_noun("teddy bear") == "bear"
+    assert _head_noun("tower of blocks") == "tower"
 
 
 def test_lexicon_has_no_duplicates() -> None:
@@ -348,3 +371,34 @@ def test_lexicon_has_no_duplicates() -> None:
     assert len({o.noun for o in lex.OBJECTS}) == len(lex.OBJECTS)
     assert len({p.name for p in lex.PLACES}) == len(lex.PLACES)
     assert all(len(p.sights) >= 3 for p in lex.PLACES)
+
+
+# --------------------------------------------------------------------------- exactness
+
+
+def test_walking_every_derivation_sums_to_one_and_measures_the_overstatement() -> None:
+    # Plot 1 (sharing) with no features, every pool cut to one item: what still varies is
+    # the chance branches, the two names, and the order of the place's three sights, which
+    # the plot never writes. So the 3! orders make one text and source_bits overstates each
+    # text by log2(6).
+    walked = exact.walk(1, prefix=[1] + [0] * 6)
+    assert walked.total_probability == pytest.approx(1.0, abs=1e-9)
+    assert walked.derivations == 6 * walked.texts
+    assert walked.excess_bits == pytest.approx(math.log2(6))
+    # Plot 0 (lost and found) writes them all: every derivation is its own text.
+    walked = exact.walk(1, prefix=[0] * 7)
+    assert walked.total_probability == pytest.approx(1.0, abs=1e-9)
+    assert walked.derivations == walked.texts and walked.excess_bits == 0.0
+
+
+def test_single_site_excess_counts_the_draws_the_text_does_not_show() -> None:
+    from backstory.data.corpus.storyworld.stories import _build, _source
+
+    _plan, teller, _plot = _build(_source(sw.DEFAULT_SEED, 0))
+    record = sw.generate_record(sw.DEFAULT_SEED, 0)
+    story = record["story"]
+    # Record 0 writes neither its hero's nor its friend's trait: each of those two draws
+    # from lex.TRAITS could have been any trait, so each is a whole draw of overstatement.
+    assert teller.f["a_trait"] not in story and teller.f["a_ftrait"] not in story
+    excess = exact.single_site_excess(sw.DEFAULT_SEED, 0)
+    assert 2 * math.log2(len(lex.TRAITS)) <= excess < record["source_bits"]

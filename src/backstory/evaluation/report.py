@@ -526,9 +526,10 @@ def _machine_lines(found: Sequence[Mapping[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
-def report_markdown(report: Mapping[str, Any], prompts: Mapping[str, str]) -> str:
+def report_markdown(report: Mapping[str, Any], prompts: Mapping[str, str],
+                    after_levels: Sequence[str] = ()) -> str:
     """A readable Markdown rendering of the report (``prompts``: how each source was
-    prompted)."""
+    prompted; ``after_levels``: lines of a section that follows the levels and deltas)."""
     arrow = report["arrow_of_time"]
     settings = report["settings"]
     lines = ["# Run comparison", "",
@@ -541,6 +542,7 @@ def report_markdown(report: Mapping[str, Any], prompts: Mapping[str, str]) -> st
              "(\"documents only, one seed\": it does not cover another training seed).", ""]
     for size in arrow["sizes"]:
         lines += _size_lines(size)
+    lines += after_levels
     lines += _sweep_lines(arrow)
     lines += _curve_lines(report["training_curves"])
     lines += _convergence_lines(report["convergence"])

@@ -30,7 +30,7 @@ ON_BAD_RECORD = ("raise", "skip")
 _CANONICAL_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 TABLE_COLUMNS = (
     "story", "summary", "words", "features", "random_sentence", "extra_fields",
-    "source", "shard", "record", "split",
+    "source", "source_bits", "shard", "record", "split",
 )
 
 
@@ -260,8 +260,8 @@ def to_columns(records: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
         instruction = record["instruction"]
         columns["words"].append(instruction["words"])
         columns["features"].append(instruction["features"])
-        for name in ("story", "summary", "random_sentence", "extra_fields", "source", "shard",
-                     "record", "split"):
+        for name in ("story", "summary", "random_sentence", "extra_fields", "source",
+                     "source_bits", "shard", "record", "split"):
             columns[name].append(record[name])
     return columns
 

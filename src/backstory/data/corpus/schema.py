@@ -8,7 +8,8 @@ TinyStoriesInstruct text carries::
      "summary": str,
      "source": str,
      "random_sentence": str,          # Instruct: a sentence the story must contain
-     "extra_fields": [str, ...]}      # Instruct: duplicated fields that lost, "Name: value"
+     "extra_fields": [str, ...],      # Instruct: duplicated fields that lost, "Name: value"
+     "source_bits": float}            # storyworld: -log2 P(derivation of the story)
 
 Required vs optional, chosen so that the three kinds of input (JSON shards,
 plain ``<|endoftext|>`` text, TinyStoriesInstruct text) all validate:
@@ -20,6 +21,9 @@ plain ``<|endoftext|>`` text, TinyStoriesInstruct text) all validate:
   ``words`` and ``features`` are each optional with an empty default.
 - ``summary`` and ``random_sentence`` are optional (default ``""``).
 - ``extra_fields`` is optional (default ``[]``).
+- ``source_bits`` is optional (default ``None``): a finite number >= 0 that only
+  storyworld writes (records it generated before it wrote them, and real data, have
+  none). It is the bits of the draws that made the story; the floor is built from it.
 - ``source`` is optional (default: the name of the file the record came from,
   which is what plain-text records carry).
 
@@ -30,6 +34,7 @@ schema are ignored: the stories table has a fixed set of columns.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from backstory.errors import UserError
@@ -99,6 +104,7 @@ def validate_record(obj: object, source: str, index: int) -> dict[str, Any]:
             obj.get("random_sentence"), "random_sentence", "", source, index
         ),
         "extra_fields": _text_list(obj.get("extra_fields"), "extra_fields", source, index),
+        "source_bits": _source_bits(obj.get("source_bits"), source, index),
     }
 
 
@@ -135,6 +141,18 @@ def _instruction(value: object, source: str, index: int) -> dict[str, Any]:
         "words": _text_list(value.get("words"), "instruction.words", source, index),
         "features": _text_list(value.get("features"), "instruction.features", source, index),
     }
+
+
+def _source_bits(value: object, source: str, index: int) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRecordError(source, index, "wrong_type:source_bits",
+                             f"field 'source_bits' must be a number, got {_type_name(value)}")
+    if not math.isfinite(value) or value < 0:
+        raise BadRecordError(source, index, "bad_value:source_bits",
+                             f"field 'source_bits' must be finite and >= 0, got {value!r}")
+    return float(value)
 
 
 def _optional_text(value: object, field: str, default: str, source: str, index: int) -> str:

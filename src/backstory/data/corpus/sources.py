@@ -28,7 +28,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from backstory.data.corpus import download, storyworld, storyworld_lexicon
+from backstory.data.corpus import download, storyworld
 from backstory.data.corpus.raw_store import RawCorpusPlan, RawFileSpec
 from backstory.data.corpus.splits import role_from_name
 from backstory.data.fingerprints import code_digest
@@ -141,7 +141,7 @@ def _storyworld_plan(config: CorpusConfig, workers: int) -> RawCorpusPlan:
     shards = storyworld.shard_plan(n_stories, int(config.shard_size))
     # The generator's own source is part of each shard's identity: an edited generator
     # must not reuse shards the old one wrote.
-    generator = code_digest(storyworld, storyworld_lexicon)[:16]
+    generator = code_digest(*storyworld.MODULES)[:16]
     files = tuple(
         RawFileSpec(
             name, "train", f"storyworld:{generator}:seed={seed}:records={start}-{stop}",

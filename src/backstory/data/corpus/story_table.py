@@ -65,7 +65,7 @@ if TYPE_CHECKING:  # pandas is imported where frames are made: worker processes 
 logger = logging.getLogger(__name__)
 
 FORMAT = "backstory-stories"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the source_bits column
 MANIFEST = "manifest.json"
 PARTS = "parts"
 WORK = ".work"
@@ -81,6 +81,7 @@ SCHEMA = pa.schema([
     ("random_sentence", pa.string()),
     ("extra_fields", pa.list_(pa.string())),
     ("source", pa.string()),
+    ("source_bits", pa.float64()),  # null where the record has none (real data)
     ("shard", pa.string()),
     ("record", pa.int64()),
     ("split", pa.string()),

@@ -27,6 +27,7 @@ from backstory.data.tokenizer import Tokenizer
 from backstory.evaluation import report as reporting
 from backstory.evaluation.compare import CompareConfig, generate_batched, score_texts
 from backstory.evaluation.curve import curve_frame
+from backstory.evaluation.floor import excess_over_floor, floor_lines, floor_of
 from backstory.evaluation.instructions import instruction_checks, instruction_hits
 from backstory.evaluation.metrics import resolve_device
 from backstory.evaluation.sampling import ending_prompt, opening_prompt
@@ -125,6 +126,25 @@ def measure_arrow_of_time(document_bits: pd.DataFrame, models: dict, compare: di
     arrow = reporting.arrow_of_time(document_bits, models, stats)
     arrow["sweeps"] = reporting.sweeps(arrow)
     return arrow
+
+
+def measure_floor(stories: StoryTable, document_bits: pd.DataFrame, eval_curves: pd.DataFrame
+                  ) -> dict[str, Any]:
+    """The floor (storyworld's entropy in bits per byte) of the shared evaluation stories,
+    and of the stories the training curves score; no floor for a corpus without it."""
+    floor = floor_of(iter_records(stories, "val"), document_bits, set(eval_curves["doc"]))
+    if floor["available"]:
+        logger.info("Floor of the %d evaluation stories: %.4f bits per byte",
+                    floor["n_stories"], floor["bpb"])
+    else:
+        logger.warning("No floor: %s", floor["reason"])
+    return floor
+
+
+def measure_excess(document_bits: pd.DataFrame, floor: dict, compare: dict) -> dict[str, Any]:
+    """Per size: each variant's excess over the floor and each pair's excess ratio."""
+    stats = CompareConfig.from_params(compare).statistics()
+    return excess_over_floor(document_bits, floor, stats)
 
 
 def measure_training_curves(eval_curves: pd.DataFrame, compare: dict) -> dict[str, Any]:
@@ -268,7 +288,7 @@ def list_imported_models(models: dict, *metrics: Mapping[str, Any],
 
 
 def build_report(arrow: dict, training: dict, coherence: dict, instructions: dict,
-                 models: dict, compare: dict, imported: dict | None = None
+                 models: dict, floor_excess: dict, compare: dict, imported: dict | None = None
                  ) -> tuple[dict[str, Any], str]:
     """The comparison report as JSON and as Markdown."""
     config = CompareConfig.from_params(compare)
@@ -276,8 +296,10 @@ def build_report(arrow: dict, training: dict, coherence: dict, instructions: dic
     report = {"arrow_of_time": arrow, "training_curves": training,
               "convergence": reporting.convergence(models, config.statistics()),
               "coherence": coherence, "instruction_following": instructions, "models": models,
-              "machines": reporting.machines(models), "settings": settings}
+              "machines": reporting.machines(models), "settings": settings,
+              "floor": floor_excess}
     if imported:
         report["imported"] = imported
     prompts = story_sources([s for s in instructions["shares"] if s in variants.REGISTRY])
-    return report, reporting.report_markdown(report, {s: how for s, (_, how) in prompts.items()})
+    return report, reporting.report_markdown(report, {s: how for s, (_, how) in prompts.items()},
+                                             floor_lines(floor_excess))

@@ -146,10 +146,12 @@ def plot_sweep(arrow: dict) -> Figure:
     return fig
 
 
-def plot_training_curves(training: dict) -> Figure:
-    """Each pair's delta (with interval) at every evaluation step, against the tokens
-    seen in training, one line per size."""
-    fig, ax = plt.subplots(figsize=(8, 5))
+def plot_training_curves(training: dict, floor: dict) -> Figure:
+    """Left: each pair's delta (with interval) at every evaluation step, against the
+    tokens seen in training, one line per size. Right: each variant's bits per byte on
+    the curve stories, with the floor of those stories as a line (when there is one)."""
+    fig, (ax, levels) = plt.subplots(1, 2, figsize=(14, 5))
+    _plot_levels(levels, training, floor)
     for i, size in enumerate(training["sizes"]):
         series: dict[str, list[tuple[float, Mapping[str, Any]]]] = {}
         for point in size["points"]:
@@ -171,3 +173,22 @@ def plot_training_curves(training: dict) -> Figure:
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _plot_levels(ax: Axes, training: dict, floor: dict) -> None:
+    for i, size in enumerate(training["sizes"]):
+        for variant in variants.NAMES:
+            points = [(p["tokens"] or p["step"], p["bpb"][variant]) for p in size["points"]
+                      if variant in p["bpb"]]
+            if points:
+                ax.plot(*zip(*points, strict=True), color=variants.get(variant).color,
+                        marker=MARKERS[i % len(MARKERS)], ls=LINESTYLES[i % len(LINESTYLES)],
+                        label=f"{variant}, {size['size']}")
+    curve = floor.get("curve") if floor["available"] else None
+    if curve:
+        ax.axhline(curve["bpb"], color="black", lw=1.5,
+                   label=f"floor {curve['bpb']:.4f} (storyworld entropy, upper bound)")
+    ax.set(xlabel="training tokens", ylabel="bits per byte", yscale="log",
+           title="Bits per byte during training" + ("" if curve else " (no floor)"))
+    if training["sizes"] or curve:
+        ax.legend(fontsize=7)
