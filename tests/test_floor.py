@@ -13,8 +13,7 @@ from backstory.data.text import reverse_words
 from backstory.evaluation.floor import excess_over_floor, floor_lines, floor_of
 from backstory.evaluation.report import Statistics
 
-STATS = Statistics(n_boot=200, confidence=0.95, seed=0, convergence_window=0.3,
-                   convergence_tolerance=0.01)
+STATS = Statistics(n_boot=200, confidence=0.95, seed=0, convergence_tolerance=0.01)
 
 
 def val_records(n: int, *, bits: bool = True) -> list[dict]:
