@@ -42,6 +42,8 @@ import numpy as np
 from corpus import DEFAULT_CACHE, default_stores, lm_block
 from machine import describe
 
+from backstory.lm.model import ModelConfig
+
 LLAMA2C_FILES = ("train.py", "model.py", "tinystories.py", "export.py", "configurator.py",
                  "tokenizer.py")
 # backstory's settings per label, over conf/base's forward block; each side gets the
@@ -148,9 +150,10 @@ def main() -> None:
     args = parser.parse_args()
     stores, _ = default_stores(args.cache)
     block = lm_block("forward")
-    shape = {**block["model"], "vocab_size": stores["forward"].train.vocab_size,
+    # conf/base names only the preset's shape; ModelConfig holds llama2.c's constants.
+    model = ModelConfig(vocab_size=stores["forward"].train.vocab_size, **block["model"])
+    shape = {**model.to_dict(), "n_kv_heads": model.kv_heads,
              "batch_size": block["train"]["batch_size"]}
-    shape.setdefault("n_kv_heads", shape["n_heads"])
     print(f"machine: {describe()}")
     print(f"shape: {shape}; {args.steps} steps per run, rate over steps {args.warmup}-"
           f"{args.steps} by the {args.clock} clock; {args.load} busy processes alongside")
