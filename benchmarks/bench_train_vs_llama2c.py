@@ -101,7 +101,7 @@ from pathlib import Path
 import pandas as pd
 sys.path.insert(0, {bench!r})
 from corpus import default_stores, lm_block
-from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.model import ModelConfig
 from backstory.lm.training import SPEED_LOG, TrainConfig, train
 stores, _ = default_stores(Path({cache!r}))
 block = lm_block("forward")

@@ -77,7 +77,7 @@ def lr_at(
     """Learning rate for optimizer step ``step`` (0-based) under ``schedule``.
 
     ``validate=False`` skips the checks, for a caller that ran ``check_schedule`` once
-    (the training loop asks on every step; TrainConfig checked its schedule when built).
+    (the training loop asks on every step and checks its schedule once, at its start).
     """
     if validate:
         check_schedule(
