@@ -40,16 +40,22 @@ from pathlib import Path
 
 import numpy as np
 from corpus import DEFAULT_CACHE, default_stores, lm_block
-from machine import describe
+from machine import core_fp32_peak, describe
+
+from backstory.lm.model import ModelConfig, Transformer
 
 LLAMA2C_FILES = ("train.py", "model.py", "tinystories.py", "export.py", "configurator.py",
                  "tokenizer.py")
 # backstory's settings per label, over conf/base's forward block; each side gets the
 # run's thread count as train.num_threads unless its settings name one. "default": as
 # shipped; "fused-loss": the fused chunked cross-entropy; "2-processes": two
-# DistributedDataParallel processes (gloo) of one thread each, half the batch each.
+# DistributedDataParallel processes (gloo) of one thread each, half the batch each;
+# "bf16": bfloat16 autocast (train.dtype); "compile": torch.compile (inductor's C++
+# backend on the CPU; its compile time falls in the warmup steps, not in the rate).
 OURS = {"default": {}, "fused-loss": {"loss_chunk": 1024},
-        "2-processes": {"nproc_per_node": 2, "num_threads": 1}}
+        "2-processes": {"nproc_per_node": 2, "num_threads": 1},
+        "bf16": {"dtype": "bfloat16"}, "compile": {"compile": True},
+        "bf16+compile": {"dtype": "bfloat16", "compile": True}}
 STEP_LINE = re.compile(r"^(\d+) \| loss [\d.]+ \| lr \S+ \| ([\d.]+)ms")
 
 
@@ -99,10 +105,10 @@ from backstory.lm.model import ModelConfig
 from backstory.lm.training import SPEED_LOG, TrainConfig, train
 stores, _ = default_stores(Path({cache!r}))
 block = lm_block("forward")
-train_settings = {{**block["train"], "num_threads": {threads}, **{overrides!r},
-                  "max_steps": {steps}, "log_interval": 1,
-                  "eval_interval": {steps}, "checkpoint_interval": {steps}, "eval_batches": 1,
-                  "device": "cpu", "dtype": "float32", "compile": False, "resume": False}}
+train_settings = {{**block["train"], "num_threads": {threads}, "max_steps": {steps},
+                  "log_interval": 1, "eval_interval": {steps}, "checkpoint_interval": {steps},
+                  "eval_batches": 1, "device": "cpu", "dtype": "float32", "compile": False,
+                  "resume": False, **{overrides!r}}}
 model = ModelConfig(vocab_size=stores["forward"].train.vocab_size, **block["model"])
 with tempfile.TemporaryDirectory() as tmp:
     train(model, TrainConfig.from_params(train_settings), stores["forward"].train,
@@ -148,10 +154,16 @@ def main() -> None:
     args = parser.parse_args()
     stores, _ = default_stores(args.cache)
     block = lm_block("forward")
-    shape = {**block["model"], "vocab_size": stores["forward"].train.vocab_size,
+    # conf/base names only the preset's shape; ModelConfig holds llama2.c's constants.
+    model = ModelConfig(vocab_size=stores["forward"].train.vocab_size, **block["model"])
+    shape = {**model.to_dict(), "n_kv_heads": model.kv_heads,
              "batch_size": block["train"]["batch_size"]}
-    shape.setdefault("n_kv_heads", shape["n_heads"])
     print(f"machine: {describe()}")
+    # The same shape trains on both sides, so one FLOP count per token serves both.
+    flops = Transformer(model).flops_per_token(model.max_seq_len)
+    peak = core_fp32_peak()
+    print(f"one core's float32 peak, measured (2048^3 sgemm, 1 thread, CPU clock): "
+          f"{peak / 1e9:.1f} GFLOP/s; {flops / 1e6:.2f} MFLOP per token trained")
     print(f"shape: {shape}; {args.steps} steps per run, rate over steps {args.warmup}-"
           f"{args.steps} by the {args.clock} clock; {args.load} busy processes alongside")
     hogs = [multiprocessing.Process(target=busy, daemon=True) for _ in range(args.load)]
@@ -161,13 +173,16 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             prepare_llama2c(args.llama2c, Path(tmp), stores["forward"])
             for threads in args.threads:
-                run_pairs(args, threads, Path(tmp), shape)
+                run_pairs(args, threads, Path(tmp), shape, flops / (threads * peak))
     finally:
         for hog in hogs:
             hog.terminate()
 
 
-def run_pairs(args: argparse.Namespace, threads: int, folder: Path, shape: dict) -> None:
+def run_pairs(args: argparse.Namespace, threads: int, folder: Path, shape: dict,
+              utilisation_per_token: float) -> None:
+    """Alternate the sides; print rates, ratios and CPU utilisation (tokens/s times
+    FLOPs per token over the cores' float32 peak, as MFU on a GPU)."""
     rates: dict[str, list[float]] = {"llama2.c": [], **{label: [] for label in args.ours}}
     sides = ["llama2.c", *args.ours]
     for pair in range(args.pairs):
@@ -183,12 +198,17 @@ def run_pairs(args: argparse.Namespace, threads: int, folder: Path, shape: dict)
             print(f"  {threads} thread(s), pair {pair + 1}, {side}: {rate:,.0f} tokens/s "
                   f"(load {load:.2f})", flush=True)
     base = rates["llama2.c"]
-    print(f"{threads} thread(s): llama2.c median {statistics.median(base):,.0f} tokens/s")
+    def utilisation(rates: list[float]) -> str:
+        return f"CPU utilisation {statistics.median(rates) * utilisation_per_token:.1%}"
+
+    print(f"{threads} thread(s): llama2.c median {statistics.median(base):,.0f} tokens/s, "
+          f"{utilisation(base)}")
     for label in args.ours:
         ratios = [ours / theirs for ours, theirs in zip(rates[label], base, strict=True)]
         print(f"{threads} thread(s): backstory {label} {OURS[label] or '(conf/base)'} median "
               f"{statistics.median(rates[label]):,.0f} tokens/s; ratio to llama2.c per pair "
-              f"{', '.join(f'{r:.2f}' for r in ratios)}, median {statistics.median(ratios):.2f}")
+              f"{', '.join(f'{r:.2f}' for r in ratios)}, median {statistics.median(ratios):.2f}; "
+              f"{utilisation(rates[label])}")
 
 
 if __name__ == "__main__":

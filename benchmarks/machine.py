@@ -28,3 +28,28 @@ def describe() -> str:
     load = f", load average {os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
     return (f"{usable_cores()} usable of {os.cpu_count()} cores, {cpu_model()}, "
             f"Python {platform.python_version()}{load}")
+
+
+def core_fp32_peak(size: int = 2048, repeats: int = 5) -> float:
+    """One core's float32 FLOP/s as a large sgemm reaches it: ``size``-cubed matrix
+    products on one torch thread, the best of ``repeats`` by the process's CPU clock (so
+    other jobs on the machine do not lower it). This is the measured peak that CPU
+    utilisation is quoted against; the data-sheet figure (FMA pipes x lanes x 2 x clock)
+    needs the clock, which a virtual machine's lscpu often does not report."""
+    import time
+
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        a @ b  # first call: MKL's setup, page faults
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.process_time()
+            a @ b
+            best = min(best, time.process_time() - start)
+    finally:
+        torch.set_num_threads(before)
+    return 2 * size**3 / best

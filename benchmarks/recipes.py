@@ -117,3 +117,23 @@ def tokens_to_reach(points: list[Point], target: float, attr: str = "tokens") ->
             return float(x0 + (x1 - x0) * (y0 - target) / (y0 - y1))
         previous = point
     return None
+
+
+def converged_at(points: list[Point], tolerance: float = 0.01) -> Point | None:
+    """The first evaluation whose bpb the run's continuation to twice its tokens lowered
+    by less than ``tolerance`` (relative): issue 18's "doubling the training tokens moves
+    validation bpb by < 1%", read off one curve (the bpb at twice the tokens interpolated
+    between evaluations); None while no doubling inside the curve passes. Kept simple: one
+    run's own curve, so the point's learning rate is wherever that run's schedule was."""
+    for point in points:
+        doubled = point.tokens * 2
+        later = [p for p in points if p.tokens >= doubled]
+        if not later or point.tokens == 0:
+            return None
+        after = later[0]
+        before = max((p for p in points if p.tokens < doubled), key=lambda p: p.tokens)
+        share = (doubled - before.tokens) / (after.tokens - before.tokens)
+        bpb_doubled = before.val_bpb + share * (after.val_bpb - before.val_bpb)
+        if point.val_bpb - bpb_doubled < tolerance * point.val_bpb:
+            return point
+    return None

@@ -7,7 +7,10 @@ scored every ``--eval-every`` steps with the pipeline's validation bits per byte
 (``evaluate_loss``; scoring time excluded). Prints, side by side, when each first
 reaches ``--target`` bpb (interpolated between evaluations): tokens, wall seconds and
 the process's CPU seconds. CPU seconds are the figure to compare on a shared machine
-(wall time moves with other jobs' load); both are printed with the load average.
+(wall time moves with other jobs' load); both are printed with the load average. It
+prints the same three figures at convergence (``recipes.converged_at``: the first
+evaluation after which doubling the tokens moved bpb by less than 1%, read off the
+run's own curve), or "not converged" when the run is too short to show one.
 
     python benchmarks/time_to_quality.py                    # forward, target 0.75, CPU
     python benchmarks/time_to_quality.py --variant reversed --target 0.90
@@ -27,7 +30,7 @@ import torch
 from bench_token_efficiency import parse_overrides
 from corpus import DEFAULT_CACHE, default_stores
 from machine import describe
-from recipes import FAST, Point, tokens_to_reach, train_curve
+from recipes import FAST, Point, converged_at, tokens_to_reach, train_curve
 
 
 def reach(points: list[Point], target: float) -> dict[str, float | None]:
@@ -57,7 +60,7 @@ def main() -> None:
     fast = FAST if args.fast is None else parse_overrides(args.fast)
     print(f"machine: {describe()}; torch {torch.__version__}, {args.threads} thread(s)")
     stores, _ = default_stores(args.cache)
-    results = {}
+    results, converged = {}, {}
     for label, overrides in (("baseline", {}), ("fast", fast)):
         load = os.getloadavg()[0]
         with tempfile.TemporaryDirectory() as tmp:
@@ -65,12 +68,21 @@ def main() -> None:
                                  run_dir=Path(tmp), eval_every=args.eval_every, seed=args.seed,
                                  device=args.device)
         results[label] = reach(points, args.target)
+        done = converged_at(points)
+        converged[label] = {attr: None if done is None else float(getattr(done, attr))
+                            for attr in ("tokens", "seconds", "cpu_seconds")}
         last = points[-1]
         print(f"{label}: {overrides or 'conf/base'}; final {last.val_bpb:.4f} bpb after "
               f"{last.tokens / 1e6:.2f}M tokens, {last.seconds:,.0f} s wall, "
               f"{last.cpu_seconds:,.0f} s CPU (load average {load:.2f} at its start)",
               flush=True)
-    print(f"\nto reach {args.target} validation bits per byte ({args.variant}, seed {args.seed}):")
+    table(f"to reach {args.target} validation bits per byte", results, args)
+    table("to convergence (doubling the tokens moves bpb < 1%)", converged, args)
+
+
+def table(title: str, results: dict[str, dict[str, float | None]],
+          args: argparse.Namespace) -> None:
+    print(f"\n{title} ({args.variant}, seed {args.seed}):")
     print(f"{'':>12} {'baseline':>14} {'fast':>14} {'fast / baseline':>16}")
     for attr in ("tokens", "seconds", "cpu_seconds"):
         base, quick = results["baseline"][attr], results["fast"][attr]

@@ -437,6 +437,19 @@ def test_model_loss_chunk_gives_the_plain_loss_without_logits() -> None:
         model(tokens, targets[:, :4], loss_chunk=6)
 
 
+def test_bfloat16_attention_on_cpu_runs_in_float32() -> None:
+    """The CPU's bf16 flash attention is slower than its fp32 one: bf16 inputs are
+    attended in fp32 and the result rounded back once."""
+    attention = make_model(n_kv_heads=2).layers[0].attention
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 4, 16, 8, generator=gen).bfloat16()  # (B, n_heads, T, head_dim)
+    k, v = (torch.randn(2, 2, 16, 8, generator=gen).bfloat16() for _ in range(2))
+    y = attention._attend(q, k, v, None, True)
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True,
+                                              enable_gqa=True).bfloat16()
+    assert y.dtype == torch.bfloat16 and torch.equal(y, expected)
+
+
 def test_bfloat16_autocast_on_cpu_runs_both_loss_paths() -> None:
     """The GPU recipe's mixed precision, on the CPU: same code path, looser tolerance."""
     model = make_model(n_kv_heads=2)

@@ -91,3 +91,10 @@ def test_bad_settings_name_their_key(overrides: dict, key: str) -> None:
 def test_negative_step_is_rejected() -> None:
     with pytest.raises(ValueError, match="step"):
         cosine(-1)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_unvalidated_lr_is_the_validated_one(schedule: str) -> None:
+    settings = {"schedule": schedule, **BASE}
+    for step in range(0, BASE["max_steps"] + 3):
+        assert lr_at(step, **settings, validate=False) == lr_at(step, **settings)

@@ -269,6 +269,26 @@ def test_training_learns_and_writes_logs_and_checkpoints(stores, tmp_path: Path)
     assert "elapsed_s" not in meta
 
 
+def test_schedule_is_checked_once_per_run_not_per_step(stores, tmp_path: Path,
+                                                      monkeypatch) -> None:
+    from backstory.lm import schedules
+    from backstory.lm.training import loop
+
+    calls = {"start": 0, "per_step": 0}
+
+    def counted(key: str, check):
+        def wrapper(**settings):
+            calls[key] += 1
+            return check(**settings)
+        return wrapper
+
+    monkeypatch.setattr(loop, "check_schedule", counted("start", schedules.check_schedule))
+    # lr_at's own check, which the loop skips on its hot path
+    monkeypatch.setattr(schedules, "check_schedule", counted("per_step", schedules.check_schedule))
+    run(stores, tmp_path, small_config(max_steps=6))
+    assert calls == {"start": 1, "per_step": 0}
+
+
 def test_same_inputs_give_the_same_run_folder_bytes(stores, tmp_path: Path) -> None:
     """Everything in the run folder but the speed log is bit-identical between runs."""
     config = small_config(max_steps=8)

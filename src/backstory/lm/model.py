@@ -344,6 +344,12 @@ class Attention(nn.Module):
             k = k.repeat_interleave(groups, dim=1)  # (B, n_heads, S, head_dim)
             v = v.repeat_interleave(groups, dim=1)
         dropout = self.dropout if self.training else 0.0
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # The CPU's flash attention is slower in bf16 than in fp32 (forward + backward
+            # 46 vs 32 ms a layer for the CPU preset, docs/benchmarks.md), and more exact.
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                               dropout_p=dropout, is_causal=causal, **extra)
+            return y.to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
                                               is_causal=causal, **extra)
 

@@ -78,18 +78,24 @@ def lr_at(
     warmup_steps: int,
     max_steps: int,
     cooldown_fraction: float,
+    validate: bool = True,
 ) -> float:
-    """Learning rate for optimizer step ``step`` (0-based) under ``schedule``."""
-    check_schedule(
-        schedule=schedule,
-        lr=lr,
-        min_lr=min_lr,
-        warmup_steps=warmup_steps,
-        max_steps=max_steps,
-        cooldown_fraction=cooldown_fraction,
-    )
-    if not _is_int(step) or step < 0:
-        raise ValueError(f"step={step!r} must be an integer >= 0")
+    """Learning rate for optimizer step ``step`` (0-based) under ``schedule``.
+
+    ``validate=False`` skips the checks, for a caller that ran ``check_schedule`` once
+    (the training loop asks on every step and checks its schedule once, at its start).
+    """
+    if validate:
+        check_schedule(
+            schedule=schedule,
+            lr=lr,
+            min_lr=min_lr,
+            warmup_steps=warmup_steps,
+            max_steps=max_steps,
+            cooldown_fraction=cooldown_fraction,
+        )
+        if not _is_int(step) or step < 0:
+            raise ValueError(f"step={step!r} must be an integer >= 0")
     if step < warmup_steps:
         return lr * (step + 1) / (warmup_steps + 1)
     if step >= max_steps:

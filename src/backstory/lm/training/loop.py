@@ -49,7 +49,7 @@ from backstory.lm.finetune import training_model
 from backstory.lm.machine import machine_facts
 from backstory.lm.optim import MuonAdamW, build_optimizer, scheduled_lr
 from backstory.lm.orders import order_windows
-from backstory.lm.schedules import lr_at, stable_end
+from backstory.lm.schedules import check_schedule, lr_at, stable_end
 from backstory.lm.training.host import choose_threads, cpu_threads, keep_freed_memory
 from backstory.lm.training.job import TrainJob, check_same_run, json_normal
 from backstory.lm.training.launch import Rank, resolve_dtype
@@ -219,6 +219,9 @@ class Session:
     def _fit(self, progress: bool,
              on_eval: Callable[[int, LanguageModel], None] | None) -> TrainedModel:
         cfg = self.job.config
+        check_schedule(schedule=cfg.schedule, lr=cfg.lr, min_lr=cfg.min_lr,
+                       warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                       cooldown_fraction=cfg.cooldown_fraction)
         self.clock_start = time.perf_counter()
         meter = Meter(self.step)
         bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", desc="train",
@@ -262,9 +265,10 @@ class Session:
     def _train_step(self) -> torch.Tensor:
         """One optimizer step over grad_accum micro-batches; the mean loss, on device."""
         cfg = self.job.config
+        # _fit checked the schedule once: no re-checks on the hot path.
         self.lr = lr_at(self.step, schedule=cfg.schedule, lr=cfg.lr, min_lr=cfg.min_lr,
                         warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
-                        cooldown_fraction=cfg.cooldown_fraction)
+                        cooldown_fraction=cfg.cooldown_fraction, validate=False)
         for group in self.optimizer.param_groups:
             group["lr"] = scheduled_lr(group, self.lr)
         total = torch.zeros((), device=self.device)
