@@ -4,6 +4,7 @@ once it has finished."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -13,6 +14,7 @@ from kedro.framework.hooks import hook_impl
 
 from backstory import experiment
 from backstory.experiment import Experiment
+from backstory.lm.checkpoint import MODEL_META_FILE
 from backstory.lm.model import ModelConfig
 from backstory.lm.training.config import TrainConfig
 from backstory.lm.training.launch import check_machine
@@ -154,19 +156,55 @@ def stale_paths(node: Any, catalog: Any, registered: Any) -> list[Path]:
 
 
 class StaleReportHooks:
-    """Before a node makes a new model, delete the reports of the old one.
+    """Reports (metrics, scores, samples) describe the model beside them, or are removed.
 
-    Otherwise a run that fails after replacing the model (or while making it) would leave
-    the previous model's metrics and samples beside the new one, or beside none.
+    They go when a node that makes a model starts while no model is there (a run that
+    fails must not leave reports of no model), and when the saved model differs from the
+    one before (its weights' sha256 in model.json): a finished run returned as it is keeps
+    its reports, and a run that fails keeps the old model and the old model's reports.
     """
+
+    def __init__(self) -> None:
+        self._catalog: Any = None
+        self._before: dict[str, str | None] = {}
 
     @hook_impl
     def before_node_run(self, node: Any, catalog: Any) -> None:
+        self._catalog = catalog
+        for output in node.outputs:
+            if output.rpartition(".")[2] == MODEL_NAME and _weights_sha(catalog, output) is None:
+                self._remove(node)
+
+    @hook_impl
+    def before_dataset_saved(self, dataset_name: str, node: Any) -> None:
+        if dataset_name.rpartition(".")[2] == MODEL_NAME and self._catalog is not None:
+            self._before[dataset_name] = _weights_sha(self._catalog, dataset_name)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, node: Any) -> None:
+        if dataset_name in self._before and \
+                self._before.pop(dataset_name) != _weights_sha(self._catalog, dataset_name):
+            self._remove(node)
+
+    def _remove(self, node: Any) -> None:
         from kedro.framework.project import pipelines
 
-        for path in stale_paths(node, catalog, pipelines):
-            logger.info("Removing %s: it reports on the model %s replaces", path, node.name)
+        for path in stale_paths(node, self._catalog, pipelines):
+            logger.info("Removing %s: it reports on a model %s replaces", path, node.name)
             path.unlink()
+
+
+def _weights_sha(catalog: Any, model: str) -> str | None:
+    """The weights' sha256 a saved model records (model.json), or None when there is none."""
+    dataset = catalog.get(model)
+    folder = (dataset._describe() if dataset is not None else {}).get("filepath")
+    meta = Path(folder) / MODEL_META_FILE if folder else None
+    if meta is None or not meta.is_file():
+        return None
+    try:
+        return json.loads(meta.read_text()).get("weights_sha256")
+    except (OSError, ValueError):
+        return None
 
 
 TRAIN_NODE = "train_model"
