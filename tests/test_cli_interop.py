@@ -10,25 +10,18 @@ import pytest
 import torch
 
 from backstory.data.text import reverse_words
-from backstory.lm.checkpoint import build_model, load_trained, save_model
+from backstory.lm.checkpoint import build_model, load_trained
 from backstory.lm.constraints import pilish_violations, pilish_words
 from backstory.tools.cli import main
 from tests.project import make_project
-from tests.tiny_models import peaked_model, tokenizer
+from tests.tiny_models import project_models
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A project folder laid out as the Kedro pipelines leave it (the shipped conf)."""
-    root = make_project(tmp_path_factory.mktemp("project") / "p")
-    tok = tokenizer()
-    tokenizer_file = root / "data/06_models/tokenizer/tokenizer.model"
-    tokenizer_file.parent.mkdir(parents=True)
-    tokenizer_file.write_bytes(tok.model_bytes)
-    for seed, variant in enumerate(("forward", "reversed", "backward")):
-        save_model(root / f"data/06_models/{variant}/small/s1337/model",
-                   peaked_model(tok, variant, scale=1.0, seed=seed))
-    return root
+    return project_models(make_project(tmp_path_factory.mktemp("project") / "p"),
+                          ("forward", "reversed", "backward"))
 
 
 def test_export_llama2c_of_the_reversed_model(project, tmp_path, capsys):

@@ -38,7 +38,7 @@ from backstory.locks import LockedError
 from backstory.params import build
 from backstory.tools.cli import main
 from tests.project import TINY_INGEST, make_project, tiny_run_params
-from tests.tiny_models import REPO, peaked_model, tokenizer
+from tests.tiny_models import REPO, peaked_model, project_models, tokenizer
 from tests.tiny_models import stories as tiny_stories
 
 RUN_MODEL = "data/06_models/forward/small/s1337/model"
@@ -46,13 +46,7 @@ RUN_MODEL = "data/06_models/forward/small/s1337/model"
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    root = make_project(tmp_path_factory.mktemp("project") / "p")
-    tok = tokenizer()
-    tokenizer_file = root / "data/06_models/tokenizer/tokenizer.model"
-    tokenizer_file.parent.mkdir(parents=True)
-    tokenizer_file.write_bytes(tok.model_bytes)
-    save_model(root / RUN_MODEL, peaked_model(tok, "forward", scale=1.0))
-    return root
+    return project_models(make_project(tmp_path_factory.mktemp("project") / "p"))
 
 
 def sums(folder: Path) -> dict[str, str]:

@@ -61,3 +61,18 @@ def peaked_model(tok: Tokenizer, variant: str = "forward", *, dim: int = 64,
     meta = {"lineage": lineage(tok, variant),
             "train_config": {"token_order": variants.get(variant).token_order}, "steps": 0}
     return TrainedModel(config, state, meta)
+
+
+def project_models(root: Path, variants_: tuple[str, ...] = ("forward",)) -> Path:
+    """``root`` laid out as the pipelines leave it: the shared tokenizer, and a small peaked
+    model per variant at its default run's model folder (seed = the variant's position)."""
+    from backstory.lm.checkpoint import save_model
+
+    tok = tokenizer()
+    tokenizer_file = root / "data/06_models/tokenizer/tokenizer.model"
+    tokenizer_file.parent.mkdir(parents=True)
+    tokenizer_file.write_bytes(tok.model_bytes)
+    for seed, variant in enumerate(variants_):
+        save_model(root / f"data/06_models/{variant}/small/s1337/model",
+                   peaked_model(tok, variant, scale=1.0, seed=seed))
+    return root
