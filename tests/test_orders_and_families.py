@@ -118,7 +118,8 @@ def test_a_permuted_run_trains_on_permuted_windows(stores, tmp_path: Path):
 
 def test_a_permuted_model_writes_no_samples_and_says_why(stores):
     spec = variants.get("permuted")
-    assert not spec.samples and spec.tokens_from == "forward" and spec.delta == "token_order"
+    assert not orders.get(spec.token_order).writes
+    assert spec.tokens_from == "forward" and spec.delta == "token_order"
     tokenizer = _tokenizer()
     model = new_model(ModelConfig(vocab_size=tokenizer.vocab_size, dim=16, n_layers=1,
                                   n_heads=2, max_seq_len=32))
