@@ -33,10 +33,6 @@ LN2 = math.log(2.0)
 # ------------------------------------------------------------------------- shared checks
 
 
-def _check_order(token_order: str, permutation_seed: int | None = None) -> None:
-    check_order(token_order, permutation_seed)
-
-
 def check_positive(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -141,7 +137,7 @@ def evaluate_loss(
     """
     check_positive("batch_size", batch_size)
     _check_seq_len(model, seq_len)
-    _check_order(token_order, permutation_seed)
+    check_order(token_order, permutation_seed)
     _check_store_fits(model, store)
     device = _model_device(model, device)
     if store.n_docs == 0:
@@ -310,7 +306,7 @@ def document_scores(
     """
     check_positive("batch_size", batch_size)
     _check_seq_len(model, seq_len)
-    _check_order(token_order, permutation_seed)
+    check_order(token_order, permutation_seed)
     _check_store_fits(model, store)
     stride = max(1, seq_len // 2) if stride is None else stride
     check_positive("stride", stride)

@@ -286,10 +286,8 @@ def make_samples(
 
 
 def skipped_samples_reason(variant: str) -> str:
-    """Why a model of ``variant`` writes no samples (its registry entry says it cannot)."""
-    return (f"the {variant} variant reads each window in a fixed permutation of its token "
-            "positions, so there is no reading order to write a story in; it is measured by "
-            "its loss only")
+    """Why a model of ``variant`` writes no samples (its token order says it cannot)."""
+    return f"the {variant} variant {orders.get(variants.get(variant).token_order).no_stories}"
 
 
 def check_samples(variant: str) -> None:

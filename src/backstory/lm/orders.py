@@ -1,5 +1,6 @@
 """Token orders: the order a model reads each window of tokens in, and all that follows
-from it, each order's behaviour in one class.
+from it (training and evaluation windows, prompting and read-back, whether the model
+writes stories, what an export says), each order's behaviour in one class.
 
 ``forward`` reads a window as stored; ``backward`` reverses it (Arrows of Time);
 ``permuted`` applies one fixed, seeded permutation of the positions inside every window
@@ -18,11 +19,6 @@ tokens are predicted, right to left. A stream's last token is then only predicta
 from the token that follows it; at the end of the evaluated range that is the next
 document's first token (or the store's first token after the last document, the token
 documents start with).
-
-Each order says (``TokenOrder``): how training windows, evaluation windows and whole
-documents are read; how a prompt's ids are fed and generated ids read back; whether its
-model writes stories at all; how its models are prompted, in words; and what an export
-tells a user of the model outside backstory.
 """
 
 from __future__ import annotations
@@ -167,9 +163,13 @@ class TokenOrder:
 
     name = "forward"
     reverses = False  # text's tokens are read last first, so a prompt is a story's ending
-    writes = True  # a model reading this order can write a story
+    no_stories: str | None = None  # why its model writes no stories; None: it writes them
     mode = "completion"  # how its model is prompted, in words (instruction and words aside)
     how_to_prompt: str | None = None  # what an export says; None: its document layout says it
+
+    @property
+    def writes(self) -> bool:
+        return self.no_stories is None
 
     def windows(self, windows: np.ndarray, seed: int | None) -> np.ndarray:
         """Full training windows (b, width) as the model reads them."""
@@ -197,12 +197,13 @@ class TokenOrder:
         return windows, story, scored
 
     def prompt(self, bos_id: int, ids: list[int]) -> list[int]:
-        """The ids generation starts from, for a prompt's ids in text order."""
-        return [bos_id] + ids
+        """The ids generation starts from, for a prompt's ids in text order (reversed: the
+        ending, last token first, where the model's documents end with the BOS)."""
+        return ids[::-1] if self.reverses else [bos_id] + ids
 
     def read_back(self, ids: list[int]) -> list[int]:
         """Prompt and generated ids in text order."""
-        return ids
+        return ids[::-1] if self.reverses else ids
 
 
 class Backward(TokenOrder):
@@ -229,18 +230,13 @@ class Backward(TokenOrder):
         boundary = boundary_token(store, i + 1)
         return np.append(tokens, boundary)[::-1].copy(), np.append(story, False)[::-1].copy()
 
-    def prompt(self, bos_id: int, ids: list[int]) -> list[int]:
-        return ids[::-1]  # the ending, last token first: the model ends with a BOS
-
-    def read_back(self, ids: list[int]) -> list[int]:
-        return ids[::-1]
-
 
 class Permuted(TokenOrder):
     """Every window read in one fixed seeded permutation of its positions."""
 
     name = "permuted"
-    writes = False  # no order a story can be written in
+    no_stories = ("reads each window in a fixed permutation of its token positions, so there "
+                  "is no reading order to write a story in; it is measured by its loss only")
     mode = "none (token positions permuted)"
     how_to_prompt = ("Tokens in a permuted order: the model reads every window of "
                      "max_seq_len + 1 tokens in one fixed seeded permutation of its positions "
