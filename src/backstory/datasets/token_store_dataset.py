@@ -8,7 +8,8 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 
 from backstory.data.token_export import write_token_store_parallel
-from backstory.data.tokens import TokenStore, TokenStream, write_token_store
+from backstory.data.token_store import TokenStore
+from backstory.data.token_writer import TokenStream, write_token_store
 from backstory.locks import replacing_artifact, use_artifact
 
 WHAT = "a token store"

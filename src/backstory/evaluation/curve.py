@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from backstory.data.tokens import TokenStore
+from backstory.data.token_store import TokenStore
 from backstory.evaluation.metrics import document_bits
 
 EVAL_CURVE = "eval_curve.csv"  # in the run folder; the catalog's <run>.eval_curve

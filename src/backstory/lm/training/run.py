@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from backstory.data.files import write_json_atomically
-from backstory.data.tokens import TokenStore
+from backstory.data.token_store import TokenStore
 from backstory.errors import InputError
 from backstory.lm.checkpoint import (
     TrainedModel,
