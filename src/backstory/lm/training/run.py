@@ -159,7 +159,7 @@ def _set_aside_other_run(job: TrainJob) -> None:
     aside.mkdir()
     for entry in job.run_dir.iterdir():
         if entry.name != LOCK_FILE:
-            os.replace(entry, aside / entry.name)
+            os.replace(entry, aside / entry.name)  # moved whole, not rewritten
     logger.warning("%s held a run of other data or settings (%s differ): moved it to %s and "
                    "starting afresh", job.run_dir, ", ".join(differences), aside)
 
