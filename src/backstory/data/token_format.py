@@ -23,15 +23,8 @@ from backstory.errors import UserError
 FORMAT = "backstory-tokens"
 FORMAT_VERSION = 2  # 2: token_ranges (the id range of each chunk) recorded and checked
 READABLE_VERSIONS = (1, 2)
-REQUIRED_ATTRS = (
-    "variant",
-    "layout",
-    "vocab_size",
-    "bos_id",
-    "eos_id",
-    "tokenizer_sha256",
-    "corpus_fingerprint",
-)
+REQUIRED_ATTRS = ("variant", "layout", "vocab_size", "bos_id", "eos_id", "tokenizer_sha256",
+                  "corpus_fingerprint")
 # Keys the writer owns; a caller passing one would silently contradict the file.
 WRITER_ATTRS = ("format", "format_version", "n_docs", "n_tokens", "package_version",
                 "token_range_chunk", "token_min", "token_max")
@@ -50,7 +43,6 @@ INT64 = np.dtype("<i8")
 
 class TokenStoreError(UserError, ValueError):
     """A token store file is missing, foreign, corrupt, inconsistent or too small."""
-
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
