@@ -1,4 +1,5 @@
-"""The import graph of src/backstory: no circle, and no import up the layers.
+"""The import graph of src/backstory: no circle, no import up the layers, and no Kedro in
+the domain code.
 
 The layers (docs/architecture.md), lowest first; a module may import its own layer and
 those below it. Imports inside functions count too: a lazy import is still a circle.
@@ -34,7 +35,8 @@ def modules() -> dict[str, Path]:
 
 
 def imported(module: str, path: Path, known: dict[str, Path]) -> set[str]:
-    """The backstory modules one file imports, anywhere in it but `if TYPE_CHECKING:`."""
+    """The modules one file imports (backstory's, and the top-level names of others),
+    anywhere in it but under `if TYPE_CHECKING:`."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     tree = ast.parse(path.read_text(), filename=str(path))
     checking_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If)
@@ -56,7 +58,8 @@ def imported(module: str, path: Path, known: dict[str, Path]) -> set[str]:
             found.update(names & known.keys())
             if not names <= known.keys():
                 found.add(base)
-    return {name for name in found if name in known and name != module}
+    return {name if name in known else name.partition(".")[0] for name in found
+            if name and name != module}
 
 
 def layer(module: str) -> int:
@@ -67,9 +70,21 @@ def layer(module: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def graph() -> dict[str, set[str]]:
+def imports() -> dict[str, set[str]]:
     known = modules()
     return {module: imported(module, path, known) for module, path in known.items()}
+
+
+@pytest.fixture(scope="module")
+def graph(imports: dict[str, set[str]]) -> dict[str, set[str]]:
+    return {module: {name for name in names if name in imports}
+            for module, names in imports.items()}
+
+
+def test_kedro_stays_out_of_the_domain_code(imports: dict[str, set[str]]) -> None:
+    domain = LAYERS.index(("experiment",))
+    assert sorted(module for module, names in imports.items()
+                  if layer(module) <= domain and "kedro" in names) == []
 
 
 def test_every_module_has_a_layer(graph: dict[str, set[str]]) -> None:
