@@ -179,7 +179,8 @@ class Header:
 
 
 def read_header(path: Path) -> Header:
-    """Open `path`, validate it as a version-1 token store and load its small arrays."""
+    """Open `path`, check that it is a token store of a readable version, and load its
+    small arrays."""
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
         raise TokenStoreError(f"{path}: token store {what}")
