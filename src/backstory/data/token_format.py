@@ -50,7 +50,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= UINT16_MAX_VOCAB else np.dtype("<u4")
 
 
-
 @dataclass(frozen=True)
 class StoreHeader:
     """What the writer needs from the attributes: the encoded values and the id range."""
@@ -126,7 +125,6 @@ def _encode_value(key: str, value: Any, path: Path) -> tuple[Any, bool]:
     )
 
 
-
 class RangeTracker:
     """Min and max id of every chunk of `size` tokens of a stream fed in blocks."""
 
@@ -158,11 +156,9 @@ class RangeTracker:
         return np.array(self.ranges, dtype=INT64).reshape(-1, 2)
 
 
-
 def check_int(name: str, value: Any, minimum: int) -> None:
     if not is_int(value) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
 
 
 @dataclass(frozen=True)

@@ -216,7 +216,6 @@ class TokenStore:
             )
 
 
-
 def _map_tokens(path: Path, header: Header) -> np.ndarray:
     """Memory-map the token dataset read-only (an empty store gets an empty array)."""
     n_tokens = header.attrs["n_tokens"]

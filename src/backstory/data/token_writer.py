@@ -76,7 +76,6 @@ class TokenStream:
     workers: int = 0
 
 
-
 def write_token_store(path: Path, batches: Iterable[DocBatch], *, attrs: dict) -> dict:
     """Stream `batches` into a token store at `path`; return n_docs, n_tokens and dtype.
 
@@ -93,7 +92,6 @@ def write_token_store(path: Path, batches: Iterable[DocBatch], *, attrs: dict) -
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.spill-") as spill_dir:
         part = spill_batches(batches, Path(spill_dir), "all", header.vocab_size, where=str(path))
         return assemble_token_store(path, [part], attrs=attrs)
-
 
 
 SPILL_FILES = ("tokens", "lengths", "spans", "bytes")
@@ -301,7 +299,6 @@ def assemble_token_store(path: Path, parts: Sequence[SpillPart], *, attrs: dict)
     logger.info("Wrote token store %s: %d documents, %d %s tokens", path, n_docs, n_tokens,
                 header.dtype)
     return {"n_docs": n_docs, "n_tokens": n_tokens, "dtype": header.dtype.name}
-
 
 
 def _write_h5(tmp: Path, parts: Sequence[SpillPart], attrs: dict[str, Any], dtype: np.dtype,
