@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from machine import cpu_model as cpu_name
 
-from backstory.data.tokens import DocBatch, TokenStore, write_token_store
+from backstory.data.token_store import TokenStore
+from backstory.data.token_writer import DocBatch, write_token_store
 from backstory.evaluation.metrics import document_bits, evaluate_loss
 from backstory.lm.model import ModelConfig, Transformer
 

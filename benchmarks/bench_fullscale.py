@@ -158,7 +158,8 @@ from backstory.data.corpus.story_table import StoryTable
 from backstory.data.documents import StoryDocuments
 from backstory.data.token_export import write_token_store_parallel
 from backstory.data.tokenizer import Tokenizer
-from backstory.data.tokens import WRITER_ATTRS, TokenStore
+from backstory.data.token_format import WRITER_ATTRS
+from backstory.data.token_store import TokenStore
 root, workers, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 table = StoryTable(root + "/data/02_intermediate/stories")
 tokenizer = Tokenizer.from_file(root + "/data/06_models/tokenizer/tokenizer.model")

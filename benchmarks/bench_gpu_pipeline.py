@@ -28,8 +28,9 @@ import torch
 from backstory import variants
 from backstory.data.corpus import clean, storyworld
 from backstory.data.documents import encode_documents
+from backstory.data.token_store import TokenStore
+from backstory.data.token_writer import write_token_store
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
-from backstory.data.tokens import TokenStore, write_token_store
 from backstory.evaluation.metrics import evaluate_loss, unigram_bpb
 from backstory.experiment import project_defaults
 from backstory.lm.checkpoint import build_model

@@ -25,7 +25,9 @@ import h5py
 import numpy as np
 from machine import cpu_model
 
-from backstory.data.tokens import DocBatch, TokenStore, write_token_store
+from backstory.data.token_store import TokenStore
+from backstory.data.token_writer import DocBatch, write_token_store
+from backstory.lm.training.loop import random_windows
 
 MEAN_DOC_TOKENS = 200  # about one TinyStories story with a 32k vocabulary
 
@@ -98,7 +100,7 @@ def bench_reads(store: TokenStore, batch_size: int, seq_len: int, random_batches
 
     def random_pass() -> None:
         for i in range(random_batches):
-            store.random_windows(i, batch_size, seq_len, seed=0)
+            random_windows(store, i, batch_size, seq_len, seed=0)
 
     def sequential_pass() -> None:
         for _ in store.sequential_windows(seq_len, batch_size=batch_size):

@@ -46,7 +46,8 @@ import pandas as pd
 import torch
 from machine import cpu_model as cpu_name
 
-from backstory.data.tokens import DocBatch, TokenStore, write_token_store
+from backstory.data.token_store import TokenStore
+from backstory.data.token_writer import DocBatch, write_token_store
 from backstory.experiment import project_defaults
 from backstory.lm.model import ModelConfig, Transformer
 from backstory.lm.optim import build_optimizer

@@ -23,8 +23,9 @@ import yaml
 from backstory import experiment, variants
 from backstory.data.corpus import clean, storyworld
 from backstory.data.documents import encode_documents
+from backstory.data.token_store import TokenStore
+from backstory.data.token_writer import write_token_store
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
-from backstory.data.tokens import TokenStore, write_token_store
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf" / "base"

@@ -12,8 +12,9 @@ import torch
 from backstory.data.corpus.storyworld import generate_record
 from backstory.data.documents import encode_documents
 from backstory.data.text import reverse_words
+from backstory.data.token_store import TokenStore
+from backstory.data.token_writer import write_token_store
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
-from backstory.data.tokens import TokenStore, write_token_store
 from backstory.evaluation.compare import score_texts
 from backstory.evaluation.instructions import (
     instruction_checks,

@@ -68,7 +68,7 @@ TORCHRUN_SCRIPT = """
 import json, sys
 from pathlib import Path
 from backstory.lm.model import ModelConfig
-from backstory.data.tokens import TokenStore
+from backstory.data.token_store import TokenStore
 from backstory.lm.training import TrainConfig, train
 
 model, config, train_path, val_path, run_dir, lineage = json.loads(sys.argv[1])

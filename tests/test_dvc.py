@@ -25,8 +25,8 @@ import yaml
 
 from backstory import experiment, params
 from backstory.data.corpus.story_table import StoryTable
+from backstory.data.token_store import TokenStore
 from backstory.data.tokenizer import Tokenizer
-from backstory.data.tokens import TokenStore
 from backstory.evaluation.lineage import LineageError
 from backstory.lm.checkpoint import load_trained
 from backstory.lm.model import ModelConfig
@@ -150,7 +150,7 @@ def test_each_stage_depends_on_the_code_its_own_nodes_run():
             for name, body in stages.items()}
     assert src("pipelines/ingest/nodes.py", "data/corpus/clean.py",
                "data/corpus/storyworld/stories.py", "data/tokenizer.py") <= deps["ingest"]
-    assert src("data/documents.py", "data/text.py", "data/tokens.py", "variants.py",
+    assert src("data/documents.py", "data/text.py", "data/token_writer.py", "variants.py",
                "pipelines/run/export_nodes.py") <= deps["export@instruct"]
     assert src("lm/training/loop.py", "lm/model.py", "lm/checkpoint.py",
                "datasets/model_dataset.py") <= deps["train-reversed-small-main@1337"]

@@ -17,8 +17,9 @@ from torch import nn
 from backstory import variants
 from backstory.data.documents import encode_documents, record_key
 from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
+from backstory.data.token_store import TokenStore
+from backstory.data.token_writer import DocBatch, write_token_store
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
-from backstory.data.tokens import DocBatch, TokenStore, write_token_store
 from backstory.errors import InputError
 from backstory.evaluation.evaluate import (
     EvaluateConfig,

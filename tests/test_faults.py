@@ -26,8 +26,9 @@ from backstory.data.corpus.readers import read_json_shard
 from backstory.data.corpus.schema import BadRecordError
 from backstory.data.corpus.sources import CorpusConfig, plan_corpus
 from backstory.data.files import file_sha256
+from backstory.data.token_store import TokenStore
+from backstory.data.token_writer import DocBatch, TokenStream
 from backstory.data.tokenizer import train_tokenizer
-from backstory.data.tokens import DocBatch, TokenStore, TokenStream
 from backstory.datasets.token_store_dataset import TokenStoreDataset
 from backstory.datasets.tokenizer_dataset import SentencePieceDataset
 from backstory.errors import SettingError, user_error_in

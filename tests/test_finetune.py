@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backstory.data.tokens import TokenStore
+from backstory.data.token_store import TokenStore
 from backstory.errors import InputError, SettingError
 from backstory.lm.checkpoint import (
     build_model,
@@ -35,6 +35,7 @@ from tests.test_train import (
     MODEL,
     assert_same_weights,
     deterministic_logs,
+    fail_at,
     make_store,
     small_config,
 )
@@ -77,8 +78,8 @@ def initial(pretrained, **settings) -> InitialModel:
     return InitialModel("forward.small.s1337", pretrained, finetune_config(**settings))
 
 
-def tune(stores, run_dir: Path, init: InitialModel, config=None, store=None):
-    return train(MODEL, config or small_config(lr=1e-3), store or stores[0], stores[1], run_dir,
+def tune(stores, run_dir: Path, init: InitialModel, config=None):
+    return train(MODEL, config or small_config(lr=1e-3), stores[0], stores[1], run_dir,
                  lineage=LINEAGE, progress=False, init=init)
 
 
@@ -204,23 +205,14 @@ class _Interrupted(Exception):
     pass
 
 
-class StopAt(TokenStore):
-    """Training tokens that fail at one micro-batch: the run dies mid-way."""
-
-    stop_at = 9
-
-    def random_windows(self, *args, **kwargs):
-        if kwargs.get("batch_index", args[0] if args else None) == self.stop_at:
-            raise _Interrupted
-        return super().random_windows(*args, **kwargs)
-
-
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
-def test_interrupted_lora_run_resumes_exactly(pretrained, stores, tmp_path, dropout):
+def test_interrupted_lora_run_resumes_exactly(pretrained, stores, tmp_path, dropout,
+                                              monkeypatch):
     init = initial(pretrained, method="lora", lora_rank=4, lora_dropout=dropout)
     config = small_config(lr=1e-2, max_steps=12, checkpoint_interval=4)
-    with pytest.raises(_Interrupted):
-        tune(stores, tmp_path / "run", init, config, store=StopAt(stores[0].path))
+    with monkeypatch.context() as patch, pytest.raises(_Interrupted):
+        fail_at(patch, 9, _Interrupted())  # the run dies mid-way
+        tune(stores, tmp_path / "run", init, config)
     assert read_state(latest_checkpoint(tmp_path / "run"))["step"] == 8
     resumed = tune(stores, tmp_path / "run", init, config)
     clean = tune(stores, tmp_path / "clean", init, config)

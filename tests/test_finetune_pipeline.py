@@ -17,8 +17,8 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from backstory import experiment, variants
+from backstory.data.token_store import TokenStore
 from backstory.data.tokenizer import Tokenizer
-from backstory.data.tokens import TokenStore
 from backstory.errors import SettingError
 from backstory.lm.checkpoint import load_trained
 from backstory.lm.interop import export_model, load_external

@@ -13,8 +13,8 @@ from kedro.framework.startup import bootstrap_project
 
 from backstory.data.corpus.story_table import StoryTable
 from backstory.data.text import reverse_words
+from backstory.data.token_store import TokenStore
 from backstory.data.tokenizer import Tokenizer
-from backstory.data.tokens import TokenStore
 from backstory.pipeline_registry import build_pipelines
 from tests.project import (
     REPO,

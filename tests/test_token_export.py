@@ -29,8 +29,10 @@ from backstory.data.corpus.story_table import (
 from backstory.data.documents import StoryDocuments, encode_documents
 from backstory.data.text import reverse_words
 from backstory.data.token_export import work_folder, write_token_store_parallel
+from backstory.data.token_format import TokenStoreError
+from backstory.data.token_store import TokenStore
+from backstory.data.token_writer import write_token_store
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
-from backstory.data.tokens import TokenStore, TokenStoreError, write_token_store
 from tests.project import REAL_DATA, real_excerpt
 
 REAL = REAL_DATA
@@ -155,15 +157,15 @@ def test_resume_reuses_the_parts_on_disk_and_redoes_damaged_ones(tmp_path, token
     attrs = attrs_for(table, tokenizer, "forward", "train")
     documents = StoryDocuments(table, "train", tokenizer, variant="forward")
     target = tmp_path / "train.h5"
-    real_assemble = token_export.tokens.assemble_token_store
+    real_assemble = token_export.token_writer.assemble_token_store
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # stands in for a kill after every part was encoded
 
-    monkeypatch.setattr(token_export.tokens, "assemble_token_store", crash)
+    monkeypatch.setattr(token_export.token_writer, "assemble_token_store", crash)
     with pytest.raises(KeyboardInterrupt):
         write_token_store_parallel(target, documents, attrs=attrs, workers=1)
-    monkeypatch.setattr(token_export.tokens, "assemble_token_store", real_assemble)
+    monkeypatch.setattr(token_export.token_writer, "assemble_token_store", real_assemble)
     work = work_folder(target)
     spills = sorted(p for p in work.iterdir() if p.suffix == ".tokens")
     damaged = spills[1]

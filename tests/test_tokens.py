@@ -1,4 +1,5 @@
-"""Tests for the H5 token store (backstory.data.tokens) and its Kedro dataset."""
+"""Tests for the H5 token store (backstory.data.token_*), its Kedro dataset and the
+training windows drawn from it."""
 
 from __future__ import annotations
 
@@ -12,19 +13,18 @@ import pytest
 from kedro.io import DataCatalog, DatasetError
 
 import backstory
-from backstory.data import tokens as tokens_module
-from backstory.data.tokens import (
+from backstory.data import token_writer
+from backstory.data.token_format import (
     FORMAT,
     FORMAT_VERSION,
     TOKEN_RANGE_CHUNK,
-    DocBatch,
-    TokenStore,
     TokenStoreError,
-    TokenStream,
     token_dtype,
-    write_token_store,
 )
+from backstory.data.token_store import TokenStore
+from backstory.data.token_writer import DocBatch, TokenStream, write_token_store
 from backstory.datasets.token_store_dataset import TokenStoreDataset
+from backstory.lm.training.loop import random_windows
 
 VOCAB = 65536  # the largest uint16 vocabulary: token value == position in the tests below
 ONES2 = np.ones(2, dtype=np.int64)
@@ -185,7 +185,7 @@ def test_empty_corpus_is_a_valid_empty_store(tmp_path: Path) -> None:
         assert store.n_docs == 0 and store.tokens.size == 0
         assert store.story_mask().size == 0
         with pytest.raises(TokenStoreError, match="0 tokens"):
-            store.random_windows(0, 2, 4, seed=1)
+            random_windows(store, 0, 2, 4, seed=1)
 
 
 @pytest.mark.parametrize("bad_id", [-1, VOCAB])
@@ -271,15 +271,15 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path, store_path: Path) -> No
 def test_random_windows_are_deterministic_and_in_bounds(store_path: Path) -> None:
     store = TokenStore(store_path)
     seq_len = 16
-    first = store.random_windows(3, 8, seq_len, seed=11)
+    first = random_windows(store, 3, 8, seq_len, seed=11)
     assert first.shape == (8, seq_len + 1) and first.dtype == np.int64
-    assert np.array_equal(first, TokenStore(store_path).random_windows(3, 8, seq_len, seed=11))
-    assert not np.array_equal(first, store.random_windows(4, 8, seq_len, seed=11))
-    assert not np.array_equal(first, store.random_windows(3, 8, seq_len, seed=12))
+    assert np.array_equal(first, random_windows(TokenStore(store_path), 3, 8, seq_len, seed=11))
+    assert not np.array_equal(first, random_windows(store, 4, 8, seq_len, seed=11))
+    assert not np.array_equal(first, random_windows(store, 3, 8, seq_len, seed=12))
 
     starts = set()
     for batch_index in range(300):
-        windows = store.random_windows(batch_index, 64, seq_len, seed=0)
+        windows = random_windows(store, batch_index, 64, seq_len, seed=0)
         # Token value == position, so each row must be a contiguous run of the stream.
         assert np.array_equal(windows, windows[:, :1] + np.arange(seq_len + 1))
         starts.update(windows[:, 0].tolist())
@@ -291,9 +291,9 @@ def test_random_windows_need_enough_tokens(tmp_path: Path) -> None:
     path = tmp_path / "tiny.h5"
     write_token_store(path, to_batches([(np.arange(8), (0, 8), 8)], 1), attrs=base_attrs())
     store = TokenStore(path)
-    assert store.random_windows(0, 4, 7, seed=0).tolist() == [list(range(8))] * 4
+    assert random_windows(store, 0, 4, 7, seed=0).tolist() == [list(range(8))] * 4
     with pytest.raises(TokenStoreError, match=r"tiny\.h5: 8 tokens .*seq_len=8"):
-        store.random_windows(0, 4, 8, seed=0)
+        random_windows(store, 0, 4, 8, seed=0)
 
 
 @pytest.mark.parametrize(
@@ -307,7 +307,7 @@ def test_random_windows_need_enough_tokens(tmp_path: Path) -> None:
 )
 def test_random_windows_reject_bad_arguments(store_path: Path, name: str, args: tuple) -> None:
     with pytest.raises(ValueError, match=name):
-        TokenStore(store_path).random_windows(*args)
+        random_windows(TokenStore(store_path), *args)
 
 
 def naive_story_mask(store: TokenStore) -> np.ndarray:
@@ -394,14 +394,14 @@ def test_pickle_reopens_from_the_path(store_path: Path) -> None:
     assert isinstance(clone.tokens, np.memmap)
     assert np.array_equal(clone.tokens, store.tokens)
     assert clone.attrs == store.attrs
-    assert np.array_equal(clone.random_windows(1, 4, 8, 5), store.random_windows(1, 4, 8, 5))
+    assert np.array_equal(random_windows(clone, 1, 4, 8, 5), random_windows(store, 1, 4, 8, 5))
 
 
 def test_closed_store_cannot_be_read(store_path: Path) -> None:
     with TokenStore(store_path) as store:
         pass
     with pytest.raises(TokenStoreError, match="closed"):
-        store.random_windows(0, 1, 4, seed=0)
+        random_windows(store, 0, 1, 4, seed=0)
 
 
 # ------------------------------------------------------------------------- bad files
@@ -515,7 +515,7 @@ def test_dataset_errors(tmp_path: Path) -> None:
 
 
 def test_each_chunk_records_its_id_range(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(tokens_module, "TOKEN_RANGE_CHUNK", 10)
+    monkeypatch.setattr(token_writer, "TOKEN_RANGE_CHUNK", 10)
     docs = make_docs(30, seed=4)
     path = tmp_path / "s.h5"
     write_token_store(path, to_batches(docs, 4), attrs=base_attrs())
@@ -551,7 +551,7 @@ def test_ids_changed_after_writing_are_caught(store_path: Path) -> None:
         with pytest.raises(TokenStoreError, match=r"train\.h5: training batch 0 holds token id "
                                                   r"65000 >= vocab_size 60000"):
             for batch in range(50):
-                store.random_windows(batch, 64, 8, seed=0)
+                random_windows(store, batch, 64, 8, seed=0)
 
 
 def test_altered_range_records_are_refused(store_path: Path) -> None:

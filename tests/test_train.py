@@ -20,7 +20,8 @@ import pytest
 import torch
 import yaml
 
-from backstory.data.tokens import DocBatch, TokenStore, write_token_store
+from backstory.data.token_store import TokenStore
+from backstory.data.token_writer import DocBatch, write_token_store
 from backstory.errors import InputError
 from backstory.lm.checkpoint import (
     TrainedModel,
@@ -381,19 +382,20 @@ import sys, time
 import torch
 from pathlib import Path
 from backstory.lm.model import ModelConfig
-from backstory.data.tokens import TokenStore
-from backstory.lm.training import TrainConfig, train
+from backstory.data.token_store import TokenStore
+from backstory.lm.training import TrainConfig, loop, train
 
 torch.set_num_threads(1)
+windows = loop.random_windows
 
-class SlowStore(TokenStore):
+def slow_windows(*args, **kwargs):
     # Slows the run down so that the test can kill it between two checkpoints.
-    def random_windows(self, *args, **kwargs):
-        time.sleep(0.05)
-        return super().random_windows(*args, **kwargs)
+    time.sleep(0.05)
+    return windows(*args, **kwargs)
 
+loop.random_windows = slow_windows
 model, config, train_path, val_path, run_dir, lineage = __import__("json").loads(sys.argv[1])
-train(ModelConfig.from_dict(model), TrainConfig.from_record(config), SlowStore(Path(train_path)),
+train(ModelConfig.from_dict(model), TrainConfig.from_record(config), TokenStore(Path(train_path)),
       TokenStore(Path(val_path)), Path(run_dir), lineage=lineage, progress=False)
 """
 
@@ -568,16 +570,17 @@ def test_a_second_run_on_the_same_folder_fails_at_once_naming_the_first(
 # --- optimizers and speed settings (issue 11) -----------------------------------------------
 
 
-class FailingStore(TokenStore):
-    """A training store that fails when the loop asks for micro-batch ``fail_at``: a crash
-    between two checkpoints, in this process."""
+def fail_at(monkeypatch: pytest.MonkeyPatch, batch: int, error: Exception) -> None:
+    """Make the training loop raise ``error`` when it asks for micro-batch ``batch``: a
+    crash between two checkpoints, in this process."""
+    windows = train_loop.random_windows
 
-    fail_at = -1
+    def failing(store: TokenStore, *, batch_index: int, **kwargs: int) -> np.ndarray:
+        if batch_index == batch:
+            raise error
+        return windows(store, batch_index=batch_index, **kwargs)
 
-    def random_windows(self, *args, **kwargs):
-        if kwargs.get("batch_index") == self.fail_at:
-            raise RuntimeError("simulated crash")
-        return super().random_windows(*args, **kwargs)
+    monkeypatch.setattr(train_loop, "random_windows", failing)
 
 
 def muon_config(**overrides: object) -> TrainConfig:
@@ -665,14 +668,13 @@ def test_muon_trains_and_checkpoints_its_momentum(stores, tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("make", [muon_config, small_config])
-def test_resume_after_a_crash_equals_an_uninterrupted_run(stores, tmp_path: Path,
-                                                          make) -> None:
+def test_resume_after_a_crash_equals_an_uninterrupted_run(stores, tmp_path: Path, make,
+                                                          monkeypatch) -> None:
     config = make(max_steps=12, checkpoint_interval=4, eval_interval=4)
     clean = run(stores, tmp_path / "clean", config)
-    failing = FailingStore(stores[0].path)
-    failing.fail_at = 9  # after the checkpoint at step 8
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(MODEL, config, failing, stores[1], tmp_path / "crashed", lineage=LINEAGE,
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="simulated crash"):
+        fail_at(patch, 9, RuntimeError("simulated crash"))  # after the checkpoint at step 8
+        train(MODEL, config, stores[0], stores[1], tmp_path / "crashed", lineage=LINEAGE,
               progress=False)
     assert read_state(latest_checkpoint(tmp_path / "crashed"))["step"] == 8
     resumed = run(stores, tmp_path / "crashed", config)

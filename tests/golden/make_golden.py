@@ -18,8 +18,9 @@ import torch
 
 from backstory.data.corpus.storyworld import generate_records
 from backstory.data.documents import encode_documents
+from backstory.data.token_store import TokenStore
+from backstory.data.token_writer import write_token_store
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
-from backstory.data.tokens import TokenStore, write_token_store
 from backstory.lm.checkpoint import save_model
 from backstory.lm.model import ModelConfig
 from backstory.lm.training import TrainConfig, train

@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from backstory import params, variants
 from backstory.data.text import DEFAULT_TEMPLATES, in_word_order, record_instruction
+from backstory.data.token_writer import DocBatch
 from backstory.data.tokenizer import Tokenizer
-from backstory.data.tokens import DocBatch
 
 
 @dataclass(frozen=True)

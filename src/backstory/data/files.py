@@ -7,12 +7,14 @@ power cut leaves either the old file or the new one, never a truncated mix.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -73,25 +75,36 @@ def fsync_folder(folder: str | os.PathLike) -> None:
 
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write(handle)`` on a temporary file and move it to ``path`` once complete."""
+    def write_file(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            write(handle)
+
+    write_file_atomically(path, write_file)
+
+
+def write_file_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp)`` with the path of a temporary file beside ``path`` (for writers
+    that open the file themselves: h5py, safetensors, torch.save), then move it there."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
+        write(tmp)
+        with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         if isinstance(err, UserError):
             raise
         raise _write_error(f"cannot write {path}: {err}. The previous {path.name}, if any, "
                            "is untouched: free disk space (or fix the folder's permissions) "
                            "and run again", err) from err
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     fsync_folder(path.parent)
 
@@ -100,10 +113,22 @@ def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> None:
     write_atomically(path, lambda handle: handle.write(data))
 
 
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    write_bytes_atomically(path, text.encode("utf-8"))
+
+
 def write_json_atomically(path: str | os.PathLike, value: Any) -> None:
     """JSON with sorted keys and an indent, so the same value gives the same bytes."""
-    text = json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
-    write_bytes_atomically(path, text.encode("utf-8"))
+    write_text_atomically(path, json.dumps(value, indent=1, sort_keys=True,
+                                           ensure_ascii=False) + "\n")
+
+
+def write_csv_atomically(path: str | os.PathLike, rows: Iterable[Sequence[Any]],
+                         **dialect: Any) -> None:
+    """``rows`` as CSV (``dialect``: csv.writer's options, e.g. delimiter), in UTF-8."""
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer, **dialect).writerows(rows)
+    write_text_atomically(path, buffer.getvalue())
 
 
 def write_folder_atomically(folder: str | os.PathLike, write: Callable[[Path], None]

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from backstory.data import documents as documents_module
-from backstory.data import text, tokens
+from backstory.data import text, token_format, token_writer
 from backstory.data.files import read_json, write_json_atomically
 from backstory.data.fingerprints import code_digest, sha256_of
 from backstory.data.parallel import resolve_workers, run_tasks, workers_for
-from backstory.data.tokens import SpillPart, TokenStoreError
+from backstory.data.token_format import TokenStoreError, check_attrs
+from backstory.data.token_writer import SpillPart
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def write_token_store_parallel(path: Path | str, documents: Any, *, attrs: dict,
                                workers: int = 0) -> dict:
     """Encode ``documents`` into the token store at ``path``; its summary (see module doc)."""
     path = Path(path)
-    header = tokens.check_attrs(attrs, path)
+    header = check_attrs(attrs, path)
     if attrs["corpus_fingerprint"] != documents.fingerprint:
         raise TokenStoreError(
             f"{path}: the story table (corpus fingerprint {documents.fingerprint[:16]}) is not "
@@ -55,8 +56,8 @@ def write_token_store_parallel(path: Path | str, documents: Any, *, attrs: dict,
         )
     work = work_folder(path)
     identity = sha256_of({
-        "attrs": attrs, "documents": documents.identity(), "format": tokens.FORMAT_VERSION,
-        "code": code_digest(documents_module, text, tokens),
+        "attrs": attrs, "documents": documents.identity(), "format": token_format.FORMAT_VERSION,
+        "code": code_digest(documents_module, text, token_format, token_writer),
     })
     _prepare(work, identity)
     names = documents.parts
@@ -80,8 +81,8 @@ def write_token_store_parallel(path: Path | str, documents: Any, *, attrs: dict,
                                               initargs=(documents,),
                                               what=f"{path.name} partitions"), strict=True):
         parts[index] = part
-    summary = tokens.assemble_token_store(path, [parts[i] for i in range(len(names))],
-                                          attrs=attrs)
+    summary = token_writer.assemble_token_store(path, [parts[i] for i in range(len(names))],
+                                                attrs=attrs)
     shutil.rmtree(work, ignore_errors=True)
     return summary
 
@@ -111,8 +112,8 @@ def _encode_part(task: tuple[int, str, str, int, int, str]) -> SpillPart:
     index, name, work, vocab_size, threads, store = task
     prefix = f"part-{index:05d}"
     batches = _DOCUMENTS.encode_part(name, num_threads=threads)
-    part = tokens.spill_batches(batches, Path(work), prefix, vocab_size,
-                                where=f"{store}: partition {name}")
+    part = token_writer.spill_batches(batches, Path(work), prefix, vocab_size,
+                                      where=f"{store}: partition {name}")
     write_json_atomically(Path(work) / f"{prefix}.json",
                           {k: v for k, v in part.to_dict().items() if k != "folder"})
     return part

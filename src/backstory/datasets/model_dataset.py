@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from kedro.io import AbstractDataset, DatasetError
+from kedro.io import DatasetError
 
+from backstory.datasets.base import PathDataset
 from backstory.lm.checkpoint import (
     MODEL_META_FILE,
     WEIGHTS_FILE,
@@ -16,52 +16,23 @@ from backstory.lm.checkpoint import (
 )
 
 
-class ModelDataset(AbstractDataset[TrainedModel, TrainedModel]):
-    """A trained model: ``model.safetensors`` + ``model.json`` in one directory.
+class ModelDataset(PathDataset[TrainedModel, TrainedModel]):
+    """A trained model: ``model.safetensors`` + ``model.json`` in one directory."""
 
-    Example catalog entry::
-
-        forward.model:
-          type: backstory.datasets.model_dataset.ModelDataset
-          filepath: data/06_models/forward/model
-    """
-
-    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
-        """``filepath``: the model directory; ``metadata``: free-form (kedro-viz), unused."""
-        self._filepath = Path(filepath)
-        self.metadata = metadata
+    saves, saves_what = (TrainedModel,), "a TrainedModel"
 
     def load(self) -> TrainedModel:
         return load_trained(self._filepath)
 
-    def save(self, data: TrainedModel) -> None:
-        if not isinstance(data, TrainedModel):
-            raise DatasetError(
-                f"{self._filepath}: ModelDataset saves a TrainedModel, got {type(data).__name__}"
-            )
+    def _write(self, data: TrainedModel) -> None:
         save_model(self._filepath, data)
 
     def _exists(self) -> bool:
         return all((self._filepath / name).is_file() for name in (WEIGHTS_FILE, MODEL_META_FILE))
 
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}
 
-
-class RunDirDataset(AbstractDataset[None, Path]):
-    """The folder a training run keeps its checkpoints and logs in; loading creates it.
-
-    Example catalog entry::
-
-        forward.training_run:
-          type: backstory.datasets.model_dataset.RunDirDataset
-          filepath: data/06_models/forward/run
-    """
-
-    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
-        """``filepath``: the run directory; ``metadata``: free-form (kedro-viz), unused."""
-        self._filepath = Path(filepath)
-        self.metadata = metadata
+class RunDirDataset(PathDataset[None, Path]):
+    """The folder a training run keeps its checkpoints and logs in; loading creates it."""
 
     def load(self) -> Path:
         self._filepath.mkdir(parents=True, exist_ok=True)
@@ -75,6 +46,3 @@ class RunDirDataset(AbstractDataset[None, Path]):
 
     def _exists(self) -> bool:
         return self._filepath.is_dir()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}

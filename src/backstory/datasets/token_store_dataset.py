@@ -2,48 +2,31 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-from kedro.io import AbstractDataset, DatasetError
-
 from backstory.data.token_export import write_token_store_parallel
-from backstory.data.tokens import TokenStore, TokenStream, write_token_store
+from backstory.data.token_store import TokenStore
+from backstory.data.token_writer import TokenStream, write_token_store
+from backstory.datasets.base import PathDataset
 from backstory.locks import replacing_artifact, use_artifact
 
 WHAT = "a token store"
 
 
-class TokenStoreDataset(AbstractDataset[TokenStream, TokenStore]):
+class TokenStoreDataset(PathDataset[TokenStream, TokenStore]):
     """One token-store file (`data/05_model_input/<variant>/<split>.h5`).
 
     `save` writes a stream's `documents` partition by partition in worker processes,
     resumably (`backstory.data.token_export`), or consumes its `batches` lazily in this
     process; either way the encoded corpus is never held in memory. `load` returns a
     memory-mapped, picklable `TokenStore`.
-
-    Example catalog entry::
-
-        forward.train_tokens:
-          type: backstory.datasets.token_store_dataset.TokenStoreDataset
-          filepath: data/05_model_input/forward/train.h5
     """
 
-    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
-        """`filepath`: the H5 file; `metadata`: free-form, for kedro-viz, unused here."""
-        self._filepath = Path(filepath)
-        self.metadata = metadata
+    saves, saves_what = (TokenStream,), "a TokenStream"
 
     def load(self) -> TokenStore:
         use_artifact(self._filepath, WHAT)
         return TokenStore(self._filepath)
 
-    def save(self, data: TokenStream) -> None:
-        if not isinstance(data, TokenStream):
-            raise DatasetError(
-                f"{self._filepath}: TokenStoreDataset saves a TokenStream, "
-                f"got {type(data).__name__}"
-            )
+    def _write(self, data: TokenStream) -> None:
         # The new store is written aside and renamed over the old one, so a process that
         # mapped the old file keeps reading its bytes; the lock keeps live runs' files.
         with replacing_artifact(self._filepath, WHAT):
@@ -55,6 +38,3 @@ class TokenStoreDataset(AbstractDataset[TokenStream, TokenStore]):
 
     def _exists(self) -> bool:
         return self._filepath.is_file()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}

@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-from kedro.io.core import AbstractDataset, DatasetError
+from kedro.io.core import DatasetError
 
 from backstory.data.files import write_bytes_atomically
 from backstory.data.tokenizer import Tokenizer
+from backstory.datasets.base import PathDataset
 from backstory.locks import replacing_artifact, use_artifact
 
 WHAT = "the tokenizer"
 
 
-class SentencePieceDataset(AbstractDataset[bytes | Tokenizer, Tokenizer]):
-    """A ``tokenizer.model`` file: saves model bytes (or a Tokenizer), loads a Tokenizer.
+class SentencePieceDataset(PathDataset[bytes | Tokenizer, Tokenizer]):
+    """A ``tokenizer.model`` file: saves model bytes (or a Tokenizer), loads a Tokenizer."""
 
-    Example catalog entry::
-
-        tokenizer:
-          type: backstory.datasets.tokenizer_dataset.SentencePieceDataset
-          filepath: data/06_models/tokenizer/tokenizer.model
-    """
-
-    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
-        self._filepath = Path(filepath)
-        self.metadata = metadata
+    saves, saves_what = (bytes, bytearray, Tokenizer), "bytes or a Tokenizer"
 
     def load(self) -> Tokenizer:
         use_artifact(self._filepath, WHAT)
@@ -34,17 +23,12 @@ class SentencePieceDataset(AbstractDataset[bytes | Tokenizer, Tokenizer]):
             raise DatasetError(f"tokenizer model file not found: {self._filepath}")
         return Tokenizer.from_file(self._filepath)
 
-    def save(self, data: bytes | Tokenizer) -> None:
+    def _write(self, data: bytes | Tokenizer) -> None:
         if isinstance(data, Tokenizer):
             payload = data.model_bytes
-        elif isinstance(data, bytes | bytearray):
+        else:
             payload = bytes(data)
             Tokenizer.from_bytes(payload)  # refuse to write something that will not load
-        else:
-            raise DatasetError(
-                f"SentencePieceDataset({self._filepath}) saves bytes or a Tokenizer, "
-                f"got {type(data).__name__}"
-            )
         if self._filepath.is_file() and self._filepath.read_bytes() == payload:
             use_artifact(self._filepath, WHAT)  # the same model: runs reading it go on
             return
@@ -55,6 +39,3 @@ class SentencePieceDataset(AbstractDataset[bytes | Tokenizer, Tokenizer]):
 
     def _exists(self) -> bool:
         return self._filepath.is_file()
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}

@@ -18,8 +18,9 @@ import numpy as np
 
 from backstory import params, variants
 from backstory.data.documents import encode_documents
+from backstory.data.token_store import TokenStore
+from backstory.data.token_writer import write_token_store
 from backstory.data.tokenizer import Tokenizer
-from backstory.data.tokens import TokenStore, write_token_store
 from backstory.evaluation.metrics import document_bits
 from backstory.evaluation.report import Statistics
 from backstory.evaluation.sampling import mode, prompt_ids, story_text

@@ -15,13 +15,13 @@ multi-process run (where only rank 0 calls it).
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from backstory.data.tokens import TokenStore
+from backstory.data.files import write_csv_atomically
+from backstory.data.token_store import TokenStore
 from backstory.evaluation.metrics import document_bits
 
 EVAL_CURVE = "eval_curve.csv"  # in the run folder; the catalog's <run>.eval_curve
@@ -63,12 +63,7 @@ def read_rows(path: Path) -> list[list[str]]:
 
 
 def write_rows(path: Path, rows: list[list[str]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    write_csv_atomically(path, [COLUMNS, *rows], lineterminator="\n")
 
 
 def curve_frame(table: pd.DataFrame, name: str) -> pd.DataFrame:

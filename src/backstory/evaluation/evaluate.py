@@ -28,8 +28,8 @@ import pandas as pd
 
 from backstory import params, variants
 from backstory.data.documents import record_key
+from backstory.data.token_store import TokenStore
 from backstory.data.tokenizer import Tokenizer
-from backstory.data.tokens import TokenStore
 from backstory.errors import InputError
 from backstory.evaluation.lineage import LineageError, check_lineage, model_variant
 from backstory.evaluation.metrics import LN2, document_scores, resolve_device, unigram_bpb

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from backstory.data.tokens import TokenStore
+from backstory.data.token_store import TokenStore
 from backstory.errors import InputError
 from backstory.evaluation.evaluate import (
     EvaluateConfig,

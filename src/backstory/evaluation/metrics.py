@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from backstory.data.tokens import TokenStore
+from backstory.data.token_store import TokenStore
 from backstory.lm.families import LanguageModel
 from backstory.lm.orders import ORDERS, check_order
 

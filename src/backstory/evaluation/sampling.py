@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from backstory import variants
 from backstory.data.text import DEFAULT_TEMPLATES, in_word_order, record_instruction
+from backstory.data.token_store import TokenStore
 from backstory.data.tokenizer import Tokenizer
-from backstory.data.tokens import TokenStore
 from backstory.errors import SettingError
 from backstory.evaluation.metrics import check_positive
 from backstory.lm import orders

@@ -31,7 +31,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from backstory.data.files import WriteError, file_mode, file_sha256
+from backstory.data.files import (
+    WriteError,
+    file_mode,
+    file_sha256,
+    fsync_folder,
+    write_file_atomically,
+    write_text_atomically,
+)
 from backstory.errors import InputError, UserError
 from backstory.lm.families import LanguageModel, new_model
 from backstory.lm.model import ModelConfig
@@ -161,13 +168,13 @@ def save_checkpoint(
         tmp.mkdir()
         for file, write in writers:
             _write_or_explain(tmp / file, write)
-        _fsync_dir(tmp)
+        fsync_folder(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     final = root / name
     _rename_into_place(tmp, final)
-    _write_or_explain(root / LATEST_FILE, lambda f: _write_text_atomic(f, name + "\n"))
+    _write_or_explain(root / LATEST_FILE, lambda f: write_text_atomically(f, name + "\n"))
     prune_checkpoints(run_dir, keep=keep)
     return final
 
@@ -190,13 +197,17 @@ def _write_or_explain(file: Path, write: Callable[[Path], object]) -> None:
 
 
 def _rename_into_place(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``; an older ``final`` (from a run resumed before it) goes."""
+    """Rename ``tmp`` to ``final``; an older ``final`` (from a run resumed before it) goes.
+
+    Not ``write_folder_atomically``: that merges files into an existing folder, while a
+    checkpoint replaces the old folder of its step whole.
+    """
     old = None
     if final.exists():
         old = final.with_name(f"{_OLD_PREFIX}{final.name}")
         os.rename(final, old)
     os.rename(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_folder(final.parent)
     if old is not None:
         shutil.rmtree(old)
 
@@ -209,30 +220,9 @@ def _remove_leftovers(root: Path) -> None:
             shutil.rmtree(entry)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers see the old or the new content, never half."""
-    tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text(text)
-    _fsync_file(tmp)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Persist a directory's entries (renames), where the platform allows it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # Windows cannot open directories; its renames are durable enough
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def prune_checkpoints(run_dir: Path, keep: int = KEEP_LAST) -> list[Path]:
@@ -276,7 +266,7 @@ def keep_stable(run_dir: Path, checkpoint: Path) -> Path:
     _remove_leftovers(root)
     tmp = root / f"{_TMP_PREFIX}{checkpoint.name}"
     shutil.copytree(checkpoint, tmp)
-    _fsync_dir(tmp)
+    fsync_folder(tmp)
     _rename_into_place(tmp, root / checkpoint.name)
     for other in root.iterdir():
         if other.name != checkpoint.name:
@@ -300,9 +290,9 @@ def restore_checkpoint(run_dir: Path, checkpoint: Path) -> Path:
     discard_checkpoints_after(run_dir, _step_of(checkpoint))
     tmp = root / f"{_TMP_PREFIX}{checkpoint.name}"
     shutil.copytree(checkpoint, tmp)
-    _fsync_dir(tmp)
+    fsync_folder(tmp)
     _rename_into_place(tmp, root / checkpoint.name)
-    _write_text_atomic(root / LATEST_FILE, checkpoint.name + "\n")
+    write_text_atomically(root / LATEST_FILE, checkpoint.name + "\n")
     return root / checkpoint.name
 
 
@@ -415,7 +405,7 @@ def _fall_back(root: Path, intact: Path, pointer_problem: str | None,
         os.rename(path, aside)
         problems.append(f"{err} (checkpoint moved to {aside}; delete it once you have "
                         "looked at it)")
-    _write_text_atomic(root / LATEST_FILE, intact.name + "\n")
+    write_text_atomically(root / LATEST_FILE, intact.name + "\n")
     logger.warning("Resuming from %s, the newest intact checkpoint: %s", intact,
                    "; ".join(problems))
 
@@ -579,10 +569,9 @@ def save_model(directory: Path, trained: TrainedModel) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS_FILE
-    tmp = directory / f"{_TMP_PREFIX}{WEIGHTS_FILE}"
-    save_weights(cpu_copies(trained.state_dict), tmp, metadata={"format": MODEL_FORMAT})
-    _fsync_file(tmp)
-    os.replace(tmp, weights)
+    tensors = cpu_copies(trained.state_dict)
+    write_file_atomically(
+        weights, lambda tmp: save_weights(tensors, tmp, metadata={"format": MODEL_FORMAT}))
     document = {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
@@ -590,7 +579,8 @@ def save_model(directory: Path, trained: TrainedModel) -> None:
         "weights_sha256": file_sha256(weights),
         "meta": trained.meta,
     }
-    _write_text_atomic(directory / MODEL_META_FILE, json.dumps(document, sort_keys=True, indent=1))
+    write_text_atomically(directory / MODEL_META_FILE,
+                          json.dumps(document, sort_keys=True, indent=1))
 
 
 def load_trained(directory: Path) -> TrainedModel:

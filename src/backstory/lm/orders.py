@@ -31,7 +31,7 @@ import numpy as np
 from backstory.variants import TOKEN_ORDERS
 
 if TYPE_CHECKING:
-    from backstory.data.tokens import TokenStore
+    from backstory.data.token_store import TokenStore
 
 Batches = Iterator[tuple[np.ndarray, np.ndarray]]  # windows (b, width), target masks (b, width - 1)
 

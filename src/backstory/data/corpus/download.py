@@ -35,6 +35,7 @@ from tqdm import tqdm
 from backstory.data.files import (
     file_sha256,
     read_json,
+    write_atomically,
     write_bytes_atomically,
     write_json_atomically,
 )
@@ -148,6 +149,7 @@ def download(
     if expected is not None and fetched.sha256 != expected:
         part.unlink(missing_ok=True)
         raise ChecksumError(dest.name, expected, fetched.sha256)
+    # Not write_atomically: the .part file outlives a failed run, so the next resumes it.
     os.replace(part, dest)
     logger.info("downloaded %s to %s (sha256 %s)", url, dest, fetched.sha256)
     return dest
@@ -518,45 +520,41 @@ def _extract_member(
     archive: Path,
     written: list[tuple[Path, str]],
 ) -> tuple[Path, str]:
-    """Copy one member to ``target`` through a ``.part`` file, checking its size."""
+    """Copy one member to ``target`` atomically, checking its size; its sha256."""
     if any(target == path for path, _ in written):
         raise UnsafeArchiveError(f"{archive}: two members would both extract to {target.name}")
-    partial = part_path(target)
-    try:
-        source = tar.extractfile(member)
-        copied, digest = _copy_member(source, partial, archive, member.name)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    if copied != member.size:
-        partial.unlink(missing_ok=True)
-        raise CorruptArchiveError(
-            f"{archive}: member {member.name!r} is truncated ({copied} of {member.size} bytes)"
-        )
-    os.replace(partial, target)
-    return target, digest
+    digests = []
+
+    def copy(handle: BinaryIO) -> None:
+        copied, digest = _copy_member(tar.extractfile(member), handle, archive, member.name)
+        if copied != member.size:
+            raise CorruptArchiveError(f"{archive}: member {member.name!r} is truncated "
+                                      f"({copied} of {member.size} bytes)")
+        digests.append(digest)
+
+    write_atomically(target, copy)
+    return target, digests[0]
 
 
 def _copy_member(
-    source: BinaryIO | None, partial: Path, archive: Path, name: str
+    source: BinaryIO | None, handle: BinaryIO, archive: Path, name: str
 ) -> tuple[int, str]:
     if source is None:
         raise CorruptArchiveError(f"{archive}: member {name!r} has no data")
     copied = 0
     hasher = hashlib.sha256()
-    with partial.open("wb") as handle:
-        while True:
-            try:
-                block = source.read(_HASH_BLOCK)
-            except _ARCHIVE_READ_ERRORS as err:
-                raise CorruptArchiveError(
-                    f"{archive}: damaged or truncated archive in member {name!r} ({err})"
-                ) from None
-            if not block:
-                return copied, hasher.hexdigest()
-            handle.write(block)
-            hasher.update(block)
-            copied += len(block)
+    while True:
+        try:
+            block = source.read(_HASH_BLOCK)
+        except _ARCHIVE_READ_ERRORS as err:
+            raise CorruptArchiveError(
+                f"{archive}: damaged or truncated archive in member {name!r} ({err})"
+            ) from None
+        if not block:
+            return copied, hasher.hexdigest()
+        handle.write(block)
+        hasher.update(block)
+        copied += len(block)
 
 
 def _log_extraction(archive: Path, written: list[Path], ignored: list[str]) -> None:

@@ -254,7 +254,7 @@ def _copy_in(folder: Path, spec: RawFileSpec) -> dict:
         tmp.unlink(missing_ok=True)
         try:
             os.link(source, tmp)
-            os.replace(tmp, target)
+            os.replace(tmp, target)  # a hard link: no bytes to write, so no write_atomically
             return _entry(spec, target.stat().st_size, spec.sha256)
         except OSError:  # another filesystem, or links not allowed: copy instead
             tmp.unlink(missing_ok=True)

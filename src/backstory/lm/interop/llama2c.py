@@ -13,7 +13,6 @@ RoPE theta 10000; a model with other values is refused rather than silently chan
 
 from __future__ import annotations
 
-import os
 import pickle
 import struct
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from backstory.data.files import write_bytes_atomically
 from backstory.lm.checkpoint import TrainedModel, check_weights_fit
 from backstory.lm.model import ModelConfig, rope_tables
 
@@ -91,15 +91,7 @@ def _float32_bytes(tensor: torch.Tensor) -> bytes:
 
 def write_llama2c_model(trained: TrainedModel, path: Path) -> None:
     """Write ``trained`` to ``path`` in the version-0 layout, atomically."""
-    write_bytes_atomic(Path(path), llama2c_model_bytes(trained))
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``; readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_bytes_atomically(path, llama2c_model_bytes(trained))
 
 
 def read_llama2c_model(path: Path, *, config: ModelConfig | None = None) -> TrainedModel:

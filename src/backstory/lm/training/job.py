@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from backstory.data.tokens import TokenStore
+from backstory.data.token_store import TokenStore
 from backstory.errors import InputError
 from backstory.lm.finetune import InitialModel
 from backstory.lm.model import ModelConfig

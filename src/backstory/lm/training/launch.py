@@ -1,31 +1,19 @@
-"""Processes: ranks, devices and dtypes, the process group, and launching workers."""
+"""Processes: ranks, devices and dtypes, the process group, and what a machine can train."""
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.elastic.multiprocessing.errors import record
 
-from backstory.data.tokens import TokenStore
 from backstory.errors import SettingError
-from backstory.lm.finetune import InitialModel
 from backstory.lm.model import ModelConfig
 from backstory.lm.training.config import DTYPES, TrainConfig, is_cuda_index
-from backstory.lm.training.job import TrainJob
 
 logger = logging.getLogger(__name__)
-
-# Prefix of the rendezvous id of the workers `launch_workers` starts; torch's elastic
-# agent hands it to them as TORCHELASTIC_RUN_ID.
-RUN_ID_PREFIX = "backstory-"
 
 
 @dataclass(frozen=True)
@@ -131,61 +119,6 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "float16" and device.type != "cuda":
         raise ValueError(f"train.dtype='float16' needs CUDA (device is {device}); use bfloat16")
     return DTYPES[name]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch_workers(job: TrainJob, progress: bool, on_eval: Any = None,
-                   live_dir: Path | None = None) -> None:
-    """Run ``nproc_per_node`` copies of ``_worker`` and wait for all of them."""
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    n = job.config.nproc_per_node
-    launch = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=n,
-        run_id=f"{RUN_ID_PREFIX}{uuid.uuid4().hex[:12]}",
-        rdzv_backend="c10d",
-        rdzv_endpoint=f"127.0.0.1:{_free_port()}",
-        max_restarts=0,  # a crash is reported, not retried: resume is the user's call
-        monitor_interval=0.5,
-        start_method="spawn",
-    )
-    logger.info("Launching %d training processes", n)
-    elastic_launch(launch, _worker)(
-        job.model_config.to_dict(), job.config.to_dict(), str(job.train_store.path),
-        str(job.val_store.path), str(job.run_dir), job.lineage, progress, job.init,
-        on_eval, None if live_dir is None else str(live_dir),
-    )
-
-
-@record
-def _worker(model_config: dict, train_config: dict, train_path: str, val_path: str,
-            run_dir: str, lineage: dict, progress: bool, init: InitialModel | None,
-            on_eval: Any = None, live_dir: str | None = None) -> None:
-    """One launched process: reopen the stores and train as the rank the launcher set."""
-    from backstory.lm.training.run import train  # the entry point imports this module
-
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if "OMP_NUM_THREADS" not in os.environ:
-        # Processes share the cores; oversubscribed threads slow every one of them.
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
-    train(ModelConfig.from_dict(model_config), TrainConfig.from_record(train_config),
-          TokenStore(Path(train_path)), TokenStore(Path(val_path)), Path(run_dir),
-          lineage=lineage, progress=progress, init=init, on_eval=on_eval,
-          live_dir=None if live_dir is None else Path(live_dir))
-
-
-def launched_by_backstory() -> bool:
-    """Whether this process is a worker `launch_workers` started (not torchrun's)."""
-    return os.environ.get("TORCHELASTIC_RUN_ID", "").startswith(RUN_ID_PREFIX)
 
 
 def check_launchable(config: TrainConfig) -> None:

@@ -31,6 +31,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from backstory.data.files import write_csv_atomically
+
 logger = logging.getLogger(__name__)
 
 LIVE_DIR = "live"  # inside the run folder when train() is given no live folder
@@ -135,10 +137,7 @@ def _truncate_tsv(path: Path, step: int) -> None:
         return
     column = rows[0].index("step")
     kept = [rows[0]] + [row for row in rows[1:] if row and int(row[column]) <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle, delimiter="\t", lineterminator=os.linesep).writerows(kept)
-    os.replace(tmp, path)
+    write_csv_atomically(path, kept, delimiter="\t", lineterminator=os.linesep)
 
 
 def start_log(path: Path, columns: tuple[str, ...], through_step: int) -> None:
@@ -150,13 +149,7 @@ def start_log(path: Path, columns: tuple[str, ...], through_step: int) -> None:
             kept = [row for row in rows[1:] if row and int(row[0]) <= through_step]
         else:
             logger.warning("%s does not have the columns %s; starting it afresh", path, columns)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(columns)
-        writer.writerows(kept)
-    os.replace(tmp, path)
+    write_csv_atomically(path, [columns, *kept], lineterminator="\n")
 
 
 def elapsed_at(path: Path, step: int) -> float:

@@ -1,7 +1,7 @@
 """One process's training session: the model, the optimizer and the loop.
 
 Data order does not depend on the number of processes: micro-batch k of the run is
-``train_store.random_windows(k, batch_size, seq_len, seed)``, a pure function, and each
+``random_windows(train_store, k, batch_size, seq_len, seed)``, a pure function, and each
 rank takes its slice of its rows. The micro-batch counter is the sampler position saved
 in checkpoints. The loop itself draws no random numbers (dropout 0, the default), so a
 resumed run repeats the uninterrupted one exactly; with dropout > 0 each rank's RNG
@@ -28,7 +28,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from backstory.data.tokens import TokenStore
+from backstory.data.token_format import check_int
+from backstory.data.token_store import TokenStore
 from backstory.errors import UserError
 from backstory.lm.checkpoint import (
     TrainedModel,
@@ -297,8 +298,8 @@ class Session:
     def _host_batch(self, store: TokenStore, index: int) -> torch.Tensor:
         """This rank's rows of global micro-batch ``index`` in host memory (pinned on CUDA)."""
         cfg = self.job.config
-        windows = store.random_windows(batch_index=index, batch_size=cfg.batch_size,
-                                       seq_len=self.job.model_config.max_seq_len, seed=cfg.seed)
+        windows = random_windows(store, batch_index=index, batch_size=cfg.batch_size,
+                                 seq_len=self.job.model_config.max_seq_len, seed=cfg.seed)
         per_rank = cfg.batch_size // self.rank.world_size
         rows = windows[self.rank.rank * per_rank:(self.rank.rank + 1) * per_rank]
         return host_tensor(rows, cfg.token_order, pin=self.device.type == "cuda",
@@ -466,6 +467,24 @@ class Prefetcher:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def random_windows(store: TokenStore, batch_index: int, batch_size: int, seq_len: int,
+                   seed: int) -> np.ndarray:
+    """(batch_size, seq_len + 1) int64 windows at random offsets, as llama2.c draws them.
+
+    A pure function of (seed, batch_index, batch_size, seq_len): starts are drawn
+    from np.random.default_rng([seed, batch_index]) in [0, n_tokens - seq_len - 1],
+    ignoring document boundaries.
+    """
+    check_int("batch_index", batch_index, 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("seq_len", seq_len, 1)
+    check_int("seed", seed, 0)
+    store.require_tokens(seq_len + 1, seq_len)
+    rng = np.random.default_rng([seed, batch_index])
+    starts = rng.integers(0, store.n_tokens - seq_len, size=batch_size)
+    return store.windows(starts, seq_len + 1, f"training batch {batch_index}")
 
 
 def host_tensor(rows: np.ndarray, token_order: str, *, pin: bool,

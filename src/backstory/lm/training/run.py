@@ -18,13 +18,18 @@ import json
 import logging
 import os
 import shutil
+import socket
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from backstory.data.files import write_json_atomically
-from backstory.data.tokens import TokenStore
+from backstory.data.token_store import TokenStore
 from backstory.errors import InputError
 from backstory.lm.checkpoint import (
     TrainedModel,
@@ -44,8 +49,6 @@ from backstory.lm.training.launch import (
     check_launchable,
     env_world_size,
     join_group,
-    launch_workers,
-    launched_by_backstory,
     resolve_device,
 )
 from backstory.lm.training.loop import Session
@@ -55,6 +58,9 @@ logger = logging.getLogger(__name__)
 
 LOCKED_WHAT = "training checkpoints and logs"  # what the run folder's lock protects
 COOLDOWNS_FILE = "cooldowns.json"  # wsd: validation loss at each length the run cooled down at
+# Prefix of the rendezvous id of the workers `launch_workers` starts; torch's elastic
+# agent hands it to them as TORCHELASTIC_RUN_ID.
+RUN_ID_PREFIX = "backstory-"
 
 
 def train(
@@ -153,7 +159,7 @@ def _set_aside_other_run(job: TrainJob) -> None:
     aside.mkdir()
     for entry in job.run_dir.iterdir():
         if entry.name != LOCK_FILE:
-            os.replace(entry, aside / entry.name)
+            os.replace(entry, aside / entry.name)  # moved whole, not rewritten
     logger.warning("%s held a run of other data or settings (%s differ): moved it to %s and "
                    "starting afresh", job.run_dir, ", ".join(differences), aside)
 
@@ -278,3 +284,56 @@ def _run_process(job: TrainJob, progress: bool,
     finally:
         if rank_.owns_group:
             dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_workers(job: TrainJob, progress: bool, on_eval: Any = None,
+                   live_dir: Path | None = None) -> None:
+    """Run ``nproc_per_node`` copies of ``_worker`` and wait for all of them."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    n = job.config.nproc_per_node
+    launch = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=n,
+        run_id=f"{RUN_ID_PREFIX}{uuid.uuid4().hex[:12]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{_free_port()}",
+        max_restarts=0,  # a crash is reported, not retried: resume is the user's call
+        monitor_interval=0.5,
+        start_method="spawn",
+    )
+    logger.info("Launching %d training processes", n)
+    elastic_launch(launch, _worker)(
+        job.model_config.to_dict(), job.config.to_dict(), str(job.train_store.path),
+        str(job.val_store.path), str(job.run_dir), job.lineage, progress, job.init,
+        on_eval, None if live_dir is None else str(live_dir),
+    )
+
+
+@record
+def _worker(model_config: dict, train_config: dict, train_path: str, val_path: str,
+            run_dir: str, lineage: dict, progress: bool, init: InitialModel | None,
+            on_eval: Any = None, live_dir: str | None = None) -> None:
+    """One launched process: reopen the stores and train as the rank the launcher set."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if "OMP_NUM_THREADS" not in os.environ:
+        # Processes share the cores; oversubscribed threads slow every one of them.
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    train(ModelConfig.from_dict(model_config), TrainConfig.from_record(train_config),
+          TokenStore(Path(train_path)), TokenStore(Path(val_path)), Path(run_dir),
+          lineage=lineage, progress=progress, init=init, on_eval=on_eval,
+          live_dir=None if live_dir is None else Path(live_dir))
+
+
+def launched_by_backstory() -> bool:
+    """Whether this process is a worker `launch_workers` started (not torchrun's)."""
+    return os.environ.get("TORCHELASTIC_RUN_ID", "").startswith(RUN_ID_PREFIX)

@@ -7,8 +7,8 @@ import pandas as pd
 import backstory
 from backstory import params
 from backstory.data.corpus.story_table import iter_records
+from backstory.data.token_store import TokenStore
 from backstory.data.tokenizer import Tokenizer
-from backstory.data.tokens import TokenStore
 from backstory.evaluation.evaluate import EvaluateConfig, evaluate_model, evaluation_set
 from backstory.lm.checkpoint import TrainedModel
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from backstory import params, variants
 from backstory.data.corpus.story_table import StoryTable, story_texts
 from backstory.data.documents import StoryDocuments, TextConfig
+from backstory.data.token_writer import TokenStream
 from backstory.data.tokenizer import Tokenizer, TokenizerConfig
-from backstory.data.tokens import TokenStream
 
 
 def export_tokens(

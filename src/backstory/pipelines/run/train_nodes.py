@@ -8,7 +8,7 @@ from pathlib import Path
 
 import backstory
 from backstory import params, variants
-from backstory.data.tokens import TokenStore
+from backstory.data.token_store import TokenStore
 from backstory.errors import InputError
 from backstory.evaluation.curve import EVAL_CURVE, EvalCurve, write_rows
 from backstory.lm.checkpoint import TrainedModel
