@@ -257,31 +257,10 @@ def _pad_rows(rows: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]
     return np.array([doc for doc, _, _, _ in rows]), windows, story, scored
 
 
-def document_bits(
-    model: LanguageModel,
-    store: TokenStore,
-    *,
-    seq_len: int,
-    batch_size: int = 16,
-    token_order: str = "forward",
-    stride: int | None = None,
-    docs: Sequence[int] | None = None,
-    device: str | torch.device | None = None,
-    permutation_seed: int | None = None,
-) -> np.ndarray:
-    """Bits of each document's story text (float64, one per entry of ``docs``).
-
-    Each document is scored on its own: forward from its first token (a BOS or the
-    instruction), backward reversed with the token that follows it in the stream as the
-    first context token. Every story token is scored exactly once, so bits / doc_bytes
-    is the document's bpb. Documents longer than seq_len + 1 tokens are scored in
-    sliding windows that advance by ``stride`` tokens (default seq_len // 2): each later
-    target sees at least seq_len + 1 - stride tokens of context. A permuted model reads
-    each window (its targets masked as above) in its permutation.
-    """
-    return document_scores(model, store, seq_len=seq_len, batch_size=batch_size,
-                           token_order=token_order, stride=stride, docs=docs,
-                           device=device, permutation_seed=permutation_seed)["bits"]
+def document_bits(model: LanguageModel, store: TokenStore, **options: Any) -> np.ndarray:
+    """Bits of each document's story text (float64, one per entry of ``docs``): the
+    ``bits`` of ``document_scores``, which takes the same options."""
+    return document_scores(model, store, **options)["bits"]
 
 
 def document_scores(
@@ -296,7 +275,15 @@ def document_scores(
     device: str | torch.device | None = None,
     permutation_seed: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per-document scores, one entry per document of ``docs`` (see ``document_bits``):
+    """Per-document scores, one entry per document of ``docs``.
+
+    Each document is scored on its own: forward from its first token (a BOS or the
+    instruction), backward reversed with the token that follows it in the stream as the
+    first context token. Every story token is scored exactly once, so bits / doc_bytes
+    is the document's bpb. Documents longer than seq_len + 1 tokens are scored in
+    sliding windows that advance by ``stride`` tokens (default seq_len // 2): each later
+    target sees at least seq_len + 1 - stride tokens of context. A permuted model reads
+    each window (its targets masked as above) in its permutation.
 
     - ``bits``: bits of the story text (float64);
     - ``nats``: nats of every scored target of the document, instruction, BOS and EOS
