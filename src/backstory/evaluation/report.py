@@ -192,8 +192,8 @@ def _levels(rows: pd.DataFrame, stats: Statistics) -> dict[str, Any]:
             "runs": sorted(rows["run"].unique())}
 
 
-def _delta(variant: str, rows: pd.DataFrame, ours: pd.DataFrame, theirs: pd.DataFrame,
-           stats: Statistics, *, column: str = "bits") -> dict[str, Any] | None:
+def _delta(variant: str, ours: pd.DataFrame, theirs: pd.DataFrame, stats: Statistics
+           ) -> dict[str, Any] | None:
     spec = variants.get(variant)
     seeds = sorted(set(ours["seed"]) & set(theirs["seed"]))
     if not seeds:
@@ -202,7 +202,7 @@ def _delta(variant: str, rows: pd.DataFrame, ours: pd.DataFrame, theirs: pd.Data
     if unpaired:
         logger.warning("%s vs %s: seeds %s have no partner run; they are left out",
                        variant, spec.compares_with, unpaired)
-    bw, fw = _matrix(ours, column, seeds), _matrix(theirs, column, seeds)
+    bw, fw = _matrix(ours, "bits", seeds), _matrix(theirs, "bits", seeds)
     entry = delta_interval(bw, fw, **stats.interval())
     per_seed = []
     for i, seed in enumerate(seeds):
@@ -243,7 +243,7 @@ def arrow_of_time(documents: pd.DataFrame, infos: Mapping[str, Mapping[str, Any]
         deltas = []
         for variant in _pairs(present):
             partner = variants.get(variant).compares_with
-            entry = _delta(variant, group, group[group["variant"] == variant],
+            entry = _delta(variant, group[group["variant"] == variant],
                            group[group["variant"] == partner], stats)
             if entry is not None:
                 partner_levels = levels[partner][LEVELS[entry["kind"]]]
@@ -315,7 +315,7 @@ def training_curves(curves: pd.DataFrame, stats: Statistics) -> dict[str, Any]:
             deltas = []
             for variant in _pairs([v for v in present if v in levels]):
                 partner = variants.get(variant).compares_with
-                entry = _delta(variant, at, at[at["variant"] == variant],
+                entry = _delta(variant, at[at["variant"] == variant],
                                at[at["variant"] == partner], stats)
                 if entry is not None:
                     deltas.append({k: entry[k] for k in ("variant", "partner", "kind", "delta",
