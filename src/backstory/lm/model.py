@@ -404,6 +404,24 @@ class TiedLM(nn.Module):
     norm: RMSNorm
     output: nn.Linear
 
+    def _check_tokens(self, tokens: torch.Tensor, cache: Any) -> int:
+        """The position ``tokens`` (B, T) start at: after those of ``cache`` (a KVCache, a
+        RecurrentState or None), which must hold them, as the model must."""
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
+        B, T = tokens.shape
+        start = 0 if cache is None else cache.length
+        if T == 0:
+            raise ValueError("tokens must hold at least one position")
+        if start + T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {start + T} positions exceeds max_seq_len="
+                             f"{self.config.max_seq_len}")
+        if cache is not None and cache.batch_size != B:
+            raise ValueError(f"cache holds {cache.batch_size} rows, tokens have {B}")
+        if cache is not None and start + T > cache.max_len:
+            raise ValueError(f"cache of {cache.max_len} positions cannot hold {start + T}")
+        return start
+
     def _logits_and_loss(self, h: torch.Tensor, targets: torch.Tensor | None, loss_chunk: int
                          ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits and loss of the last hidden states ``h`` (B, T, dim): see ``forward``."""
@@ -497,10 +515,8 @@ class Transformer(TiedLM):
         (``backstory.lm.losses``): the logits are never materialised and None is
         returned in their place.
         """
-        if tokens.dim() != 2:
-            raise ValueError(f"tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
-        B, T = tokens.shape
-        start = self._check_positions(B, T, cache)
+        start = self._check_tokens(tokens, cache)
+        T = tokens.shape[1]
         cos, sin = self._rope(start, start + T)
         h = self.dropout(self.tok_embeddings(tokens))  # (B, T, dim)
         for i, layer in enumerate(self.layers):
@@ -527,19 +543,6 @@ class Transformer(TiedLM):
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, cache, i, position)
         return self.output(self.norm(h))[:, -1]  # (B, vocab_size)
-
-    def _check_positions(self, B: int, T: int, cache: KVCache | None) -> int:
-        start = 0 if cache is None else cache.length
-        if T == 0:
-            raise ValueError("tokens must hold at least one position")
-        if start + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start + T} positions exceeds max_seq_len="
-                             f"{self.config.max_seq_len}")
-        if cache is not None and cache.batch_size != B:
-            raise ValueError(f"cache holds {cache.batch_size} rows, tokens have {B}")
-        if cache is not None and start + T > cache.max_len:
-            raise ValueError(f"cache of {cache.max_len} positions cannot hold {start + T}")
-        return start
 
     def _rope(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         self._keep_rope_fp32()

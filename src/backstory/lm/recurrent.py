@@ -89,17 +89,8 @@ class RecurrentLM(TiedLM):
         and the loss run fused, ``loss_chunk`` positions at a time (no logits returned),
         as in the transformer.
         """
-        if tokens.dim() != 2:
-            raise ValueError(f"tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
-        B, T = tokens.shape
-        if T == 0:
-            raise ValueError("tokens must hold at least one position")
-        start = 0 if cache is None else cache.length
-        if start + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start + T} positions exceeds max_seq_len="
-                             f"{self.config.max_seq_len}")
-        if cache is not None and cache.batch_size != B:
-            raise ValueError(f"state holds {cache.batch_size} rows, tokens have {B}")
+        self._check_tokens(tokens, cache)
+        T = tokens.shape[1]
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         hidden = None if cache is None else cache.hidden
         out, hidden = self.rnn(h, hidden)  # (B, T, dim)
