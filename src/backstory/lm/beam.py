@@ -28,8 +28,8 @@ import torch
 from backstory.lm.generate import (
     LogitsProcessor,
     apply_processors,
-    attention_backends,
     check_request,
+    decoding,
     resolve_device,
 )
 from backstory.lm.model import KVCache, Transformer
@@ -93,15 +93,9 @@ def beam_search(model: Transformer, prompt: Sequence[int], *, beam_width: int,
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1 for beam search, got {max_new_tokens}")
     device = resolve_device(model, None)
-    was_training = model.training
-    model.eval()
-    try:
-        with attention_backends(device):
-            search = _Search(model, prompt, beam_width, max_new_tokens, length_penalty,
-                             stop_ids, n_best, logits_processors, device)
-            return search.run()
-    finally:
-        model.train(was_training)
+    with decoding(model, device):
+        return _Search(model, prompt, beam_width, max_new_tokens, length_penalty, stop_ids,
+                       n_best, logits_processors, device).run()
 
 
 class _Search:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from numbers import Integral
 from typing import Protocol
 
@@ -126,29 +126,30 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
         return [[] for _ in prompts]
     tokens, in_prompt = _prompt_grid(prompts, max_new_tokens, device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    try:
-        with attention_backends(device):
-            end = _decode(model, tokens, in_prompt, prompts, max_new_tokens,
-                          _Sampler(temperature, top_k, top_p, generator, logits_processors),
-                          stop_ids, use_cache, decode_step)
-    finally:
-        model.train(was_training)
+    with decoding(model, device):
+        end = _decode(model, tokens, in_prompt, prompts, max_new_tokens,
+                      _Sampler(temperature, top_k, top_p, generator, logits_processors),
+                      stop_ids, use_cache, decode_step)
     return _collect(tokens[:, :end].tolist(), prompts, max_new_tokens, stop_ids)
 
 
-def attention_backends(device: torch.device) -> contextlib.AbstractContextManager:
-    """Keep SDPA off cuDNN on CUDA while decoding.
+@contextlib.contextmanager
+def decoding(model: Transformer, device: torch.device) -> Iterator[None]:
+    """``model`` in eval mode (its mode restored after), with SDPA kept off cuDNN on CUDA.
 
     cuDNN attention builds a plan for every new key length (measured ~70 ms each on an
     H100), and decoding meets a new length at every step; flash / memory-efficient
     kernels have no such cost.
     """
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                        SDPBackend.MATH])
+    backends = contextlib.nullcontext() if device.type != "cuda" else sdpa_kernel(
+        [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    was_training = model.training
+    model.eval()
+    try:
+        with backends:
+            yield
+    finally:
+        model.train(was_training)
 
 
 def resolve_device(model: Transformer, device: torch.device | str | None) -> torch.device:
