@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from backstory.data.tokens import TokenStore
 from backstory.lm.families import LanguageModel
-from backstory.lm.generate import resolve_device as model_device
+from backstory.lm.model import model_device
 from backstory.lm.orders import ORDERS, check_order
 
 LN2 = math.log(2.0)

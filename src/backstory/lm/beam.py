@@ -30,9 +30,8 @@ from backstory.lm.generate import (
     apply_processors,
     check_request,
     decoding,
-    resolve_device,
 )
-from backstory.lm.model import KVCache, Transformer
+from backstory.lm.model import KVCache, Transformer, model_device
 from backstory.lm.recurrent import RecurrentState
 
 
@@ -92,7 +91,7 @@ def beam_search(model: Transformer, prompt: Sequence[int], *, beam_width: int,
     check_request(model, [prompt], max_new_tokens, stop_ids)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1 for beam search, got {max_new_tokens}")
-    device = resolve_device(model, None)
+    device = model_device(model, None)
     with decoding(model, device):
         return _Search(model, prompt, beam_width, max_new_tokens, length_penalty, stop_ids,
                        n_best, logits_processors, device).run()

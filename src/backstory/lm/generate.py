@@ -25,7 +25,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from backstory.lm.decode import Stepper, check_decode_step
-from backstory.lm.model import KVCache, Transformer
+from backstory.lm.model import KVCache, Transformer, model_device
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
     mode is restored after.
     """
     check_sampling(temperature, top_k, top_p)
-    device = resolve_device(model, device)
+    device = model_device(model, device)
     check_decode_step(decode_step, device)
     check_request(model, prompts, max_new_tokens, stop_ids)
     if not prompts or max_new_tokens == 0:
@@ -150,17 +150,6 @@ def decoding(model: Transformer, device: torch.device) -> Iterator[None]:
             yield
     finally:
         model.train(was_training)
-
-
-def resolve_device(model: Transformer, device: torch.device | str | None) -> torch.device:
-    model_device = model.tok_embeddings.weight.device
-    if device is None:
-        return model_device
-    wanted = torch.device(device)
-    if wanted.type != model_device.type or wanted.index not in (None, model_device.index):
-        raise ValueError(f"device={wanted} but the model is on {model_device}; "
-                         "move the model with model.to(device) first")
-    return model_device
 
 
 def check_request(model: Transformer, prompts: list[list[int]], max_new_tokens: int,

@@ -470,6 +470,19 @@ class TiedLM(nn.Module):
         return total - self.tok_embeddings.weight.numel() if exclude_embeddings else total
 
 
+def model_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    """The device ``model`` is on; a different requested ``device`` is an error, not a
+    silent move."""
+    have = model.tok_embeddings.weight.device
+    if device is None:
+        return have
+    wanted = torch.device(device)
+    if wanted.type != have.type or wanted.index not in (None, have.index):
+        raise ValueError(f"device={wanted} but the model is on {have}; "
+                         "move the model with model.to(device) first")
+    return have
+
+
 class Transformer(TiedLM):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
