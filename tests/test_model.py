@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from backstory.errors import SettingError
+from backstory.lm.families import FAMILIES, new_model
 from backstory.lm.losses import chunked_cross_entropy
 from backstory.lm.model import (
     MAX_PARAMETERS,
@@ -247,8 +248,10 @@ def test_new_cache_shape_device_dtype() -> None:
         model.new_cache(0)
 
 
-def test_forward_errors() -> None:
-    model = make_model()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_errors(family: str) -> None:
+    torch.manual_seed(0)
+    model = new_model(ModelConfig(**TINY, family=family)).eval()
     with pytest.raises(ValueError, match="max_seq_len"):
         model(random_tokens((1, TINY["max_seq_len"] + 1)))
     with pytest.raises(ValueError, match="batch, seq"):

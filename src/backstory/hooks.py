@@ -69,9 +69,7 @@ class ExperimentHooks:
     def after_pipeline_run(self) -> None:
         _activate(None)
 
-    @hook_impl
-    def on_pipeline_error(self) -> None:
-        _activate(None)
+    on_pipeline_error = after_pipeline_run  # a failed run ends too
 
 
 class ParallelGridHooks:
@@ -104,9 +102,7 @@ class ParallelGridHooks:
             del os.environ["OMP_NUM_THREADS"]
             self._set = False
 
-    @hook_impl
-    def on_pipeline_error(self) -> None:
-        self.after_pipeline_run()
+    on_pipeline_error = after_pipeline_run
 
 
 def _activate(declared: Experiment | None) -> None:
@@ -242,16 +238,14 @@ class ArtifactLockHooks:
     def after_pipeline_run(self) -> None:
         keep_artifact_locks(False)
 
-    @hook_impl
-    def on_pipeline_error(self) -> None:
-        keep_artifact_locks(False)
+    on_pipeline_error = after_pipeline_run
 
 
 class ReportLocationHooks:
     """After a run, log where its reports are (the last lines a user sees)."""
 
     @hook_impl
-    def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+    def after_pipeline_run(self, pipeline: Any, catalog: Any) -> None:
         paths = report_paths(pipeline, catalog)
         if not paths:
             return

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from backstory.data.token_store import TokenStore
 from backstory.lm.families import LanguageModel
+from backstory.lm.model import model_device
 from backstory.lm.orders import ORDERS, check_order
 
 LN2 = math.log(2.0)
@@ -38,33 +39,24 @@ def check_positive(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def _model_device(model: LanguageModel, device: str | torch.device | None) -> torch.device:
-    """The model's device; a different requested device is an error, not a silent move."""
-    have = model.tok_embeddings.weight.device
-    if device is None:
-        return have
-    wanted = torch.device(device)
-    if wanted.type != have.type or wanted.index not in (None, have.index):
-        raise ValueError(
-            f"device={wanted} but the model is on {have}; move it with model.to(device) first"
-        )
-    return have
-
-
-def _check_seq_len(model: LanguageModel, seq_len: int) -> None:
+def _check_request(model: LanguageModel, store: TokenStore, seq_len: int, batch_size: int,
+                   token_order: str, permutation_seed: int | None,
+                   device: str | torch.device | None) -> torch.device:
+    """The model's device, once the request fits the model (a different requested device is
+    an error, not a silent move)."""
+    check_positive("batch_size", batch_size)
     check_positive("seq_len", seq_len)
     if seq_len > model.config.max_seq_len:
         raise ValueError(
             f"seq_len={seq_len} exceeds the model's max_seq_len={model.config.max_seq_len}"
         )
-
-
-def _check_store_fits(model: LanguageModel, store: TokenStore) -> None:
+    check_order(token_order, permutation_seed)
     if store.vocab_size > model.config.vocab_size:
         raise ValueError(
             f"{store.path}: vocab_size {store.vocab_size} is larger than the model's "
             f"{model.config.vocab_size}; the store was made with another tokenizer"
         )
+    return model_device(model, device)
 
 
 # ----------------------------------------------------------------------- per-token losses
@@ -135,11 +127,8 @@ def evaluate_loss(
     target token; ``val_bpb`` sums only story-text targets and divides by those
     documents' ``doc_bytes``. ``device`` None means the model's device.
     """
-    check_positive("batch_size", batch_size)
-    _check_seq_len(model, seq_len)
-    check_order(token_order, permutation_seed)
-    _check_store_fits(model, store)
-    device = _model_device(model, device)
+    device = _check_request(model, store, seq_len, batch_size, token_order, permutation_seed,
+                            device)
     if store.n_docs == 0:
         raise ValueError(f"{store.path}: token store holds no documents to evaluate")
     k = covered_documents(store, max_tokens)
@@ -257,31 +246,10 @@ def _pad_rows(rows: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]
     return np.array([doc for doc, _, _, _ in rows]), windows, story, scored
 
 
-def document_bits(
-    model: LanguageModel,
-    store: TokenStore,
-    *,
-    seq_len: int,
-    batch_size: int = 16,
-    token_order: str = "forward",
-    stride: int | None = None,
-    docs: Sequence[int] | None = None,
-    device: str | torch.device | None = None,
-    permutation_seed: int | None = None,
-) -> np.ndarray:
-    """Bits of each document's story text (float64, one per entry of ``docs``).
-
-    Each document is scored on its own: forward from its first token (a BOS or the
-    instruction), backward reversed with the token that follows it in the stream as the
-    first context token. Every story token is scored exactly once, so bits / doc_bytes
-    is the document's bpb. Documents longer than seq_len + 1 tokens are scored in
-    sliding windows that advance by ``stride`` tokens (default seq_len // 2): each later
-    target sees at least seq_len + 1 - stride tokens of context. A permuted model reads
-    each window (its targets masked as above) in its permutation.
-    """
-    return document_scores(model, store, seq_len=seq_len, batch_size=batch_size,
-                           token_order=token_order, stride=stride, docs=docs,
-                           device=device, permutation_seed=permutation_seed)["bits"]
+def document_bits(model: LanguageModel, store: TokenStore, **options: Any) -> np.ndarray:
+    """Bits of each document's story text (float64, one per entry of ``docs``): the
+    ``bits`` of ``document_scores``, which takes the same options."""
+    return document_scores(model, store, **options)["bits"]
 
 
 def document_scores(
@@ -296,7 +264,15 @@ def document_scores(
     device: str | torch.device | None = None,
     permutation_seed: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per-document scores, one entry per document of ``docs`` (see ``document_bits``):
+    """Per-document scores, one entry per document of ``docs``.
+
+    Each document is scored on its own: forward from its first token (a BOS or the
+    instruction), backward reversed with the token that follows it in the stream as the
+    first context token. Every story token is scored exactly once, so bits / doc_bytes
+    is the document's bpb. Documents longer than seq_len + 1 tokens are scored in
+    sliding windows that advance by ``stride`` tokens (default seq_len // 2): each later
+    target sees at least seq_len + 1 - stride tokens of context. A permuted model reads
+    each window (its targets masked as above) in its permutation.
 
     - ``bits``: bits of the story text (float64);
     - ``nats``: nats of every scored target of the document, instruction, BOS and EOS
@@ -304,15 +280,12 @@ def document_scores(
     - ``targets``: how many targets that is (int64): every token but the first, or in
       backward order every token (the first is predicted from the one after the document).
     """
-    check_positive("batch_size", batch_size)
-    _check_seq_len(model, seq_len)
-    check_order(token_order, permutation_seed)
-    _check_store_fits(model, store)
+    device = _check_request(model, store, seq_len, batch_size, token_order, permutation_seed,
+                            device)
     stride = max(1, seq_len // 2) if stride is None else stride
     check_positive("stride", stride)
     if stride > seq_len:
         raise ValueError(f"stride={stride} must be <= seq_len={seq_len} (or targets are skipped)")
-    device = _model_device(model, device)
     docs = list(range(store.n_docs)) if docs is None else [int(d) for d in docs]
     bad = [d for d in docs if not 0 <= d < store.n_docs]
     if bad:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -192,9 +192,20 @@ def _levels(rows: pd.DataFrame, stats: Statistics) -> dict[str, Any]:
             "runs": sorted(rows["run"].unique())}
 
 
-def _delta(variant: str, rows: pd.DataFrame, ours: pd.DataFrame, theirs: pd.DataFrame,
-           stats: Statistics, *, column: str = "bits") -> dict[str, Any] | None:
+def _deltas(present: Sequence[str], rows: pd.DataFrame, stats: Statistics
+            ) -> Iterator[dict[str, Any]]:
+    """The delta of each registry pair among the ``present`` variants of ``rows`` that
+    share a seed."""
+    for variant in _pairs(present):
+        entry = _delta(variant, rows, stats)
+        if entry is not None:
+            yield entry
+
+
+def _delta(variant: str, rows: pd.DataFrame, stats: Statistics) -> dict[str, Any] | None:
     spec = variants.get(variant)
+    ours = rows[rows["variant"] == variant]
+    theirs = rows[rows["variant"] == spec.compares_with]
     seeds = sorted(set(ours["seed"]) & set(theirs["seed"]))
     if not seeds:
         return None
@@ -202,7 +213,7 @@ def _delta(variant: str, rows: pd.DataFrame, ours: pd.DataFrame, theirs: pd.Data
     if unpaired:
         logger.warning("%s vs %s: seeds %s have no partner run; they are left out",
                        variant, spec.compares_with, unpaired)
-    bw, fw = _matrix(ours, column, seeds), _matrix(theirs, column, seeds)
+    bw, fw = _matrix(ours, "bits", seeds), _matrix(theirs, "bits", seeds)
     entry = delta_interval(bw, fw, **stats.interval())
     per_seed = []
     for i, seed in enumerate(seeds):
@@ -240,19 +251,14 @@ def arrow_of_time(documents: pd.DataFrame, infos: Mapping[str, Mapping[str, Any]
         members = [infos[r] for r in group["run"].unique()]
         present = [v for v in variants.NAMES if v in set(group["variant"])]
         levels = {v: _levels(group[group["variant"] == v], stats) for v in present}
-        deltas = []
-        for variant in _pairs(present):
-            partner = variants.get(variant).compares_with
-            entry = _delta(variant, group, group[group["variant"] == variant],
-                           group[group["variant"] == partner], stats)
-            if entry is not None:
-                partner_levels = levels[partner][LEVELS[entry["kind"]]]
-                entry.update(level=levels[variant][LEVELS[entry["kind"]]]["estimate"],
-                             partner_level=partner_levels["estimate"])
-                deltas.append(entry)
-                logger.info("%s %s vs %s: %+.4f [%+.4f, %+.4f] (%s)", size, variant,
-                            entry["partner"], entry["delta"], entry["low"], entry["high"],
-                            entry["method"])
+        deltas = list(_deltas(present, group, stats))
+        for entry in deltas:
+            level = LEVELS[entry["kind"]]
+            entry.update(level=levels[entry["variant"]][level]["estimate"],
+                         partner_level=levels[entry["partner"]][level]["estimate"])
+            logger.info("%s %s vs %s: %+.4f [%+.4f, %+.4f] (%s)", size, entry["variant"],
+                        entry["partner"], entry["delta"], entry["low"], entry["high"],
+                        entry["method"])
         sizes.append({
             "size": str(size), "preset": members[0]["preset"], "context": members[0]["context"],
             "seq_len": members[0]["seq_len"],
@@ -312,14 +318,9 @@ def training_curves(curves: pd.DataFrame, stats: Statistics) -> dict[str, Any]:
                 rows = at[at["variant"] == v]
                 if len(rows):
                     levels[v] = float(np.mean([_run_bpb(r) for _, r in rows.groupby("seed")]))
-            deltas = []
-            for variant in _pairs([v for v in present if v in levels]):
-                partner = variants.get(variant).compares_with
-                entry = _delta(variant, at, at[at["variant"] == variant],
-                               at[at["variant"] == partner], stats)
-                if entry is not None:
-                    deltas.append({k: entry[k] for k in ("variant", "partner", "kind", "delta",
-                                                         "low", "high", "method", "n_seeds")})
+            deltas = [{k: entry[k] for k in ("variant", "partner", "kind", "delta", "low",
+                                             "high", "method", "n_seeds")}
+                      for entry in _deltas([v for v in present if v in levels], at, stats)]
             tokens = at["tokens"].max()
             points.append({"step": int(step), "tokens": int(tokens) if tokens else None,
                            "bpb": levels, "deltas": deltas})

@@ -28,11 +28,10 @@ import torch
 from backstory.lm.generate import (
     LogitsProcessor,
     apply_processors,
-    attention_backends,
     check_request,
-    resolve_device,
+    decoding,
 )
-from backstory.lm.model import KVCache, Transformer
+from backstory.lm.model import KVCache, Transformer, model_device
 from backstory.lm.recurrent import RecurrentState
 
 
@@ -92,16 +91,10 @@ def beam_search(model: Transformer, prompt: Sequence[int], *, beam_width: int,
     check_request(model, [prompt], max_new_tokens, stop_ids)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1 for beam search, got {max_new_tokens}")
-    device = resolve_device(model, None)
-    was_training = model.training
-    model.eval()
-    try:
-        with attention_backends(device):
-            search = _Search(model, prompt, beam_width, max_new_tokens, length_penalty,
-                             stop_ids, n_best, logits_processors, device)
-            return search.run()
-    finally:
-        model.train(was_training)
+    device = model_device(model, None)
+    with decoding(model, device):
+        return _Search(model, prompt, beam_width, max_new_tokens, length_penalty, stop_ids,
+                       n_best, logits_processors, device).run()
 
 
 class _Search:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from numbers import Integral
 from typing import Protocol
 
@@ -25,7 +25,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from backstory.lm.decode import Stepper, check_decode_step
-from backstory.lm.model import KVCache, Transformer
+from backstory.lm.model import KVCache, Transformer, model_device
 
 logger = logging.getLogger(__name__)
 
@@ -119,47 +119,37 @@ def generate(model: Transformer, prompts: list[list[int]], *, max_new_tokens: in
     mode is restored after.
     """
     check_sampling(temperature, top_k, top_p)
-    device = resolve_device(model, device)
+    device = model_device(model, device)
     check_decode_step(decode_step, device)
     check_request(model, prompts, max_new_tokens, stop_ids)
     if not prompts or max_new_tokens == 0:
         return [[] for _ in prompts]
     tokens, in_prompt = _prompt_grid(prompts, max_new_tokens, device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    try:
-        with attention_backends(device):
-            end = _decode(model, tokens, in_prompt, prompts, max_new_tokens,
-                          _Sampler(temperature, top_k, top_p, generator, logits_processors),
-                          stop_ids, use_cache, decode_step)
-    finally:
-        model.train(was_training)
+    with decoding(model, device):
+        end = _decode(model, tokens, in_prompt, prompts, max_new_tokens,
+                      _Sampler(temperature, top_k, top_p, generator, logits_processors),
+                      stop_ids, use_cache, decode_step)
     return _collect(tokens[:, :end].tolist(), prompts, max_new_tokens, stop_ids)
 
 
-def attention_backends(device: torch.device) -> contextlib.AbstractContextManager:
-    """Keep SDPA off cuDNN on CUDA while decoding.
+@contextlib.contextmanager
+def decoding(model: Transformer, device: torch.device) -> Iterator[None]:
+    """``model`` in eval mode (its mode restored after), with SDPA kept off cuDNN on CUDA.
 
     cuDNN attention builds a plan for every new key length (measured ~70 ms each on an
     H100), and decoding meets a new length at every step; flash / memory-efficient
     kernels have no such cost.
     """
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                        SDPBackend.MATH])
-
-
-def resolve_device(model: Transformer, device: torch.device | str | None) -> torch.device:
-    model_device = model.tok_embeddings.weight.device
-    if device is None:
-        return model_device
-    wanted = torch.device(device)
-    if wanted.type != model_device.type or wanted.index not in (None, model_device.index):
-        raise ValueError(f"device={wanted} but the model is on {model_device}; "
-                         "move the model with model.to(device) first")
-    return model_device
+    backends = contextlib.nullcontext() if device.type != "cuda" else sdpa_kernel(
+        [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    was_training = model.training
+    model.eval()
+    try:
+        with backends:
+            yield
+    finally:
+        model.train(was_training)
 
 
 def check_request(model: Transformer, prompts: list[list[int]], max_new_tokens: int,

@@ -394,7 +394,96 @@ class Block(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
-class Transformer(nn.Module):
+class TiedLM(nn.Module):
+    """What every family shares (``backstory.lm.families``): an embedding tied to the
+    output layer (``tok_embeddings``, ``output``) after a final ``norm``, the loss, the
+    cache's size checks, the optimizer and the parameter count."""
+
+    config: ModelConfig
+    tok_embeddings: nn.Embedding
+    norm: RMSNorm
+    output: nn.Linear
+
+    def _check_tokens(self, tokens: torch.Tensor, cache: Any) -> int:
+        """The position ``tokens`` (B, T) start at: after those of ``cache`` (a KVCache, a
+        RecurrentState or None), which must hold them, as the model must."""
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
+        B, T = tokens.shape
+        start = 0 if cache is None else cache.length
+        if T == 0:
+            raise ValueError("tokens must hold at least one position")
+        if start + T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {start + T} positions exceeds max_seq_len="
+                             f"{self.config.max_seq_len}")
+        if cache is not None and cache.batch_size != B:
+            raise ValueError(f"cache holds {cache.batch_size} rows, tokens have {B}")
+        if cache is not None and start + T > cache.max_len:
+            raise ValueError(f"cache of {cache.max_len} positions cannot hold {start + T}")
+        return start
+
+    def _logits_and_loss(self, h: torch.Tensor, targets: torch.Tensor | None, loss_chunk: int
+                         ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Logits and loss of the last hidden states ``h`` (B, T, dim): see ``forward``."""
+        B, T = h.shape[:2]
+        if targets is not None and tuple(targets.shape) != (B, T):
+            raise ValueError(f"targets shape {tuple(targets.shape)} != tokens shape {(B, T)}")
+        if targets is not None and loss_chunk > 0:
+            flat = self.norm(h).reshape(B * T, -1)  # (B * T, dim)
+            return None, chunked_cross_entropy(flat, self.output.weight, targets.reshape(-1),
+                                               loss_chunk)
+        logits = self.output(self.norm(h))  # (B, T, vocab_size)
+        if targets is None:
+            return logits, None
+        flat = logits.float().view(-1, logits.shape[-1])  # (B * T, vocab_size)
+        return logits, F.cross_entropy(flat, targets.reshape(-1), ignore_index=-1)
+
+    def _check_cache_size(self, batch_size: int, max_len: int | None) -> int:
+        """``max_len`` (default max_seq_len) once it and ``batch_size`` fit the model."""
+        max_len = self.config.max_seq_len if max_len is None else max_len
+        if not 1 <= max_len <= self.config.max_seq_len:
+            raise ValueError(f"cache max_len must be in [1, {self.config.max_seq_len}], "
+                             f"got {max_len}")
+        if batch_size < 1:
+            raise ValueError(f"cache batch_size must be >= 1, got {batch_size}")
+        return max_len
+
+    def configure_optimizer(self, *, lr: float, weight_decay: float,
+                            betas: tuple[float, float], device_type: str) -> torch.optim.AdamW:
+        """llama2.c's AdamW: trainable matrices and embeddings (dim >= 2) decay, biases and
+        norm gains (dim < 2) do not."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        logger.info("optimizer: %d decayed tensors (%d params), %d not decayed (%d params)",
+                    len(decay), sum(p.numel() for p in decay),
+                    len(no_decay), sum(p.numel() for p in no_decay))
+        groups = [{"params": decay, "weight_decay": weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        fused = device_type == "cuda" and torch.cuda.is_available()
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+
+    def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
+        """Parameter count, the tied embedding/output matrix counted once (or not at all
+        with ``exclude_embeddings``)."""
+        total = sum(p.numel() for p in self.parameters())
+        return total - self.tok_embeddings.weight.numel() if exclude_embeddings else total
+
+
+def model_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    """The device ``model`` is on; a different requested ``device`` is an error, not a
+    silent move."""
+    have = model.tok_embeddings.weight.device
+    if device is None:
+        return have
+    wanted = torch.device(device)
+    if wanted.type != have.type or wanted.index not in (None, have.index):
+        raise ValueError(f"device={wanted} but the model is on {have}; "
+                         "move the model with model.to(device) first")
+    return have
+
+
+class Transformer(TiedLM):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -439,24 +528,15 @@ class Transformer(nn.Module):
         (``backstory.lm.losses``): the logits are never materialised and None is
         returned in their place.
         """
-        if tokens.dim() != 2:
-            raise ValueError(f"tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
-        B, T = tokens.shape
-        start = self._check_positions(B, T, cache)
+        start = self._check_tokens(tokens, cache)
+        T = tokens.shape[1]
         cos, sin = self._rope(start, start + T)
         h = self.dropout(self.tok_embeddings(tokens))  # (B, T, dim)
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, cache, i)
         if cache is not None:
             cache.length += T
-        if targets is not None and loss_chunk > 0:
-            self._check_targets(targets, (B, T))
-            flat = self.norm(h).view(B * T, -1)  # (B * T, dim)
-            return None, chunked_cross_entropy(flat, self.output.weight, targets.reshape(-1),
-                                               loss_chunk)
-        logits = self.output(self.norm(h))  # (B, T, vocab_size)
-        loss = None if targets is None else self._loss(logits, targets)
-        return logits, loss
+        return self._logits_and_loss(h, targets, loss_chunk)
 
     def decode_step(self, tokens: torch.Tensor, position: torch.Tensor, cache: KVCache
                     ) -> torch.Tensor:
@@ -477,19 +557,6 @@ class Transformer(nn.Module):
             h = layer(h, cos, sin, cache, i, position)
         return self.output(self.norm(h))[:, -1]  # (B, vocab_size)
 
-    def _check_positions(self, B: int, T: int, cache: KVCache | None) -> int:
-        start = 0 if cache is None else cache.length
-        if T == 0:
-            raise ValueError("tokens must hold at least one position")
-        if start + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start + T} positions exceeds max_seq_len="
-                             f"{self.config.max_seq_len}")
-        if cache is not None and cache.batch_size != B:
-            raise ValueError(f"cache holds {cache.batch_size} rows, tokens have {B}")
-        if cache is not None and start + T > cache.max_len:
-            raise ValueError(f"cache of {cache.max_len} positions cannot hold {start + T}")
-        return start
-
     def _rope(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         self._keep_rope_fp32()
         # (T, 1, head_dim): broadcasts over the heads of (B, T, H, head_dim)
@@ -503,42 +570,16 @@ class Transformer(nn.Module):
             self.rope_cos = cos.to(self.rope_cos.device)
             self.rope_sin = sin.to(self.rope_sin.device)
 
-    @staticmethod
-    def _check_targets(targets: torch.Tensor, shape: tuple[int, int]) -> None:
-        if tuple(targets.shape) != tuple(shape):
-            raise ValueError(f"targets shape {tuple(targets.shape)} != tokens shape "
-                             f"{tuple(shape)}")
-
-    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        self._check_targets(targets, logits.shape[:2])
-        flat = logits.float().view(-1, logits.shape[-1])  # (B * T, vocab_size)
-        return F.cross_entropy(flat, targets.reshape(-1), ignore_index=-1)
-
     def new_cache(self, batch_size: int, max_len: int | None = None, *,
                   device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None) -> KVCache:
         """An empty cache on the model's device and dtype unless told otherwise."""
-        max_len = self.config.max_seq_len if max_len is None else max_len
-        if not 1 <= max_len <= self.config.max_seq_len:
-            raise ValueError(f"cache max_len must be in [1, {self.config.max_seq_len}], "
-                             f"got {max_len}")
-        if batch_size < 1:
-            raise ValueError(f"cache batch_size must be >= 1, got {batch_size}")
+        max_len = self._check_cache_size(batch_size, max_len)
         param = self.tok_embeddings.weight
         cfg = self.config
         return KVCache(cfg.n_layers, batch_size, cfg.kv_heads, max_len, cfg.head_dim,
                        device=param.device if device is None else device,
                        dtype=param.dtype if dtype is None else dtype)
-
-    def configure_optimizer(self, *, lr: float, weight_decay: float,
-                            betas: tuple[float, float], device_type: str) -> torch.optim.AdamW:
-        """AdamW that decays matrices and embeddings (dim >= 2) but not norm gains."""
-        return decayed_adamw(self, lr=lr, weight_decay=weight_decay, betas=betas,
-                             device_type=device_type)
-
-    def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
-        """Parameter count, the tied embedding/output matrix counted once."""
-        return count_parameters(self, self.tok_embeddings, exclude_embeddings)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward): 6N + 12*L*H*Q*T, as in PaLM."""
@@ -546,26 +587,3 @@ class Transformer(nn.Module):
         return 6.0 * self.num_parameters() + 12.0 * cfg.n_layers * cfg.n_heads * \
             cfg.head_dim * seq_len
 
-
-def decayed_adamw(model: nn.Module, *, lr: float, weight_decay: float,
-                  betas: tuple[float, float], device_type: str) -> torch.optim.AdamW:
-    """llama2.c's AdamW for any of our language models: trainable matrices and embeddings
-    (dim >= 2) decay, biases and norm gains (dim < 2) do not."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    logger.info("optimizer: %d decayed tensors (%d params), %d not decayed (%d params)",
-                len(decay), sum(p.numel() for p in decay),
-                len(no_decay), sum(p.numel() for p in no_decay))
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    fused = device_type == "cuda" and torch.cuda.is_available()
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
-
-
-def count_parameters(model: nn.Module, embedding: nn.Embedding, exclude_embeddings: bool
-                     ) -> int:
-    """Parameters of ``model``, its tied embedding/output matrix counted once (or not at
-    all with ``exclude_embeddings``)."""
-    total = sum(p.numel() for p in model.parameters())
-    return total - embedding.weight.numel() if exclude_embeddings else total

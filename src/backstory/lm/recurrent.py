@@ -17,11 +17,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from backstory.lm.losses import chunked_cross_entropy
-from backstory.lm.model import ModelConfig, RMSNorm, count_parameters, decayed_adamw
+from backstory.lm.model import ModelConfig, RMSNorm, TiedLM
 
 
 class RecurrentState:
@@ -54,7 +52,7 @@ class RecurrentState:
         self._batch_size = int(rows.numel())
 
 
-class RecurrentLM(nn.Module):
+class RecurrentLM(TiedLM):
     """A GRU or LSTM language model (``config.family``)."""
 
     def __init__(self, config: ModelConfig) -> None:
@@ -91,56 +89,20 @@ class RecurrentLM(nn.Module):
         and the loss run fused, ``loss_chunk`` positions at a time (no logits returned),
         as in the transformer.
         """
-        if tokens.dim() != 2:
-            raise ValueError(f"tokens must be (batch, seq), got shape {tuple(tokens.shape)}")
-        B, T = tokens.shape
-        if T == 0:
-            raise ValueError("tokens must hold at least one position")
-        start = 0 if cache is None else cache.length
-        if start + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start + T} positions exceeds max_seq_len="
-                             f"{self.config.max_seq_len}")
-        if cache is not None and cache.batch_size != B:
-            raise ValueError(f"state holds {cache.batch_size} rows, tokens have {B}")
+        self._check_tokens(tokens, cache)
+        T = tokens.shape[1]
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         hidden = None if cache is None else cache.hidden
         out, hidden = self.rnn(h, hidden)  # (B, T, dim)
         if cache is not None:
             cache.hidden = hidden
             cache.length += T
-        if targets is not None and targets.shape != (B, T):
-            raise ValueError(f"targets shape {tuple(targets.shape)} != tokens shape {(B, T)}")
-        if targets is not None and loss_chunk > 0:
-            flat = self.norm(out).reshape(B * T, -1)  # (B * T, dim)
-            return None, chunked_cross_entropy(flat, self.output.weight, targets.reshape(-1),
-                                               loss_chunk)
-        logits = self.output(self.norm(out))  # (B, T, vocab_size)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]),
-                                   targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return self._logits_and_loss(out, targets, loss_chunk)
 
     def new_cache(self, batch_size: int, max_len: int | None = None, **_: object
                   ) -> RecurrentState:
         """An empty recurrent state (the counterpart of the transformer's KV cache)."""
-        max_len = self.config.max_seq_len if max_len is None else max_len
-        if not 1 <= max_len <= self.config.max_seq_len:
-            raise ValueError(f"cache max_len must be in [1, {self.config.max_seq_len}], "
-                             f"got {max_len}")
-        if batch_size < 1:
-            raise ValueError(f"cache batch_size must be >= 1, got {batch_size}")
-        return RecurrentState(batch_size, max_len)
-
-    def configure_optimizer(self, *, lr: float, weight_decay: float,
-                            betas: tuple[float, float], device_type: str) -> torch.optim.AdamW:
-        """AdamW that decays matrices and embeddings (dim >= 2), not biases or norm gains."""
-        return decayed_adamw(self, lr=lr, weight_decay=weight_decay, betas=betas,
-                             device_type=device_type)
-
-    def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
-        """Parameter count, the tied embedding/output matrix counted once."""
-        return count_parameters(self, self.tok_embeddings, exclude_embeddings)
+        return RecurrentState(batch_size, self._check_cache_size(batch_size, max_len))
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward): 6N, no attention term."""

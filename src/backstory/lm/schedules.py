@@ -15,15 +15,8 @@ import numpy as np
 SCHEDULES = ("cosine", "wsd")
 
 
-def check_schedule(
-    *,
-    schedule: str,
-    lr: float,
-    min_lr: float,
-    warmup_steps: int,
-    max_steps: int,
-    cooldown_fraction: float,
-) -> None:
+def check_schedule(*, schedule: str, lr: float, min_lr: float, warmup_steps: int,
+                   max_steps: int, cooldown_fraction: float) -> None:
     """Raise ValueError naming the ``train.<key>`` whose value cannot make a schedule."""
     if schedule not in SCHEDULES:
         raise ValueError(f"train.schedule={schedule!r} is unknown; use one of {SCHEDULES}")
@@ -69,31 +62,16 @@ def stable_end(max_steps: int, cooldown_fraction: float) -> int:
     return max_steps - cooldown_steps(max_steps, cooldown_fraction)
 
 
-def lr_at(
-    step: int,
-    *,
-    schedule: str,
-    lr: float,
-    min_lr: float,
-    warmup_steps: int,
-    max_steps: int,
-    cooldown_fraction: float,
-    validate: bool = True,
-) -> float:
+def lr_at(step: int, *, schedule: str, lr: float, min_lr: float, warmup_steps: int,
+          max_steps: int, cooldown_fraction: float, validate: bool = True) -> float:
     """Learning rate for optimizer step ``step`` (0-based) under ``schedule``.
 
     ``validate=False`` skips the checks, for a caller that ran ``check_schedule`` once
     (the training loop asks on every step and checks its schedule once, at its start).
     """
     if validate:
-        check_schedule(
-            schedule=schedule,
-            lr=lr,
-            min_lr=min_lr,
-            warmup_steps=warmup_steps,
-            max_steps=max_steps,
-            cooldown_fraction=cooldown_fraction,
-        )
+        check_schedule(schedule=schedule, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps,
+                       max_steps=max_steps, cooldown_fraction=cooldown_fraction)
         if not _is_int(step) or step < 0:
             raise ValueError(f"step={step!r} must be an integer >= 0")
     if step < warmup_steps:

@@ -44,6 +44,7 @@ from backstory.errors import UserError
 logger = logging.getLogger(__name__)
 
 USER_AGENT = "backstory-corpus-download/1"
+SHARDS = r"data\d+\.json"  # the story shards of a TinyStories archive
 _HASH_BLOCK = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -363,7 +364,7 @@ def _check_length(url: str, response: http.client.HTTPResponse, received: int, p
         )
 
 
-def safe_extract(archive: Path, dest_dir: Path, *, pattern: str = r"data\d+\.json") -> list[Path]:
+def safe_extract(archive: Path, dest_dir: Path, *, pattern: str = SHARDS) -> list[Path]:
     """Extract the regular files whose base name fully matches ``pattern``; return them sorted.
 
     Members are written flat into ``dest_dir`` by base name. Any member with an
@@ -387,9 +388,8 @@ class ExtractedFile:
 EXTRACTION_RECORD = ".extracted.json"
 
 
-def extract_verified(
-    archive: Path, dest_dir: Path, *, archive_sha256: str, pattern: str = r"data\d+\.json"
-) -> list[ExtractedFile]:
+def extract_verified(archive: Path, dest_dir: Path, *, archive_sha256: str
+                     ) -> list[ExtractedFile]:
     """``safe_extract`` that reuses a complete earlier extraction of the same archive.
 
     ``dest_dir/.extracted.json`` records the archive's sha256 and each member's size and
@@ -399,13 +399,13 @@ def extract_verified(
     """
     archive, dest_dir = Path(archive), Path(dest_dir)
     record_path = dest_dir / EXTRACTION_RECORD
-    reused = _reuse_extraction(record_path, dest_dir, archive_sha256, pattern)
+    reused = _reuse_extraction(record_path, dest_dir, archive_sha256, SHARDS)
     if reused is not None:
         logger.info("%s: reusing the %d files extracted before", archive, len(reused))
         return reused
     record_path.unlink(missing_ok=True)
     try:
-        extracted = _extract(archive, dest_dir, pattern)
+        extracted = _extract(archive, dest_dir, SHARDS)
     except CorruptArchiveError as err:
         archive.unlink(missing_ok=True)
         recorded_hash_path(archive).unlink(missing_ok=True)
@@ -415,7 +415,7 @@ def extract_verified(
     files = [ExtractedFile(path, path.stat().st_size, digest) for path, digest in extracted]
     write_json_atomically(record_path, {
         "archive_sha256": archive_sha256,
-        "pattern": pattern,
+        "pattern": SHARDS,
         "members": [{"name": f.path.name, "size": f.size, "sha256": f.sha256} for f in files],
     })
     return files

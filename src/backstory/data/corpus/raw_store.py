@@ -26,7 +26,6 @@ from typing import Any
 
 from backstory.data.corpus.splits import ROLES
 from backstory.data.files import (
-    file_sha256,
     is_temporary,
     read_json,
     write_atomically,
@@ -273,10 +272,3 @@ def _copy_in(folder: Path, spec: RawFileSpec) -> dict:
         raise RawCorpusError(f"{source}: sha256 {digest}, expected {spec.sha256}; not ingested")
     return _entry(spec, target.stat().st_size, digest)
 
-
-def verify_raw_file(corpus: RawCorpus, name: str) -> None:
-    """Hash one raw file and compare it with the manifest (for tests and audits)."""
-    file = next(f for f in corpus.files if f.name == name)
-    actual = file_sha256(corpus.path(name))
-    if actual != file.sha256:
-        raise RawCorpusError(f"{corpus.path(name)}: sha256 {actual}, manifest says {file.sha256}")

@@ -130,12 +130,7 @@ def _instruction(value: object, source: str, index: int) -> dict[str, Any]:
     if value is None:
         return empty_instruction()
     if not isinstance(value, dict):
-        raise BadRecordError(
-            source,
-            index,
-            "wrong_type:instruction",
-            f"field 'instruction' must be an object, got {_type_name(value)}",
-        )
+        raise _wrong_type(value, "instruction", "an object", source, index)
     return {
         PROMPT_KEY: _optional_text(value.get(PROMPT_KEY), "instruction.prompt", "", source, index),
         "words": _text_list(value.get("words"), "instruction.words", source, index),
@@ -147,8 +142,7 @@ def _source_bits(value: object, source: str, index: int) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadRecordError(source, index, "wrong_type:source_bits",
-                             f"field 'source_bits' must be a number, got {_type_name(value)}")
+        raise _wrong_type(value, "source_bits", "a number", source, index)
     if not math.isfinite(value) or value < 0:
         raise BadRecordError(source, index, "bad_value:source_bits",
                              f"field 'source_bits' must be finite and >= 0, got {value!r}")
@@ -166,12 +160,7 @@ def _text_list(value: object, field: str, source: str, index: int) -> list[str]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise BadRecordError(
-            source,
-            index,
-            f"wrong_type:{field}",
-            f"field '{field}' must be a list of strings, got {_type_name(value)}",
-        )
+        raise _wrong_type(value, field, "a list of strings", source, index)
     for position, item in enumerate(value):
         _require_text(item, field, source, index, position)
     return list(value)
@@ -183,12 +172,7 @@ def _require_text(
     """Raise unless ``value`` is a string that can be written as UTF-8."""
     label = field if position is None else f"{field}[{position}]"
     if not isinstance(value, str):
-        raise BadRecordError(
-            source,
-            index,
-            f"wrong_type:{field}",
-            f"field '{label}' must be a string, got {_type_name(value)}",
-        )
+        raise _wrong_type(value, field, "a string", source, index, label)
     try:
         # JSON escapes can smuggle in lone surrogates, which no UTF-8 writer accepts.
         value.encode("utf-8")
@@ -199,6 +183,13 @@ def _require_text(
             f"invalid_unicode:{field}",
             f"field '{label}' holds a lone surrogate at character {err.start}",
         ) from None
+
+
+def _wrong_type(value: object, field: str, wanted: str, source: str, index: int,
+                label: str | None = None) -> BadRecordError:
+    """The error for ``field`` (shown as ``label``, default ``field``) not being ``wanted``."""
+    return BadRecordError(source, index, f"wrong_type:{field}",
+                          f"field '{label or field}' must be {wanted}, got {_type_name(value)}")
 
 
 def _type_name(value: object) -> str:
