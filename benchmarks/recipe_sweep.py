@@ -1,0 +1,82 @@
+"""Which recipe reaches the lowest validation bpb per size for the same tokens?
+
+Trains the forward model of each ``--presets`` size (conf/base's presets, with those of
+``--env`` over them) under each ``--recipes`` entry, on the default run's corpus, with
+the converged grid's warmup-stable-decay schedule, and prints every run's validation
+bits per byte (the pipeline's ``evaluate_loss``) at each ``--eval-every`` steps and
+after the cooldown, with its CPU seconds. The recipe with the lowest bpb after the
+cooldown at a given length converges fastest at that size: the converged grid's
+presets take it (docs/results.md, "Convergence").
+
+A recipe is a label and train settings (``model.<key>`` for a model setting);
+``min_lr`` follows ``lr`` at a tenth unless the recipe sets it:
+
+    python benchmarks/recipe_sweep.py --presets micro tiny \\
+        --recipes adamw2e-3:lr=0.002 adamw1e-2:lr=0.01 \\
+        muon:optimizer=muon,muon_lr=0.05,lr=0.01,model.zero_init_out=true
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+from bench_token_efficiency import parse_overrides
+from corpus import DEFAULT_CACHE, ROOT, default_stores
+from machine import describe
+from recipes import train_curve
+
+
+def preset_models(env: str) -> dict[str, dict]:
+    """Each preset's model block: conf/base's, with ``env``'s presets over them."""
+    models: dict[str, dict] = {}
+    for folder in ("base", env):
+        for path in sorted((ROOT / "conf" / folder).glob("parameters*.yml")):
+            for name, block in ((yaml.safe_load(path.read_text()) or {})
+                                .get("presets", {}).items()):
+                models.setdefault(name, {}).update(block.get("model", {}))
+    return models
+
+
+def parse_recipe(text: str) -> tuple[str, dict]:
+    label, _, settings = text.partition(":")
+    overrides = parse_overrides([item for item in settings.split(",") if item])
+    if "lr" in overrides and "min_lr" not in overrides:
+        overrides["min_lr"] = overrides["lr"] / 10
+    return label, overrides
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["micro", "tiny", "small"])
+    parser.add_argument("--env", default="aot_converged", help="conf env whose presets apply")
+    parser.add_argument("--recipes", nargs="+", required=True, type=parse_recipe)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+    print(f"machine: {describe()}; torch {torch.__version__}, 1 thread", flush=True)
+    stores, _ = default_stores(args.cache)
+    models = preset_models(args.env)
+    print("preset recipe step tokens val_bpb cpu_s")
+    for preset in args.presets:
+        for label, overrides in args.recipes:
+            model = {f"model.{key}": value for key, value in models[preset].items()}
+            settings = {**model, "schedule": "wsd", "max_steps": args.steps, **overrides}
+            with tempfile.TemporaryDirectory() as tmp:
+                points = train_curve(stores["forward"], "forward", settings, run_dir=Path(tmp),
+                                     eval_every=args.eval_every, seed=args.seed)
+            for point in points:
+                print(f"{preset} {label} {point.step} {point.tokens} {point.val_bpb:.4f} "
+                      f"{point.cpu_seconds:.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
