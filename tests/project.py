@@ -101,3 +101,10 @@ def real_excerpt(name: str):
         pytest.skip(f"real TinyStories excerpts are not at {REAL_DATA} (../shared is absent)",
                     allow_module_level=True)
     return json.loads(path.read_text())
+
+
+def model_config(**shape):
+    """A ``ModelConfig`` of ``shape``, its other settings from conf/base's run_defaults.model."""
+    from backstory.lm.model import ModelConfig
+
+    return ModelConfig(**{**load_defaults("model"), **shape})

@@ -10,8 +10,8 @@ import yaml
 
 from backstory import variants
 from backstory.experiment import run_settings
-from backstory.lm.model import ModelConfig, Transformer
-from tests.project import REPO, TINY_INGEST, make_project, tiny_run_params
+from backstory.lm.model import Transformer
+from tests.project import REPO, TINY_INGEST, make_project, model_config, tiny_run_params
 
 
 def rerun_script():
@@ -39,7 +39,7 @@ def test_aot_runs_three_seeds_of_both_pairs_at_three_sizes_and_two_contexts():
         == {(150, 16)}
     assert {size: s["model"]["max_seq_len"] for size, s in settings.items()} == {
         "tiny": 256, "small": 256, "medium": 256, "small-c128": 128}
-    counts = {size: Transformer(ModelConfig(vocab_size=2048, **settings[size]["model"]))
+    counts = {size: Transformer(model_config(vocab_size=2048, **settings[size]["model"]))
               .num_parameters() for size in ("tiny", "small", "medium")}
     assert counts == {"tiny": 328_256, "small": 1_000_576, "medium": 4_213_504}
 
@@ -61,7 +61,7 @@ def test_aot_converged_doubles_wsd_runs_of_five_seeds_at_three_sizes_and_a_contr
         assert train["schedule"] == "wsd" and train["batch_size"] == 16
     base = script.lengths(parameters, experiment)
     assert set(base) == sizes and len(set(base.values())) == 1  # equal tokens at every size
-    counts = {size: Transformer(ModelConfig(vocab_size=2048, **run_settings(
+    counts = {size: Transformer(model_config(vocab_size=2048, **run_settings(
         parameters, next(r for r in runs if r.size == size))["model"])).num_parameters()
         for size in sizes}
     assert counts == {"micro": 114_976, "tiny": 328_256, "small": 1_000_576}

@@ -10,9 +10,9 @@ import torch
 
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
 from backstory.lm.checkpoint import TrainedModel, save_model
-from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.model import Transformer
 from backstory.tools.cli import main
-from tests.project import make_project
+from tests.project import make_project, model_config
 
 WORDS = ["Tom", "Lily", "ran", "jumped", "with", "the", "dog", "cat", "happy", "end"]
 
@@ -27,7 +27,7 @@ def tokenizer() -> Tokenizer:
 def save_tiny_model(directory: Path, tokenizer: Tokenizer, variant: str,
                     tokenizer_sha256: str | None = None) -> None:
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=16, n_layers=1, n_heads=2,
+    config = model_config(vocab_size=tokenizer.vocab_size, dim=16, n_layers=1, n_heads=2,
                          max_seq_len=48)
     model = Transformer(config)
     lineage = {"tokenizer_sha256": tokenizer_sha256 or tokenizer.sha256, "variant": variant}

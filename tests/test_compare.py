@@ -30,8 +30,8 @@ from backstory.evaluation.stats import (
     asymmetry_delta,
     bootstrap_delta,
 )
-from backstory.lm.model import ModelConfig, Transformer
-from tests.project import REPO
+from backstory.lm.model import Transformer
+from tests.project import REPO, model_config
 
 # ------------------------------------------------------------------------ the delta
 
@@ -161,7 +161,7 @@ def tokenizer(tmp_path_factory) -> Tokenizer:
 
 def _model(tokenizer: Tokenizer) -> Transformer:
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=1, n_heads=2,
+    config = model_config(vocab_size=tokenizer.vocab_size, dim=32, n_layers=1, n_heads=2,
                          n_kv_heads=1, max_seq_len=32, multiple_of=16)
     return Transformer(config).eval()
 

@@ -46,7 +46,8 @@ from backstory.evaluation.sampling import (
     samples_markdown,
 )
 from backstory.lm.checkpoint import TrainedModel
-from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.model import Transformer
+from tests.project import model_config
 
 EVAL_CONFIG = EvaluateConfig(batch_size=4, n_stories=12, curve_stories=4, n_samples=1,
                              max_new_tokens=4, temperature=0.8, top_k=None, top_p=None, seed=0,
@@ -124,7 +125,7 @@ def train_store(tmp_path_factory, tokenizer: Tokenizer) -> TokenStore:
 
 def tiny_transformer(vocab: int = VOCAB, max_seq_len: int = 64, seed: int = 0) -> Transformer:
     torch.manual_seed(seed)
-    config = ModelConfig(vocab_size=vocab, dim=16, n_layers=1, n_heads=2, n_kv_heads=1,
+    config = model_config(vocab_size=vocab, dim=16, n_layers=1, n_heads=2, n_kv_heads=1,
                          max_seq_len=max_seq_len)
     return Transformer(config).eval()
 

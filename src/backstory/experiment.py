@@ -490,11 +490,22 @@ def project_defaults(section: str, conf: Path | str = Path("conf/base")) -> dict
     For library use outside Kedro (benchmarks, tests, scripts): the settings classes
     have no defaults of their own, and this reads the one place that holds them.
     """
+    return _declared_block(conf, RUN_DEFAULTS, section)
+
+
+def project_preset(name: str, conf: Path | str = Path("conf/base")) -> dict[str, Any]:
+    """``presets.<name>`` (e.g. its ``model`` shape) as a project's conf/base declares it."""
+    return _declared_block(conf, "presets", name)
+
+
+def _declared_block(conf: Path | str, *keys: str) -> dict[str, Any]:
     import yaml
 
     path = Path(conf) / "parameters_runs.yml"
-    data = yaml.safe_load(path.read_text())
+    block = yaml.safe_load(path.read_text())
     try:
-        return dict(data[RUN_DEFAULTS][section])
+        for key in keys:
+            block = block[key]
+        return dict(block)
     except (KeyError, TypeError):
-        raise SettingError(f"{path} has no {RUN_DEFAULTS}.{section}") from None
+        raise SettingError(f"{path} has no {'.'.join(keys)}") from None

@@ -21,8 +21,8 @@ from backstory.data.documents import encode_documents
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
 from backstory.data.tokens import TokenStore, write_token_store
 from backstory.lm.checkpoint import save_model
-from backstory.lm.model import ModelConfig
 from backstory.lm.training import TrainConfig, train
+from tests.project import model_config
 
 HERE = Path(__file__).parent
 SETTINGS = dict(batch_size=16, grad_accum=1, max_steps=200, lr=3e-3, min_lr=3e-4,
@@ -47,7 +47,7 @@ def main() -> None:
             write_token_store(path, encode_documents(part, tokenizer, variant="forward"),
                               attrs=attrs | {"split": split})
             stores.append(TokenStore(path))
-        config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=64, n_layers=2, n_heads=4,
+        config = model_config(vocab_size=tokenizer.vocab_size, dim=64, n_layers=2, n_heads=4,
                              n_kv_heads=2, max_seq_len=128)
         lineage = {"tokenizer_sha256": tokenizer.sha256, "variant": "forward"}
         trained = train(config, TrainConfig(**SETTINGS), *stores, Path(folder) / "run",
