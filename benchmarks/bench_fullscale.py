@@ -223,7 +223,10 @@ from backstory.data.corpus.story_table import CleanPlan, CleanSettings, build_st
 source, work = Path(sys.argv[1]), Path(sys.argv[2])
 config = CorpusConfig("local", 0, 0, 1, "all_data", DEFAULT_HUB, "", None, str(source))
 raw = write_raw_corpus(work / "raw", plan_corpus(config))
-table = build_story_table(work / "stories", CleanPlan(raw, CleanSettings("raise", SplitRule()), 0))
+import yaml  # conf/base's split (the benchmark runs in the repository)
+ingest = yaml.safe_load(Path("conf/base/parameters_ingest.yml").read_text())
+split = SplitRule.from_params(ingest["split"])
+table = build_story_table(work / "stories", CleanPlan(raw, CleanSettings("raise", split), 0))
 print(table.report["n_kept"])
 """
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import yaml
 
 from backstory import variants
 from backstory.data.corpus import clean, storyworld
@@ -39,12 +40,12 @@ from backstory.lm.training import SPEED_LOG, TrainConfig, train
 REPO = Path(__file__).resolve().parents[1]  # conf/base holds the training defaults
 
 
-def corpus(n_stories: int, seed: int, val_fraction: float) -> tuple[list[dict], dict]:
+def corpus(n_stories: int, seed: int, split: clean.SplitRule) -> tuple[list[dict], dict]:
     """Generate, validate and split storyworld records (as the ingest nodes do)."""
     records, rows = [], []
     for name, start, stop in storyworld.shard_plan(n_stories, 10_000):
         result = clean.clean_file(name, storyworld.shard_bytes(seed, start, stop),
-                                  on_bad_record="raise", val_fraction=val_fraction)
+                                  on_bad_record="raise", split=split)
         rows.append(result.summary())
         columns = clean.to_columns(result.records)
         records += pd.DataFrame(columns).to_dict("records")
@@ -74,7 +75,9 @@ def main() -> None:
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    records, report = corpus(args.stories, storyworld.DEFAULT_SEED, 0.05)
+    split = yaml.safe_load((REPO / "conf/base/parameters_ingest.yml").read_text())["split"]
+    records, report = corpus(args.stories, storyworld.DEFAULT_SEED,
+                             clean.SplitRule.from_params(split))
     texts = (r["story"] for r in records if r["split"] == "train")
     tokenizer = Tokenizer.from_bytes(train_tokenizer(texts, vocab_size=args.vocab))
     print(f"corpus + tokenizer: {len(records):,} stories in {time.perf_counter() - t0:.1f} s")

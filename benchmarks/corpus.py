@@ -22,6 +22,7 @@ import yaml
 
 from backstory import experiment, variants
 from backstory.data.corpus import clean, storyworld
+from backstory.data.corpus.splits import SplitRule
 from backstory.data.documents import encode_documents
 from backstory.data.tokenizer import Tokenizer, train_tokenizer
 from backstory.data.tokens import TokenStore, write_token_store
@@ -84,8 +85,7 @@ def _build(folder: Path, settings: dict, paths: dict, tokenizer_path: Path) -> N
     plan = storyworld.shard_plan(int(corpus["n_stories"]), int(corpus["shard_size"]))
     for name, first, stop in sorted(plan):  # the pipeline reads shards in name order
         result = clean.clean_file(name, storyworld.shard_bytes(int(corpus["seed"]), first, stop),
-                                  on_bad_record="raise",
-                                  val_fraction=float(split["val_fraction"]))
+                                  on_bad_record="raise", split=SplitRule.from_params(split))
         summaries.append(result.summary())
         records += pd.DataFrame(clean.to_columns(result.records)).to_dict("records")
     report = clean.merge_reports(summaries)
