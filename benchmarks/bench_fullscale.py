@@ -162,7 +162,10 @@ from backstory.data.tokens import WRITER_ATTRS, TokenStore
 root, workers, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 table = StoryTable(root + "/data/02_intermediate/stories")
 tokenizer = Tokenizer.from_file(root + "/data/06_models/tokenizer/tokenizer.model")
-documents = StoryDocuments(table, "train", tokenizer, variant="forward")
+import yaml  # the project's text settings, as its export node reads them
+text = yaml.safe_load(open(root + "/conf/base/parameters_runs.yml"))["text"]["defaults"]
+documents = StoryDocuments(table, "train", tokenizer, variant="forward",
+                           **{k: v for k, v in text.items() if k != "workers"})
 # The pipeline's own attributes, so the bytes can be compared with its store.
 with TokenStore(root + "/data/05_model_input/forward/train.h5") as store:
     attrs = {k: v for k, v in store.attrs.items() if k not in WRITER_ATTRS}

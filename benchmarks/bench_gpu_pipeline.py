@@ -29,7 +29,7 @@ import yaml
 from backstory import variants
 from backstory.data.corpus import clean, storyworld
 from backstory.data.documents import encode_documents
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokenizer import Tokenizer, TokenizerConfig
 from backstory.data.tokens import TokenStore, write_token_store
 from backstory.evaluation.metrics import evaluate_loss, unigram_bpb
 from backstory.experiment import project_defaults
@@ -58,7 +58,10 @@ def export(records, tokenizer, variant, split, report, path: Path) -> TokenStore
              "vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id,
              "eos_id": tokenizer.eos_id, "tokenizer_sha256": tokenizer.sha256,
              "corpus_fingerprint": report["corpus_fingerprint"]}
-    write_token_store(path, encode_documents(chosen, tokenizer, variant=variant), attrs=attrs)
+    text = yaml.safe_load((REPO / "conf/base/parameters_runs.yml").read_text())["text"]["defaults"]
+    batches = encode_documents(chosen, tokenizer, variant=variant,
+                               **{k: v for k, v in text.items() if k != "workers"})
+    write_token_store(path, batches, attrs=attrs)
     return TokenStore(path)
 
 
@@ -75,11 +78,12 @@ def main() -> None:
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    split = yaml.safe_load((REPO / "conf/base/parameters_ingest.yml").read_text())["split"]
+    ingest = yaml.safe_load((REPO / "conf/base/parameters_ingest.yml").read_text())
     records, report = corpus(args.stories, storyworld.DEFAULT_SEED,
-                             clean.SplitRule.from_params(split))
+                             clean.SplitRule.from_params(ingest["split"]))
     texts = (r["story"] for r in records if r["split"] == "train")
-    tokenizer = Tokenizer.from_bytes(train_tokenizer(texts, vocab_size=args.vocab))
+    tokenizer = Tokenizer.from_bytes(TokenizerConfig.from_params(
+        ingest["tokenizer"] | {"vocab_size": args.vocab}).train(texts))
     print(f"corpus + tokenizer: {len(records):,} stories in {time.perf_counter() - t0:.1f} s")
 
     results = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}

@@ -24,7 +24,7 @@ from backstory import experiment, variants
 from backstory.data.corpus import clean, storyworld
 from backstory.data.corpus.splits import SplitRule
 from backstory.data.documents import encode_documents
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokenizer import Tokenizer, TokenizerConfig
 from backstory.data.tokens import TokenStore, write_token_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,10 +89,8 @@ def _build(folder: Path, settings: dict, paths: dict, tokenizer_path: Path) -> N
         summaries.append(result.summary())
         records += pd.DataFrame(clean.to_columns(result.records)).to_dict("records")
     report = clean.merge_reports(summaries)
-    tok = settings["tokenizer"]
-    model = train_tokenizer((r["story"] for r in records if r["split"] == "train"),
-                            vocab_size=int(tok["vocab_size"]), model_type=tok["model_type"],
-                            max_sentences=int(tok["max_sentences"]))
+    model = TokenizerConfig.from_params(settings["tokenizer"]).train(
+        r["story"] for r in records if r["split"] == "train")
     tokenizer = Tokenizer.from_bytes(model)
     folder.mkdir(parents=True, exist_ok=True)
     for variant in VARIANTS:

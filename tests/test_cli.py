@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokenizer import Tokenizer
 from backstory.lm.checkpoint import TrainedModel, save_model
 from backstory.lm.model import Transformer
 from backstory.tools.cli import main
-from tests.project import make_project, model_config
+from tests.project import make_project, model_config, trained_tokenizer
 
 WORDS = ["Tom", "Lily", "ran", "jumped", "with", "the", "dog", "cat", "happy", "end"]
 
@@ -21,7 +21,7 @@ WORDS = ["Tom", "Lily", "ran", "jumped", "with", "the", "dog", "cat", "happy", "
 def tokenizer() -> Tokenizer:
     rng = random.Random(0)
     texts = [" ".join(rng.choice(WORDS) for _ in range(12)) + "." for _ in range(100)]
-    return Tokenizer(train_tokenizer(texts, vocab_size=300))
+    return Tokenizer(trained_tokenizer(texts, vocab_size=300))
 
 
 def save_tiny_model(directory: Path, tokenizer: Tokenizer, variant: str,

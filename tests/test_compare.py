@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from backstory.data.corpus.storyworld import generate_record
-from backstory.data.documents import encode_documents
 from backstory.data.text import reverse_words
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore, write_token_store
 from backstory.evaluation.compare import score_texts
 from backstory.evaluation.instructions import (
@@ -31,7 +30,7 @@ from backstory.evaluation.stats import (
     bootstrap_delta,
 )
 from backstory.lm.model import Transformer
-from tests.project import REPO, model_config
+from tests.project import REPO, encoded, model_config, trained_tokenizer
 
 # ------------------------------------------------------------------------ the delta
 
@@ -155,7 +154,7 @@ def test_storyworld_stories_meet_their_own_requirements():
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> Tokenizer:
     texts = [generate_record(1337, i)["story"] for i in range(60)]
-    model_bytes = train_tokenizer(texts, vocab_size=512, model_type="bpe", max_sentences=1000)
+    model_bytes = trained_tokenizer(texts, vocab_size=512, model_type="bpe", max_sentences=1000)
     return Tokenizer.from_bytes(model_bytes)
 
 
@@ -175,7 +174,7 @@ def test_score_texts_matches_document_bits_of_the_variant_layout(tokenizer, tmp_
     attrs = {"variant": form, "layout": "x", "vocab_size": tokenizer.vocab_size,
              "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id,
              "tokenizer_sha256": tokenizer.sha256, "corpus_fingerprint": "test"}
-    write_token_store(tmp_path / "s.h5", encode_documents(records, tokenizer, variant=form),
+    write_token_store(tmp_path / "s.h5", encoded(records, tokenizer, variant=form),
                       attrs=attrs)
     with TokenStore(tmp_path / "s.h5") as store:
         expected = document_bits(model, store, seq_len=32, batch_size=2)

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from backstory import variants
-from backstory.data.documents import encode_documents, record_key
+from backstory.data.documents import record_key
 from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import DocBatch, TokenStore, write_token_store
 from backstory.errors import InputError
 from backstory.evaluation.evaluate import (
@@ -47,7 +47,7 @@ from backstory.evaluation.sampling import (
 )
 from backstory.lm.checkpoint import TrainedModel
 from backstory.lm.model import Transformer
-from tests.project import model_config
+from tests.project import encoded, model_config, trained_tokenizer
 
 EVAL_CONFIG = EvaluateConfig(batch_size=4, n_stories=12, curve_stories=4, n_samples=1,
                              max_new_tokens=4, temperature=0.8, top_k=None, top_p=None, seed=0,
@@ -82,7 +82,7 @@ def make_records(n: int, seed: int) -> list[dict]:
 def tokenizer() -> Tokenizer:
     texts = [r["story"] for r in make_records(200, seed=1)]
     texts += [reverse_words(t) for t in texts] + ["Write a short story about the end."]
-    return Tokenizer(train_tokenizer(texts, vocab_size=VOCAB))
+    return Tokenizer(trained_tokenizer(texts, vocab_size=VOCAB))
 
 
 def store_attrs(tokenizer: Tokenizer, variant: str, **overrides: object) -> dict:
@@ -100,7 +100,7 @@ def store_attrs(tokenizer: Tokenizer, variant: str, **overrides: object) -> dict
 
 def write_store(path: Path, tokenizer: Tokenizer, records: list[dict], variant: str
                 ) -> TokenStore:
-    batches = encode_documents(records, tokenizer, variant=variant, batch_size=3, num_threads=1)
+    batches = encoded(records, tokenizer, variant=variant, batch_size=3, num_threads=1)
     write_token_store(path, batches, attrs=store_attrs(tokenizer, variant))
     return TokenStore(path)
 

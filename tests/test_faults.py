@@ -26,7 +26,6 @@ from backstory.data.corpus.readers import read_json_shard
 from backstory.data.corpus.schema import BadRecordError
 from backstory.data.corpus.sources import CorpusConfig, plan_corpus
 from backstory.data.files import file_sha256
-from backstory.data.tokenizer import train_tokenizer
 from backstory.data.tokens import DocBatch, TokenStore, TokenStream
 from backstory.datasets.token_store_dataset import TokenStoreDataset
 from backstory.datasets.tokenizer_dataset import SentencePieceDataset
@@ -37,7 +36,7 @@ from backstory.lm.checkpoint import save_model
 from backstory.locks import LockedError
 from backstory.params import build
 from backstory.tools.cli import main
-from tests.project import TINY_INGEST, make_project, tiny_run_params
+from tests.project import TINY_INGEST, make_project, tiny_run_params, trained_tokenizer
 from tests.tiny_models import REPO, peaked_model, project_models, tokenizer
 from tests.tiny_models import stories as tiny_stories
 
@@ -398,7 +397,7 @@ def test_a_local_corpus_folder_that_does_not_exist_is_a_setting_error(tmp_path):
 
 def test_a_vocabulary_too_small_for_the_text_is_a_setting_error():
     with pytest.raises(SettingError, match="tokenizer.vocab_size=5 does not fit"):
-        train_tokenizer(list(tiny_stories()), vocab_size=5, model_type="bpe")
+        trained_tokenizer(list(tiny_stories()), vocab_size=5, model_type="bpe")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "header length"])

@@ -14,7 +14,7 @@ import torch
 from backstory import experiment, variants
 from backstory.data.corpus.storyworld import generate_record
 from backstory.data.text import reverse_words
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokenizer import Tokenizer
 from backstory.errors import SettingError
 from backstory.evaluation import report as reporting
 from backstory.evaluation.metrics import document_bits, evaluate_loss
@@ -31,7 +31,7 @@ from backstory.lm.training import train
 from backstory.pipelines.compare.nodes import lead_runs, measure_arrow_of_time
 from backstory.pipelines.ingest.nodes import fit_tokenizer
 from backstory.pipelines.run.export_nodes import fit_own_tokenizer
-from tests.project import REPO, make_project, model_config, tiny_run_params
+from tests.project import REPO, make_project, model_config, tiny_run_params, trained_tokenizer
 from tests.test_train import (
     LINEAGE,
     VOCAB,
@@ -271,7 +271,7 @@ def test_own_tokenizer_is_trained_on_the_reversed_training_text(tmp_path: Path):
     settings = {"vocab_size": 512, "model_type": "bpe", "max_sentences": 1000}
     own = fit_own_tokenizer(table, settings, words="reversed")
     texts = [reverse_words(r["story"]) for r in iter_records(table, "train")]
-    assert own == train_tokenizer(texts, vocab_size=512, model_type="bpe", max_sentences=1000)
+    assert own == trained_tokenizer(texts, vocab_size=512, model_type="bpe", max_sentences=1000)
     assert own != fit_tokenizer(table, settings)
     own_tok, shared = Tokenizer.from_bytes(own), Tokenizer.from_bytes(fit_tokenizer(table,
                                                                                    settings))
@@ -364,7 +364,7 @@ def test_controls_run_end_to_end_and_report_their_deltas(tmp_path: Path):
 
 def _tokenizer() -> Tokenizer:
     texts = [generate_record(1337, i)["story"] for i in range(40)]
-    return Tokenizer.from_bytes(train_tokenizer(texts, vocab_size=512, model_type="bpe",
+    return Tokenizer.from_bytes(trained_tokenizer(texts, vocab_size=512, model_type="bpe",
                                                 max_sentences=1000))
 
 

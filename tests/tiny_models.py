@@ -13,10 +13,10 @@ import torch
 
 from backstory import variants
 from backstory.data.corpus.storyworld import generate_records
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokenizer import Tokenizer
 from backstory.lm.checkpoint import TrainedModel
 from backstory.lm.model import Transformer
-from tests.project import model_config
+from tests.project import model_config, trained_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 # Shared test oracles and data live beside the repository, not in it.
@@ -32,7 +32,7 @@ def stories(n: int = 200) -> tuple[str, ...]:
 
 @lru_cache(maxsize=4)
 def tokenizer(model_type: str = "bpe", vocab_size: int = 512) -> Tokenizer:
-    return Tokenizer(train_tokenizer(list(stories()), vocab_size=vocab_size,
+    return Tokenizer(trained_tokenizer(list(stories()), vocab_size=vocab_size,
                                      model_type=model_type))
 
 

@@ -93,7 +93,9 @@ def _texts_store(path: Path, texts: Sequence[str], tokenizer: Tokenizer, source:
         "tokenizer_sha256": tokenizer.sha256,
         "corpus_fingerprint": "scored-texts",
     }
-    batches = encode_documents(_text_records(texts), tokenizer, variant=source, num_threads=1)
+    # Plain stories: no instruction, so no templates and no template seed; one batch.
+    batches = encode_documents(_text_records(texts), tokenizer, variant=source, templates=None,
+                               seed=0, batch_size=len(texts), num_threads=1)
     write_token_store(path, batches, attrs=attrs)
     return TokenStore(path)
 
