@@ -60,19 +60,22 @@ def test_bootstrap_interval_covers_the_true_delta_on_synthetic_documents():
     for trial in range(20):
         fw = rng.gamma(20.0, 50.0, size=300)  # bits per document
         bw = fw * ratio * rng.normal(1.0, 0.02, size=300)
-        ci = bootstrap_delta(bw, fw, n_boot=400, seed=trial)
+        ci = bootstrap_delta(bw, fw, n_boot=400, confidence=0.95, seed=trial)
         assert ci["low"] <= ci["delta"] <= ci["high"]
         hits += ci["low"] <= true_delta <= ci["high"]
     assert hits >= 17  # a 95% interval misses about 1 time in 20
+
+
+INTERVAL = {"n_boot": 300, "confidence": 0.95, "seed": 1}
 
 
 def test_bootstrap_is_deterministic_and_narrows_with_more_documents():
     rng = np.random.default_rng(0)
     fw = rng.gamma(20.0, 50.0, size=2000)
     bw = fw * rng.normal(1.01, 0.05, size=2000)
-    small = bootstrap_delta(bw[:100], fw[:100], n_boot=300, seed=1)
-    assert small == bootstrap_delta(bw[:100], fw[:100], n_boot=300, seed=1)
-    large = bootstrap_delta(bw, fw, n_boot=300, seed=1)
+    small = bootstrap_delta(bw[:100], fw[:100], **INTERVAL)
+    assert small == bootstrap_delta(bw[:100], fw[:100], **INTERVAL)
+    large = bootstrap_delta(bw, fw, **INTERVAL)
     assert large["high"] - large["low"] < small["high"] - small["low"]
     assert large["n_docs"] == 2000 and large["n_boot"] == 300
 
@@ -82,7 +85,7 @@ def test_bootstrap_is_deterministic_and_narrows_with_more_documents():
 ])
 def test_bootstrap_rejects_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        bootstrap_delta([1.0, 2.0], [1.0, 2.0], **kwargs)
+        bootstrap_delta([1.0, 2.0], [1.0, 2.0], **(INTERVAL | kwargs))
 
 
 # --------------------------------------------------------------- instruction checks
