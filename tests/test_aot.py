@@ -116,8 +116,7 @@ def test_a_tiny_aot_rerun_reports_every_size_over_seeds(tmp_path, capsys):
                                                "parameters_runs.yml": tiny,
                                                "parameters_compare.yml": {"compare": {
                                                    "n_boot": 50, "n_stories": 2,
-                                                   "generate_batch_size": 2,
-                                                   "max_new_tokens": 16}}})
+                                                   "generate_batch_size": 2}}})
     aot = root / "conf/aot/parameters_runs.yml"
     data = yaml.safe_load(aot.read_text())
     data["experiment"]["main"].update(presets=["small", "tiny"], seeds=[1, 2])

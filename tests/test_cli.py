@@ -74,6 +74,39 @@ def test_several_samples_are_numbered_by_seed(project, capsys):
     assert "--- sample 1 (seed 4) ---" in out and "--- sample 2 (seed 5) ---" in out
 
 
+def test_sampling_settings_come_from_the_project(tmp_path, tokenizer, capsys):
+    # top_p from the project's run_defaults.evaluate reaches generation: a nucleus this
+    # small keeps only the likeliest token, so sampling at temperature 1 is greedy.
+    root = make_project(tmp_path / "p", {"parameters_runs.yml": {"run_defaults": {
+        "evaluate": {"temperature": 1.0, "top_p": 1e-6}}}})
+    tokenizer_file = root / "data/06_models/tokenizer/tokenizer.model"
+    tokenizer_file.parent.mkdir(parents=True)
+    tokenizer_file.write_bytes(tokenizer.model_bytes)
+    save_tiny_model(root / "data/06_models/forward/small/s1337/model", tokenizer, "forward")
+    args = ["--variant", "forward", "--prompt", "Tom ran", "--num-samples", "4"]
+
+    def stories(*more: str) -> list[str]:
+        assert run(root, *args, *more) == 0
+        return capsys.readouterr().out.split("---")[2::2]
+
+    greedy = stories("--temperature", "0")
+    assert stories() == greedy
+    assert stories("--top-p", "1.0") != greedy  # a flag wins over the project's setting
+
+
+def test_outside_a_project_the_sampling_settings_are_flags(tmp_path, project, capsys,
+                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model_dir = project / "data/06_models/forward/small/s1337/model"
+    tokenizer_file = project / "data/06_models/tokenizer/tokenizer.model"
+    args = ["generate", "--prompt", "Tom", "--model-dir", str(model_dir), "--tokenizer",
+            str(tokenizer_file), "--max-new-tokens", "4"]
+    assert main([*args, "--temperature", "1"]) == 2
+    assert "is no backstory project to read the sampling settings from; pass --seed" in \
+        capsys.readouterr().err
+    assert main([*args, "--temperature", "1", "--seed", "3"]) == 0
+
+
 def test_missing_model_names_the_command_that_makes_it(tmp_path, capsys):
     root = make_project(tmp_path / "p")
     code = main(["generate", "--variant", "reversed", "--prompt", "The end.",

@@ -29,8 +29,9 @@ from backstory.evaluation.stats import (
     asymmetry_delta,
     bootstrap_delta,
 )
+from backstory.lm.generate import SamplingConfig
 from backstory.lm.model import Transformer
-from tests.project import REPO, encoded, model_config, trained_tokenizer
+from tests.project import REPO, encoded, load_defaults, model_config, trained_tokenizer
 
 # ------------------------------------------------------------------------ the delta
 
@@ -189,17 +190,18 @@ def test_score_texts_matches_document_bits_of_the_variant_layout(tokenizer, tmp_
 def test_score_texts_reads_reversed_text_the_reversed_way(tokenizer):
     model = _model(tokenizer)
     text = "Tom had a red ball. He liked to play with it."
-    bits_rev, _ = score_texts(model, tokenizer, [text], variant="reversed")
-    bits_fw, _ = score_texts(model, tokenizer, [reverse_words(text)], variant="forward")
+    bits_rev, _ = score_texts(model, tokenizer, [text], variant="reversed", batch_size=4)
+    bits_fw, _ = score_texts(model, tokenizer, [reverse_words(text)], variant="forward",
+                             batch_size=4)
     np.testing.assert_allclose(bits_rev, bits_fw, rtol=1e-9)
 
 
 def test_score_texts_rejects_empty_texts_and_unknown_forms(tokenizer):
     model = _model(tokenizer)
     with pytest.raises(ValueError, match="text 1 is empty"):
-        score_texts(model, tokenizer, ["A story.", "  "], variant="forward")
+        score_texts(model, tokenizer, ["A story.", "  "], variant="forward", batch_size=4)
     with pytest.raises(ValueError, match="carry an instruction"):
-        score_texts(model, tokenizer, ["A story."], variant="instruct")
+        score_texts(model, tokenizer, ["A story."], variant="instruct", batch_size=4)
 
 
 @pytest.mark.parametrize("variant", ["forward", "reversed"])
@@ -209,14 +211,34 @@ def test_batched_generation_matches_one_story_at_a_time_when_greedy(tokenizer, v
 
     model = _model(tokenizer)
     prompts = ["Tom had a red ball.", "Once upon a time, there was a very little girl.", "Sue"]
+    greedy = SamplingConfig(max_new_tokens=8, temperature=0.0, top_k=None, top_p=None)
     batched = generate_batched(model, tokenizer, prompts, variant=variant, batch_size=2,
-                               max_new_tokens=8, temperature=0.0)
+                               sampling=greedy, seed=0)
     for prompt, sample in zip(prompts, batched, strict=True):
         one = generate_story(model, tokenizer, variant=variant, prompt=prompt,
-                             max_new_tokens=8, temperature=0.0)
+                             **greedy.to_dict())
         assert sample["text"] == one["text"] and sample["prompt"] == prompt
     with pytest.raises(ValueError, match="generate_batch_size"):
-        generate_batched(model, tokenizer, prompts, variant=variant, batch_size=0)
+        generate_batched(model, tokenizer, prompts, variant=variant, batch_size=0,
+                         sampling=greedy, seed=0)
+
+
+def test_the_report_samples_with_the_runs_sampling_settings(tokenizer):
+    # The compare node reads run_defaults.evaluate: its top_p reaches batched sampling (a
+    # nucleus this small keeps only the likeliest token, so temperature 1 is greedy).
+    from backstory.evaluation.compare import generate_batched
+
+    model = _model(tokenizer)
+    prompts = ["Tom had a red ball.", "Sue"]
+    evaluate = load_defaults("evaluate") | {"max_new_tokens": 8, "temperature": 1.0}
+
+    def stories(**settings) -> list[str]:
+        sampling = SamplingConfig.of(evaluate | settings)
+        return [s["text"] for s in generate_batched(model, tokenizer, prompts, variant="forward",
+                                                     batch_size=2, sampling=sampling, seed=3)]
+
+    assert stories(top_p=1e-6) == stories(temperature=0.0)
+    assert stories(top_p=None) != stories(temperature=0.0)
 
 
 # ------------------------------------------------------------- the tiny project run

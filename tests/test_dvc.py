@@ -47,7 +47,7 @@ from tests.project import (
 ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"}
 RUNS_FILE = "conf/base/parameters_runs.yml"
 # Cross-run comparison settings that keep it to seconds on CPU.
-TINY_COMPARE = {"n_boot": 50, "n_stories": 2, "generate_batch_size": 2, "max_new_tokens": 16}
+TINY_COMPARE = {"n_boot": 50, "n_stories": 2, "generate_batch_size": 2}
 
 
 def raw_params(root: Path = REPO) -> dict:

@@ -46,9 +46,11 @@ from backstory.evaluation.sampling import (
     samples_markdown,
 )
 from backstory.lm.checkpoint import TrainedModel
+from backstory.lm.generate import SamplingConfig
 from backstory.lm.model import Transformer
-from tests.project import encoded, model_config, trained_tokenizer
+from tests.project import encoded, load_defaults, model_config, trained_tokenizer
 
+GREEDY = {"max_new_tokens": 4, "temperature": 0}
 EVAL_CONFIG = EvaluateConfig(batch_size=4, n_stories=12, curve_stories=4, n_samples=1,
                              max_new_tokens=4, temperature=0.8, top_k=None, top_p=None, seed=0,
                              device="cpu")
@@ -463,44 +465,47 @@ def test_budget_runs_out_without_a_stop_and_is_capped_by_the_context(tokenizer):
     assert sample["text"] == tokenizer.decode(prompt + story[:10])
     with pytest.raises(ValueError, match="leaves no room"):
         generate_story(ScriptedModel(prompt, max_seq_len=len(prompt)), tokenizer,
-                       variant="forward", prompt="Tom ran.", max_new_tokens=5)
+                       variant="forward", prompt="Tom ran.", max_new_tokens=5, temperature=0)
 
 
 def test_generate_story_rejects_bad_settings(tokenizer):
     model = tiny_transformer()
     with pytest.raises(ValueError, match="registered variants: forward, reversed"):
-        generate_story(model, tokenizer, variant="sideways", prompt="x")
+        generate_story(model, tokenizer, variant="sideways", prompt="x", **GREEDY)
     with pytest.raises(ValueError, match="temperature"):
-        generate_story(model, tokenizer, variant="forward", prompt="x", temperature=-1)
+        generate_story(model, tokenizer, variant="forward", prompt="x", max_new_tokens=4,
+                       temperature=-1)
     with pytest.raises(ValueError, match="needs a non-empty prompt"):
-        generate_story(model, tokenizer, variant="reversed", prompt="  ")
+        generate_story(model, tokenizer, variant="reversed", prompt="  ", **GREEDY)
 
 
 def test_prompts_come_from_the_store_in_normal_reading_order(stores, tokenizer, records):
-    forward = sample_prompts(stores["forward"], tokenizer, variant="forward", n=3)
+    forward = sample_prompts(stores["forward"], tokenizer, variant="forward", n=3, seed=0)
     assert forward == [opening_prompt(r["story"]) for r in records[:3]]
-    reversed_ = sample_prompts(stores["reversed"], tokenizer, variant="reversed", n=3)
+    reversed_ = sample_prompts(stores["reversed"], tokenizer, variant="reversed", n=3, seed=0)
     assert reversed_ == [ending_prompt(r["story"]) for r in records[:3]]
     assert all(r["story"].endswith(p) for r, p in zip(records, reversed_, strict=False))
-    instruct = sample_prompts(stores["instruct"], tokenizer, variant="instruct", n=3)
+    instruct = sample_prompts(stores["instruct"], tokenizer, variant="instruct", n=3, seed=0)
     assert instruct == [
         record_instruction(r["summary"], r["words"], r["features"], templates=DEFAULT_TEMPLATES,
                            seed=0, key=record_key(r))
         for r in records[:3]
     ]
     with pytest.raises(ValueError, match="reads 'reversed' documents"):
-        sample_prompts(stores["forward"], tokenizer, variant="reversed", n=1)
+        sample_prompts(stores["forward"], tokenizer, variant="reversed", n=1, seed=0)
 
 
 def test_prompts_too_long_for_the_context_are_passed_over(stores, tokenizer):
     store = stores["instruct"]
-    every = sample_prompts(store, tokenizer, variant="instruct", n=store.n_docs)
+    every = sample_prompts(store, tokenizer, variant="instruct", n=store.n_docs, seed=0)
     lengths = [len(prompt_ids(tokenizer, "instruct", p)) for p in every]
     limit = sorted(lengths)[2]  # only the three shortest fit
-    short = sample_prompts(store, tokenizer, variant="instruct", n=5, max_prompt_tokens=limit)
+    short = sample_prompts(store, tokenizer, variant="instruct", n=5, max_prompt_tokens=limit,
+                           seed=0)
     assert short == [p for p, n in zip(every, lengths, strict=True) if n <= limit]
     model = tiny_transformer(max_seq_len=limit + 4)
-    samples = make_samples(model, tokenizer, store, variant="instruct", n=2, max_new_tokens=4)
+    samples = make_samples(model, tokenizer, store, variant="instruct", n=2,
+                           sampling=SamplingConfig(**GREEDY, top_k=None, top_p=None), seed=0)
     assert [s["prompt"] for s in samples] == short[:2]
 
 
@@ -515,7 +520,8 @@ def test_prompt_helpers():
 
 def test_make_samples_from_records_is_deterministic(tokenizer, records):
     model = tiny_transformer()
-    kwargs = dict(variant="forward", n=3, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=5)
+    sampling = SamplingConfig(max_new_tokens=8, temperature=1.0, top_k=None, top_p=0.9)
+    kwargs = dict(variant="forward", n=3, sampling=sampling, seed=5)
     first = make_samples(model, tokenizer, records, **kwargs)
     assert first == make_samples(model, tokenizer, records, **kwargs)
     assert [s["seed"] for s in first] == [5, 6, 7]
@@ -523,6 +529,21 @@ def test_make_samples_from_records_is_deterministic(tokenizer, records):
     assert {"variant", "mode", "prompt", "text", "n_new_tokens", "stopped"} <= set(first[0])
     report = samples_markdown(first)
     assert report.startswith("# Samples") and all(s["prompt"] in report for s in first)
+
+
+def test_a_runs_samples_use_its_evaluate_top_p(tokenizer, records):
+    # top_p in a run's evaluate settings reaches sampling: a nucleus this small keeps only
+    # the likeliest token, so sampling at temperature 1 gives the greedy stories.
+    model = tiny_transformer()
+    settings = load_defaults("evaluate") | {"max_new_tokens": 8, "temperature": 1.0}
+
+    def texts(**changes) -> list[str]:
+        config = EvaluateConfig.from_params(settings | changes)
+        return [s["text"] for s in make_samples(model, tokenizer, records, variant="forward",
+                                                n=3, sampling=config.sampling, seed=config.seed)]
+
+    assert texts(top_p=1e-6) == texts(temperature=0)
+    assert texts(top_p=None) != texts(temperature=0)
 
 
 # --------------------------------------------------------------- the pipeline's evaluation
