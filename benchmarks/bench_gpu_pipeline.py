@@ -8,9 +8,9 @@ delta = (bpb_reversed - bpb_forward) / (0.5 * (bpb_reversed + bpb_forward)).
 
     python benchmarks/bench_gpu_pipeline.py --stories 100000 --steps 1500
     python benchmarks/bench_gpu_pipeline.py --device cpu --stories 2000 --steps 60 \\
-        --dim 96 --batch-size 8
+        --preset tiny --batch-size 8
 
-Defaults are the llama2.c stories15M shape (dim 288, 6 layers, 6 heads, context 256) with
+Defaults are the llama2.c stories15M shape (preset stories15m in conf/base) with
 a 4096-token vocabulary, bf16 autocast and torch.compile on CUDA.
 """
 
@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
+from corpus import PRESET_HELP, preset_model
 
 from backstory import variants
 from backstory.data.corpus import clean, storyworld
@@ -34,7 +35,6 @@ from backstory.data.tokens import TokenStore, write_token_store
 from backstory.evaluation.metrics import evaluate_loss, unigram_bpb
 from backstory.experiment import project_defaults
 from backstory.lm.checkpoint import build_model
-from backstory.lm.model import ModelConfig
 from backstory.lm.training import SPEED_LOG, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]  # conf/base holds the training defaults
@@ -70,8 +70,7 @@ def main() -> None:
     parser.add_argument("--stories", type=int, default=100_000)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--dim", type=int, default=288)
-    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--preset", default="stories15m", help=PRESET_HELP)
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
@@ -95,8 +94,7 @@ def main() -> None:
                       for split in ("train", "val")}
             print(f"{variant}: export {time.perf_counter() - t1:.1f} s, "
                   f"{stores['train'].n_tokens:,} train tokens")
-            model_config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=args.dim,
-                                       n_layers=args.layers, n_heads=6, max_seq_len=256)
+            model_config = preset_model(args.preset, tokenizer.vocab_size)
             config = TrainConfig(**project_defaults("train", REPO / "conf/base") | dict(
                 batch_size=args.batch_size, max_steps=args.steps, lr=5e-4, min_lr=5e-5,
                 warmup_steps=min(100, args.steps // 10), eval_interval=args.steps,

@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -26,6 +27,7 @@ from backstory.data.corpus.splits import SplitRule
 from backstory.data.documents import encode_documents
 from backstory.data.tokenizer import Tokenizer, TokenizerConfig
 from backstory.data.tokens import TokenStore, write_token_store
+from backstory.lm.model import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf" / "base"
@@ -55,6 +57,15 @@ def lm_block(variant: str, preset: str = "small") -> dict:
     block = experiment.run_settings(parameters, run)
     block["text"] = experiment.text_settings(parameters, run.token_source)
     return block
+
+
+def preset_model(preset: str, vocab_size: int, **changes: Any) -> ModelConfig:
+    """The model of ``preset`` as conf/base declares it (its merged run settings), with a
+    benchmark's own ``changes`` (e.g. a longer context)."""
+    return ModelConfig(vocab_size=vocab_size, **(lm_block("forward", preset)["model"] | changes))
+
+
+PRESET_HELP = "model shape: a preset of conf/base/parameters_runs.yml"
 
 
 def default_stores(cache: Path) -> tuple[dict[str, Stores], Tokenizer]:
