@@ -303,7 +303,7 @@ def test_story_at_the_very_first_token_is_not_silently_dropped(tmp_path, tokeniz
 def test_document_bits_sum_to_the_stream_story_bits(stores, token_order):
     store, model = stores["forward"], BigramModel(seed=2)
     stream = evaluate_loss(model, store, seq_len=16, batch_size=4, token_order=token_order)
-    bits = document_bits(model, store, seq_len=64, token_order=token_order)
+    bits = document_bits(model, store, seq_len=64, batch_size=4, token_order=token_order)
     assert bits.shape == (store.n_docs,)
     assert bits.sum() == pytest.approx(stream["val_bpb"] * stream["n_bytes"], rel=1e-6)
 
@@ -312,7 +312,7 @@ def test_document_bits_sum_to_the_stream_story_bits(stores, token_order):
 def test_long_documents_are_chunked_without_scoring_twice(stores, seq_len, stride):
     store, model = stores["instruct"], BigramModel(seed=3)
     docs = [0, 1, 5]  # instruct documents: 40-100 tokens each
-    whole = document_bits(model, store, seq_len=64, docs=docs)
+    whole = document_bits(model, store, seq_len=64, batch_size=4, docs=docs)
     chunked = document_bits(model, store, seq_len=seq_len, stride=stride, batch_size=8, docs=docs)
     np.testing.assert_allclose(chunked, whole, rtol=1e-6)
     assert (whole > 0).all()
@@ -334,11 +334,11 @@ def test_document_bits_of_a_real_model_match_each_document_alone(stores):
 def test_document_bits_reject_bad_requests(stores):
     store, model = stores["forward"], BigramModel()
     with pytest.raises(ValueError, match="out of range"):
-        document_bits(model, store, seq_len=16, docs=[0, store.n_docs])
+        document_bits(model, store, seq_len=16, batch_size=4, docs=[0, store.n_docs])
     with pytest.raises(ValueError, match="more than once"):
-        document_bits(model, store, seq_len=16, docs=[1, 1])
+        document_bits(model, store, seq_len=16, batch_size=4, docs=[1, 1])
     with pytest.raises(ValueError, match="stride=17 must be <= seq_len=16"):
-        document_bits(model, store, seq_len=16, stride=17)
+        document_bits(model, store, seq_len=16, batch_size=4, stride=17)
 
 
 # --------------------------------------------------------------------- unigram baseline
@@ -609,8 +609,9 @@ def test_a_store_of_other_stories_is_refused(records, stores):
 def test_document_scores_count_every_target_once(stores, token_order):
     store, model = stores["instruct"], BigramModel(seed=4)
     docs = [0, 3, 7]
-    whole = document_scores(model, store, seq_len=64, docs=docs, token_order=token_order)
-    chunked = document_scores(model, store, seq_len=9, stride=4, docs=docs,
+    whole = document_scores(model, store, seq_len=64, batch_size=4, docs=docs,
+                            token_order=token_order)
+    chunked = document_scores(model, store, seq_len=9, batch_size=4, stride=4, docs=docs,
                               token_order=token_order)
     lengths = np.diff(store.doc_offsets)[docs]
     # Forward: every token but the document's first; backward: every token (the first is

@@ -392,7 +392,7 @@ def test_a_local_corpus_folder_that_does_not_exist_is_a_setting_error(tmp_path):
     config = build(CorpusConfig, {**load_conf_parameters()["corpus"], "source": "local",
                                   "path": str(tmp_path / "nowhere")}, "corpus")
     with pytest.raises(SettingError, match=r"corpus.path=.*nowhere' does not exist"):
-        plan_corpus(config)
+        plan_corpus(config, workers=1)
 
 
 def test_a_vocabulary_too_small_for_the_text_is_a_setting_error():
