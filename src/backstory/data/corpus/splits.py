@@ -37,10 +37,8 @@ def role_from_name(name: str) -> str:
 
 
 def check_val_fraction(val_fraction: float) -> None:
-    """Raise ValueError unless ``val_fraction`` is a number in [0, 1)."""
-    is_number = isinstance(val_fraction, int | float) and not isinstance(val_fraction, bool)
-    if not is_number or not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"split.val_fraction must be a number in [0, 1), got {val_fraction!r}")
+    """SettingError unless ``val_fraction`` is a number in [0, 1)."""
+    params.check_number("split", "val_fraction", val_fraction, 0.0, 1.0, high_open=True)
 
 
 def split_of(story: str, val_fraction: float, salt: str = DEFAULT_SPLIT_SALT) -> str:
