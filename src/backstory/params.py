@@ -83,5 +83,6 @@ def check_number(section: str, name: str, value: Any, low: float, high: float = 
     ok = ok and (value < high if high_open else value <= high)
     if not ok:
         brackets = ("(" if low_open else "[") + "{}, {}" + (")" if high_open else "]")
+        hint = "; in YAML write e.g. 1.0e-5" if isinstance(value, str) else ""  # PyYAML: "1e-5"
         raise SettingError(f"{section}.{name}={value!r} must be a number in "
-                         + brackets.format(low, high))
+                           + brackets.format(low, high) + hint)

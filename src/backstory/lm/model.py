@@ -89,15 +89,13 @@ class ModelConfig:
         for name in _INT_FIELDS:
             params.check_int("model", name, getattr(self, name), 1,
                              optional=name in _OPTIONAL_INT_FIELDS)
+        params.check_number("model", "norm_eps", self.norm_eps, 0.0, low_open=True)
+        params.check_number("model", "rope_theta", self.rope_theta, 0.0, low_open=True)
+        params.check_number("model", "dropout", self.dropout, 0.0, 1.0, high_open=True)
         for name in _FLOAT_FIELDS:
-            setattr(self, name, _as_float(name, getattr(self, name)))
-        if not (self.norm_eps > 0 and self.rope_theta > 0):
-            raise SettingError(f"model config norm_eps and rope_theta must be > 0, got "
-                               f"{self.norm_eps}, {self.rope_theta}")
+            setattr(self, name, float(getattr(self, name)))
         if self.family == "llama":
             self._check_attention()
-        if not 0.0 <= self.dropout < 1.0:
-            raise SettingError(f"model config dropout must be in [0, 1), got {self.dropout}")
         for name in _BOOL_LEVERS:
             if not isinstance(getattr(self, name), bool):
                 raise SettingError(f"model config {name} must be true or false, "
@@ -181,16 +179,6 @@ class ModelConfig:
         if isinstance(d, Mapping):
             d = {**MODELS_BEFORE_LEVERS, **d}
         return params.build(cls, d, "model")
-
-
-def _as_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        # PyYAML reads 1e-5 (no dot) as a string, hence the hint.
-        raise SettingError(
-            f"model config {name} must be a number, got {value!r} ({type(value).__name__}); "
-            "in YAML write e.g. 1.0e-5"
-        )
-    return float(value)
 
 
 class KVCache:

@@ -26,6 +26,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,6 @@ from backstory.tools.locate import CONF, Project
 
 logger = logging.getLogger(__name__)
 
-# The sampling settings a flag may give (else the project's evaluate settings give them).
-SAMPLING_FLAGS = {"max_new_tokens": "--max-new-tokens", "temperature": "--temperature",
-                  "top_k": "--top-k", "top_p": "--top-p"}
 EXIT_USAGE = EXIT_USER_ERROR  # argparse's code for bad usage; we use it for every user error
 
 
@@ -146,16 +144,17 @@ def _import_parser(commands: argparse._SubParsersAction) -> None:
     _add_force(imp)
 
 
-def _paths(args: argparse.Namespace) -> tuple[str | None, Path, Path, dict[str, Any] | None]:
+def _paths(args: argparse.Namespace, *, settings_wanted: bool = False
+           ) -> tuple[str | None, Path, Path, dict[str, Any] | None]:
     """(variant or None, model folder, tokenizer file, evaluate settings) the arguments
     point at; the settings are the run's, run_defaults.evaluate for a --model-dir, or None
-    outside a project."""
+    outside a project (or when not ``settings_wanted``)."""
     variant, model_dir, tokenizer, make = args.variant, args.model_dir, args.tokenizer, None
     settings = None
     if tokenizer is None and model_dir is not None and (model_dir / TOKENIZER_MODEL_FILE).is_file():
         tokenizer = model_dir / TOKENIZER_MODEL_FILE  # an import keeps its own tokenizer
     needed = model_dir is None or tokenizer is None
-    if needed or (args.project_dir / CONF / "base").is_dir():
+    if needed or settings_wanted and (args.project_dir / CONF / "base").is_dir():
         try:
             project = Project.load(args.project_dir, args.env)
             settings = project.evaluate_settings()
@@ -183,12 +182,12 @@ def _paths(args: argparse.Namespace) -> tuple[str | None, Path, Path, dict[str, 
 def _sampling(args: argparse.Namespace, settings: dict[str, Any] | None
               ) -> tuple[SamplingConfig, int]:
     """The sampling settings and seed: each given flag, else the project's ``settings``."""
-    flags = {name: getattr(args, name) for name in (*SAMPLING_FLAGS, "seed")}
+    flags = {f.name: getattr(args, f.name) for f in fields(SamplingConfig)} | {"seed": args.seed}
     if settings is None:  # outside a project: the flags alone; an unset top-k/top-p: no filter
         settings = {"top_k": None, "top_p": None}
         if args.temperature == 0 or args.beam_width > 1:
             settings["seed"] = 0  # greedy and beam search draw nothing: the seed is unused
-        missing = [SAMPLING_FLAGS.get(k, "--seed") for k, v in flags.items()
+        missing = ["--" + k.replace("_", "-") for k, v in flags.items()
                    if v is None and k not in settings]
         if missing:
             raise UsageError(f"{args.project_dir.resolve()} is no backstory project to read "
@@ -216,8 +215,6 @@ def _checked_variant(variant: str | None, meta: dict[str, Any], model_dir: Path)
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.max_new_tokens is not None and args.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.seed is not None and args.seed < 0:
@@ -237,7 +234,7 @@ def _generate(args: argparse.Namespace) -> tuple[list[str], int]:
     """The stories the arguments ask for, and the first one's seed; UsageError for
     anything the user can fix."""
     _check_args(args)
-    variant, model_dir, tokenizer_path, settings = _paths(args)
+    variant, model_dir, tokenizer_path, settings = _paths(args, settings_wanted=True)
     sampling, seed = _sampling(args, settings)
     try:
         tokenizer = Tokenizer.from_file(tokenizer_path)
