@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 
 import pytest
 import yaml
 
-from backstory import variants
 from backstory.experiment import run_settings
 from backstory.lm.model import Transformer
-from tests.project import REPO, TINY_INGEST, make_project, model_config, tiny_run_params
+from tests.project import (
+    REPO,
+    TINY_INGEST,
+    deep_update,
+    make_project,
+    model_config,
+    tiny_run_params,
+)
 
 
 def rerun_script():
@@ -22,26 +29,17 @@ def rerun_script():
     return module
 
 
-def test_aot_runs_three_seeds_of_both_pairs_at_three_sizes_and_two_contexts():
-    parameters, experiment = rerun_script().load(REPO, "aot")
-    runs = experiment.runs
-    assert {r.variant for r in runs} == {"forward", "reversed", "backward"}
-    for variant in ("reversed", "backward"):  # both deltas: word order and token order
-        assert variants.get(variant).compares_with == "forward"
-    assert {r.size for r in runs} == {"tiny", "small", "medium", "small-c128"}
-    for size in {r.size for r in runs}:
-        for variant in ("forward", "reversed", "backward"):
-            assert sorted(r.seed for r in runs if r.size == size and r.variant == variant) == [
-                1, 2, 3]
-    settings = {r.size: run_settings(parameters, r) for r in runs if r.variant == "forward"}
-    # The size sweep compares equal training: the same steps of the same windows.
-    assert {(s["train"]["max_steps"], s["train"]["batch_size"]) for s in settings.values()} \
-        == {(150, 16)}
-    assert {size: s["model"]["max_seq_len"] for size, s in settings.items()} == {
-        "tiny": 256, "small": 256, "medium": 256, "small-c128": 128}
-    counts = {size: Transformer(model_config(vocab_size=2048, **settings[size]["model"]))
-              .num_parameters() for size in ("tiny", "small", "medium")}
-    assert counts == {"tiny": 328_256, "small": 1_000_576, "medium": 4_213_504}
+def test_a_rerun_trains_every_run_of_a_preset_for_one_length_or_refuses():
+    """The size sweep compares equal training: the script takes one length per preset
+    and refuses an experiment whose runs of one preset would train for different steps."""
+    script = rerun_script()
+    parameters, experiment = script.load(REPO, "aot")
+    assert len(set(script.lengths(parameters, experiment).values())) == 1
+    # as `--params reversed.small.s1.train.max_steps=100` would leave them
+    uneven = deep_update(copy.deepcopy(parameters),
+                         {"reversed": {"small": {"s1": {"train": {"max_steps": 100}}}}})
+    with pytest.raises(SystemExit, match="different max_steps"):
+        script.lengths(uneven, experiment)
 
 
 def test_aot_converged_doubles_wsd_runs_of_five_seeds_at_three_sizes_and_a_control():

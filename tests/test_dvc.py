@@ -22,8 +22,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
 
 from backstory import experiment, params
 from backstory.data.corpus.story_table import StoryTable
@@ -113,19 +111,6 @@ def paths_of(entries: list) -> set[str]:
     return {next(iter(e)) if isinstance(e, dict) else e for e in entries}
 
 
-def tracked(param: str, exp: experiment.Experiment) -> set[str]:
-    """The raw keys dvc.yaml must track for a node input ``params:<key>``."""
-    key = param.removeprefix("params:")
-    for run in exp.runs:
-        if key.startswith(run.namespace + "."):
-            section = key[len(run.namespace) + 1:]
-            return set(experiment.tracked_keys(section, variant=run.variant, preset=run.preset))
-    for source in exp.token_sources:
-        if key == f"{source}.text":
-            return set(experiment.tracked_keys("text", variant=source))
-    return {key}
-
-
 def has_key(data: dict, dotted: str) -> bool:
     for part in dotted.split("."):
         if not isinstance(data, dict) or part not in data:
@@ -134,82 +119,31 @@ def has_key(data: dict, dotted: str) -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def kedro_catalog():
-    bootstrap_project(REPO)
-    with KedroSession.create(project_path=REPO, env="base") as session:
-        catalog = session.load_context().catalog
-    registered = build_pipelines(base_experiment())
-
-    def path_of(name: str) -> str | None:
-        dataset = catalog.get(name)
-        if dataset is None:
-            return None
-        described = dataset._describe()
-        where = described.get("filepath") or described.get("path")
-        return Path(str(where)).resolve().relative_to(REPO).as_posix()
-
-    return registered, path_of
-
-
 def test_dvc_yaml_is_current():
     assert dvc_stages.main(["--root", str(REPO), "--check"]) == 0
 
 
-def test_every_stage_matches_its_kedro_nodes(kedro_catalog):
-    """deps and outs equal the catalog paths the stage's nodes read and write; params are
-    the raw keys the nodes' merged settings come from; every node runs in one stage."""
-    registered, path_of = kedro_catalog
-    exp = base_experiment()
-    raw = raw_params()
-    stages = expand_stages(yaml.safe_load((REPO / "dvc.yaml").read_text()))
+def test_every_node_runs_once_on_what_earlier_stages_wrote():
+    """What DVC needs of dvc.yaml to run the Kedro project: every node runs in exactly one
+    stage, every data a stage reads is written by a stage before it (compare reads the
+    folders of all seeds), and every parameter key a stage tracks exists in its file."""
+    registered = build_pipelines(base_experiment())
+    files = {path.relative_to(REPO).as_posix(): yaml.safe_load(path.read_text())
+             for path in REPO.glob("conf/base/parameters*.yml")}
+    written: set[str] = set()
     run_by: dict[str, str] = {}
-    for name, body in stages.items():
-        assert "KEDRO_DISABLE_TELEMETRY=1" in body["cmd"] and "--env base" in body["cmd"]
-        nodes = stage_nodes(body["cmd"], registered)
-        written = {o for n in nodes for o in n.outputs}
-        reads = {i for n in nodes for i in n.inputs if not i.startswith("params:")} - written
-        read_paths = {path_of(i) for i in reads} - {None}
-        out_paths = {path_of(o) for o in written} - {None}
-        workdirs = {path_of(i) for i in reads if i.endswith("training_run")}
-        live = {path_of(i) for i in reads if i.endswith(".live")}  # DVCLive's folder
-        data_deps = {d for d in body["deps"] if not d.startswith("src/")}
-        if name == "compare":  # the folders of every seed of each variant and size
-            assert all(any(p.startswith(d + "/") or p == d for d in data_deps)
-                       for p in read_paths), name
-            assert all(any(p.startswith(d + "/") or p == d for p in read_paths)
-                       for d in data_deps), name
-            assert not any("/s1337" in d for d in data_deps)
-        else:
-            assert data_deps == read_paths - workdirs - live, name
-        live_files = {f"{d}/{f}" for d in live for f in ("metrics.json", "params.yaml")}
-        plots = paths_of(body.get("plots", []))
-        assert plots == {f"{d}/plots/metrics" for d in live}, name
-        assert paths_of(body.get("outs", [])) | paths_of(body.get("metrics", [])) == (
-            out_paths | workdirs | live_files), name
-        persisted = {next(iter(e)) for e in body.get("outs", []) + body.get("metrics", [])
-                     + body.get("plots", []) if isinstance(e, dict)}
-        # run folders and DVCLive's files survive a rerun, nothing else
-        assert persisted == workdirs | live_files | plots, name
-        wanted = set().union(*[tracked(i, exp) for n in nodes for i in n.inputs
-                               if i.startswith("params:")])
-        conf = {key for path, key in params_of(body) if path.startswith("conf/")}
-        assert conf == wanted, name
-        assert all(has_key(raw, key) for key in conf), name
-        # an evaluate stage declares its run's DVCLive params.yaml (all of it)
-        files = {path for entry in body.get("params", []) for path, keys in entry.items()
-                 if keys is None}
-        if name.startswith("evaluate-"):
-            (node,) = nodes
-            run = node.name.removesuffix(".evaluate_model")
-            assert files == {f"{path_of(f'{run}.live')}/params.yaml"}, name
-        else:
-            assert files == set(), name
-        for node in nodes:
+    for name, body in expand_stages(yaml.safe_load((REPO / "dvc.yaml").read_text())).items():
+        for node in stage_nodes(body["cmd"], registered):
             assert node.name not in run_by, f"{node.name} runs in two stages"
             run_by[node.name] = name
-    every = {n.name for p in registered.values() for n in p.nodes}
-    assert set(run_by) == every
+        for dep in (d for d in body["deps"] if not d.startswith("src/")):
+            assert any(dep == w or w.startswith(dep + "/") or dep.startswith(w + "/")
+                       for w in written), f"{name} reads {dep}, which no earlier stage writes"
+        written |= paths_of(body.get("outs", []) + body.get("metrics", [])
+                            + body.get("plots", []))
+        for path, key in params_of(body):
+            assert path in files and has_key(files[path], key), f"{name}: {path}:{key}"
+    assert set(run_by) == {n.name for p in registered.values() for n in p.nodes}
 
 
 def src(*paths: str) -> set[str]:
@@ -310,11 +244,23 @@ def test_parameter_files_must_be_plain_and_complete(tmp_path):
     path.write_text(text.replace("lr: 0.002", "lr: ${run_defaults.train.min_lr}", 1))
     with pytest.raises(dvc_stages.StageError, match="parameters_runs.yml.*interpolation"):
         dvc_stages.build(root)
-    data = yaml.safe_load(text)
-    del data["variant_settings"]["reversed"]
-    path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ValueError, match="variant_settings lacks 'reversed'"):
-        dvc_stages.build(root)
+
+
+def test_a_variant_entry_is_tracked_by_its_own_stages_once_it_exists(tmp_path):
+    """A variant that changes nothing has no YAML entry; one given an entry has its
+    stages (and only those) track it, its export written apart from the foreach."""
+    root = make_project(tmp_path / "project", {"parameters_runs.yml": {
+        "text": {"reversed": {"batch_size": 64}},
+        "variant_settings": {"reversed": {"train": {"lr": 0.001}}}}})
+    stages = expand_stages(dvc_stages.build(root)[1], root)
+    tracking = {name: {key for _, key in params_of(body) if key.startswith(
+        ("text.", "variant_settings."))} for name, body in stages.items()}
+    assert tracking["export-reversed"] == {"text.defaults", "text.reversed"}
+    assert tracking["export@forward"] == tracking["export@instruct"] == {"text.defaults"}
+    for step in ("train", "evaluate"):
+        assert tracking[f"{step}-reversed-small-main@1337"] == {"variant_settings.reversed"}
+        assert tracking[f"{step}-forward-small-main@1337"] == set()
+    assert "export@reversed" not in stages
 
 
 def test_an_added_seed_adds_its_own_stages_and_changes_no_other(tmp_path):
@@ -402,8 +348,10 @@ def repo_stages(root: Path) -> set[str]:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    """The tiny project after one `dvc repro` (committed), with both runs' output."""
-    root = make_repo(tmp_path_factory.mktemp("dvc") / "repo")
+    """The tiny project after one `dvc repro` (committed), with both runs' output.
+    reversed has an (empty) entry of its own, so its stages track it."""
+    root = make_repo(tmp_path_factory.mktemp("dvc") / "repo",
+                     {"variant_settings": {"reversed": {}}})
     first = sh(root, "dvc", "repro")
     second = sh(root, "dvc", "repro")
     commit(root, "first run")
@@ -572,7 +520,7 @@ def test_edited_training_code_makes_only_training_stale(repo):
 @pytest.mark.slow
 def test_parameter_experiment_reruns_only_that_variant(repo):
     root = repo["root"]
-    # `+` adds a key DVC's file does not have yet (variant_settings.reversed is {}).
+    # `+` adds a key DVC's file does not have yet (the repo's variant_settings.reversed is {}).
     output = sh(root, "dvc", "exp", "run", "-n", "slow-lr", "-S",
                 f"{RUNS_FILE}:+variant_settings.reversed.train.lr=0.0005")
     assert ran(output) == {"train-reversed-small-main@1337", "evaluate-reversed-small-main@1337",

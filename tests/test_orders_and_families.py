@@ -47,6 +47,22 @@ RECURRENT = {"gru": dict(dim=32, n_layers=2), "lstm": dict(dim=32, n_layers=2)}
 # ----------------------------------------------------------------------- the permutation
 
 
+def test_every_order_a_variant_names_is_defined_and_reads_its_prompts_back():
+    """Each writing order feeds a prompt as its model reads text and reads the ids back
+    in text order; an unknown order is refused by name."""
+    assert {v.token_order for v in variants.REGISTRY.values()} <= set(orders.ORDERS)
+    ids, bos = [5, 6, 7], 1
+    for order in orders.ORDERS.values():
+        if not order.writes:
+            continue
+        fed = order.prompt(bos, ids)
+        assert fed[-1] == (ids[0] if order.reverses else ids[-1])  # generation continues it
+        assert [t for t in order.read_back(fed + [9]) if t != bos] == (
+            [9] + ids if order.reverses else ids + [9])
+    with pytest.raises(ValueError, match="token_order must be one of"):
+        orders.get("sideways")
+
+
 def test_the_permutation_is_a_fixed_seeded_bijection_keeping_the_first_position():
     order = orders.window_order(257, 0)
     assert sorted(order.tolist()) == list(range(257)) and order[0] == 0
@@ -118,7 +134,8 @@ def test_a_permuted_run_trains_on_permuted_windows(stores, tmp_path: Path):
 
 def test_a_permuted_model_writes_no_samples_and_says_why(stores):
     spec = variants.get("permuted")
-    assert not spec.samples and spec.tokens_from == "forward" and spec.delta == "token_order"
+    assert not orders.get(spec.token_order).writes
+    assert spec.tokens_from == "forward" and spec.delta == "token_order"
     tokenizer = _tokenizer()
     model = new_model(model_config(vocab_size=tokenizer.vocab_size, dim=16, n_layers=1,
                                   n_heads=2, max_seq_len=32))

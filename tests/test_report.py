@@ -8,6 +8,7 @@ import pytest
 from matplotlib.container import ErrorbarContainer
 
 from backstory.evaluation import report as reporting
+from backstory.evaluation.plots import plot_sweep, plot_training_curves
 from backstory.evaluation.stats import (
     DOCUMENTS_ONLY,
     SEEDS_AND_DOCUMENTS,
@@ -17,7 +18,6 @@ from backstory.evaluation.stats import (
     seed_document_interval,
     share_interval,
 )
-from backstory.pipelines.compare.plots import plot_sweep, plot_training_curves
 
 STATS = reporting.Statistics(n_boot=300, confidence=0.95, seed=0, convergence_tolerance=0.01)
 

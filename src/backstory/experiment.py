@@ -5,10 +5,10 @@ parameters (conf/base/parameters_runs.yml)::
 
     experiment:             # the union of named grids
       main: {variants: all, presets: [small], seeds: [1337]}
-    text: {defaults: ..., forward: {}, reversed: {}, instruct: {}}
+    text: {defaults: ..., reversed?: {...}}
     run_defaults: {model: ..., train: ..., evaluate: ..., finetune: ...}
     presets: {small: {model: ..., train?: ..., evaluate?: ..., finetune?: ...}, ...}
-    variant_settings: {forward: {}, reversed: {train: {lr: ...}}, ...}
+    variant_settings: {reversed?: {train: {lr: ...}}, ...}
     external: {stories15m: {source: ..., tokenizer: ..., variant: forward}}
 
 ``variants: all`` is every registered variant but the opt-in ones
@@ -20,8 +20,10 @@ A run's settings are ``run_defaults < presets[preset] < variant_settings[variant
 own axes`` (seed -> train.seed, context -> model.max_seq_len, token order from the
 variant registry), then anything set for that run alone at run time
 (``--params reversed.small.s1337.train.lr=...``). A text variant's export settings are
-``text.defaults < text.<variant>``. Every section is validated by its typed settings
-class, so an unknown or missing key is an error naming it.
+``text.defaults < text.<variant>``. A variant that changes nothing has no entry in
+``text`` or ``variant_settings``: the registry says what it is, the YAML only what it
+changes. Every section is validated by its typed settings class, so an unknown or missing
+key is an error naming it.
 
 ``external`` declares imported models (llama2.c or Hugging Face files; see
 ``backstory.lm.interop``) that are scored on the same validation stories as the runs,
@@ -341,11 +343,8 @@ def _section(source: Mapping[str, Any], where: str, section: str) -> dict[str, A
 
 def _entry(block: Mapping[str, Any], where: str, name: str, sections: tuple[str, ...]
            ) -> Mapping[str, Any]:
-    """``block[name]``, which every registered name must have (``{}`` for no changes)."""
-    if name not in block:
-        raise SettingError(f"{where} lacks {name!r}: every registered variant has an entry "
-                         f"({name}: {{}} for none), so dvc.yaml can track it")
-    own = block[name] or {}
+    """``block[name]``: a variant's changes (none when it has no entry)."""
+    own = block.get(name) or {}
     if not isinstance(own, Mapping):
         raise SettingError(f"{where}.{name} must be a mapping, got {own!r}")
     check_keys(f"{where}.{name}", own, sections)
@@ -399,12 +398,9 @@ def text_settings(parameters: Mapping[str, Any], source: str) -> dict[str, Any]:
     block = parameters[TEXT]
     exporting = [v for v in variants.NAMES if variants.get(v).tokens_from is None]
     check_keys(TEXT, block, (TEXT_DEFAULTS, *exporting))
-    own = block.get(source) or {}
-    if source not in block or not isinstance(own, Mapping):
-        raise SettingError(f"text lacks {source!r}: every variant with documents of its own "
-                         f"has an entry ({source}: {{}} for none), so dvc.yaml can track it")
+    _entry(block, TEXT, source, tuple(TextConfig.__dataclass_fields__))
     override = (parameters.get(source, {}) or {}).get("text")
-    merged = _merged(block.get(TEXT_DEFAULTS), own, override)
+    merged = _merged(block.get(TEXT_DEFAULTS), block.get(source), override)
     try:
         TextConfig.from_params(merged)
     except ValueError as err:
@@ -464,15 +460,18 @@ def _check_ingest_settings(parameters: Mapping[str, Any]) -> None:
             check(parameters[section])
 
 
-def tracked_keys(section: str, *, variant: str, preset: str | None = None) -> list[str]:
+def tracked_keys(parameters: Mapping[str, Any], section: str, *, variant: str,
+                 preset: str | None = None) -> list[str]:
     """The raw parameter keys a merged ``section`` of a run (or of an export, ``text``)
-    is made from."""
+    is made from: the variant's own entry only where ``parameters`` has one."""
     if section == TEXT:
-        return [f"{TEXT}.{TEXT_DEFAULTS}", f"{TEXT}.{variant}"]
-    keys = [f"{RUN_DEFAULTS}.{section}"]
-    if preset is not None:
-        keys.append(f"{PRESETS}.{preset}")
-    keys.append(f"{VARIANT_SETTINGS}.{variant}")
+        keys, own = [f"{TEXT}.{TEXT_DEFAULTS}"], TEXT
+    else:
+        keys, own = [f"{RUN_DEFAULTS}.{section}"], VARIANT_SETTINGS
+        if preset is not None:
+            keys.append(f"{PRESETS}.{preset}")
+    if variant in (parameters.get(own) or {}):
+        keys.append(f"{own}.{variant}")
     return keys
 
 

@@ -9,7 +9,9 @@ A variant fixes how a story becomes a training document and how a model of it is
 - ``token_order``: the order the model reads each training window in (``backward``
   reverses the window in token space after tokenization: the Arrows of Time setup;
   ``permuted`` applies one fixed seeded permutation of the positions inside every
-  window, ``backstory.lm.orders``, its seed ``train.permutation_seed``);
+  window, its seed ``train.permutation_seed``). What an order means (windows,
+  evaluation, prompting, read-back, whether its model writes, export metadata) is said
+  once, in ``backstory.lm.orders``;
 - ``own_tokenizer``: the variant's documents are encoded with a tokenizer of its own,
   trained on its own training text (same vocabulary size), instead of the shared one
   trained on forward text (the tokenizer control of the word-order delta);
@@ -26,7 +28,7 @@ A variant fixes how a story becomes a training document and how a model of it is
 
 Every consumer (documents, evaluation, sampling, compare, plots, `backstory generate`,
 the pipeline registry and the dvc.yaml generator) reads this table; nothing else lists
-variants.
+variants. A variant that changes no setting needs no entry in the parameter files.
 """
 
 from __future__ import annotations
@@ -80,39 +82,9 @@ class Variant:
         return f"prompt+bos+{story}+eos" if self.instruct else f"bos+{story}"
 
     @property
-    def mode(self) -> str:
-        """How a model of this variant is prompted, in words."""
-        if self.instruct:
-            return "instruction"
-        if self.words == "reversed":
-            return "ending"
-        if self.token_order == "backward":
-            return "ending, token order backward"
-        if self.token_order == "permuted":
-            return "none (token positions permuted)"
-        return "completion"
-
-    @property
-    def samples(self) -> bool:
-        """Whether a model of this variant writes stories: a permuted model reads no
-        order a story can be written in, so its samples are skipped (and counted)."""
-        return self.token_order != "permuted"
-
-    @property
     def tokenizer(self) -> str:
         """Whose tokenizer encodes this variant's documents: its own, or the shared one."""
         return self.token_source if get(self.token_source).own_tokenizer else "shared"
-
-    @property
-    def in_story_comparison(self) -> bool:
-        """Whether the report's generated-story comparison (one shared tokenizer, texts
-        in reading order) includes this variant's model as a writer and a reader."""
-        return self.samples and self.tokenizer == "shared"
-
-    @property
-    def writes_backwards(self) -> bool:
-        """True when generation starts from the story's ending (words or tokens reversed)."""
-        return self.words == "reversed" or self.token_order == "backward"
 
 
 REGISTRY: dict[str, Variant] = {

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from backstory import params, variants
-from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
+from backstory.data.text import DEFAULT_TEMPLATES, in_word_order, record_instruction
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import DocBatch
 
@@ -89,7 +89,7 @@ def _story(record: dict) -> str:
 def variant_text(record: dict, variant: str) -> str:
     """The story text a variant trains on: the story, or its word-reversed form."""
     story = _story(record)
-    return reverse_words(story) if exporting_variant(variant).words == "reversed" else story
+    return in_word_order(story, exporting_variant(variant).words)
 
 
 def _prompt(record: dict, templates: Sequence[str], seed: int) -> str:
@@ -142,7 +142,7 @@ def _batch(
     num_threads: int,
 ) -> DocBatch:
     stories = [_story(r) for r in records]
-    texts = [reverse_words(s) for s in stories] if variant.words == "reversed" else stories
+    texts = [in_word_order(s, variant.words) for s in stories]
     if variant.instruct:
         parts, story_ids, prefix, suffix = _instruct_parts(
             records, texts, tokenizer, templates, seed, num_threads

@@ -70,6 +70,12 @@ def reverse_words(text: str) -> str:
     return _reverse_pieces(text)
 
 
+def in_word_order(text: str, words: str) -> str:
+    """``text`` in a variant's word order (``backstory.variants.WORD_ORDERS``): as written,
+    or reversed. The reversal undoes itself, so this also reads such a text back."""
+    return reverse_words(text) if words == "reversed" else text
+
+
 # ---------------------------------------------------------------------------------------
 # Instruction synthesis
 

@@ -22,7 +22,7 @@ from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore, write_token_store
 from backstory.evaluation.metrics import document_bits
 from backstory.evaluation.report import Statistics
-from backstory.evaluation.sampling import prompt_ids, story_text
+from backstory.evaluation.sampling import mode, prompt_ids, story_text
 from backstory.lm.generate import SamplingConfig, generate
 from backstory.lm.model import Transformer
 
@@ -155,7 +155,7 @@ def generate_batched(
                        stop_ids=(tokenizer.bos_id, tokenizer.eos_id), seed=seed + b)
         # sampling.story_text is the one definition of how a sample reads in normal order.
         for prompt, prompt_tokens, tokens in zip(prompts[start:], batch, new, strict=False):
-            out.append({"variant": variant, "mode": variants.get(variant).mode,
+            out.append({"variant": variant, "mode": mode(variant),
                         "prompt": prompt,
                         "text": story_text(tokenizer, variant, prompt_tokens, tokens),
                         "n_new_tokens": len(tokens), "stopped": len(tokens) < budget,

@@ -34,10 +34,10 @@ from backstory.errors import InputError
 from backstory.evaluation.lineage import LineageError, check_lineage, model_variant
 from backstory.evaluation.metrics import LN2, document_scores, resolve_device, unigram_bpb
 from backstory.evaluation.sampling import make_samples, samples_markdown, skipped_samples_reason
+from backstory.lm import orders
 from backstory.lm.checkpoint import TrainedModel, build_model
 from backstory.lm.generate import SamplingConfig
 from backstory.lm.machine import machine_facts
-from backstory.lm.orders import permutation_seed_of
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def evaluate_model(
     model = build_model(trained).to(resolve_device(config.device)).eval()
     documents = score_stories(model, val_store, stories, token_order=token_order,
                               batch_size=config.batch_size,
-                              permutation_seed=permutation_seed_of(trained.meta))
+                              permutation_seed=orders.permutation_seed_of(trained.meta))
     metrics: dict[str, Any] = summarize_scores(documents)
     metrics["unigram_bpb"] = unigram_bpb(train_store, val_store, stories.n_stories)
     metrics.update(variant=variant, token_order=token_order, seq_len=model.config.max_seq_len,
@@ -244,7 +244,7 @@ def evaluate_model(
     logger.info("%s: val loss %.4f, perplexity %.2f, %.4f bits per byte (unigram %.4f) on %d "
                 "validation stories", variant, metrics["val_loss"], metrics["val_perplexity"],
                 metrics["val_bpb"], metrics["unigram_bpb"], stories.n_stories)
-    if not variants.get(variant).samples:
+    if not orders.get(variants.get(variant).token_order).writes:
         reason = skipped_samples_reason(variant)
         metrics.update(samples_skipped=config.n_samples, samples_skipped_reason=reason)
         logger.warning("%s: %d samples skipped: %s", variant, config.n_samples, reason)

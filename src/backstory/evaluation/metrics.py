@@ -6,15 +6,9 @@ models with different tokenizers or layouts compare. To keep the numerator and t
 denominator about the same text, evaluation always covers whole documents: with
 ``max_tokens`` it takes the first K complete documents, never a cut one.
 
-``token_order="backward"`` evaluates a model trained on windows reversed in token space
-(Arrows of Time): the forward windows are reversed, so the same tokens are predicted,
-right to left. A stream's last token is then only predictable from the token that
-follows it; at the end of the evaluated range that is the next document's first token
-(or the store's first token after the last document, the token documents start with).
-
-``token_order="permuted"`` reads every window in the fixed permutation of its positions
-the model was trained with (``backstory.lm.orders``; ``permutation_seed`` from its
-training settings): the same windows, the same tokens scored once each, in that order.
+A model is evaluated in the token order it was trained in (``backstory.lm.orders`` reads
+the windows and documents in it; a permuted model's ``permutation_seed`` comes from its
+training settings): the same tokens, each scored once.
 """
 
 from __future__ import annotations
@@ -31,16 +25,12 @@ from tqdm import tqdm
 
 from backstory.data.tokens import TokenStore
 from backstory.lm.families import LanguageModel
-from backstory.lm.orders import check_order, permute_scored
+from backstory.lm.orders import ORDERS, check_order
 
 LN2 = math.log(2.0)
 
 
 # ------------------------------------------------------------------------- shared checks
-
-
-def _check_order(token_order: str, permutation_seed: int | None = None) -> None:
-    check_order(token_order, permutation_seed)
 
 
 def check_positive(name: str, value: Any) -> None:
@@ -127,66 +117,6 @@ def covered_documents(store: TokenStore, max_tokens: int | None) -> int:
     return min(k, store.n_docs)
 
 
-def _boundary_token(store: TokenStore, k: int) -> int:
-    """The token after the first k documents: the next one's first, or the store's first."""
-    position = int(store.doc_offsets[k]) if k < store.n_docs else 0
-    return int(store.tokens[position])
-
-
-def _first_is_story(store: TokenStore) -> bool:
-    start, end = store.story_spans[0]
-    return bool(start == 0 and end > 0)
-
-
-def _reverse_rows(windows: np.ndarray, position_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reverse each row's valid (non -1) prefix of windows (b, L+1) and its position mask."""
-    width = windows.shape[1]
-    n_valid = (windows >= 0).sum(axis=1, keepdims=True)  # (b, 1)
-    j = np.arange(width)[None, :]  # (1, L+1)
-    index = np.where(j < n_valid, n_valid - 1 - j, j)  # (b, L+1): mirror the valid part
-    return np.take_along_axis(windows, index, 1), np.take_along_axis(position_mask, index, 1)
-
-
-def _with_boundary(
-    windows: np.ndarray, position_mask: np.ndarray, boundary: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Append `boundary` after the last valid token (in the padding, or in one more row)."""
-    last = windows[-1]
-    n_valid = int((last >= 0).sum())
-    if n_valid < windows.shape[1]:
-        windows, position_mask = windows.copy(), position_mask.copy()
-        windows[-1, n_valid] = boundary
-        return windows, position_mask
-    row = np.full((1, windows.shape[1]), -1, dtype=windows.dtype)
-    row[0, :2] = (last[-1], boundary)
-    row_mask = np.zeros((1, windows.shape[1]), dtype=bool)
-    row_mask[0, 0] = position_mask[-1, -1]
-    return np.vstack([windows, row]), np.vstack([position_mask, row_mask])
-
-
-def _backward_batches(
-    batches: Iterator[tuple[np.ndarray, np.ndarray]], first_mask: bool, boundary: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Reverse forward windows in token space; targets become positions 0 .. covered - 1."""
-    carry = first_mask  # story mask of each window's position 0 = previous window's last
-    pending: tuple[np.ndarray, np.ndarray] | None = None
-    for windows, target_mask in batches:
-        firsts = np.concatenate([[carry], target_mask[:-1, -1]])  # (b,)
-        carry = bool(target_mask[-1, -1])
-        position_mask = np.concatenate([firsts[:, None], target_mask], axis=1)  # (b, L+1)
-        if pending is not None:
-            yield _reversed_targets(*pending)
-        pending = (windows, position_mask)
-    if pending is not None:
-        yield _reversed_targets(*_with_boundary(*pending, boundary))
-
-
-def _reversed_targets(windows: np.ndarray, position_mask: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    reversed_windows, reversed_mask = _reverse_rows(windows, position_mask)
-    return reversed_windows, reversed_mask[:, 1:] & (reversed_windows[:, 1:] >= 0)
-
-
 def evaluate_loss(
     model: LanguageModel,
     store: TokenStore,
@@ -207,7 +137,7 @@ def evaluate_loss(
     """
     check_positive("batch_size", batch_size)
     _check_seq_len(model, seq_len)
-    _check_order(token_order, permutation_seed)
+    check_order(token_order, permutation_seed)
     _check_store_fits(model, store)
     device = _model_device(model, device)
     if store.n_docs == 0:
@@ -217,10 +147,7 @@ def evaluate_loss(
     if covered < 2:
         raise ValueError(f"{store.path}: {covered} tokens is too few to evaluate")
     batches = store.sequential_windows(seq_len, batch_size=batch_size, limit_tokens=covered)
-    if token_order == "backward":
-        batches = _backward_batches(batches, _first_is_story(store), _boundary_token(store, k))
-    elif token_order == "permuted":
-        batches = (permute_scored(w, m, permutation_seed) for w, m in batches)
+    batches = ORDERS[token_order].scored(batches, store, k, permutation_seed)
     sums = _accumulate(model, batches, device)
     return _loss_report(store, k, sums)
 
@@ -281,22 +208,13 @@ def _loss_report(store: TokenStore, k: int, sums: _Sums) -> dict[str, float | in
 
 def _document_sequence(store: TokenStore, i: int, token_order: str
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens of document i as scored, and their story mask (forward or reversed)."""
+    """Tokens of document i as scored, and their story mask, in the model's order."""
     tokens = store.document(i).astype(np.int64)
     start = int(store.doc_offsets[i])
     story = np.zeros(tokens.size, dtype=bool)
     span_start, span_end = (int(x) - start for x in store.story_spans[i])
     story[span_start:span_end] = True
-    if token_order != "backward":
-        if span_start == 0 and span_end > 0:
-            raise ValueError(
-                f"{store.path}: document {i}'s story starts at its first token, which no "
-                "context predicts; per-document forward bits need a token before the story"
-            )
-        return tokens, story
-    # The token after the document (the next one's first) gives the last token context.
-    boundary = _boundary_token(store, i + 1)
-    return np.append(tokens, boundary)[::-1].copy(), np.append(story, False)[::-1].copy()
+    return ORDERS[token_order].document(store, i, tokens, story)
 
 
 def _chunks(n: int, seq_len: int, stride: int) -> Iterator[tuple[int, int, int]]:
@@ -388,7 +306,7 @@ def document_scores(
     """
     check_positive("batch_size", batch_size)
     _check_seq_len(model, seq_len)
-    _check_order(token_order, permutation_seed)
+    check_order(token_order, permutation_seed)
     _check_store_fits(model, store)
     stride = max(1, seq_len // 2) if stride is None else stride
     check_positive("stride", stride)
@@ -412,10 +330,8 @@ def document_scores(
         for batch in tqdm(_batched(rows, batch_size), desc="document bits", unit="batch",
                           leave=False):
             doc_ids, windows, story, scored = _pad_rows(batch)
-            if token_order == "permuted":  # the same permutation for both masks
-                permuted, story = permute_scored(windows, story, permutation_seed)
-                _, scored = permute_scored(windows, scored, permutation_seed)
-                windows = permuted
+            windows, story, scored = ORDERS[token_order].rows(windows, story, scored,
+                                                              permutation_seed)
             losses = _target_losses(model, windows, device).double()  # (b, T)
             where = torch.tensor([position[d] for d in doc_ids], device=device)
             # a long document spans several rows

@@ -1,10 +1,10 @@
 """Samples in each variant's natural mode, and the prompts they start from.
 
 How a variant is prompted and read back follows from its registry entry
-(``backstory.variants``): a forward model continues a story opening; a model that
-writes backwards (words reversed, or tokens in backward order) gets the story's last
-sentence and writes what came before it; an instruct model follows an instruction.
-Every text returned here reads in normal order.
+(``backstory.variants``) and its token order (``backstory.lm.orders``): a forward model
+continues a story opening; a model that writes backwards (words reversed, or tokens in
+backward order) gets the story's last sentence and writes what came before it; an
+instruct model follows an instruction. Every text returned here reads in normal order.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from typing import Any
 from tqdm import tqdm
 
 from backstory import variants
-from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
+from backstory.data.text import DEFAULT_TEMPLATES, in_word_order, record_instruction
 from backstory.data.tokenizer import Tokenizer
 from backstory.data.tokens import TokenStore
 from backstory.errors import SettingError
 from backstory.evaluation.metrics import check_positive
+from backstory.lm import orders
 from backstory.lm.beam import beam_search, check_beam
 from backstory.lm.constraints import make_constraint
 from backstory.lm.generate import SamplingConfig, check_sampling, generate
@@ -59,6 +60,27 @@ def ending_prompt(story: str) -> str:
     return sentences[-1]
 
 
+def prompt_kind(variant: str) -> str:
+    """What a model of ``variant`` is prompted with: ``instruction``, ``ending`` (the
+    story's last sentence: it writes backwards, in words or in tokens) or ``opening``."""
+    spec = variants.get(variant)
+    if spec.instruct:
+        return "instruction"
+    if spec.words == "reversed" or orders.get(spec.token_order).reverses:
+        return "ending"
+    return "opening"
+
+
+def mode(variant: str) -> str:
+    """How a model of ``variant`` is prompted, in words (a sample's ``mode``)."""
+    spec = variants.get(variant)
+    if spec.instruct:
+        return "instruction"
+    if spec.words == "reversed":
+        return "ending"
+    return orders.get(spec.token_order).mode
+
+
 def prompt_ids(tokenizer: Tokenizer, variant: str, prompt: str) -> list[int]:
     """The token ids that start generation for ``prompt`` (given in normal reading order).
 
@@ -68,14 +90,13 @@ def prompt_ids(tokenizer: Tokenizer, variant: str, prompt: str) -> list[int]:
     """
     spec = variants.get(variant)
     check_samples(variant)
-    if not prompt.strip() and spec.mode != "completion":
-        raise ValueError(f"the {variant} variant needs a non-empty prompt ({spec.mode})")
+    if not prompt.strip() and prompt_kind(variant) != "opening":
+        raise ValueError(f"the {variant} variant needs a non-empty prompt ({mode(variant)})")
     if spec.instruct:
         return [tokenizer.eos_id] + tokenizer.encode_one(prompt) + [tokenizer.bos_id]
-    if spec.token_order == "backward":
-        return tokenizer.encode_one(prompt)[::-1]
-    text = reverse_words(prompt) if spec.words == "reversed" else prompt
-    return [tokenizer.bos_id] + (tokenizer.encode_one(text) if text else [])
+    text = in_word_order(prompt, spec.words)
+    ids = tokenizer.encode_one(text) if text else []
+    return orders.get(spec.token_order).prompt(tokenizer.bos_id, ids)
 
 
 def story_text(tokenizer: Tokenizer, variant: str, ids: list[int], new: list[int]) -> str:
@@ -83,10 +104,8 @@ def story_text(tokenizer: Tokenizer, variant: str, ids: list[int], new: list[int
     spec = variants.get(variant)
     if spec.instruct:
         return tokenizer.decode(new)  # only what follows the prompt's BOS
-    if spec.token_order == "backward":
-        return tokenizer.decode((ids + new)[::-1])
-    text = tokenizer.decode(ids + new)
-    return reverse_words(text) if spec.words == "reversed" else text
+    text = tokenizer.decode(orders.get(spec.token_order).read_back(ids + new))
+    return in_word_order(text, spec.words)
 
 
 def _room(model: Transformer, n_prompt: int, max_new_tokens: int) -> int:
@@ -147,7 +166,7 @@ def generate_story(
     stops = (tokenizer.bos_id, tokenizer.eos_id)
     processors = []
     if constraint is not None:
-        if spec.token_order == "backward":
+        if orders.get(spec.token_order).reverses:
             raise ValueError(f"the {variant} variant writes tokens last first, so a constraint "
                              "on its text cannot be checked token by token")
         processors.append(make_constraint(constraint, tokenizer.token_texts(), stop_ids=stops))
@@ -160,7 +179,7 @@ def generate_story(
         new = generate(model, [ids], max_new_tokens=budget, temperature=temperature,
                        top_k=top_k, top_p=top_p, stop_ids=stops, seed=seed,
                        logits_processors=processors)[0]
-    return _sample(variant, spec.mode, prompt, story_text(tokenizer, variant, ids, new), new,
+    return _sample(variant, mode(variant), prompt, story_text(tokenizer, variant, ids, new), new,
                    budget, seed)
 
 
@@ -175,7 +194,7 @@ def _record_prompt(record: Mapping[str, Any], variant: str, index: int, seed: in
     story = record.get("story")
     if not isinstance(story, str):
         raise ValueError(f"sample record {index} has no 'story' text")
-    return ending_prompt(story) if spec.writes_backwards else opening_prompt(story)
+    return ending_prompt(story) if prompt_kind(variant) == "ending" else opening_prompt(story)
 
 
 def _store_prompt(store: TokenStore, tokenizer: Tokenizer, variant: str, i: int) -> str:
@@ -188,10 +207,9 @@ def _store_prompt(store: TokenStore, tokenizer: Tokenizer, variant: str, i: int)
         if not instruction:
             raise ValueError(f"{store.path}: document {i} has no instruction before its story")
         return instruction
-    story = tokenizer.decode(store.story_tokens(i).tolist())
-    if variants.get(spec.token_source).words == "reversed":
-        story = reverse_words(story)
-    return ending_prompt(story) if spec.writes_backwards else opening_prompt(story)
+    story = in_word_order(tokenizer.decode(store.story_tokens(i).tolist()),
+                          variants.get(spec.token_source).words)
+    return ending_prompt(story) if prompt_kind(variant) == "ending" else opening_prompt(story)
 
 
 def sample_prompts(
@@ -265,15 +283,13 @@ def make_samples(
 
 
 def skipped_samples_reason(variant: str) -> str:
-    """Why a model of ``variant`` writes no samples (its registry entry says it cannot)."""
-    return (f"the {variant} variant reads each window in a fixed permutation of its token "
-            "positions, so there is no reading order to write a story in; it is measured by "
-            "its loss only")
+    """Why a model of ``variant`` writes no samples (its token order says it cannot)."""
+    return f"the {variant} variant {orders.get(variants.get(variant).token_order).no_stories}"
 
 
 def check_samples(variant: str) -> None:
     """SettingError unless a model of ``variant`` can write stories."""
-    if not variants.get(variant).samples:
+    if not orders.get(variants.get(variant).token_order).writes:
         raise SettingError(f"cannot sample from a {variant} model: "
                            f"{skipped_samples_reason(variant)}")
 

@@ -37,7 +37,7 @@ from backstory.data.text import reverse_words
 from backstory.data.tokenizer import Tokenizer
 from backstory.errors import EXIT_USER_ERROR, UserError
 from backstory.evaluation.lineage import check_lineage, model_variant
-from backstory.evaluation.sampling import generate_story
+from backstory.evaluation.sampling import generate_story, mode
 from backstory.lm.beam import check_beam
 from backstory.lm.checkpoint import MODEL_META_FILE, WEIGHTS_FILE, load_model, load_trained
 from backstory.lm.constraints import CONSTRAINTS
@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_model_paths(command: argparse.ArgumentParser) -> None:
     command.add_argument("--variant", choices=variants.NAMES, default=None,
-                         help="; ".join(f"{v.name}: {v.description} (prompt: {v.mode})"
+                         help="; ".join(f"{v.name}: {v.description} (prompt: {mode(v.name)})"
                                         for v in variants.REGISTRY.values()))
     command.add_argument("--run", default=None,
                          help="the run, e.g. reversed.small.s1337 (default: the only run of "

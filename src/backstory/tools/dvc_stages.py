@@ -19,7 +19,11 @@ file on disk differs from what the pipelines give. One DVC stage runs one step:
 
 Because DVC reads the seeds itself, changing them needs no new dvc.yaml, and
 ``dvc exp run -S 'conf/base/parameters_runs.yml:experiment.main.seeds=[1,2,3]'`` (queued
-or not) trains exactly those seeds. A new variant, preset, context or grid does need it.
+or not) trains exactly those seeds. A new variant, preset, context or grid does need it,
+and so does a new entry in ``text`` or ``variant_settings``: a stage tracks a variant's
+entry only where it exists (a variant that changes nothing has none). An export with
+text settings of its own is written apart from the ``export`` foreach, as
+``export-<variant>``.
 
 A stage's deps are the catalog paths its nodes read (made by other stages) plus the
 source files of its node functions and datasets, with every backstory module they
@@ -53,6 +57,7 @@ from backstory import variants
 from backstory.errors import UserError
 from backstory.experiment import (
     EXPERIMENT,
+    TEXT,
     Experiment,
     ExternalSpec,
     RunSpec,
@@ -128,6 +133,11 @@ class Project:
     catalog: dict[str, Any]
     param_files: dict[str, dict]  # relative path -> raw YAML
     grid_of: dict[RunSpec, str] = field(default_factory=dict)  # each run's experiment grid
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """Every conf/base parameter file's keys in one mapping (their top keys differ)."""
+        return {k: v for data in self.param_files.values() for k, v in data.items()}
 
     def _resolver(self) -> Any:
         from kedro.io.catalog_config_resolver import CatalogConfigResolver
@@ -318,16 +328,18 @@ class Naming:
             return f"{SOURCE}." + name[len(self.source) + 1:]
         return name
 
-    def params(self, param: str) -> list[str]:
+    def params(self, param: str, parameters: dict[str, Any]) -> list[str]:
         """Raw parameter keys behind a node input ``params:<key>``."""
         key = param.removeprefix("params:")
         if self.run is not None and key.startswith(self.run.namespace + "."):
             section = key[len(self.run.namespace) + 1:]
-            return tracked_keys(section, variant=self.run.variant, preset=self.run.preset)
+            return tracked_keys(parameters, section, variant=self.run.variant,
+                                preset=self.run.preset)
         source = self.source or (self.external.token_source if self.external else None)
         if source is not None and key.startswith(source + "."):
-            section = key[len(source) + 1:]
-            return tracked_keys(section, variant=SOURCE if self.template else source)
+            keys = tracked_keys(parameters, key[len(source) + 1:], variant=source)
+            own = f"{TEXT}.{source}"
+            return [f"{TEXT}.{SOURCE}" if k == own and self.template else k for k in keys]
         return [key]
 
     def text(self, value: str) -> str:
@@ -358,11 +370,6 @@ def plan_stages(project: Project) -> list[tuple[Stage, Naming]]:
     experiment = project.experiment
     stages = [(Stage("ingest", "ingest", list(pipelines["ingest"].nodes), select_nodes=False),
                Naming())]
-    for source in experiment.token_sources:
-        if variants.get(source).own_tokenizer:
-            stages.append((Stage(f"tokenizer@{source}", "__default__",
-                                 [_node(project, f"{source}.fit_tokenizer")]),
-                           Naming(source=source)))
     for source in experiment.token_sources:
         if variants.get(source).own_tokenizer:
             stages.append((Stage(f"tokenizer@{source}", "__default__",
@@ -422,7 +429,7 @@ def fill_stage(project: Project, stage: Stage, naming: Naming) -> Stage:
         modules.add(_func_module(node.func))
         for name in node.inputs:
             if name.startswith("params:"):
-                for key in naming.params(name):
+                for key in naming.params(name, project.parameters):
                     # A templated key names no real entry; its top-level key finds the file.
                     lookup = key.split(".")[0] if SOURCE in key else key
                     params.setdefault(param_file(project, lookup), set()).add(key)
@@ -562,15 +569,20 @@ def stages_section(project: Project, planned: list[tuple[Stage, Naming]]) -> dic
         groups[group].append((stage, naming))
     for group, members in groups.items():
         template = _templated(project, *members[0])
+        items = []
         for stage, naming in members:
             concrete = stage_dict(fill_stage(project, stage, naming))
             item = stage.name.partition("@")[2]
-            if _normal(_instantiate(template, item)) != _normal(concrete):
+            if _normal(_instantiate(template, item)) == _normal(concrete):
+                items.append(item)
+            elif naming.run is None:  # e.g. an export with text settings of its own
+                section[f"{group}-{item}"] = concrete
+            else:
                 raise StageError(f"stage {stage.name} does not fit the {group} template; "
                                  "its runs must differ only in their seeds")
         first = members[0][1]
         if first.run is None:
-            foreach: Any = [stage.name.partition("@")[2] for stage, _ in members]
+            foreach: Any = items
         else:
             foreach = "${" + f"{EXPERIMENT}.{project.grid_of[first.run]}.seeds" + "}"
         section[group] = {"foreach": foreach, "do": template}

@@ -54,7 +54,7 @@ from backstory.data.files import (
 )
 from backstory.data.fingerprints import code_digest, sha256_of
 from backstory.data.parallel import run_tasks, workers_for
-from backstory.data.text import reverse_words
+from backstory.data.text import in_word_order
 from backstory.errors import UserError
 from backstory.locks import FolderLock
 from backstory.variants import WORD_ORDERS
@@ -504,8 +504,7 @@ def story_texts(stories: Mapping[str, Callable[[], pd.DataFrame]], split: str,
     """The stories of one split, as written or with their word order reversed."""
     if words not in WORD_ORDERS:
         raise ValueError(f"words must be one of {WORD_ORDERS}, got {words!r}")
-    return (reverse_words(r["story"]) if words == "reversed" else r["story"]
-            for r in iter_records(stories, split))
+    return (in_word_order(r["story"], words) for r in iter_records(stories, split))
 
 
 def iter_records(stories: Mapping[str, Callable[[], pd.DataFrame]], split: str

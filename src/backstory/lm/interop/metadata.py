@@ -14,6 +14,7 @@ from typing import Any
 
 import backstory
 from backstory import variants
+from backstory.lm import orders
 from backstory.lm.checkpoint import TrainedModel
 from backstory.lm.model import ModelConfig
 
@@ -23,15 +24,9 @@ EXPORT_FORMAT_VERSION = 1
 
 def _how_to_prompt(spec: variants.Variant) -> str:
     """A sentence for the person running the export elsewhere (run.c, transformers)."""
-    if spec.token_order == "backward":
-        return ("Tokens in backward order: the model reads each document's token ids last "
-                "first, so feed the ending's ids reversed and reverse the generated ids. "
-                "run.c and transformers' generate encode text forward and cannot prompt it "
-                "as it was trained.")
-    if spec.token_order == "permuted":
-        return ("Tokens in a permuted order: the model reads every window of max_seq_len + 1 "
-                "tokens in one fixed seeded permutation of its positions (train_config."
-                "permutation_seed, backstory.lm.orders); it scores text, it does not write it.")
+    said = orders.get(spec.token_order).how_to_prompt
+    if said is not None:
+        return said
     parts = []
     if spec.instruct:
         parts.append("Documents are [EOS] + instruction + [BOS] + story + [EOS]: prompt with "

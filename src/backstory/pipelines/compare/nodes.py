@@ -30,19 +30,21 @@ from backstory.evaluation.curve import curve_frame
 from backstory.evaluation.floor import excess_over_floor, floor_lines, floor_of
 from backstory.evaluation.instructions import instruction_checks, instruction_hits
 from backstory.evaluation.metrics import resolve_device
-from backstory.evaluation.sampling import ending_prompt, opening_prompt
+from backstory.evaluation.sampling import ending_prompt, opening_prompt, prompt_kind
+from backstory.lm import orders
 from backstory.lm.checkpoint import TrainedModel, build_model
 from backstory.lm.generate import SamplingConfig
 from backstory.lm.model import Transformer
 
 logger = logging.getLogger(__name__)
 
-# How a generated story is prompted, by the writing variant's mode (backstory.variants).
+# How a generated story is prompted, by the writer's prompt kind (sampling.prompt_kind)
+# and token order.
 PROMPTS = {
-    "completion": "the story's first sentence",
-    "ending": "the story's last sentence (written backwards)",
-    "ending, token order backward": "the story's last sentence (written backwards, in tokens)",
-    "instruction": "an instruction naming the summary and the words",
+    ("opening", "forward"): "the story's first sentence",
+    ("ending", "forward"): "the story's last sentence (written backwards)",
+    ("ending", "backward"): "the story's last sentence (written backwards, in tokens)",
+    ("instruction", "forward"): "an instruction naming the summary and the words",
 }
 FREE = "free"  # suffix of the baseline source: a completion model told nothing
 PER_RUN = ("metrics", "document_bits", "eval_curve")  # what the report reads of each run
@@ -62,19 +64,24 @@ def lead_group(runs: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
 
 def lead_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     """The lead group's runs that take part in the generated-story comparison, by
-    variant, in registry order (``Variant.in_story_comparison``: a permuted model writes
+    variant, in registry order (``_in_story_comparison``: a permuted model writes
     no stories, and one with its own tokenizer reads none of the shared tokenizer's)."""
     size, seed = lead_group(runs)
     found = {run["variant"]: run for run in runs
              if reporting.size_name(run["preset"], run.get("context")) == size
              and run["seed"] == seed}
-    left_out = [v for v in found if not variants.get(v).in_story_comparison]
+    left_out = [v for v in found if not _in_story_comparison(v)]
     if left_out:
         logger.info("generated-story comparison leaves out %s (no reading order, or a "
                     "tokenizer of their own); their deltas are in the arrow-of-time report",
                     ", ".join(left_out))
-    return {v: found[v] for v in variants.NAMES
-            if v in found and variants.get(v).in_story_comparison}
+    return {v: found[v] for v in variants.NAMES if v in found and _in_story_comparison(v)}
+
+
+def _in_story_comparison(variant: str) -> bool:
+    """Whether a model of ``variant`` writes stories and reads the shared tokenizer's."""
+    spec = variants.get(variant)
+    return orders.get(spec.token_order).writes and spec.tokenizer == "shared"
 
 
 def story_readers(lead: Mapping[str, Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -88,8 +95,8 @@ def story_sources(writers: Sequence[str]) -> dict[str, tuple[str, str]]:
     Each writer writes in its own mode; the first completion writer also writes from
     nothing (``<variant>_free``), a baseline that is told nothing.
     """
-    sources = {v: (v, PROMPTS[variants.get(v).mode]) for v in writers}
-    completion = [v for v in writers if variants.get(v).mode == "completion"]
+    sources = {v: (v, PROMPTS[prompt_kind(v), variants.get(v).token_order]) for v in writers}
+    completion = [v for v in writers if prompt_kind(v) == "opening"]
     if completion:
         sources[f"{completion[0]}_{FREE}"] = (completion[0], "nothing (BOS only)")
     return sources
@@ -170,12 +177,12 @@ def _records(stories: StoryTable, n: int) -> list[dict]:
 
 
 def _prompt(source: str, variant: str, record: Mapping[str, Any], template: str) -> str:
-    spec = variants.get(variant)
+    kind = prompt_kind(variant)
     if source.endswith(f"_{FREE}"):
         return ""
-    if spec.instruct:
+    if kind == "instruction":
         return make_instruction(record["summary"], record["words"], record["features"], template)
-    return ending_prompt(record["story"]) if spec.writes_backwards else opening_prompt(
+    return ending_prompt(record["story"]) if kind == "ending" else opening_prompt(
         record["story"])
 
 

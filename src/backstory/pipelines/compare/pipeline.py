@@ -12,6 +12,13 @@ from functools import partial, update_wrapper
 
 from kedro.pipeline import Pipeline, node
 
+from backstory.evaluation.plots import (
+    plot_bpb_scatter,
+    plot_delta,
+    plot_loss_curves,
+    plot_sweep,
+    plot_training_curves,
+)
 from backstory.experiment import Experiment
 from backstory.pipelines.compare.nodes import (
     PER_RUN,
@@ -27,13 +34,6 @@ from backstory.pipelines.compare.nodes import (
     measure_training_curves,
     score_coherence,
     story_readers,
-)
-from backstory.pipelines.compare.plots import (
-    plot_bpb_scatter,
-    plot_delta,
-    plot_loss_curves,
-    plot_sweep,
-    plot_training_curves,
 )
 
 LOGS = ("train_loss_curve", "val_loss_curve", "metrics")

@@ -1,4 +1,5 @@
-"""Compare plots (matplotlib figures, saved by MatplotlibDataset entries in the catalog)."""
+"""Compare plots: matplotlib figures of the runs (the compare pipeline saves them through
+MatplotlibDataset entries in the catalog)."""
 
 from __future__ import annotations
 
