@@ -222,15 +222,15 @@ from pathlib import Path
 from backstory.data.corpus.raw_store import write_raw_corpus
 from backstory.data.corpus.sources import DEFAULT_HUB, CorpusConfig, plan_corpus
 from backstory.data.corpus.splits import SplitRule
-from backstory.data.corpus.story_table import CleanPlan, CleanSettings, build_story_table
+from backstory.data.corpus.story_table import CleanPlan, IngestConfig, build_story_table
 source, work = Path(sys.argv[1]), Path(sys.argv[2])
 config = CorpusConfig("local", 0, 0, 1, "all_data", DEFAULT_HUB, "", None, str(source))
 import yaml  # conf/base's ingest settings (the benchmark runs in the repository)
-ingest = yaml.safe_load(Path("conf/base/parameters_ingest.yml").read_text())
-raw = write_raw_corpus(work / "raw", plan_corpus(config, workers=ingest["ingest"]["workers"]))
-split = SplitRule.from_params(ingest["split"])
-table = build_story_table(work / "stories", CleanPlan(raw, CleanSettings("raise", split),
-                                                         ingest["ingest"]["workers"]))
+conf = yaml.safe_load(Path("conf/base/parameters_ingest.yml").read_text())
+ingest = IngestConfig(**conf["ingest"])
+raw = write_raw_corpus(work / "raw", plan_corpus(config, workers=ingest.workers))
+settings = ingest.settings(SplitRule.from_params(conf["split"]))
+table = build_story_table(work / "stories", CleanPlan(raw, settings, ingest.workers))
 print(table.report["n_kept"])
 """
 

@@ -146,7 +146,7 @@ KILLED_BUILD = textwrap.dedent("""
     from backstory.data.corpus.splits import SplitRule
     from backstory.data.corpus.story_table import CleanPlan, CleanSettings, build_story_table
     raw = load_raw_corpus(sys.argv[1])
-    settings = CleanSettings("raise", SplitRule("hash", 0.2))
+    settings = CleanSettings("raise", SplitRule("hash", 0.2), None)
     build_story_table(sys.argv[2], CleanPlan(raw, settings, workers=1))
 """)
 

@@ -110,7 +110,7 @@ def test_each_published_set_downloads_verifies_and_ingests(
     strategy = SplitRule("shard", val_files=("data00.json",)) if dataset == "all_data" \
         else SplitRule("official")
     table = build_story_table(tmp_path / "stories",
-                              CleanPlan(raw, CleanSettings("raise", strategy), workers=1))
+                              CleanPlan(raw, CleanSettings("raise", strategy, None), workers=1))
     report = table.report
     assert report["source"]["dataset"] == dataset
     assert report["source"]["urls"] == [item.url(base) for item in published]

@@ -61,7 +61,7 @@ def make_table(tmp_path: Path, files: dict[str, bytes], part_records: int = 40) 
         (source / name).write_bytes(data)
     config = CorpusConfig("local", 0, 0, 1, "all_data", DEFAULT_HUB, "", None, str(source))
     raw = write_raw_corpus(tmp_path / "raw", plan_corpus(config, workers=1))
-    settings = CleanSettings("raise", SplitRule("hash", 0.2))
+    settings = CleanSettings("raise", SplitRule("hash", 0.2), None)
     return build_story_table(tmp_path / "stories", CleanPlan(raw, settings, workers=1),
                              part_records=part_records)
 
