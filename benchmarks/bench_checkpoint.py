@@ -1,9 +1,9 @@
 """What checksummed checkpoints cost: writing SHA256SUMS and verifying it on resume.
 
 Rerun: ``python benchmarks/bench_checkpoint.py`` (about half a minute on 2 CPU cores;
-``--dim 128 --layers 4 --vocab 2048`` for the project's default CPU model).
+``--preset small --vocab 2048`` for the project's default CPU model).
 
-Side by side in one run, on the llama2.c 15M shape by default (dim 288, 6 layers,
+Side by side in one run, on the llama2.c 15M shape by default (preset stories15m,
 vocab 32000: 15.2M parameters, 61 MB of weights, 122 MB of AdamW state):
 
 - write: the checkpoint's three files written and fsynced the way they were before
@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from corpus import PRESET_HELP, preset_model
 from machine import describe
 from safetensors.torch import load_file, save_file
 
@@ -35,7 +36,7 @@ from backstory.lm.checkpoint import (
     resumable_checkpoint,
     save_checkpoint,
 )
-from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.model import Transformer
 
 
 def median_seconds(action: Callable[[int], object], repeats: int) -> float:
@@ -60,16 +61,14 @@ def write_unchecked(folder: Path, weights: dict, optimizer: dict, state: dict) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dim", type=int, default=288)
-    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--preset", default="stories15m", help=PRESET_HELP)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(describe())
 
-    config = ModelConfig(vocab_size=args.vocab, dim=args.dim, n_layers=args.layers,
-                         n_heads=6 if args.dim % 6 == 0 else 4, max_seq_len=256)
+    config = preset_model(args.preset, args.vocab)
     torch.manual_seed(0)
     model = Transformer(config)
     optimizer = model.configure_optimizer(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95),

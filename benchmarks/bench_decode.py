@@ -24,11 +24,12 @@ import argparse
 import time
 
 import torch
+from corpus import PRESET_HELP, preset_model
 from machine import describe
 
 from backstory.lm.decode import DECODE_STEPS, Stepper
 from backstory.lm.generate import generate
-from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.model import Transformer
 
 
 def sync(device: torch.device) -> None:
@@ -38,8 +39,7 @@ def sync(device: torch.device) -> None:
 
 def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> Transformer:
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=args.vocab, dim=args.dim, n_layers=args.layers,
-                         n_heads=args.heads, max_seq_len=args.context)
+    config = preset_model(args.preset, args.vocab, max_seq_len=args.context)
     return Transformer(config).to(device=device, dtype=dtype).eval()
 
 
@@ -103,9 +103,7 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=8)
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--vocab", type=int, default=4096)
-    parser.add_argument("--dim", type=int, default=288)
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--heads", type=int, default=6)
+    parser.add_argument("--preset", default="stories15m", help=PRESET_HELP)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:

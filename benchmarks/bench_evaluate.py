@@ -1,11 +1,11 @@
 """Evaluation throughput: tokens per second of evaluate_loss and document_bits.
 
-Rerun with defaults (the project's default model: dim 128, 4 layers, 4 heads, 2 kv
-heads, context 256, vocab 4096; 50k validation tokens; CPU, plus CUDA when present):
+Rerun with defaults (the project's default model, preset small from conf/base, vocab
+4096; 50k validation tokens; CPU, plus CUDA when present):
 
     python benchmarks/bench_evaluate.py
-    python benchmarks/bench_evaluate.py --tokens 1_000_000 --dim 288 --layers 6 --heads 6 \
-        --kv-heads 6 --vocab 32000 --devices cuda
+    python benchmarks/bench_evaluate.py --tokens 1_000_000 --preset stories15m \
+        --vocab 32000 --devices cuda
 
 The store holds synthetic documents (random ids, 100-300 tokens, like TinyStories
 stories); a random-init model costs the same per token as a trained one. Each figure
@@ -23,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from corpus import PRESET_HELP, preset_model
 from machine import cpu_model as cpu_name
 
 from backstory.data.token_store import TokenStore
 from backstory.data.token_writer import DocBatch, write_token_store
 from backstory.evaluation.metrics import document_bits, evaluate_loss
-from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.model import Transformer
 
 
 def synthetic_store(path: Path, n_tokens: int, vocab_size: int, seed: int) -> TokenStore:
@@ -63,8 +64,7 @@ def best_seconds(run: Callable[[], object], warm_up: Callable[[], object], repea
 
 def bench_device(args: argparse.Namespace, store: TokenStore, device: str) -> None:
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=args.vocab, dim=args.dim, n_layers=args.layers,
-                         n_heads=args.heads, n_kv_heads=args.kv_heads, max_seq_len=args.seq_len)
+    config = preset_model(args.preset, args.vocab)
     model = Transformer(config).to(device).eval()
     label = torch.cuda.get_device_name() if device == "cuda" else f"cpu x{torch.get_num_threads()}"
     print(f"[{device}] {label}; model {model.num_parameters() / 1e6:.2f}M params")
@@ -90,11 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=50_000)
     parser.add_argument("--vocab", type=int, default=4096)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--kv-heads", type=int, default=2)
-    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--preset", default="small", help=PRESET_HELP)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--devices", nargs="+", default=None,
@@ -102,8 +98,9 @@ def main() -> None:
     args = parser.parse_args()
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"machine: {os.cpu_count()} cores, {cpu_name()}; torch {torch.__version__}")
+    args.seq_len = preset_model(args.preset, args.vocab).max_seq_len
     print(f"settings: {args.tokens:,} tokens, seq_len {args.seq_len}, batch {args.batch_size}, "
-          f"vocab {args.vocab}, dim {args.dim}, {args.layers} layers")
+          f"vocab {args.vocab}, preset {args.preset}")
     with tempfile.TemporaryDirectory() as tmp:
         store = synthetic_store(Path(tmp) / "val.h5", args.tokens, args.vocab, seed=0)
         with torch.inference_mode():

@@ -163,7 +163,10 @@ from backstory.data.token_store import TokenStore
 root, workers, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 table = StoryTable(root + "/data/02_intermediate/stories")
 tokenizer = Tokenizer.from_file(root + "/data/06_models/tokenizer/tokenizer.model")
-documents = StoryDocuments(table, "train", tokenizer, variant="forward")
+import yaml  # the project's text settings, as its export node reads them
+text = yaml.safe_load(open(root + "/conf/base/parameters_runs.yml"))["text"]["defaults"]
+documents = StoryDocuments(table, "train", tokenizer, variant="forward",
+                           **{k: v for k, v in text.items() if k != "workers"})
 # The pipeline's own attributes, so the bytes can be compared with its store.
 with TokenStore(root + "/data/05_model_input/forward/train.h5") as store:
     attrs = {k: v for k, v in store.attrs.items() if k not in WRITER_ATTRS}
@@ -220,11 +223,15 @@ from pathlib import Path
 from backstory.data.corpus.raw_store import write_raw_corpus
 from backstory.data.corpus.sources import DEFAULT_HUB, CorpusConfig, plan_corpus
 from backstory.data.corpus.splits import SplitRule
-from backstory.data.corpus.story_table import CleanPlan, CleanSettings, build_story_table
+from backstory.data.corpus.story_table import CleanPlan, IngestConfig, build_story_table
 source, work = Path(sys.argv[1]), Path(sys.argv[2])
 config = CorpusConfig("local", 0, 0, 1, "all_data", DEFAULT_HUB, "", None, str(source))
-raw = write_raw_corpus(work / "raw", plan_corpus(config))
-table = build_story_table(work / "stories", CleanPlan(raw, CleanSettings("raise", SplitRule()), 0))
+import yaml  # conf/base's ingest settings (the benchmark runs in the repository)
+conf = yaml.safe_load(Path("conf/base/parameters_ingest.yml").read_text())
+ingest = IngestConfig(**conf["ingest"])
+raw = write_raw_corpus(work / "raw", plan_corpus(config, workers=ingest.workers))
+settings = ingest.settings(SplitRule.from_params(conf["split"]))
+table = build_story_table(work / "stories", CleanPlan(raw, settings, ingest.workers))
 print(table.report["n_kept"])
 """
 

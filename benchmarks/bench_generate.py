@@ -20,10 +20,11 @@ import os
 import time
 
 import torch
+from corpus import PRESET_HELP, preset_model
 from machine import cpu_model
 
 from backstory.lm.generate import generate
-from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.model import Transformer
 
 
 def sync(device: torch.device) -> None:
@@ -34,8 +35,7 @@ def sync(device: torch.device) -> None:
 def build_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype
                 ) -> Transformer:
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=args.vocab, dim=args.dim, n_layers=args.layers,
-                      n_heads=args.heads, max_seq_len=args.prompt_len + args.new_tokens)
+    cfg = preset_model(args.preset, args.vocab, max_seq_len=args.prompt_len + args.new_tokens)
     return Transformer(cfg).to(device=device, dtype=dtype).eval()
 
 
@@ -92,9 +92,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--prompt-len", type=int, default=8)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--dim", type=int, default=288)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--preset", default="stories15m", help=PRESET_HELP)
     p.add_argument("--train-batch", type=int, default=4)
     p.add_argument("--train-steps", type=int, default=2)
     p.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")

@@ -8,9 +8,9 @@ delta = (bpb_reversed - bpb_forward) / (0.5 * (bpb_reversed + bpb_forward)).
 
     python benchmarks/bench_gpu_pipeline.py --stories 100000 --steps 1500
     python benchmarks/bench_gpu_pipeline.py --device cpu --stories 2000 --steps 60 \\
-        --dim 96 --batch-size 8
+        --preset tiny --batch-size 8
 
-Defaults are the llama2.c stories15M shape (dim 288, 6 layers, 6 heads, context 256) with
+Defaults are the llama2.c stories15M shape (preset stories15m in conf/base) with
 a 4096-token vocabulary, bf16 autocast and torch.compile on CUDA.
 """
 
@@ -24,28 +24,29 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import yaml
+from corpus import PRESET_HELP, preset_model
 
 from backstory import variants
 from backstory.data.corpus import clean, storyworld
 from backstory.data.documents import encode_documents
 from backstory.data.token_store import TokenStore
 from backstory.data.token_writer import write_token_store
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokenizer import Tokenizer, TokenizerConfig
 from backstory.evaluation.metrics import evaluate_loss, unigram_bpb
 from backstory.experiment import project_defaults
 from backstory.lm.checkpoint import build_model
-from backstory.lm.model import ModelConfig
 from backstory.lm.training import SPEED_LOG, TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]  # conf/base holds the training defaults
 
 
-def corpus(n_stories: int, seed: int, val_fraction: float) -> tuple[list[dict], dict]:
+def corpus(n_stories: int, seed: int, split: clean.SplitRule) -> tuple[list[dict], dict]:
     """Generate, validate and split storyworld records (as the ingest nodes do)."""
     records, rows = [], []
     for name, start, stop in storyworld.shard_plan(n_stories, 10_000):
         result = clean.clean_file(name, storyworld.shard_bytes(seed, start, stop),
-                                  on_bad_record="raise", val_fraction=val_fraction)
+                                  on_bad_record="raise", split=split)
         rows.append(result.summary())
         columns = clean.to_columns(result.records)
         records += pd.DataFrame(columns).to_dict("records")
@@ -58,7 +59,10 @@ def export(records, tokenizer, variant, split, report, path: Path) -> TokenStore
              "vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id,
              "eos_id": tokenizer.eos_id, "tokenizer_sha256": tokenizer.sha256,
              "corpus_fingerprint": report["corpus_fingerprint"]}
-    write_token_store(path, encode_documents(chosen, tokenizer, variant=variant), attrs=attrs)
+    text = yaml.safe_load((REPO / "conf/base/parameters_runs.yml").read_text())["text"]["defaults"]
+    batches = encode_documents(chosen, tokenizer, variant=variant,
+                               **{k: v for k, v in text.items() if k != "workers"})
+    write_token_store(path, batches, attrs=attrs)
     return TokenStore(path)
 
 
@@ -67,17 +71,19 @@ def main() -> None:
     parser.add_argument("--stories", type=int, default=100_000)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--dim", type=int, default=288)
-    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--preset", default="stories15m", help=PRESET_HELP)
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    records, report = corpus(args.stories, storyworld.DEFAULT_SEED, 0.05)
+    ingest = yaml.safe_load((REPO / "conf/base/parameters_ingest.yml").read_text())
+    records, report = corpus(args.stories, storyworld.DEFAULT_SEED,
+                             clean.SplitRule.from_params(ingest["split"]))
     texts = (r["story"] for r in records if r["split"] == "train")
-    tokenizer = Tokenizer.from_bytes(train_tokenizer(texts, vocab_size=args.vocab))
+    tokenizer = Tokenizer.from_bytes(TokenizerConfig.from_params(
+        ingest["tokenizer"] | {"vocab_size": args.vocab}).train(texts))
     print(f"corpus + tokenizer: {len(records):,} stories in {time.perf_counter() - t0:.1f} s")
 
     results = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
@@ -89,8 +95,7 @@ def main() -> None:
                       for split in ("train", "val")}
             print(f"{variant}: export {time.perf_counter() - t1:.1f} s, "
                   f"{stores['train'].n_tokens:,} train tokens")
-            model_config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=args.dim,
-                                       n_layers=args.layers, n_heads=6, max_seq_len=256)
+            model_config = preset_model(args.preset, tokenizer.vocab_size)
             config = TrainConfig(**project_defaults("train", REPO / "conf/base") | dict(
                 batch_size=args.batch_size, max_steps=args.steps, lr=5e-4, min_lr=5e-5,
                 warmup_steps=min(100, args.steps // 10), eval_interval=args.steps,

@@ -26,10 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from corpus import conf
 from machine import describe as machine
 
 from backstory.data.corpus.clean import clean_file, merge_reports
 from backstory.data.corpus.readers import read_json_shard
+from backstory.data.corpus.splits import SplitRule
+
+SPLIT = SplitRule.from_params(conf("ingest")["split"])  # conf/base's split, as the pipeline's
 
 WORDS = (
     "the a little big happy sad dog cat girl boy mom dad ball tree park sun day play run jump "
@@ -78,7 +82,7 @@ def bench_throughput(n_records: int, repeats: int) -> None:
         _timed(lambda: sum(1 for _ in read_json_shard(data, "data00.json"))) for _ in range(repeats)
     )
     best = min(
-        _timed(lambda: clean_file("data00.json", data, on_bad_record="raise", val_fraction=0.05))
+        _timed(lambda: clean_file("data00.json", data, on_bad_record="raise", split=SPLIT))
         for _ in range(repeats)
     )
     print(f"shard: {n_records} records, {megabytes:.1f} MB")
@@ -134,7 +138,7 @@ def rss_worker(folder: str, n_shards: int) -> None:
     rows = []
     for index in range(n_shards):
         path = Path(folder, f"data{index:02d}.json")
-        result = clean_file(path.name, path.read_bytes(), on_bad_record="raise", val_fraction=0.05)
+        result = clean_file(path.name, path.read_bytes(), on_bad_record="raise", split=SPLIT)
         rows.append(result.summary())
         del result
     report = merge_reports(rows)

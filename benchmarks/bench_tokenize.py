@@ -23,12 +23,14 @@ from collections.abc import Callable
 
 import numpy as np
 from bench_text import machine, story_texts
+from corpus import conf
 
 from backstory.data.documents import encode_documents
 from backstory.data.text import reverse_words
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokenizer import Tokenizer, TokenizerConfig
 
-BATCH = 1024
+TEXT = conf("runs")["text"]["defaults"]  # conf/base's, as the export's
+BATCH = TEXT["batch_size"]
 
 
 def _load() -> str:
@@ -106,7 +108,9 @@ def _bench_documents(stories: list[str], model: bytes, threads: int) -> None:
             wall, cpu = time.perf_counter(), time.process_time()
             n_tokens = sum(
                 int(b.doc_lengths.sum())
-                for b in encode_documents(records, tok, variant=variant, num_threads=threads)
+                for b in encode_documents(records, tok, variant=variant,
+                                          templates=TEXT["templates"], seed=TEXT["seed"],
+                                          batch_size=BATCH, num_threads=threads)
             )
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             print(
@@ -128,7 +132,8 @@ def main() -> None:
     print(f"text: {len(stories)} {source} stories, {mb:.1f} MB")
 
     start = time.perf_counter()
-    model = train_tokenizer(stories, vocab_size=args.vocab)
+    model = TokenizerConfig.from_params(conf("ingest")["tokenizer"] | {"vocab_size": args.vocab}
+                                        ).train(stories)
     print(f"train_tokenizer bpe vocab {args.vocab}: {time.perf_counter() - start:.1f} s (1 thread)")
     for variant in ("forward", "reversed"):
         texts = stories if variant == "forward" else [reverse_words(s) for s in stories]

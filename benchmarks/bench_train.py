@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from corpus import preset_model
 from machine import cpu_model as cpu_name
 
 from backstory.data.token_store import TokenStore
@@ -87,8 +88,9 @@ def random_store(path: Path, vocab: int, n_tokens: int, seed: int = 0) -> TokenS
 
 
 def cases(args: argparse.Namespace) -> list[Case]:
-    small = ModelConfig(vocab_size=4096, dim=128, n_layers=4, n_heads=4, max_seq_len=128)
-    m15 = ModelConfig(vocab_size=4096, dim=288, n_layers=6, n_heads=6, max_seq_len=256)
+    # The small preset at context 128 without grouped-query attention, as first measured.
+    small = preset_model("small", 4096, n_kv_heads=None, max_seq_len=128)
+    m15 = preset_model("stories15m", 4096)
     want_cuda = args.device in ("auto", "cuda") and torch.cuda.is_available()
     found = []
     if args.device in ("auto", "cpu"):

@@ -16,16 +16,19 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
 
 from backstory import experiment, variants
 from backstory.data.corpus import clean, storyworld
+from backstory.data.corpus.splits import SplitRule
 from backstory.data.documents import encode_documents
 from backstory.data.token_store import TokenStore
 from backstory.data.token_writer import write_token_store
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokenizer import Tokenizer, TokenizerConfig
+from backstory.lm.model import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf" / "base"
@@ -57,6 +60,15 @@ def lm_block(variant: str, preset: str = "small") -> dict:
     return block
 
 
+def preset_model(preset: str, vocab_size: int, **changes: Any) -> ModelConfig:
+    """The model of ``preset`` as conf/base declares it (its merged run settings), with a
+    benchmark's own ``changes`` (e.g. a longer context)."""
+    return ModelConfig(vocab_size=vocab_size, **(lm_block("forward", preset)["model"] | changes))
+
+
+PRESET_HELP = "model shape: a preset of conf/base/parameters_runs.yml"
+
+
 def default_stores(cache: Path) -> tuple[dict[str, Stores], Tokenizer]:
     """Forward and reversed train/val stores of the default run's corpus (built if absent)."""
     ingest = conf("ingest")
@@ -85,15 +97,12 @@ def _build(folder: Path, settings: dict, paths: dict, tokenizer_path: Path) -> N
     plan = storyworld.shard_plan(int(corpus["n_stories"]), int(corpus["shard_size"]))
     for name, first, stop in sorted(plan):  # the pipeline reads shards in name order
         result = clean.clean_file(name, storyworld.shard_bytes(int(corpus["seed"]), first, stop),
-                                  on_bad_record="raise",
-                                  val_fraction=float(split["val_fraction"]))
+                                  on_bad_record="raise", split=SplitRule.from_params(split))
         summaries.append(result.summary())
         records += pd.DataFrame(clean.to_columns(result.records)).to_dict("records")
     report = clean.merge_reports(summaries)
-    tok = settings["tokenizer"]
-    model = train_tokenizer((r["story"] for r in records if r["split"] == "train"),
-                            vocab_size=int(tok["vocab_size"]), model_type=tok["model_type"],
-                            max_sentences=int(tok["max_sentences"]))
+    model = TokenizerConfig.from_params(settings["tokenizer"]).train(
+        r["story"] for r in records if r["split"] == "train")
     tokenizer = Tokenizer.from_bytes(model)
     folder.mkdir(parents=True, exist_ok=True)
     for variant in VARIANTS:

@@ -14,8 +14,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 # its outputs: a whole-project run is the expensive part of the suite.
 
 TINY_COMPARE = {
-    "compare": {"n_stories": 2, "max_new_tokens": 16, "n_boot": 200,
-                "generate_batch_size": 2, "batch_size": 8},
+    "compare": {"n_stories": 2, "n_boot": 200, "generate_batch_size": 2, "batch_size": 8},
 }
 
 

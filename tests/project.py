@@ -101,3 +101,39 @@ def real_excerpt(name: str):
         pytest.skip(f"real TinyStories excerpts are not at {REAL_DATA} (../shared is absent)",
                     allow_module_level=True)
     return json.loads(path.read_text())
+
+
+def model_config(**shape):
+    """A ``ModelConfig`` of ``shape``, its other settings from conf/base's run_defaults.model."""
+    from backstory.lm.model import ModelConfig
+
+    return ModelConfig(**{**load_defaults("model"), **shape})
+
+
+def trained_tokenizer(texts, **settings) -> bytes:
+    """``train_tokenizer`` with conf/base's tokenizer settings but for ``settings``."""
+    from backstory.data.tokenizer import train_tokenizer
+
+    conf = yaml.safe_load((REPO / "conf/base/parameters_ingest.yml").read_text())["tokenizer"]
+    return train_tokenizer(texts, **{**conf, **settings})
+
+
+def text_defaults() -> dict:
+    """conf/base's ``text.defaults``, as ``encode_documents`` and ``StoryDocuments`` take
+    them (``workers`` is the export's, not theirs)."""
+    data = yaml.safe_load((REPO / "conf/base/parameters_runs.yml").read_text())
+    return {k: v for k, v in data["text"]["defaults"].items() if k != "workers"}
+
+
+def encoded(records, tokenizer, **settings):
+    """``encode_documents`` with conf/base's text settings but for ``settings``."""
+    from backstory.data.documents import encode_documents
+
+    return encode_documents(records, tokenizer, **{**text_defaults(), **settings})
+
+
+def story_documents(stories, split, tokenizer, **settings):
+    """``StoryDocuments`` with conf/base's text settings but for ``settings``."""
+    from backstory.data.documents import StoryDocuments
+
+    return StoryDocuments(stories, split, tokenizer, **{**text_defaults(), **settings})

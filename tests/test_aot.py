@@ -10,8 +10,15 @@ import pytest
 import yaml
 
 from backstory.experiment import run_settings
-from backstory.lm.model import ModelConfig, Transformer
-from tests.project import REPO, TINY_INGEST, deep_update, make_project, tiny_run_params
+from backstory.lm.model import Transformer
+from tests.project import (
+    REPO,
+    TINY_INGEST,
+    deep_update,
+    make_project,
+    model_config,
+    tiny_run_params,
+)
 
 
 def rerun_script():
@@ -52,7 +59,7 @@ def test_aot_converged_doubles_wsd_runs_of_five_seeds_at_three_sizes_and_a_contr
         assert train["schedule"] == "wsd" and train["batch_size"] == 16
     base = script.lengths(parameters, experiment)
     assert set(base) == sizes and len(set(base.values())) == 1  # equal tokens at every size
-    counts = {size: Transformer(ModelConfig(vocab_size=2048, **run_settings(
+    counts = {size: Transformer(model_config(vocab_size=2048, **run_settings(
         parameters, next(r for r in runs if r.size == size))["model"])).num_parameters()
         for size in sizes}
     assert counts == {"micro": 114_976, "tiny": 328_256, "small": 1_000_576}
@@ -107,8 +114,7 @@ def test_a_tiny_aot_rerun_reports_every_size_over_seeds(tmp_path, capsys):
                                                "parameters_runs.yml": tiny,
                                                "parameters_compare.yml": {"compare": {
                                                    "n_boot": 50, "n_stories": 2,
-                                                   "generate_batch_size": 2,
-                                                   "max_new_tokens": 16}}})
+                                                   "generate_batch_size": 2}}})
     aot = root / "conf/aot/parameters_runs.yml"
     data = yaml.safe_load(aot.read_text())
     data["experiment"]["main"].update(presets=["small", "tiny"], seeds=[1, 2])

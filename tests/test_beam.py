@@ -10,7 +10,8 @@ import torch
 
 from backstory.lm.beam import Hypothesis, beam_search, best_reachable_score
 from backstory.lm.generate import generate
-from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.model import Transformer
+from tests.project import model_config
 
 VOCAB, STOP, LENGTH = 6, 2, 4
 PROMPT = [1, 3]
@@ -19,7 +20,7 @@ PROMPT = [1, 3]
 @pytest.fixture(scope="module")
 def model() -> Transformer:
     torch.manual_seed(3)
-    net = Transformer(ModelConfig(vocab_size=VOCAB, dim=16, n_layers=2, n_heads=2,
+    net = Transformer(model_config(vocab_size=VOCAB, dim=16, n_layers=2, n_heads=2,
                                   n_kv_heads=1, max_seq_len=16))
     with torch.no_grad():  # spread the logits so that scores do not tie
         for param in net.parameters():

@@ -37,8 +37,9 @@ from backstory.lm.checkpoint import (
     verify_checkpoint,
 )
 from backstory.lm.model import MAX_SEQ_LEN, ModelConfig, Transformer
+from tests.project import model_config
 
-CONFIG = ModelConfig(vocab_size=40, dim=16, n_layers=2, n_heads=2, max_seq_len=16)
+CONFIG = model_config(vocab_size=40, dim=16, n_layers=2, n_heads=2, max_seq_len=16)
 
 
 def tiny_model(seed: int = 0) -> Transformer:
@@ -485,7 +486,7 @@ def test_vocabulary_mismatch_in_model_json_is_refused_before_allocation(
     assert constructions == ["meta"]  # compared on the meta device, nothing allocated
     # An in-memory model with the same mismatch (evaluate, compare) is refused alike.
     model = trained()
-    mismatched = TrainedModel(ModelConfig(**{**CONFIG.to_dict(), "vocab_size": 900_000}),
+    mismatched = TrainedModel(model_config(**{**CONFIG.to_dict(), "vocab_size": 900_000}),
                               model.state_dict, model.meta)
     with pytest.raises(CheckpointError, match="do not fit"):
         ckpt.build_model(mismatched, source="evaluation")

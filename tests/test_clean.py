@@ -34,8 +34,8 @@ def synthetic_stories(n: int, offset: int = 0) -> list[str]:
     return [f"Story number {i}. A dog named Rex ran {i % 7} times." for i in range(offset, n)]
 
 
-SKIP = {"on_bad_record": "skip", "val_fraction": 0.1}
-RAISE = {"on_bad_record": "raise", "val_fraction": 0.1}
+SKIP = {"on_bad_record": "skip", "split": SplitRule("hash", 0.1)}
+RAISE = {"on_bad_record": "raise", "split": SplitRule("hash", 0.1)}
 
 
 MIXED = [
@@ -191,7 +191,7 @@ def test_split_rule_checks_the_files_it_needs() -> None:
 
 def test_unknown_policy_names_the_setting() -> None:
     with pytest.raises(ValueError, match=r"ingest\.on_bad_record"):
-        clean_file("data00.json", shard([record("a")]), on_bad_record="ignore", val_fraction=0.1)
+        clean_file("data00.json", shard([record("a")]), **{**RAISE, "on_bad_record": "ignore"})
 
 
 @pytest.mark.parametrize("fraction", [1.0, -0.01, 1.5, True, "0.1", float("nan")])
@@ -199,14 +199,15 @@ def test_bad_val_fraction_names_the_setting(fraction: object) -> None:
     with pytest.raises(ValueError, match=r"split\.val_fraction"):
         split_of("a story", fraction)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"split\.val_fraction"):
-        clean_file("d.json", shard([record("a")]), on_bad_record="raise", val_fraction=fraction)
+        SplitRule("hash", fraction)  # type: ignore[arg-type]
 
 
 def test_same_input_same_digest_and_salt_matters() -> None:
     data = shard([record(s) for s in synthetic_stories(50)])
     first = clean_file("data00.json", data, **RAISE)
     again = clean_file("data00.json", data, **RAISE)
-    salted = clean_file("data00.json", data, **RAISE, split_salt="other-salt")
+    salted = clean_file("data00.json", data, on_bad_record="raise",
+                        split=SplitRule("hash", 0.1, salt="other-salt"))
     assert first.digest == again.digest == records_digest(again.records)
     assert [r["split"] for r in first.records] != [r["split"] for r in salted.records]
     assert salted.digest != first.digest
@@ -251,7 +252,7 @@ def test_summary_and_merge_reports() -> None:
     assert report["skipped_files"] == {"invalid_json": 1}
     assert [row["name"] for row in report["files"]] == ["data00.json", "data01.json", "data02.json"]
     assert json.loads(json.dumps(report)) == report
-    with_split = merge_reports(rows, split=SplitRule().describe(),
+    with_split = merge_reports(rows, split=SplitRule("hash", 0.1).describe(),
                                ignored=[{"name": "notes.md", "reason": "not read"}])
     assert with_split["split"]["strategy"] == "hash"
     assert with_split["files_ignored"] == [{"name": "notes.md", "reason": "not read"}]
@@ -286,4 +287,4 @@ def test_to_columns_matches_the_stories_table() -> None:
 
 def test_split_salt_must_be_text() -> None:
     with pytest.raises(ValueError, match="salt"):
-        clean_file("d.json", shard([record("a")]), **RAISE, split_salt=3)  # type: ignore[arg-type]
+        SplitRule("hash", 0.1, salt=3)  # type: ignore[arg-type]

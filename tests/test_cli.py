@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokenizer import Tokenizer
 from backstory.lm.checkpoint import TrainedModel, save_model
-from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.model import Transformer
 from backstory.tools.cli import main
-from tests.project import make_project
+from tests.project import make_project, model_config, trained_tokenizer
 
 WORDS = ["Tom", "Lily", "ran", "jumped", "with", "the", "dog", "cat", "happy", "end"]
 
@@ -21,13 +21,13 @@ WORDS = ["Tom", "Lily", "ran", "jumped", "with", "the", "dog", "cat", "happy", "
 def tokenizer() -> Tokenizer:
     rng = random.Random(0)
     texts = [" ".join(rng.choice(WORDS) for _ in range(12)) + "." for _ in range(100)]
-    return Tokenizer(train_tokenizer(texts, vocab_size=300))
+    return Tokenizer(trained_tokenizer(texts, vocab_size=300))
 
 
 def save_tiny_model(directory: Path, tokenizer: Tokenizer, variant: str,
                     tokenizer_sha256: str | None = None) -> None:
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=16, n_layers=1, n_heads=2,
+    config = model_config(vocab_size=tokenizer.vocab_size, dim=16, n_layers=1, n_heads=2,
                          max_seq_len=48)
     model = Transformer(config)
     lineage = {"tokenizer_sha256": tokenizer_sha256 or tokenizer.sha256, "variant": variant}
@@ -72,6 +72,39 @@ def test_several_samples_are_numbered_by_seed(project, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "--- sample 1 (seed 4) ---" in out and "--- sample 2 (seed 5) ---" in out
+
+
+def test_sampling_settings_come_from_the_project(tmp_path, tokenizer, capsys):
+    # top_p from the project's run_defaults.evaluate reaches generation: a nucleus this
+    # small keeps only the likeliest token, so sampling at temperature 1 is greedy.
+    root = make_project(tmp_path / "p", {"parameters_runs.yml": {"run_defaults": {
+        "evaluate": {"temperature": 1.0, "top_p": 1e-6}}}})
+    tokenizer_file = root / "data/06_models/tokenizer/tokenizer.model"
+    tokenizer_file.parent.mkdir(parents=True)
+    tokenizer_file.write_bytes(tokenizer.model_bytes)
+    save_tiny_model(root / "data/06_models/forward/small/s1337/model", tokenizer, "forward")
+    args = ["--variant", "forward", "--prompt", "Tom ran", "--num-samples", "4"]
+
+    def stories(*more: str) -> list[str]:
+        assert run(root, *args, *more) == 0
+        return capsys.readouterr().out.split("---")[2::2]
+
+    greedy = stories("--temperature", "0")
+    assert stories() == greedy
+    assert stories("--top-p", "1.0") != greedy  # a flag wins over the project's setting
+
+
+def test_outside_a_project_the_sampling_settings_are_flags(tmp_path, project, capsys,
+                                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model_dir = project / "data/06_models/forward/small/s1337/model"
+    tokenizer_file = project / "data/06_models/tokenizer/tokenizer.model"
+    args = ["generate", "--prompt", "Tom", "--model-dir", str(model_dir), "--tokenizer",
+            str(tokenizer_file), "--max-new-tokens", "4"]
+    assert main([*args, "--temperature", "1"]) == 2
+    assert "is no backstory project to read the sampling settings from; pass --seed" in \
+        capsys.readouterr().err
+    assert main([*args, "--temperature", "1", "--seed", "3"]) == 0
 
 
 def test_missing_model_names_the_command_that_makes_it(tmp_path, capsys):

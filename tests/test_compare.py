@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from backstory.data.corpus.storyworld import generate_record
-from backstory.data.documents import encode_documents
 from backstory.data.text import reverse_words
 from backstory.data.token_store import TokenStore
 from backstory.data.token_writer import write_token_store
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokenizer import Tokenizer
 from backstory.evaluation.compare import score_texts
 from backstory.evaluation.instructions import (
     instruction_checks,
@@ -31,8 +30,9 @@ from backstory.evaluation.stats import (
     asymmetry_delta,
     bootstrap_delta,
 )
-from backstory.lm.model import ModelConfig, Transformer
-from tests.project import REPO
+from backstory.lm.generate import SamplingConfig
+from backstory.lm.model import Transformer
+from tests.project import REPO, encoded, load_defaults, model_config, trained_tokenizer
 
 # ------------------------------------------------------------------------ the delta
 
@@ -62,19 +62,22 @@ def test_bootstrap_interval_covers_the_true_delta_on_synthetic_documents():
     for trial in range(20):
         fw = rng.gamma(20.0, 50.0, size=300)  # bits per document
         bw = fw * ratio * rng.normal(1.0, 0.02, size=300)
-        ci = bootstrap_delta(bw, fw, n_boot=400, seed=trial)
+        ci = bootstrap_delta(bw, fw, n_boot=400, confidence=0.95, seed=trial)
         assert ci["low"] <= ci["delta"] <= ci["high"]
         hits += ci["low"] <= true_delta <= ci["high"]
     assert hits >= 17  # a 95% interval misses about 1 time in 20
+
+
+INTERVAL = {"n_boot": 300, "confidence": 0.95, "seed": 1}
 
 
 def test_bootstrap_is_deterministic_and_narrows_with_more_documents():
     rng = np.random.default_rng(0)
     fw = rng.gamma(20.0, 50.0, size=2000)
     bw = fw * rng.normal(1.01, 0.05, size=2000)
-    small = bootstrap_delta(bw[:100], fw[:100], n_boot=300, seed=1)
-    assert small == bootstrap_delta(bw[:100], fw[:100], n_boot=300, seed=1)
-    large = bootstrap_delta(bw, fw, n_boot=300, seed=1)
+    small = bootstrap_delta(bw[:100], fw[:100], **INTERVAL)
+    assert small == bootstrap_delta(bw[:100], fw[:100], **INTERVAL)
+    large = bootstrap_delta(bw, fw, **INTERVAL)
     assert large["high"] - large["low"] < small["high"] - small["low"]
     assert large["n_docs"] == 2000 and large["n_boot"] == 300
 
@@ -84,7 +87,7 @@ def test_bootstrap_is_deterministic_and_narrows_with_more_documents():
 ])
 def test_bootstrap_rejects_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        bootstrap_delta([1.0, 2.0], [1.0, 2.0], **kwargs)
+        bootstrap_delta([1.0, 2.0], [1.0, 2.0], **(INTERVAL | kwargs))
 
 
 # --------------------------------------------------------------- instruction checks
@@ -156,13 +159,13 @@ def test_storyworld_stories_meet_their_own_requirements():
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> Tokenizer:
     texts = [generate_record(1337, i)["story"] for i in range(60)]
-    model_bytes = train_tokenizer(texts, vocab_size=512, model_type="bpe", max_sentences=1000)
+    model_bytes = trained_tokenizer(texts, vocab_size=512, model_type="bpe", max_sentences=1000)
     return Tokenizer.from_bytes(model_bytes)
 
 
 def _model(tokenizer: Tokenizer) -> Transformer:
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=1, n_heads=2,
+    config = model_config(vocab_size=tokenizer.vocab_size, dim=32, n_layers=1, n_heads=2,
                          n_kv_heads=1, max_seq_len=32, multiple_of=16)
     return Transformer(config).eval()
 
@@ -176,7 +179,7 @@ def test_score_texts_matches_document_bits_of_the_variant_layout(tokenizer, tmp_
     attrs = {"variant": form, "layout": "x", "vocab_size": tokenizer.vocab_size,
              "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id,
              "tokenizer_sha256": tokenizer.sha256, "corpus_fingerprint": "test"}
-    write_token_store(tmp_path / "s.h5", encode_documents(records, tokenizer, variant=form),
+    write_token_store(tmp_path / "s.h5", encoded(records, tokenizer, variant=form),
                       attrs=attrs)
     with TokenStore(tmp_path / "s.h5") as store:
         expected = document_bits(model, store, seq_len=32, batch_size=2)
@@ -188,17 +191,18 @@ def test_score_texts_matches_document_bits_of_the_variant_layout(tokenizer, tmp_
 def test_score_texts_reads_reversed_text_the_reversed_way(tokenizer):
     model = _model(tokenizer)
     text = "Tom had a red ball. He liked to play with it."
-    bits_rev, _ = score_texts(model, tokenizer, [text], variant="reversed")
-    bits_fw, _ = score_texts(model, tokenizer, [reverse_words(text)], variant="forward")
+    bits_rev, _ = score_texts(model, tokenizer, [text], variant="reversed", batch_size=4)
+    bits_fw, _ = score_texts(model, tokenizer, [reverse_words(text)], variant="forward",
+                             batch_size=4)
     np.testing.assert_allclose(bits_rev, bits_fw, rtol=1e-9)
 
 
 def test_score_texts_rejects_empty_texts_and_unknown_forms(tokenizer):
     model = _model(tokenizer)
     with pytest.raises(ValueError, match="text 1 is empty"):
-        score_texts(model, tokenizer, ["A story.", "  "], variant="forward")
+        score_texts(model, tokenizer, ["A story.", "  "], variant="forward", batch_size=4)
     with pytest.raises(ValueError, match="carry an instruction"):
-        score_texts(model, tokenizer, ["A story."], variant="instruct")
+        score_texts(model, tokenizer, ["A story."], variant="instruct", batch_size=4)
 
 
 @pytest.mark.parametrize("variant", ["forward", "reversed"])
@@ -208,14 +212,34 @@ def test_batched_generation_matches_one_story_at_a_time_when_greedy(tokenizer, v
 
     model = _model(tokenizer)
     prompts = ["Tom had a red ball.", "Once upon a time, there was a very little girl.", "Sue"]
+    greedy = SamplingConfig(max_new_tokens=8, temperature=0.0, top_k=None, top_p=None)
     batched = generate_batched(model, tokenizer, prompts, variant=variant, batch_size=2,
-                               max_new_tokens=8, temperature=0.0)
+                               sampling=greedy, seed=0)
     for prompt, sample in zip(prompts, batched, strict=True):
         one = generate_story(model, tokenizer, variant=variant, prompt=prompt,
-                             max_new_tokens=8, temperature=0.0)
+                             **greedy.to_dict())
         assert sample["text"] == one["text"] and sample["prompt"] == prompt
     with pytest.raises(ValueError, match="generate_batch_size"):
-        generate_batched(model, tokenizer, prompts, variant=variant, batch_size=0)
+        generate_batched(model, tokenizer, prompts, variant=variant, batch_size=0,
+                         sampling=greedy, seed=0)
+
+
+def test_the_report_samples_with_the_runs_sampling_settings(tokenizer):
+    # The compare node reads run_defaults.evaluate: its top_p reaches batched sampling (a
+    # nucleus this small keeps only the likeliest token, so temperature 1 is greedy).
+    from backstory.evaluation.compare import generate_batched
+
+    model = _model(tokenizer)
+    prompts = ["Tom had a red ball.", "Sue"]
+    evaluate = load_defaults("evaluate") | {"max_new_tokens": 8, "temperature": 1.0}
+
+    def stories(**settings) -> list[str]:
+        sampling = SamplingConfig.of(evaluate | settings)
+        return [s["text"] for s in generate_batched(model, tokenizer, prompts, variant="forward",
+                                                     batch_size=2, sampling=sampling, seed=3)]
+
+    assert stories(top_p=1e-6) == stories(temperature=0.0)
+    assert stories(top_p=None) != stories(temperature=0.0)
 
 
 # ------------------------------------------------------------- the tiny project run

@@ -21,7 +21,8 @@ from backstory.lm.constraints import (
     pilish_words,
 )
 from backstory.lm.generate import generate
-from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.model import Transformer
+from tests.project import model_config
 from tests.tiny_models import tokenizer
 
 # pi to 50 decimals, 3.14159265358979323846264338327950288419716939937510
@@ -101,7 +102,7 @@ def test_processor_masks_logits_and_rejects_broken_history():
 
 def untrained(vocab_size: int, seed: int) -> Transformer:
     torch.manual_seed(seed)
-    config = ModelConfig(vocab_size=vocab_size, dim=32, n_layers=2, n_heads=2, max_seq_len=256)
+    config = model_config(vocab_size=vocab_size, dim=32, n_layers=2, n_heads=2, max_seq_len=256)
     return Transformer(config).eval()
 
 

@@ -7,7 +7,8 @@ import torch
 
 from backstory.lm.decode import Stepper, compiled_step
 from backstory.lm.generate import generate
-from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.model import Transformer
+from tests.project import model_config
 
 VOCAB = 53
 PROMPTS = [[1, 5, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9], [1], [1, 40, 41, 42, 43]]
@@ -28,7 +29,7 @@ def make_model(**overrides) -> Transformer:
     torch.manual_seed(0)
     settings = dict(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
                     max_seq_len=40)
-    model = Transformer(ModelConfig(**{**settings, **overrides})).eval()
+    model = Transformer(model_config(**{**settings, **overrides})).eval()
     with torch.no_grad():
         for param in model.parameters():
             if param.dim() == 2:

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from backstory import variants
-from backstory.data.documents import encode_documents, variant_text
+from backstory.data.documents import variant_text
 from backstory.data.text import DEFAULT_TEMPLATES, choose_template, reverse_words
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokenizer import Tokenizer
+from tests.project import encoded, trained_tokenizer
 
 VARIANTS = ("forward", "reversed", "instruct")  # the variants with documents of their own
 
@@ -45,7 +46,7 @@ def records() -> list[dict]:
 @pytest.fixture(scope="module")
 def tok(records) -> Tokenizer:
     texts = [r["story"] for r in records] + [reverse_words(r["story"]) for r in records]
-    return Tokenizer.from_bytes(train_tokenizer(texts, vocab_size=320))
+    return Tokenizer.from_bytes(trained_tokenizer(texts, vocab_size=320))
 
 
 def split_docs(batch):
@@ -54,7 +55,7 @@ def split_docs(batch):
 
 
 def collect(records, tok, **kwargs):
-    batches = list(encode_documents(records, tok, **kwargs))
+    batches = list(encoded(records, tok, **kwargs))
     docs = [d for b in batches for d in split_docs(b)]
     spans = np.concatenate([b.story_spans for b in batches])
     nbytes = np.concatenate([b.doc_bytes for b in batches])
@@ -97,7 +98,7 @@ def test_instruct_layout(records, tok):
 
 def test_same_inputs_same_tokens_whatever_batching(records, tok):
     def tokens(**kw):
-        return np.concatenate([b.tokens for b in encode_documents(records, tok, **kw)])
+        return np.concatenate([b.tokens for b in encoded(records, tok, **kw)])
 
     one = tokens(variant="instruct", batch_size=1, num_threads=1)
     assert np.array_equal(one, tokens(variant="instruct", batch_size=64, num_threads=2))
@@ -107,27 +108,27 @@ def test_same_inputs_same_tokens_whatever_batching(records, tok):
 def test_numpy_list_columns_are_accepted(records, tok):
     as_parquet = [dict(r, words=np.array(r["words"]), features=np.array(r["features"]))
                   for r in records]
-    a = next(encode_documents(as_parquet, tok, variant="instruct"))
-    b = next(encode_documents(records, tok, variant="instruct"))
+    a = next(encoded(as_parquet, tok, variant="instruct"))
+    b = next(encoded(records, tok, variant="instruct"))
     assert np.array_equal(a.tokens, b.tokens)
 
 
 def test_errors_name_the_record_or_the_variants(records, tok):
     with pytest.raises(ValueError, match="'forward''s token stores"):
-        next(encode_documents(records, tok, variant="backward"))
+        next(encoded(records, tok, variant="backward"))
     with pytest.raises(ValueError, match="registered variants: forward, reversed, instruct"):
-        next(encode_documents(records, tok, variant="sideways"))
+        next(encoded(records, tok, variant="sideways"))
     bare = dict(records[2], summary="", words=[], features=[], shard="data09.json", record=4)
     with pytest.raises(ValueError, match="data09.json:4"):
-        list(encode_documents([bare], tok, variant="instruct"))
+        list(encoded([bare], tok, variant="instruct"))
     with pytest.raises(ValueError, match="data09.json:4: empty story"):
-        list(encode_documents([dict(bare, story="")], tok, variant="forward"))
+        list(encoded([dict(bare, story="")], tok, variant="forward"))
     with pytest.raises(ValueError, match="batch_size"):
-        next(encode_documents(records, tok, variant="forward", batch_size=0))
+        next(encoded(records, tok, variant="forward", batch_size=0))
 
 
 def test_layout_names():
     assert [variants.get(v).layout for v in VARIANTS] == [
         "bos+story", "bos+reversed_story", "prompt+bos+story+eos"
     ]
-    assert list(encode_documents([], None, variant="forward")) == []
+    assert list(encoded([], None, variant="forward")) == []

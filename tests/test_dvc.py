@@ -29,17 +29,23 @@ from backstory.data.token_store import TokenStore
 from backstory.data.tokenizer import Tokenizer
 from backstory.evaluation.lineage import LineageError
 from backstory.lm.checkpoint import load_trained
-from backstory.lm.model import ModelConfig
 from backstory.lm.training import LIVE_DIR, TrainConfig, train
 from backstory.pipeline_registry import build_pipelines
 from backstory.pipelines.run.evaluate_nodes import evaluate
 from backstory.tools import dvc_stages
-from tests.project import REPO, TINY_INGEST, deep_update, make_project, tiny_run_params
+from tests.project import (
+    REPO,
+    TINY_INGEST,
+    deep_update,
+    make_project,
+    model_config,
+    tiny_run_params,
+)
 
 ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"}
 RUNS_FILE = "conf/base/parameters_runs.yml"
 # Cross-run comparison settings that keep it to seconds on CPU.
-TINY_COMPARE = {"n_boot": 50, "n_stories": 2, "generate_batch_size": 2, "max_new_tokens": 16}
+TINY_COMPARE = {"n_boot": 50, "n_stories": 2, "generate_batch_size": 2}
 
 
 def raw_params(root: Path = REPO) -> dict:
@@ -628,7 +634,7 @@ def test_killed_repro_resumes_training_and_ends_as_an_uninterrupted_run(tmp_path
     settings = experiment.run_settings(raw, experiment.declared(raw).run("forward.small.s1337"))
     with (TokenStore(root / "data/05_model_input/forward/train.h5") as train_store,
           TokenStore(root / "data/05_model_input/forward/val.h5") as val_store):
-        clean = train(ModelConfig(vocab_size=train_store.vocab_size, **settings["model"]),
+        clean = train(model_config(vocab_size=train_store.vocab_size, **settings["model"]),
                       TrainConfig.from_params(settings["train"]), train_store, val_store,
                       tmp_path / "clean", lineage=final.meta["lineage"], progress=False)
     assert final.state_dict.keys() == clean.state_dict.keys()

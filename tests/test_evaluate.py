@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from backstory import variants
-from backstory.data.documents import encode_documents, record_key
+from backstory.data.documents import record_key
 from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
 from backstory.data.token_store import TokenStore
 from backstory.data.token_writer import DocBatch, write_token_store
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokenizer import Tokenizer
 from backstory.errors import InputError
 from backstory.evaluation.evaluate import (
     EvaluateConfig,
@@ -47,8 +47,11 @@ from backstory.evaluation.sampling import (
     samples_markdown,
 )
 from backstory.lm.checkpoint import TrainedModel
-from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.generate import SamplingConfig
+from backstory.lm.model import Transformer
+from tests.project import encoded, load_defaults, model_config, trained_tokenizer
 
+GREEDY = {"max_new_tokens": 4, "temperature": 0}
 EVAL_CONFIG = EvaluateConfig(batch_size=4, n_stories=12, curve_stories=4, n_samples=1,
                              max_new_tokens=4, temperature=0.8, top_k=None, top_p=None, seed=0,
                              device="cpu")
@@ -82,7 +85,7 @@ def make_records(n: int, seed: int) -> list[dict]:
 def tokenizer() -> Tokenizer:
     texts = [r["story"] for r in make_records(200, seed=1)]
     texts += [reverse_words(t) for t in texts] + ["Write a short story about the end."]
-    return Tokenizer(train_tokenizer(texts, vocab_size=VOCAB))
+    return Tokenizer(trained_tokenizer(texts, vocab_size=VOCAB))
 
 
 def store_attrs(tokenizer: Tokenizer, variant: str, **overrides: object) -> dict:
@@ -100,7 +103,7 @@ def store_attrs(tokenizer: Tokenizer, variant: str, **overrides: object) -> dict
 
 def write_store(path: Path, tokenizer: Tokenizer, records: list[dict], variant: str
                 ) -> TokenStore:
-    batches = encode_documents(records, tokenizer, variant=variant, batch_size=3, num_threads=1)
+    batches = encoded(records, tokenizer, variant=variant, batch_size=3, num_threads=1)
     write_token_store(path, batches, attrs=store_attrs(tokenizer, variant))
     return TokenStore(path)
 
@@ -125,7 +128,7 @@ def train_store(tmp_path_factory, tokenizer: Tokenizer) -> TokenStore:
 
 def tiny_transformer(vocab: int = VOCAB, max_seq_len: int = 64, seed: int = 0) -> Transformer:
     torch.manual_seed(seed)
-    config = ModelConfig(vocab_size=vocab, dim=16, n_layers=1, n_heads=2, n_kv_heads=1,
+    config = model_config(vocab_size=vocab, dim=16, n_layers=1, n_heads=2, n_kv_heads=1,
                          max_seq_len=max_seq_len)
     return Transformer(config).eval()
 
@@ -301,7 +304,7 @@ def test_story_at_the_very_first_token_is_not_silently_dropped(tmp_path, tokeniz
 def test_document_bits_sum_to_the_stream_story_bits(stores, token_order):
     store, model = stores["forward"], BigramModel(seed=2)
     stream = evaluate_loss(model, store, seq_len=16, batch_size=4, token_order=token_order)
-    bits = document_bits(model, store, seq_len=64, token_order=token_order)
+    bits = document_bits(model, store, seq_len=64, batch_size=4, token_order=token_order)
     assert bits.shape == (store.n_docs,)
     assert bits.sum() == pytest.approx(stream["val_bpb"] * stream["n_bytes"], rel=1e-6)
 
@@ -310,7 +313,7 @@ def test_document_bits_sum_to_the_stream_story_bits(stores, token_order):
 def test_long_documents_are_chunked_without_scoring_twice(stores, seq_len, stride):
     store, model = stores["instruct"], BigramModel(seed=3)
     docs = [0, 1, 5]  # instruct documents: 40-100 tokens each
-    whole = document_bits(model, store, seq_len=64, docs=docs)
+    whole = document_bits(model, store, seq_len=64, batch_size=4, docs=docs)
     chunked = document_bits(model, store, seq_len=seq_len, stride=stride, batch_size=8, docs=docs)
     np.testing.assert_allclose(chunked, whole, rtol=1e-6)
     assert (whole > 0).all()
@@ -332,11 +335,11 @@ def test_document_bits_of_a_real_model_match_each_document_alone(stores):
 def test_document_bits_reject_bad_requests(stores):
     store, model = stores["forward"], BigramModel()
     with pytest.raises(ValueError, match="out of range"):
-        document_bits(model, store, seq_len=16, docs=[0, store.n_docs])
+        document_bits(model, store, seq_len=16, batch_size=4, docs=[0, store.n_docs])
     with pytest.raises(ValueError, match="more than once"):
-        document_bits(model, store, seq_len=16, docs=[1, 1])
+        document_bits(model, store, seq_len=16, batch_size=4, docs=[1, 1])
     with pytest.raises(ValueError, match="stride=17 must be <= seq_len=16"):
-        document_bits(model, store, seq_len=16, stride=17)
+        document_bits(model, store, seq_len=16, batch_size=4, stride=17)
 
 
 # --------------------------------------------------------------------- unigram baseline
@@ -463,44 +466,47 @@ def test_budget_runs_out_without_a_stop_and_is_capped_by_the_context(tokenizer):
     assert sample["text"] == tokenizer.decode(prompt + story[:10])
     with pytest.raises(ValueError, match="leaves no room"):
         generate_story(ScriptedModel(prompt, max_seq_len=len(prompt)), tokenizer,
-                       variant="forward", prompt="Tom ran.", max_new_tokens=5)
+                       variant="forward", prompt="Tom ran.", max_new_tokens=5, temperature=0)
 
 
 def test_generate_story_rejects_bad_settings(tokenizer):
     model = tiny_transformer()
     with pytest.raises(ValueError, match="registered variants: forward, reversed"):
-        generate_story(model, tokenizer, variant="sideways", prompt="x")
+        generate_story(model, tokenizer, variant="sideways", prompt="x", **GREEDY)
     with pytest.raises(ValueError, match="temperature"):
-        generate_story(model, tokenizer, variant="forward", prompt="x", temperature=-1)
+        generate_story(model, tokenizer, variant="forward", prompt="x", max_new_tokens=4,
+                       temperature=-1)
     with pytest.raises(ValueError, match="needs a non-empty prompt"):
-        generate_story(model, tokenizer, variant="reversed", prompt="  ")
+        generate_story(model, tokenizer, variant="reversed", prompt="  ", **GREEDY)
 
 
 def test_prompts_come_from_the_store_in_normal_reading_order(stores, tokenizer, records):
-    forward = sample_prompts(stores["forward"], tokenizer, variant="forward", n=3)
+    forward = sample_prompts(stores["forward"], tokenizer, variant="forward", n=3, seed=0)
     assert forward == [opening_prompt(r["story"]) for r in records[:3]]
-    reversed_ = sample_prompts(stores["reversed"], tokenizer, variant="reversed", n=3)
+    reversed_ = sample_prompts(stores["reversed"], tokenizer, variant="reversed", n=3, seed=0)
     assert reversed_ == [ending_prompt(r["story"]) for r in records[:3]]
     assert all(r["story"].endswith(p) for r, p in zip(records, reversed_, strict=False))
-    instruct = sample_prompts(stores["instruct"], tokenizer, variant="instruct", n=3)
+    instruct = sample_prompts(stores["instruct"], tokenizer, variant="instruct", n=3, seed=0)
     assert instruct == [
         record_instruction(r["summary"], r["words"], r["features"], templates=DEFAULT_TEMPLATES,
                            seed=0, key=record_key(r))
         for r in records[:3]
     ]
     with pytest.raises(ValueError, match="reads 'reversed' documents"):
-        sample_prompts(stores["forward"], tokenizer, variant="reversed", n=1)
+        sample_prompts(stores["forward"], tokenizer, variant="reversed", n=1, seed=0)
 
 
 def test_prompts_too_long_for_the_context_are_passed_over(stores, tokenizer):
     store = stores["instruct"]
-    every = sample_prompts(store, tokenizer, variant="instruct", n=store.n_docs)
+    every = sample_prompts(store, tokenizer, variant="instruct", n=store.n_docs, seed=0)
     lengths = [len(prompt_ids(tokenizer, "instruct", p)) for p in every]
     limit = sorted(lengths)[2]  # only the three shortest fit
-    short = sample_prompts(store, tokenizer, variant="instruct", n=5, max_prompt_tokens=limit)
+    short = sample_prompts(store, tokenizer, variant="instruct", n=5, max_prompt_tokens=limit,
+                           seed=0)
     assert short == [p for p, n in zip(every, lengths, strict=True) if n <= limit]
     model = tiny_transformer(max_seq_len=limit + 4)
-    samples = make_samples(model, tokenizer, store, variant="instruct", n=2, max_new_tokens=4)
+    samples = make_samples(model, tokenizer, store, variant="instruct", n=2,
+                           sampling=SamplingConfig(**GREEDY, top_k=None, top_p=None), seed=0)
     assert [s["prompt"] for s in samples] == short[:2]
 
 
@@ -515,7 +521,8 @@ def test_prompt_helpers():
 
 def test_make_samples_from_records_is_deterministic(tokenizer, records):
     model = tiny_transformer()
-    kwargs = dict(variant="forward", n=3, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=5)
+    sampling = SamplingConfig(max_new_tokens=8, temperature=1.0, top_k=None, top_p=0.9)
+    kwargs = dict(variant="forward", n=3, sampling=sampling, seed=5)
     first = make_samples(model, tokenizer, records, **kwargs)
     assert first == make_samples(model, tokenizer, records, **kwargs)
     assert [s["seed"] for s in first] == [5, 6, 7]
@@ -523,6 +530,21 @@ def test_make_samples_from_records_is_deterministic(tokenizer, records):
     assert {"variant", "mode", "prompt", "text", "n_new_tokens", "stopped"} <= set(first[0])
     report = samples_markdown(first)
     assert report.startswith("# Samples") and all(s["prompt"] in report for s in first)
+
+
+def test_a_runs_samples_use_its_evaluate_top_p(tokenizer, records):
+    # top_p in a run's evaluate settings reaches sampling: a nucleus this small keeps only
+    # the likeliest token, so sampling at temperature 1 gives the greedy stories.
+    model = tiny_transformer()
+    settings = load_defaults("evaluate") | {"max_new_tokens": 8, "temperature": 1.0}
+
+    def texts(**changes) -> list[str]:
+        config = EvaluateConfig.from_params(settings | changes)
+        return [s["text"] for s in make_samples(model, tokenizer, records, variant="forward",
+                                                n=3, sampling=config.sampling, seed=config.seed)]
+
+    assert texts(top_p=1e-6) == texts(temperature=0)
+    assert texts(top_p=None) != texts(temperature=0)
 
 
 # --------------------------------------------------------------- the pipeline's evaluation
@@ -588,8 +610,9 @@ def test_a_store_of_other_stories_is_refused(records, stores):
 def test_document_scores_count_every_target_once(stores, token_order):
     store, model = stores["instruct"], BigramModel(seed=4)
     docs = [0, 3, 7]
-    whole = document_scores(model, store, seq_len=64, docs=docs, token_order=token_order)
-    chunked = document_scores(model, store, seq_len=9, stride=4, docs=docs,
+    whole = document_scores(model, store, seq_len=64, batch_size=4, docs=docs,
+                            token_order=token_order)
+    chunked = document_scores(model, store, seq_len=9, batch_size=4, stride=4, docs=docs,
                               token_order=token_order)
     lengths = np.diff(store.doc_offsets)[docs]
     # Forward: every token but the document's first; backward: every token (the first is

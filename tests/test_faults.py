@@ -28,7 +28,6 @@ from backstory.data.corpus.sources import CorpusConfig, plan_corpus
 from backstory.data.files import file_sha256
 from backstory.data.token_store import TokenStore
 from backstory.data.token_writer import DocBatch, TokenStream
-from backstory.data.tokenizer import train_tokenizer
 from backstory.datasets.token_store_dataset import TokenStoreDataset
 from backstory.datasets.tokenizer_dataset import SentencePieceDataset
 from backstory.errors import SettingError, user_error_in
@@ -38,7 +37,7 @@ from backstory.lm.checkpoint import save_model
 from backstory.locks import LockedError
 from backstory.params import build
 from backstory.tools.cli import main
-from tests.project import TINY_INGEST, make_project, tiny_run_params
+from tests.project import TINY_INGEST, make_project, tiny_run_params, trained_tokenizer
 from tests.tiny_models import REPO, peaked_model, project_models, tokenizer
 from tests.tiny_models import stories as tiny_stories
 
@@ -394,12 +393,12 @@ def test_a_local_corpus_folder_that_does_not_exist_is_a_setting_error(tmp_path):
     config = build(CorpusConfig, {**load_conf_parameters()["corpus"], "source": "local",
                                   "path": str(tmp_path / "nowhere")}, "corpus")
     with pytest.raises(SettingError, match=r"corpus.path=.*nowhere' does not exist"):
-        plan_corpus(config)
+        plan_corpus(config, workers=1)
 
 
 def test_a_vocabulary_too_small_for_the_text_is_a_setting_error():
     with pytest.raises(SettingError, match="tokenizer.vocab_size=5 does not fit"):
-        train_tokenizer(list(tiny_stories()), vocab_size=5, model_type="bpe")
+        trained_tokenizer(list(tiny_stories()), vocab_size=5, model_type="bpe")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "header length"])

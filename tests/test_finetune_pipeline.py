@@ -83,7 +83,7 @@ def test_the_instruct_ft_env_adds_instruct_ft_beside_the_default_runs():
      r"external\.x\.variant: unknown variant 'sideways'"),
     ({"external": {"x": {"source": "a.bin", "tokenizer": "t.model", "variant": "forward",
                          "dtype": "bf16"}}},
-     r"unknown key external\.x\.dtype"),
+     r"unknown external\.x key dtype"),
     ({"external": {"x": {"source": "a.bin", "tokenizer": "t.model", "variant": "forward"},
                    "y": {"source": "b.bin", "tokenizer": "t.model", "variant": "forward"}}},
      r"external\.y and external\.x both state variant forward"),

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from backstory.lm.generate import generate, sample_logits
-from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.model import Transformer
+from tests.project import model_config
 
 VOCAB = 53
 PROMPTS = [[1, 5, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9], [1], [1, 40, 41, 42, 43]]
@@ -21,7 +22,7 @@ def make_model(n_kv_heads: int | None = 2, seed: int = 0, max_seq_len: int = 48)
     token; wider random weights give varied continuations, so equality tests bite.
     """
     torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads,
+    cfg = model_config(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads,
                       max_seq_len=max_seq_len)
     model = Transformer(cfg).eval()
     with torch.no_grad():

@@ -146,7 +146,7 @@ KILLED_BUILD = textwrap.dedent("""
     from backstory.data.corpus.splits import SplitRule
     from backstory.data.corpus.story_table import CleanPlan, CleanSettings, build_story_table
     raw = load_raw_corpus(sys.argv[1])
-    settings = CleanSettings("raise", SplitRule("hash", 0.2))
+    settings = CleanSettings("raise", SplitRule("hash", 0.2), None)
     build_story_table(sys.argv[2], CleanPlan(raw, settings, workers=1))
 """)
 
@@ -293,7 +293,7 @@ def test_a_second_ingest_fails_at_once_naming_the_first(tmp_path) -> None:
                 build(tmp_path / "stories", raw)
             assert time.monotonic() - started < 5
     with FolderLock(raw.folder, "a test run"), pytest.raises(LockedError):
-        write_raw_corpus(raw.folder, plan_corpus(local_config(tmp_path / "raw-src")))
+        write_raw_corpus(raw.folder, plan_corpus(local_config(tmp_path / "raw-src"), workers=1))
     build(tmp_path / "stories", raw)  # the lock dies with its holder
 
 
@@ -308,7 +308,7 @@ def test_every_local_entry_is_read_or_listed_as_ignored(tmp_path) -> None:
     (source / "stories.TXT").write_bytes(text_bytes(STORIES[:2]))
     (source / "notes.md").write_text("notes")
     (source / ".hidden.json").write_bytes(shard_bytes(1, 2))
-    raw = write_raw_corpus(tmp_path / "raw", plan_corpus(local_config(source)))
+    raw = write_raw_corpus(tmp_path / "raw", plan_corpus(local_config(source), workers=1))
     table = build(tmp_path / "stories", raw)
     report = table.report
     assert [row["name"] for row in report["files"]] == ["DATA00.JSON", "stories.TXT"]
@@ -324,7 +324,7 @@ def test_case_only_different_names_are_refused(tmp_path) -> None:
     (source / "data00.json").write_bytes(shard_bytes(1, 0))
     (source / "DATA00.json").write_bytes(shard_bytes(1, 1))
     with pytest.raises(RawCorpusError, match="case-insensitive"):
-        write_raw_corpus(tmp_path / "raw", plan_corpus(local_config(source)))
+        write_raw_corpus(tmp_path / "raw", plan_corpus(local_config(source), workers=1))
 
 
 # ---------------------------------------------------------------- splits and limits
@@ -400,7 +400,7 @@ def test_raw_corpus_keeps_unchanged_files_and_removes_strays(tmp_path) -> None:
     assert {f.name: (folder / f.name).stat().st_mtime_ns for f in again.files} == stamps
     assert not (folder / "stray.json").exists()
     reseeded = CorpusConfig("storyworld", 20, 8, 10, "all_data", DEFAULT_HUB, "", None, None)
-    third = write_raw_corpus(folder, plan_corpus(reseeded))
+    third = write_raw_corpus(folder, plan_corpus(reseeded, workers=1))
     assert [f.name for f in third.files] == ["data00.json", "data01.json"]
     assert third.files[0].sha256 != first.files[0].sha256
     manifest = json.loads((folder / RAW_MANIFEST).read_text())

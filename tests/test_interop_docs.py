@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 
 import pandas as pd
 
@@ -40,6 +41,7 @@ def test_measuring_an_external_model_as_documented(tmp_path, monkeypatch, capsys
     save_model(tmp_path / "data/06_models/forward/small/s1337/model", peaked_model(tok, scale=1.0))
     (tmp_path / "data/06_models/tokenizer").mkdir(parents=True)
     (tmp_path / "data/06_models/tokenizer/tokenizer.model").write_bytes(tok.model_bytes)
+    shutil.copytree(REPO / "conf", tmp_path / "conf")  # the project folder's settings
     monkeypatch.chdir(tmp_path)
     exec(compile(documented_snippet(), "docs/interop.md", "exec"), {"__name__": "docs"})
     # Only the snippet's own lines: logging set up by other tests may print too.

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from backstory.errors import SettingError
+from backstory.experiment import project_preset
 from backstory.lm.families import FAMILIES, new_model
 from backstory.lm.losses import chunked_cross_entropy
 from backstory.lm.model import (
@@ -20,13 +21,14 @@ from backstory.lm.model import (
     apply_rope,
     rope_tables,
 )
+from tests.project import REPO, model_config
 
 TINY = dict(vocab_size=61, dim=32, n_layers=2, n_heads=4, max_seq_len=48)
 
 
 def make_model(seed: int = 0, **overrides) -> Transformer:
     torch.manual_seed(seed)
-    return Transformer(ModelConfig(**{**TINY, **overrides})).eval()
+    return Transformer(model_config(**{**TINY, **overrides})).eval()
 
 
 def random_tokens(shape: tuple[int, ...], vocab: int = TINY["vocab_size"], seed: int = 1
@@ -37,8 +39,9 @@ def random_tokens(shape: tuple[int, ...], vocab: int = TINY["vocab_size"], seed:
 # ---------------------------------------------------------------- config
 
 
-def test_config_defaults_match_llama2c_15m() -> None:
-    cfg = ModelConfig(vocab_size=32000)
+def test_stories15m_preset_is_llama2c_15m() -> None:
+    shape = project_preset("stories15m", REPO / "conf/base")["model"]
+    cfg = model_config(vocab_size=32000, **shape)
     assert (cfg.dim, cfg.n_layers, cfg.n_heads, cfg.kv_heads) == (288, 6, 6, 6)
     assert cfg.head_dim == 48
     assert cfg.ffn_hidden_dim == 768  # int(2 * 4 * 288 / 3) = 768, already a multiple of 32
@@ -46,8 +49,9 @@ def test_config_defaults_match_llama2c_15m() -> None:
 
 def test_ffn_hidden_rounds_up_and_override_wins() -> None:
     # int(2 * 4 * 100 / 3) = 266 -> next multiple of 32 is 288
-    assert ModelConfig(vocab_size=10, dim=100, n_heads=10, multiple_of=32).ffn_hidden_dim == 288
-    assert ModelConfig(vocab_size=10, dim=100, n_heads=10, hidden_dim=123).ffn_hidden_dim == 123
+    shape = {"vocab_size": 10, "dim": 100, "n_layers": 1, "n_heads": 10, "max_seq_len": 8}
+    assert model_config(**shape, multiple_of=32).ffn_hidden_dim == 288
+    assert model_config(**shape, hidden_dim=123).ffn_hidden_dim == 123
 
 
 @pytest.mark.parametrize(
@@ -71,7 +75,7 @@ def test_ffn_hidden_rounds_up_and_override_wins() -> None:
 )
 def test_config_rejects_bad_values(overrides: dict, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
-        ModelConfig(**{**TINY, **overrides})
+        model_config(**{**TINY, **overrides})
 
 
 @pytest.mark.parametrize(
@@ -86,20 +90,20 @@ def test_config_rejects_bad_values(overrides: dict, fragment: str) -> None:
 def test_absurd_sizes_are_refused_by_name(overrides: dict, fragment: str) -> None:
     # The config is checked when built, so no model of that size is ever allocated.
     with pytest.raises(SettingError, match=fragment):
-        ModelConfig(**{**TINY, **overrides})
+        model_config(**{**TINY, **overrides})
 
 
 @pytest.mark.parametrize("overrides", [{}, {"n_kv_heads": 2}, {"hidden_dim": 100},
                                        {"n_layers": 3, "dim": 48, "n_heads": 6}])
 def test_parameter_count_without_building_the_model(overrides: dict) -> None:
-    config = ModelConfig(**{**TINY, **overrides})
+    config = model_config(**{**TINY, **overrides})
     assert config.num_parameters == Transformer(config).num_parameters()
-    assert MAX_PARAMETERS > ModelConfig(vocab_size=32000, dim=4096, n_layers=32,
-                                        n_heads=32).num_parameters  # a 7B model passes
+    assert MAX_PARAMETERS > model_config(vocab_size=32000, dim=4096, n_layers=32, n_heads=32,
+                                         max_seq_len=4096).num_parameters  # a 7B model passes
 
 
 def test_config_dict_round_trip_and_float_coercion() -> None:
-    cfg = ModelConfig(**TINY, n_kv_heads=2, dropout=0)
+    cfg = model_config(**TINY, n_kv_heads=2, dropout=0)
     assert isinstance(cfg.dropout, float)
     again = ModelConfig.from_dict(cfg.to_dict())
     assert again == cfg
@@ -107,10 +111,12 @@ def test_config_dict_round_trip_and_float_coercion() -> None:
 
 
 def test_from_dict_names_unknown_and_missing_keys() -> None:
-    with pytest.raises(ValueError, match=r"\['n_embd', 'zzz'\]"):
+    with pytest.raises(SettingError, match="unknown model keys n_embd, zzz; known keys: "):
         ModelConfig.from_dict({**TINY, "n_embd": 3, "zzz": 1})
-    with pytest.raises(ValueError, match="vocab_size"):
+    with pytest.raises(SettingError, match="model lacks vocab_size, n_layers, max_seq_len"):
         ModelConfig.from_dict({"dim": 32})
+    with pytest.raises(SettingError, match="lacks n_heads, which a llama model needs"):
+        ModelConfig.from_dict({key: v for key, v in TINY.items() if key != "n_heads"})
     with pytest.raises(ValueError, match="mapping"):
         ModelConfig.from_dict([("vocab_size", 3)])  # type: ignore[arg-type]
 
@@ -130,7 +136,7 @@ def test_weights_are_tied_and_no_biases() -> None:
 
 
 def test_parameter_count_formula() -> None:
-    cfg = ModelConfig(**TINY, n_kv_heads=2)
+    cfg = model_config(**TINY, n_kv_heads=2)
     model = Transformer(cfg)
     d, q, hidden = cfg.dim, cfg.head_dim, cfg.ffn_hidden_dim
     attention = d * cfg.n_heads * q * 2 + d * cfg.kv_heads * q * 2  # wq, wo, wk, wv
@@ -399,7 +405,7 @@ def test_zero_init_out_starts_every_block_as_identity() -> None:
 @pytest.mark.parametrize("flag", ["qk_norm", "zero_init_out"])
 def test_lever_settings_must_be_booleans(flag: str) -> None:
     with pytest.raises(ValueError, match=flag):
-        ModelConfig(**TINY, **{flag: 1})
+        model_config(**TINY, **{flag: 1})
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1000])

@@ -14,7 +14,7 @@ import torch
 from backstory import experiment, variants
 from backstory.data.corpus.storyworld import generate_record
 from backstory.data.text import reverse_words
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokenizer import Tokenizer
 from backstory.errors import SettingError
 from backstory.evaluation import report as reporting
 from backstory.evaluation.metrics import document_bits, evaluate_loss
@@ -25,14 +25,13 @@ from backstory.lm.checkpoint import load_trained
 from backstory.lm.families import new_model
 from backstory.lm.generate import generate
 from backstory.lm.interop import export_model
-from backstory.lm.model import ModelConfig
 from backstory.lm.recurrent import RecurrentLM
 from backstory.lm.training import loop as train_loop
 from backstory.lm.training import train
 from backstory.pipelines.compare.nodes import lead_runs, measure_arrow_of_time
 from backstory.pipelines.ingest.nodes import fit_tokenizer
 from backstory.pipelines.run.export_nodes import fit_own_tokenizer
-from tests.project import REPO, make_project, tiny_run_params
+from tests.project import REPO, make_project, model_config, tiny_run_params, trained_tokenizer
 from tests.test_train import (
     LINEAGE,
     VOCAB,
@@ -95,7 +94,7 @@ def test_training_and_evaluation_read_a_window_in_the_same_permuted_order():
 def test_permuted_evaluation_scores_every_token_once_in_the_permuted_order(stores):
     _, val = stores
     torch.manual_seed(0)
-    model = new_model(ModelConfig(vocab_size=VOCAB, dim=16, n_layers=1, n_heads=2,
+    model = new_model(model_config(vocab_size=VOCAB, dim=16, n_layers=1, n_heads=2,
                                   max_seq_len=16)).eval()
     forward = evaluate_loss(model, val, seq_len=16, batch_size=4, token_order="forward")
     permuted = evaluate_loss(model, val, seq_len=16, batch_size=4, token_order="permuted",
@@ -119,12 +118,13 @@ def test_permuted_evaluation_scores_every_token_once_in_the_permuted_order(store
                          permutation_seed=3, docs=range(5))
     assert bits.shape == (5,) and np.all(bits > 0)
     with pytest.raises(ValueError, match="permutation_seed"):
-        document_bits(model, val, seq_len=16, token_order="permuted", docs=range(2))
+        document_bits(model, val, seq_len=16, batch_size=4, token_order="permuted",
+                      docs=range(2))
 
 
 def test_a_permuted_run_trains_on_permuted_windows(stores, tmp_path: Path):
     config = small_config(max_steps=4, token_order="permuted", permutation_seed=5)
-    model = ModelConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, max_seq_len=32)
+    model = model_config(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, max_seq_len=32)
     trained = train(model, config, *stores, tmp_path / "p", lineage=LINEAGE, progress=False)
     forward = train(model, small_config(max_steps=4), *stores, tmp_path / "f",
                     lineage=LINEAGE, progress=False)
@@ -137,10 +137,11 @@ def test_a_permuted_model_writes_no_samples_and_says_why(stores):
     assert not orders.get(spec.token_order).writes
     assert spec.tokens_from == "forward" and spec.delta == "token_order"
     tokenizer = _tokenizer()
-    model = new_model(ModelConfig(vocab_size=tokenizer.vocab_size, dim=16, n_layers=1,
+    model = new_model(model_config(vocab_size=tokenizer.vocab_size, dim=16, n_layers=1,
                                   n_heads=2, max_seq_len=32))
     with pytest.raises(SettingError, match="permutation of its token positions"):
-        generate_story(model, tokenizer, variant="permuted", prompt="Once upon a time")
+        generate_story(model, tokenizer, variant="permuted", prompt="Once upon a time",
+                       max_new_tokens=4, temperature=0)
     text = samples_markdown([], skipped=(3, "no reading order"))
     assert "3 samples skipped: no reading order" in text
 
@@ -150,7 +151,7 @@ def test_a_permuted_model_writes_no_samples_and_says_why(stores):
 
 @pytest.mark.parametrize("family", sorted(RECURRENT))
 def test_recurrent_sizes_and_generation_with_its_state(family):
-    config = ModelConfig(vocab_size=2048, max_seq_len=256, family=family,
+    config = model_config(vocab_size=2048, max_seq_len=256, family=family,
                          **({"dim": 192, "n_layers": 3} if family == "gru"
                             else {"dim": 192, "n_layers": 2}))
     torch.manual_seed(0)
@@ -169,14 +170,17 @@ def test_recurrent_sizes_and_generation_with_its_state(family):
 def test_model_family_errors_name_the_setting():
     with pytest.raises(SettingError, match="family='transformer' is unknown; use one of "
                                            "llama, gru, lstm"):
-        ModelConfig(vocab_size=64, family="transformer")
-    # Attention shape rules do not apply to a recurrent model.
-    assert ModelConfig(vocab_size=64, dim=30, n_heads=4, family="gru").dim == 30
+        model_config(vocab_size=64, dim=32, n_layers=1, max_seq_len=8, family="transformer")
+    # Attention shape rules do not apply to a recurrent model, which needs no heads.
+    assert model_config(vocab_size=64, dim=30, n_layers=1, n_heads=4, max_seq_len=8,
+                        family="gru").dim == 30
+    assert model_config(vocab_size=64, dim=30, n_layers=1, max_seq_len=8,
+                        family="gru").n_heads is None
 
 
 @pytest.mark.parametrize("family", sorted(RECURRENT))
 def test_recurrent_models_train_and_resume_exactly(stores, tmp_path: Path, monkeypatch, family):
-    model = ModelConfig(vocab_size=VOCAB, max_seq_len=32, family=family, **RECURRENT[family])
+    model = model_config(vocab_size=VOCAB, max_seq_len=32, family=family, **RECURRENT[family])
     config = small_config()
 
     def run(run_dir: Path):
@@ -211,7 +215,7 @@ def test_recurrent_models_train_and_resume_exactly(stores, tmp_path: Path, monke
 
 def test_interop_exports_refuse_a_recurrent_model(stores, tmp_path: Path):
     tokenizer = _tokenizer()
-    model = ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=32, family="gru", dim=16,
+    model = model_config(vocab_size=tokenizer.vocab_size, max_seq_len=32, family="gru", dim=16,
                         n_layers=1)
     from backstory.lm.checkpoint import TrainedModel
     torch.manual_seed(0)
@@ -229,7 +233,7 @@ def test_recurrent_presets_get_their_family_and_the_default_is_llama():
         run = experiment.RunSpec("forward", preset, 1)
         merged = experiment.run_settings(params, run)
         assert merged["model"]["family"] == family
-        config = ModelConfig(vocab_size=2048, **merged["model"])
+        config = model_config(vocab_size=2048, **merged["model"])
         assert 0.9e6 < config.num_parameters < 1.1e6, preset
 
 
@@ -286,7 +290,7 @@ def test_own_tokenizer_is_trained_on_the_reversed_training_text(tmp_path: Path):
     settings = {"vocab_size": 512, "model_type": "bpe", "max_sentences": 1000}
     own = fit_own_tokenizer(table, settings, words="reversed")
     texts = [reverse_words(r["story"]) for r in iter_records(table, "train")]
-    assert own == train_tokenizer(texts, vocab_size=512, model_type="bpe", max_sentences=1000)
+    assert own == trained_tokenizer(texts, vocab_size=512, model_type="bpe", max_sentences=1000)
     assert own != fit_tokenizer(table, settings)
     own_tok, shared = Tokenizer.from_bytes(own), Tokenizer.from_bytes(fit_tokenizer(table,
                                                                                    settings))
@@ -379,7 +383,7 @@ def test_controls_run_end_to_end_and_report_their_deltas(tmp_path: Path):
 
 def _tokenizer() -> Tokenizer:
     texts = [generate_record(1337, i)["story"] for i in range(40)]
-    return Tokenizer.from_bytes(train_tokenizer(texts, vocab_size=512, model_type="bpe",
+    return Tokenizer.from_bytes(trained_tokenizer(texts, vocab_size=512, model_type="bpe",
                                                 max_sentences=1000))
 
 

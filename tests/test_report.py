@@ -42,6 +42,9 @@ def synthetic(rng, n_seeds: int, n_docs: int, delta: float, seed_sd: float,
     return bw, fw
 
 
+INTERVAL = {"n_boot": 300, "confidence": 0.95, "seed": 1}  # a 95% interval, as tested
+
+
 def true_delta(delta: float) -> float:
     return delta / (1 + delta / 2)
 
@@ -77,31 +80,31 @@ def test_a_one_seed_interval_covers_stories_only_and_says_so():
 def test_the_interval_widens_with_seed_spread_and_lists_each_seed():
     rng = np.random.default_rng(3)
     bw, fw = synthetic(rng, 3, 200, 0.05, 0.0)
-    calm = delta_interval(bw, fw, n_boot=300, seed=1)
-    noisy = delta_interval(bw * np.array([[1.05], [0.95], [1.0]]), fw, n_boot=300, seed=1)
+    calm = delta_interval(bw, fw, **INTERVAL)
+    noisy = delta_interval(bw * np.array([[1.05], [0.95], [1.0]]), fw, **INTERVAL)
     assert noisy["high"] - noisy["low"] > 3 * (calm["high"] - calm["low"])
     assert len(noisy["per_seed"]) == 3 and noisy["se_seeds"] > calm["se_seeds"]
     assert noisy["df"] < calm["df"]  # seed spread dominates: few degrees of freedom
-    assert delta_interval(bw, fw, n_boot=300, seed=1) == calm  # deterministic
+    assert delta_interval(bw, fw, **INTERVAL) == calm  # deterministic
 
 
 def test_levels_are_ratios_of_totals_per_seed_and_pooled():
     bits = np.array([[10.0, 30.0], [20.0, 20.0]])
     size = np.array([[10.0, 10.0], [10.0, 10.0]])
-    entry = seed_document_interval(bits, size, ratio, n_boot=50)
+    entry = seed_document_interval(bits, size, ratio, **INTERVAL)
     assert entry["estimate"] == pytest.approx(80 / 40)
     assert entry["per_seed"] == [pytest.approx(2.0), pytest.approx(2.0)]
     with pytest.raises(StatsError, match="of one shape"):
-        seed_document_interval(bits, size[:, :1], ratio)
+        seed_document_interval(bits, size[:, :1], ratio, **INTERVAL)
     with pytest.raises(StatsError, match="finite"):
-        seed_document_interval(bits * np.nan, size, ratio)
+        seed_document_interval(bits * np.nan, size, ratio, **INTERVAL)
 
 
 def test_share_interval_brackets_the_share():
-    entry = share_interval([True] * 30 + [False] * 10, n_boot=500)
+    entry = share_interval([True] * 30 + [False] * 10, n_boot=500, confidence=0.95, seed=0)
     assert entry["share"] == 0.75 and entry["n"] == 40
     assert 0.55 < entry["low"] < 0.75 < entry["high"] < 0.9
-    assert share_interval([True] * 5, n_boot=50)["low"] == 1.0
+    assert share_interval([True] * 5, **INTERVAL)["low"] == 1.0
 
 
 # ------------------------------------------------------------ a synthetic experiment

@@ -103,14 +103,14 @@ def test_each_published_set_downloads_verifies_and_ingests(
     contents = fake_contents(dataset)
     published = publish(monkeypatch, server, dataset, contents)
     base, state = server
-    plan = plan_corpus(config(dataset, base, tmp_path), progress=False)
+    plan = plan_corpus(config(dataset, base, tmp_path), workers=1, progress=False)
     assert state.paths == [item.url(base)[len(base):] for item in published]
     assert all(re.search(r"/resolve/[0-9a-f]{40}/", path) for path in state.paths)
     raw = write_raw_corpus(tmp_path / "raw", plan)
     strategy = SplitRule("shard", val_files=("data00.json",)) if dataset == "all_data" \
         else SplitRule("official")
     table = build_story_table(tmp_path / "stories",
-                              CleanPlan(raw, CleanSettings("raise", strategy), workers=1))
+                              CleanPlan(raw, CleanSettings("raise", strategy, None), workers=1))
     report = table.report
     assert report["source"]["dataset"] == dataset
     assert report["source"]["urls"] == [item.url(base) for item in published]
@@ -126,7 +126,7 @@ def test_each_published_set_downloads_verifies_and_ingests(
     if dataset == "v2":
         assert any("\u201c" in r["story"] for r in table.records("train"))
     # A second acquire verifies the cache and downloads nothing.
-    plan_corpus(config(dataset, base, tmp_path), progress=False)
+    plan_corpus(config(dataset, base, tmp_path), workers=1, progress=False)
     assert len(state.paths) == len(published)
 
 
@@ -134,7 +134,7 @@ def test_a_file_of_the_wrong_size_is_refused_and_deleted(tmp_path, monkeypatch, 
                                                          ) -> None:
     publish(monkeypatch, server, "v1", fake_contents("v1"), size_offset=1)
     with pytest.raises(SizeError, match="TinyStories-train.txt.*deleted"):
-        plan_corpus(config("v1", server[0], tmp_path), progress=False)
+        plan_corpus(config("v1", server[0], tmp_path), workers=1, progress=False)
     assert not (tmp_path / "dl" / "TinyStories-train.txt").exists()
 
 
@@ -143,12 +143,12 @@ def test_a_cached_file_that_changed_since_its_download_is_fetched_again(
 ) -> None:
     contents = fake_contents("v2")
     publish(monkeypatch, server, "v2", contents)
-    plan_corpus(config("v2", server[0], tmp_path), progress=False)
+    plan_corpus(config("v2", server[0], tmp_path), workers=1, progress=False)
     cached = tmp_path / "dl" / "TinyStoriesV2-GPT4-valid.txt"
     damaged = bytearray(cached.read_bytes())
     damaged[100] ^= 0x20  # same size, one bit flipped
     cached.write_bytes(bytes(damaged))
-    plan_corpus(config("v2", server[0], tmp_path), progress=False)
+    plan_corpus(config("v2", server[0], tmp_path), workers=1, progress=False)
     assert cached.read_bytes() == contents["TinyStoriesV2-GPT4-valid.txt"]
     assert server[1].paths[-1].endswith("/TinyStoriesV2-GPT4-valid.txt")
     assert len(server[1].paths) == 3
@@ -162,8 +162,8 @@ def test_a_damaged_cached_archive_is_removed_so_the_next_run_fetches_it(
     damaged[len(damaged) // 2] ^= 0xFF
     publish(monkeypatch, server, "all_data", {"TinyStories_all_data.tar.gz": bytes(damaged)})
     with pytest.raises(CorruptArchiveError, match="deleted, run again"):
-        plan_corpus(config("all_data", server[0], tmp_path), progress=False)
+        plan_corpus(config("all_data", server[0], tmp_path), workers=1, progress=False)
     assert not (tmp_path / "dl" / "TinyStories_all_data.tar.gz").exists()
     publish(monkeypatch, server, "all_data", {"TinyStories_all_data.tar.gz": good})
-    plan = plan_corpus(config("all_data", server[0], tmp_path), progress=False)
+    plan = plan_corpus(config("all_data", server[0], tmp_path), workers=1, progress=False)
     assert [spec.name for spec in plan.files] == ["data00.json", "data01.json"]

@@ -26,14 +26,21 @@ from backstory.data.corpus.story_table import (
     build_story_table,
     iter_records,
 )
-from backstory.data.documents import StoryDocuments, encode_documents
+from backstory.data.documents import StoryDocuments
 from backstory.data.text import reverse_words
 from backstory.data.token_export import work_folder, write_token_store_parallel
 from backstory.data.token_format import TokenStoreError
 from backstory.data.token_store import TokenStore
 from backstory.data.token_writer import write_token_store
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
-from tests.project import REAL_DATA, real_excerpt
+from backstory.data.tokenizer import Tokenizer
+from tests.project import (
+    REAL_DATA,
+    encoded,
+    real_excerpt,
+    story_documents,
+    text_defaults,
+    trained_tokenizer,
+)
 
 REAL = REAL_DATA
 STORIES = real_excerpt("stories_100.json")
@@ -56,7 +63,7 @@ def make_table(tmp_path: Path, files: dict[str, bytes], part_records: int = 40) 
         (source / name).write_bytes(data)
     config = CorpusConfig("local", 0, 0, 1, "all_data", DEFAULT_HUB, "", None, str(source))
     raw = write_raw_corpus(tmp_path / "raw", plan_corpus(config, workers=1))
-    settings = CleanSettings("raise", SplitRule("hash", 0.2))
+    settings = CleanSettings("raise", SplitRule("hash", 0.2), None)
     return build_story_table(tmp_path / "stories", CleanPlan(raw, settings, workers=1),
                              part_records=part_records)
 
@@ -64,7 +71,7 @@ def make_table(tmp_path: Path, files: dict[str, bytes], part_records: int = 40) 
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
     texts = STORIES + MORE + [reverse_words(s) for s in STORIES + MORE]
-    return Tokenizer.from_bytes(train_tokenizer(texts, vocab_size=600))
+    return Tokenizer.from_bytes(trained_tokenizer(texts, vocab_size=600))
 
 
 def attrs_for(table: StoryTable, tokenizer: Tokenizer, variant: str, split: str) -> dict:
@@ -79,10 +86,10 @@ def test_parallel_export_gives_the_bytes_of_a_serial_one(tmp_path, tokenizer, va
     table = make_table(tmp_path, {f"data{k:02d}.json": shard(70, k) for k in range(3)})
     assert len(table.partition_names("train")) >= 5
     attrs = attrs_for(table, tokenizer, variant, "train")
-    documents = StoryDocuments(table, "train", tokenizer, variant=variant, seed=3)
+    documents = story_documents(table, "train", tokenizer, variant=variant, seed=3)
     write_token_store_parallel(tmp_path / "one.h5", documents, attrs=attrs, workers=1)
     write_token_store_parallel(tmp_path / "two.h5", documents, attrs=attrs, workers=2)
-    serial = encode_documents(iter_records(table, "train"), tokenizer, variant=variant, seed=3,
+    serial = encoded(iter_records(table, "train"), tokenizer, variant=variant, seed=3,
                               batch_size=17)
     write_token_store(tmp_path / "serial.h5", serial, attrs=attrs)
     one = (tmp_path / "one.h5").read_bytes()
@@ -100,7 +107,8 @@ KILLED_EXPORT = textwrap.dedent("""
     from backstory.data.tokenizer import Tokenizer
     table = StoryTable(sys.argv[1])
     tokenizer = Tokenizer.from_file(sys.argv[2])
-    documents = StoryDocuments(table, "train", tokenizer, variant="reversed")
+    documents = StoryDocuments(table, "train", tokenizer, variant="reversed",
+                               **json.loads(sys.argv[5]))
     write_token_store_parallel(sys.argv[3], documents, attrs=json.loads(sys.argv[4]), workers=1)
 """)
 
@@ -117,7 +125,8 @@ def test_a_killed_export_resumes_without_encoding_finished_parts_again(tmp_path,
     work = work_folder(target)
     process = subprocess.Popen(
         [sys.executable, str(tmp_path / "export.py"), str(table.folder),
-         str(tmp_path / "tok.model"), str(target), json.dumps(attrs)],
+         str(tmp_path / "tok.model"), str(target), json.dumps(attrs),
+         json.dumps(text_defaults())],
         start_new_session=True, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     try:
@@ -131,7 +140,7 @@ def test_a_killed_export_resumes_without_encoding_finished_parts_again(tmp_path,
     assert not target.exists()
     markers = sorted(work.glob("part-*.json"))
     assert 3 <= len(markers) < len(table.partition_names("train"))
-    documents = StoryDocuments(table, "train", tokenizer, variant="reversed")
+    documents = story_documents(table, "train", tokenizer, variant="reversed")
     done = {documents.parts[int(m.stem.split("-")[1])] for m in markers}
     encoded = []
     real_encode = StoryDocuments.encode_part
@@ -155,7 +164,7 @@ def test_resume_reuses_the_parts_on_disk_and_redoes_damaged_ones(tmp_path, token
     table = make_table(tmp_path, {f"data{k:02d}.json": shard(60, k) for k in range(3)},
                        part_records=20)
     attrs = attrs_for(table, tokenizer, "forward", "train")
-    documents = StoryDocuments(table, "train", tokenizer, variant="forward")
+    documents = story_documents(table, "train", tokenizer, variant="forward")
     target = tmp_path / "train.h5"
     real_assemble = token_export.token_writer.assemble_token_store
 
@@ -190,7 +199,7 @@ def test_resume_reuses_the_parts_on_disk_and_redoes_damaged_ones(tmp_path, token
 def test_a_table_that_changed_after_its_report_is_refused(tmp_path, tokenizer) -> None:
     table = make_table(tmp_path, {"data00.json": shard(30, 0)})
     attrs = attrs_for(table, tokenizer, "forward", "train") | {"corpus_fingerprint": "0" * 64}
-    documents = StoryDocuments(table, "train", tokenizer, variant="forward")
+    documents = story_documents(table, "train", tokenizer, variant="forward")
     with pytest.raises(TokenStoreError, match="not the one the ingest report describes"):
         write_token_store_parallel(tmp_path / "t.h5", documents, attrs=attrs)
 
@@ -202,7 +211,7 @@ def test_parts_of_another_export_are_discarded(tmp_path, tokenizer) -> None:
     stale.mkdir()
     (stale / "identity.json").write_text('{"identity": "something else"}')
     (stale / "part-00000.json").write_text("{}")
-    documents = StoryDocuments(table, "train", tokenizer, variant="forward")
+    documents = story_documents(table, "train", tokenizer, variant="forward")
     write_token_store_parallel(target, documents,
                                attrs=attrs_for(table, tokenizer, "forward", "train"))
     assert not stale.exists()

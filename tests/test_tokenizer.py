@@ -20,11 +20,11 @@ from backstory.data.chunk_cache import (
     _slots,
 )
 from backstory.data.corpus.storyworld import generate_records
-from backstory.data.documents import encode_documents
 from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokenizer import Tokenizer
 from backstory.datasets.tokenizer_dataset import SentencePieceDataset
 from backstory.locks import artifact_lock_path
+from tests.project import encoded, trained_tokenizer
 
 NAMES = ["Lily", "Ben", "Tom", "Sue", "Max", "Mia"]
 WORDS = (
@@ -56,7 +56,7 @@ def texts() -> list[str]:
 
 @pytest.fixture(scope="module")
 def model_bytes(texts) -> bytes:
-    return train_tokenizer(texts, vocab_size=400)
+    return trained_tokenizer(texts, vocab_size=400)
 
 
 @pytest.fixture(scope="module")
@@ -71,48 +71,48 @@ def test_special_ids_and_identity(tok, model_bytes):
 
 
 def test_same_input_gives_identical_bytes(texts, model_bytes):
-    assert train_tokenizer(texts, vocab_size=400) == model_bytes
+    assert trained_tokenizer(texts, vocab_size=400) == model_bytes
     # With 2 threads the run is repeatable too (the thread count is part of the model).
-    two = train_tokenizer(texts, vocab_size=400, num_threads=2)
-    assert train_tokenizer(texts, vocab_size=400, num_threads=2) == two
+    two = trained_tokenizer(texts, vocab_size=400, num_threads=2)
+    assert trained_tokenizer(texts, vocab_size=400, num_threads=2) == two
 
 
 @pytest.mark.parametrize("model_type", ["unigram", "char"])
 def test_other_model_types_train_deterministically(texts, model_type):
-    first = train_tokenizer(texts, vocab_size=300, model_type=model_type)
-    assert train_tokenizer(iter(texts), vocab_size=300, model_type=model_type) == first
+    first = trained_tokenizer(texts, vocab_size=300, model_type=model_type)
+    assert trained_tokenizer(iter(texts), vocab_size=300, model_type=model_type) == first
     tok = Tokenizer.from_bytes(first)
     assert tok.decode(tok.encode_one(texts[0])) == texts[0]
 
 
 def test_only_the_first_max_sentences_are_used(texts):
-    capped = train_tokenizer(texts[:100], vocab_size=350)
-    assert train_tokenizer(texts, vocab_size=350, max_sentences=100) == capped
-    assert train_tokenizer(texts, vocab_size=350) != capped
+    capped = trained_tokenizer(texts[:100], vocab_size=350)
+    assert trained_tokenizer(texts, vocab_size=350, max_sentences=100) == capped
+    assert trained_tokenizer(texts, vocab_size=350) != capped
 
 
 def test_long_and_blank_texts_are_counted_not_passed(texts):
     # Leaving them out must equal never having given them.
     padded = texts[:50] + ["x " * 400, "   ", ""] + texts[50:100]
-    left_out = train_tokenizer(padded, vocab_size=350, max_sentence_bytes=700)
+    left_out = trained_tokenizer(padded, vocab_size=350, max_sentence_bytes=700)
     short = [t for t in texts[:100] if len(t.encode()) <= 700]
-    assert left_out == train_tokenizer(short, vocab_size=350, max_sentence_bytes=700)
+    assert left_out == trained_tokenizer(short, vocab_size=350, max_sentence_bytes=700)
 
 
 def test_vocab_size_errors_name_the_setting(texts):
     with pytest.raises(ValueError, match="tokenizer.vocab_size=100 "):
-        train_tokenizer(texts, vocab_size=100)  # needs 3 specials + 256 bytes + characters
+        trained_tokenizer(texts, vocab_size=100)  # needs 3 specials + 256 bytes + characters
     with pytest.raises(ValueError, match="tokenizer.vocab_size=50000 "):
-        train_tokenizer(texts, vocab_size=50_000)
+        trained_tokenizer(texts, vocab_size=50_000)
 
 
 def test_bad_arguments_raise(texts):
     with pytest.raises(ValueError, match="tokenizer.model_type"):
-        train_tokenizer(texts, vocab_size=400, model_type="wordpiece")
+        trained_tokenizer(texts, vocab_size=400, model_type="wordpiece")
     with pytest.raises(ValueError, match="no usable training text"):
-        train_tokenizer(["", "  "], vocab_size=400)
+        trained_tokenizer(["", "  "], vocab_size=400)
     with pytest.raises(ValueError, match="training text 2 is int"):
-        train_tokenizer([texts[0], texts[1], 7], vocab_size=300)
+        trained_tokenizer([texts[0], texts[1], 7], vocab_size=300)
 
 
 def test_round_trip_on_stories(tok):
@@ -226,7 +226,7 @@ def world_model(world_stories) -> bytes:
     # Messy texts in training give whitespace-only pieces ("▁▁") and pieces with tabs.
     rng = random.Random(0)
     messy_texts = [messy(s, rng) for s in world_stories[600:900]]
-    return train_tokenizer(world_stories[:600] + messy_texts, vocab_size=800)
+    return trained_tokenizer(world_stories[:600] + messy_texts, vocab_size=800)
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +287,7 @@ def test_instruct_documents_are_the_same_with_and_without_cache(world_model, wor
     ]
     for variant in ("forward", "reversed", "instruct"):
         batches = [
-            list(encode_documents(records, Tokenizer.from_bytes(world_model, cache_entries=n),
+            list(encoded(records, Tokenizer.from_bytes(world_model, cache_entries=n),
                                   variant=variant, batch_size=128))
             for n in (DEFAULT_CACHE_ENTRIES, 0)
         ]  # fmt: skip

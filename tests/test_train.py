@@ -30,7 +30,7 @@ from backstory.lm.checkpoint import (
     load_checkpoint,
     read_state,
 )
-from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.model import Transformer
 from backstory.lm.optim import MuonAdamW, build_optimizer, scheduled_lr
 from backstory.lm.schedules import lr_at
 from backstory.lm.training import TrainConfig, train
@@ -48,11 +48,11 @@ from backstory.lm.training.logs import (
     curve_file,
 )
 from backstory.locks import LockedError
-from tests.project import load_defaults
+from tests.project import load_defaults, model_config
 from tests.test_checkpoint import DAMAGES, flip_one_bit
 
 VOCAB = 64
-MODEL = ModelConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, max_seq_len=32)
+MODEL = model_config(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, max_seq_len=32)
 LINEAGE = {"tokenizer_sha256": "0" * 64, "corpus_fingerprint": "fp-test"}
 
 

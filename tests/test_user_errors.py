@@ -8,16 +8,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from kedro.io import DatasetError
 
 from backstory import cli as project_cli
 from backstory.errors import EXIT_USER_ERROR, SettingError, UserError, user_error_in
+from backstory.experiment import expand
 from backstory.lm.checkpoint import CheckpointError
 from backstory.lm.training import TrainConfig
 from backstory.locks import LockedError
 from backstory.params import build
-from tests.project import TINY_INGEST, load_defaults, make_project, tiny_run_params
+from tests.project import REPO, TINY_INGEST, load_defaults, make_project, tiny_run_params
 
 
 def test_user_errors_keep_their_builtin_kind() -> None:
@@ -32,6 +34,15 @@ def test_user_errors_keep_their_builtin_kind() -> None:
         build(TrainConfig, {"typo": 1}, "train")
     with pytest.raises(SettingError, match=r"train\.batch_size=0"):
         build(TrainConfig, settings | {"batch_size": 0}, "train")
+
+
+def test_a_preset_without_a_shape_key_is_refused_naming_it() -> None:
+    parameters: dict = {}
+    for path in sorted((REPO / "conf/base").glob("parameters*.yml")):
+        parameters |= yaml.safe_load(path.read_text())
+    del parameters["presets"]["small"]["model"]["dim"]
+    with pytest.raises(SettingError, match=r"run \w+\.small\.s1337: model lacks dim \(conf/base"):
+        expand(parameters)
 
 
 def test_user_error_in_follows_explicit_causes_only() -> None:

@@ -13,9 +13,10 @@ import torch
 
 from backstory import variants
 from backstory.data.corpus.storyworld import generate_records
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokenizer import Tokenizer
 from backstory.lm.checkpoint import TrainedModel
-from backstory.lm.model import ModelConfig, Transformer
+from backstory.lm.model import Transformer
+from tests.project import model_config, trained_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 # Shared test oracles and data live beside the repository, not in it.
@@ -31,7 +32,7 @@ def stories(n: int = 200) -> tuple[str, ...]:
 
 @lru_cache(maxsize=4)
 def tokenizer(model_type: str = "bpe", vocab_size: int = 512) -> Tokenizer:
-    return Tokenizer(train_tokenizer(list(stories()), vocab_size=vocab_size,
+    return Tokenizer(trained_tokenizer(list(stories()), vocab_size=vocab_size,
                                      model_type=model_type))
 
 
@@ -49,7 +50,7 @@ def peaked_model(tok: Tokenizer, variant: str = "forward", *, dim: int = 64,
     Greedy choices then win by clear margins, so comparisons with other implementations
     (C, transformers) are not decided by floating-point rounding.
     """
-    config = ModelConfig(vocab_size=tok.vocab_size, dim=dim, n_layers=n_layers,
+    config = model_config(vocab_size=tok.vocab_size, dim=dim, n_layers=n_layers,
                          n_heads=n_heads, n_kv_heads=n_kv_heads, max_seq_len=max_seq_len)
     torch.manual_seed(seed)
     model = Transformer(config)

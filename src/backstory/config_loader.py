@@ -36,10 +36,7 @@ SECTION_CHECKS: dict[str, Callable[[Any], object]] = {
 def project_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
     """Validate every section of ``parameters`` and expand the experiment's runs."""
     known = (*experiment.DECLARATION_KEYS, *SECTION_CHECKS, *variants.NAMES)
-    unknown = sorted(set(parameters) - set(known))
-    if unknown:
-        raise SettingError(f"unknown parameter section{'s' if len(unknown) > 1 else ''} "
-                         f"{', '.join(unknown)}; known sections: {', '.join(known)}")
+    params.check_keys("parameters", parameters, known)
     for section, check in SECTION_CHECKS.items():
         if section not in parameters:
             continue

@@ -54,7 +54,7 @@ from backstory.evaluation.evaluate import EvaluateConfig
 from backstory.lm.finetune import FinetuneConfig
 from backstory.lm.model import ModelConfig
 from backstory.lm.training.config import TrainConfig
-from backstory.params import build
+from backstory.params import build, check_keys
 
 EXPERIMENT, TEXT, RUN_DEFAULTS, PRESETS, VARIANT_SETTINGS, EXTERNAL = (
     "experiment", "text", "run_defaults", "presets", "variant_settings", "external")
@@ -234,7 +234,7 @@ def _externals(block: Any, experiment: Experiment) -> tuple[ExternalSpec, ...]:
                                "with a letter")
         if not isinstance(entry, Mapping):
             raise SettingError(f"{where} must be a mapping with keys {', '.join(EXTERNAL_KEYS)}")
-        _refuse_unknown(where, entry, EXTERNAL_KEYS)
+        check_keys(where, entry, EXTERNAL_KEYS)
         for key in EXTERNAL_KEYS:
             if not isinstance(entry.get(key), str) or not entry[key]:
                 raise SettingError(f"{where}.{key} must be given, as a string "
@@ -273,7 +273,7 @@ def _externals(block: Any, experiment: Experiment) -> tuple[ExternalSpec, ...]:
 def _grid(where: str, block: Any, presets: Mapping[str, Any]) -> list[RunSpec]:
     if not isinstance(block, Mapping):
         raise SettingError(f"{where} must be a mapping with keys {', '.join(GRID_KEYS)}")
-    _refuse_unknown(where, block, GRID_KEYS)
+    check_keys(where, block, GRID_KEYS)
     for key in ("variants", "presets", "seeds"):
         if key not in block:
             raise SettingError(f"{where} lacks {key!r}")
@@ -316,14 +316,6 @@ def _list(where: str, value: Any, kind: type) -> list[Any]:
     return list(value)
 
 
-def _refuse_unknown(where: str, block: Mapping[str, Any], known: tuple[str, ...]) -> None:
-    unknown = sorted(set(block) - set(known))
-    if unknown:
-        raise SettingError(f"unknown key{'s' if len(unknown) > 1 else ''} "
-                         f"{', '.join(f'{where}.{k}' for k in unknown)}; known keys: "
-                         f"{', '.join(known)}")
-
-
 # --------------------------------------------------------------------------- merging
 
 
@@ -355,16 +347,16 @@ def _entry(block: Mapping[str, Any], where: str, name: str, sections: tuple[str,
     own = block.get(name) or {}
     if not isinstance(own, Mapping):
         raise SettingError(f"{where}.{name} must be a mapping, got {own!r}")
-    _refuse_unknown(f"{where}.{name}", own, sections)
+    check_keys(f"{where}.{name}", own, sections)
     return own
 
 
 def _run_layers(parameters: Mapping[str, Any], variant: str, preset: str
                 ) -> tuple[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]]:
     defaults = parameters[RUN_DEFAULTS]
-    _refuse_unknown(RUN_DEFAULTS, defaults, RUN_SECTIONS)
+    check_keys(RUN_DEFAULTS, defaults, RUN_SECTIONS)
     settings = parameters[VARIANT_SETTINGS]
-    _refuse_unknown(VARIANT_SETTINGS, settings, variants.NAMES)
+    check_keys(VARIANT_SETTINGS, settings, variants.NAMES)
     own = _entry(settings, VARIANT_SETTINGS, variant, RUN_SECTIONS)
     if FINETUNE in own and variants.get(variant).init_from is None:
         raise SettingError(f"{VARIANT_SETTINGS}.{variant}.{FINETUNE}: {variant} runs train "
@@ -373,7 +365,7 @@ def _run_layers(parameters: Mapping[str, Any], variant: str, preset: str
     preset_block = parameters[PRESETS].get(preset)
     if not isinstance(preset_block, Mapping):
         raise SettingError(f"presets.{preset} must be a mapping with model settings")
-    _refuse_unknown(f"presets.{preset}", preset_block, RUN_SECTIONS)
+    check_keys(f"presets.{preset}", preset_block, RUN_SECTIONS)
     return defaults, preset_block, own
 
 
@@ -405,7 +397,7 @@ def text_settings(parameters: Mapping[str, Any], source: str) -> dict[str, Any]:
     """The merged, validated text (export) settings of the exporting variant ``source``."""
     block = parameters[TEXT]
     exporting = [v for v in variants.NAMES if variants.get(v).tokens_from is None]
-    _refuse_unknown(TEXT, block, (TEXT_DEFAULTS, *exporting))
+    check_keys(TEXT, block, (TEXT_DEFAULTS, *exporting))
     _entry(block, TEXT, source, tuple(TextConfig.__dataclass_fields__))
     override = (parameters.get(source, {}) or {}).get("text")
     merged = _merged(block.get(TEXT_DEFAULTS), block.get(source), override)
@@ -489,11 +481,22 @@ def project_defaults(section: str, conf: Path | str = Path("conf/base")) -> dict
     For library use outside Kedro (benchmarks, tests, scripts): the settings classes
     have no defaults of their own, and this reads the one place that holds them.
     """
+    return _declared_block(conf, RUN_DEFAULTS, section)
+
+
+def project_preset(name: str, conf: Path | str = Path("conf/base")) -> dict[str, Any]:
+    """``presets.<name>`` (e.g. its ``model`` shape) as a project's conf/base declares it."""
+    return _declared_block(conf, "presets", name)
+
+
+def _declared_block(conf: Path | str, *keys: str) -> dict[str, Any]:
     import yaml
 
     path = Path(conf) / "parameters_runs.yml"
-    data = yaml.safe_load(path.read_text())
+    block = yaml.safe_load(path.read_text())
     try:
-        return dict(data[RUN_DEFAULTS][section])
+        for key in keys:
+            block = block[key]
+        return dict(block)
     except (KeyError, TypeError):
-        raise SettingError(f"{path} has no {RUN_DEFAULTS}.{section}") from None
+        raise SettingError(f"{path} has no {'.'.join(keys)}") from None

@@ -17,13 +17,12 @@ from pathlib import Path
 import torch
 
 from backstory.data.corpus.storyworld import generate_records
-from backstory.data.documents import encode_documents
 from backstory.data.token_store import TokenStore
 from backstory.data.token_writer import write_token_store
-from backstory.data.tokenizer import Tokenizer, train_tokenizer
+from backstory.data.tokenizer import Tokenizer
 from backstory.lm.checkpoint import save_model
-from backstory.lm.model import ModelConfig
 from backstory.lm.training import TrainConfig, train
+from tests.project import encoded, model_config, trained_tokenizer
 
 HERE = Path(__file__).parent
 SETTINGS = dict(batch_size=16, grad_accum=1, max_steps=200, lr=3e-3, min_lr=3e-4,
@@ -37,7 +36,7 @@ SETTINGS = dict(batch_size=16, grad_accum=1, max_steps=200, lr=3e-3, min_lr=3e-4
 def main() -> None:
     torch.set_num_threads(1)
     records = generate_records(1337, 0, 400)
-    tokenizer = Tokenizer(train_tokenizer((r["story"] for r in records), vocab_size=512))
+    tokenizer = Tokenizer(trained_tokenizer((r["story"] for r in records), vocab_size=512))
     attrs = {"variant": "forward", "layout": "bos+story", "vocab_size": tokenizer.vocab_size,
              "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id,
              "tokenizer_sha256": tokenizer.sha256, "corpus_fingerprint": "golden"}
@@ -45,10 +44,10 @@ def main() -> None:
         stores = []
         for split, part in (("train", records[:360]), ("val", records[360:])):
             path = Path(folder) / f"{split}.h5"
-            write_token_store(path, encode_documents(part, tokenizer, variant="forward"),
+            write_token_store(path, encoded(part, tokenizer, variant="forward"),
                               attrs=attrs | {"split": split})
             stores.append(TokenStore(path))
-        config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=64, n_layers=2, n_heads=4,
+        config = model_config(vocab_size=tokenizer.vocab_size, dim=64, n_layers=2, n_heads=4,
                              n_kv_heads=2, max_seq_len=128)
         lineage = {"tokenizer_sha256": tokenizer.sha256, "variant": "forward"}
         trained = train(config, TrainConfig(**SETTINGS), *stores, Path(folder) / "run",

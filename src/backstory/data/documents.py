@@ -164,15 +164,16 @@ def encode_documents(
     tokenizer: Tokenizer,
     *,
     variant: str,
-    templates: Sequence[str] | None = None,
-    seed: int = 0,
-    batch_size: int = 1024,
-    num_threads: int = 0,
+    templates: Sequence[str] | None,
+    seed: int,
+    batch_size: int,
+    num_threads: int,
 ) -> Iterator[DocBatch]:
     """Encode records into ``variant`` documents, one DocBatch per ``batch_size`` records.
 
-    ``templates`` (instruct only; default DEFAULT_TEMPLATES) and ``seed`` choose each
-    record's prompt; ``num_threads`` threads encode a batch (0: all cores).
+    ``templates`` (instruct only; None: DEFAULT_TEMPLATES) and ``seed`` choose each
+    record's prompt; ``num_threads`` threads encode a batch (0: all cores). A project's
+    values are its ``text`` settings (``TextConfig``).
     """
     spec = exporting_variant(variant)
     if batch_size < 1:
@@ -205,10 +206,10 @@ class StoryDocuments:
         tokenizer: Tokenizer,
         *,
         variant: str,
-        templates: Sequence[str] | None = None,
-        seed: int = 0,
-        batch_size: int = 1024,
-        num_threads: int = 0,
+        templates: Sequence[str] | None,
+        seed: int,
+        batch_size: int,
+        num_threads: int,
     ) -> None:
         spec = exporting_variant(variant)
         self.templates = tuple(DEFAULT_TEMPLATES if templates is None else templates)

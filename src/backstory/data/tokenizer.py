@@ -120,14 +120,10 @@ def _check_train_args(
 ) -> None:
     if model_type not in MODEL_TYPES:
         raise ValueError(f"tokenizer.model_type must be one of {MODEL_TYPES}, got {model_type!r}")
-    if not isinstance(vocab_size, int) or vocab_size < 4:
-        raise ValueError(f"tokenizer.vocab_size must be an int >= 4, got {vocab_size!r}")
-    if max_sentences < 1:
-        raise ValueError(f"tokenizer.max_sentences must be >= 1, got {max_sentences}")
-    if max_sentence_bytes < 1:
-        raise ValueError(f"tokenizer.max_sentence_bytes must be >= 1, got {max_sentence_bytes}")
-    if num_threads < 1:
-        raise ValueError(f"tokenizer.num_threads must be >= 1, got {num_threads}")
+    params.check_int("tokenizer", "vocab_size", vocab_size, 4)
+    params.check_int("tokenizer", "max_sentences", max_sentences, 1)
+    params.check_int("tokenizer", "max_sentence_bytes", max_sentence_bytes, 1)
+    params.check_int("tokenizer", "num_threads", num_threads, 1)
 
 
 @dataclass(frozen=True)
@@ -156,8 +152,8 @@ def train_tokenizer(
     texts: Iterable[str],
     *,
     vocab_size: int,
-    model_type: str = "bpe",
-    max_sentences: int = 200_000,
+    model_type: str,
+    max_sentences: int,
     max_sentence_bytes: int = DEFAULT_MAX_SENTENCE_BYTES,
     num_threads: int = 1,
 ) -> bytes:

@@ -24,7 +24,7 @@ from backstory.data.tokenizer import Tokenizer
 from backstory.evaluation.metrics import document_bits
 from backstory.evaluation.report import Statistics
 from backstory.evaluation.sampling import mode, prompt_ids, story_text
-from backstory.lm.generate import check_sampling, generate
+from backstory.lm.generate import SamplingConfig, generate
 from backstory.lm.model import Transformer
 
 logger = logging.getLogger(__name__)
@@ -40,22 +40,14 @@ class CompareConfig:
     seed: int  # bootstrap seed; generation batch b samples with seed + b
     convergence_tolerance: float  # converged: doubling the tokens moved the loss less (relative)
     n_stories: int  # validation records prompted per source
-    generate_batch_size: int  # stories decoded together
-    max_new_tokens: int  # per generated story (capped by the model's context)
-    temperature: float
-    top_k: int | None
-    top_p: float | None
+    generate_batch_size: int  # stories decoded together (sampled as run_defaults.evaluate says)
     instruction_template: str  # the instruction given to instruct models
     device: str  # auto: cuda when available, else cpu
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "n_stories", "generate_batch_size", "max_new_tokens"):
+        for name in ("batch_size", "n_stories", "generate_batch_size"):
             params.check_int("compare", name, getattr(self, name), 1)
         self.statistics()  # checks n_boot, seed, confidence and the convergence settings
-        try:
-            check_sampling(self.temperature, self.top_k, self.top_p)
-        except ValueError as err:
-            raise ValueError(f"compare: {err}") from err
 
     @classmethod
     def from_params(cls, settings: Any) -> CompareConfig:
@@ -94,7 +86,9 @@ def _texts_store(path: Path, texts: Sequence[str], tokenizer: Tokenizer, source:
         "tokenizer_sha256": tokenizer.sha256,
         "corpus_fingerprint": "scored-texts",
     }
-    batches = encode_documents(_text_records(texts), tokenizer, variant=source, num_threads=1)
+    # Plain stories: no instruction, so no templates and no template seed; one batch.
+    batches = encode_documents(_text_records(texts), tokenizer, variant=source, templates=None,
+                               seed=0, batch_size=len(texts), num_threads=1)
     write_token_store(path, batches, attrs=attrs)
     return TokenStore(path)
 
@@ -105,7 +99,7 @@ def score_texts(
     texts: Sequence[str],
     *,
     variant: str,
-    batch_size: int = 16,
+    batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(bits, bytes) of each text (normal reading order) under a model of ``variant``.
 
@@ -138,12 +132,9 @@ def generate_batched(
     prompts: Sequence[str],
     *,
     variant: str,
-    batch_size: int = 16,
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int = 0,
+    batch_size: int,
+    sampling: SamplingConfig,
+    seed: int,
 ) -> list[dict[str, Any]]:
     """One story per prompt in ``variant``'s mode, ``batch_size`` prompts per decode.
 
@@ -151,19 +142,18 @@ def generate_batched(
     order), but batched: batch b samples with seed + b, so a story depends on its batch.
     The token budget is capped by the context left after the batch's longest prompt.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"compare.generate_batch_size must be an integer >= 1, got {batch_size!r}")
-    check_sampling(temperature, top_k, top_p)
+    params.check_int("compare", "generate_batch_size", batch_size, 1)
     ids = [prompt_ids(tokenizer, variant, prompt) for prompt in prompts]
     out: list[dict[str, Any]] = []
     for b, start in enumerate(range(0, len(ids), batch_size)):
         batch = ids[start : start + batch_size]
-        budget = min(max_new_tokens, model.config.max_seq_len - max(map(len, batch)))
+        budget = min(sampling.max_new_tokens, model.config.max_seq_len - max(map(len, batch)))
         if budget < 1:
             raise ValueError(f"a prompt of {max(map(len, batch))} tokens leaves no room in the "
                              f"model's context of {model.config.max_seq_len} tokens")
-        new = generate(model, batch, max_new_tokens=budget, temperature=temperature, top_k=top_k,
-                       top_p=top_p, stop_ids=(tokenizer.bos_id, tokenizer.eos_id), seed=seed + b)
+        new = generate(model, batch, max_new_tokens=budget, temperature=sampling.temperature,
+                       top_k=sampling.top_k, top_p=sampling.top_p,
+                       stop_ids=(tokenizer.bos_id, tokenizer.eos_id), seed=seed + b)
         # sampling.story_text is the one definition of how a sample reads in normal order.
         for prompt, prompt_tokens, tokens in zip(prompts[start:], batch, new, strict=False):
             out.append({"variant": variant, "mode": mode(variant),

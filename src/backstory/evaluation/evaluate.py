@@ -36,7 +36,7 @@ from backstory.evaluation.metrics import LN2, document_scores, resolve_device, u
 from backstory.evaluation.sampling import make_samples, samples_markdown, skipped_samples_reason
 from backstory.lm import orders
 from backstory.lm.checkpoint import TrainedModel, build_model
-from backstory.lm.generate import check_sampling
+from backstory.lm.generate import SamplingConfig
 from backstory.lm.machine import machine_facts
 
 logger = logging.getLogger(__name__)
@@ -67,9 +67,14 @@ class EvaluateConfig:
                              "of the evaluation stories")
         params.check_int("evaluate", "seed", self.seed, 0)
         try:
-            check_sampling(self.temperature, self.top_k, self.top_p)
+            SamplingConfig.of(asdict(self))
         except ValueError as err:
             raise ValueError(f"evaluate: {err}") from err
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        """How the run's samples are drawn (``n_samples`` of them, sample i with seed + i)."""
+        return SamplingConfig.of(asdict(self))
 
     @classmethod
     def from_params(cls, settings: Any) -> EvaluateConfig:
@@ -245,7 +250,5 @@ def evaluate_model(
         logger.warning("%s: %d samples skipped: %s", variant, config.n_samples, reason)
         return metrics, documents, [], samples_markdown([], skipped=(config.n_samples, reason))
     samples = make_samples(model, tokenizer, val_store, variant=variant, n=config.n_samples,
-                           max_new_tokens=config.max_new_tokens,
-                           temperature=config.temperature, top_k=config.top_k,
-                           top_p=config.top_p, seed=config.seed)
+                           sampling=config.sampling, seed=config.seed)
     return metrics, documents, samples, samples_markdown(samples)

@@ -257,7 +257,7 @@ def document_scores(
     store: TokenStore,
     *,
     seq_len: int,
-    batch_size: int = 16,
+    batch_size: int,
     token_order: str = "forward",
     stride: int | None = None,
     docs: Sequence[int] | None = None,

@@ -58,12 +58,10 @@ class Statistics:
     def __post_init__(self) -> None:
         params.check_int("compare", "n_boot", self.n_boot, 10)
         params.check_int("compare", "seed", self.seed, 0)
-        value = self.confidence
-        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 < value < 1:
-            raise ValueError(f"compare.confidence={value!r} must be in (0, 1)")
-        value = self.convergence_tolerance
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"compare.convergence_tolerance={value!r} must be > 0")
+        params.check_number("compare", "confidence", self.confidence, 0.0, 1.0, low_open=True,
+                            high_open=True)
+        params.check_number("compare", "convergence_tolerance", self.convergence_tolerance, 0.0,
+                            low_open=True)
 
     def interval(self) -> dict[str, Any]:
         return {"n_boot": self.n_boot, "confidence": self.confidence, "seed": self.seed}
@@ -381,8 +379,7 @@ def instruction_intervals(hits: Mapping[str, Mapping[str, Sequence[bool]]], stat
     for source, checks in hits.items():
         entry: dict[str, Any] = {}
         for name, values in checks.items():
-            entry[name] = share_interval(values, n_boot=stats.n_boot,
-                                         confidence=stats.confidence, seed=stats.seed)
+            entry[name] = share_interval(values, **stats.interval())
         result[source] = entry
     return result
 

@@ -25,7 +25,7 @@ from backstory.evaluation.metrics import check_positive
 from backstory.lm import orders
 from backstory.lm.beam import beam_search, check_beam
 from backstory.lm.constraints import make_constraint
-from backstory.lm.generate import check_sampling, generate
+from backstory.lm.generate import SamplingConfig, check_sampling, generate
 from backstory.lm.model import Transformer
 
 logger = logging.getLogger(__name__)
@@ -137,8 +137,8 @@ def generate_story(
     *,
     variant: str,
     prompt: str,
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
+    max_new_tokens: int,
+    temperature: float,
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int = 0,
@@ -154,7 +154,9 @@ def generate_story(
     at BOS or EOS (``stopped`` True) or after the token budget. ``beam_width`` > 1 runs
     beam search (deterministic; temperature, top-k, top-p and seed unused);
     ``constraint`` names a rule from ``backstory.lm.constraints`` (e.g. "pilish") that
-    the generated text keeps, in the order the model writes it.
+    the generated text keeps, in the order the model writes it. top_k and top_p None
+    filter nothing; the project's values come as a ``SamplingConfig``
+    (``**sampling.to_dict()``).
     """
     check_sampling(temperature, top_k, top_p)
     check_beam(beam_width, length_penalty)
@@ -216,7 +218,7 @@ def sample_prompts(
     *,
     variant: str,
     n: int,
-    seed: int = 0,
+    seed: int,
     max_prompt_tokens: int | None = None,
 ) -> list[str]:
     """Prompts (normal reading order) from the first ``n`` validation documents or records.
@@ -260,26 +262,21 @@ def make_samples(
     *,
     variant: str,
     n: int,
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int = 0,
+    sampling: SamplingConfig,
+    seed: int,
 ) -> list[dict[str, Any]]:
     """``n`` samples in the variant's natural mode, prompted from validation data.
 
     Prompts must leave room for at least min(max_new_tokens, max_seq_len // 4) new
     tokens; sample i uses seed + i, so each sample is reproducible on its own.
     """
-    check_positive("max_new_tokens", max_new_tokens)
     context = model.config.max_seq_len
-    longest = context - min(max_new_tokens, max(1, context // 4))
+    longest = context - min(sampling.max_new_tokens, max(1, context // 4))
     prompts = sample_prompts(source, tokenizer, variant=variant, n=n, seed=seed,
                              max_prompt_tokens=longest)
     return [
         generate_story(model, tokenizer, variant=variant, prompt=prompt,
-                       max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                       top_p=top_p, seed=seed + i)
+                       **sampling.to_dict(), seed=seed + i)
         for i, prompt in enumerate(tqdm(prompts, desc=f"{variant} samples", unit="story",
                                         leave=False))
     ]

@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import stats as scipy_stats
 
+from backstory import params
 from backstory.errors import UserError
 
 # Resamples per bootstrap chunk: bounds memory at chunk x n_docs indices.
@@ -78,10 +79,9 @@ def asymmetry_delta(x_bw: Sequence[float], x_fw: Sequence[float]) -> float:
 
 
 def _check_settings(n_boot: int, confidence: float) -> None:
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 10:
-        raise ValueError(f"compare.n_boot must be an integer >= 10, got {n_boot!r}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"compare.confidence must be in (0, 1), got {confidence!r}")
+    params.check_int("compare", "n_boot", n_boot, 10)
+    params.check_number("compare", "confidence", confidence, 0.0, 1.0, low_open=True,
+                        high_open=True)
 
 
 def _resampled_totals(columns: Sequence[np.ndarray], n_boot: int, seed: int
@@ -104,9 +104,9 @@ def seed_document_interval(
     b: np.ndarray,
     statistic: Callable[[np.ndarray, np.ndarray], np.ndarray],
     *,
-    n_boot: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
+    n_boot: int,
+    confidence: float,
+    seed: int,
 ) -> dict[str, float | int | str | list[float]]:
     """A statistic of two (seeds, documents) arrays and its interval (module docstring).
 
@@ -165,9 +165,9 @@ def bootstrap_delta(
     x_bw: Sequence[float],
     x_fw: Sequence[float],
     *,
-    n_boot: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
+    n_boot: int,
+    confidence: float,
+    seed: int,
 ) -> dict[str, float | int]:
     """The delta of one pair of models and its percentile bootstrap interval over
     documents (resampled in pairs). Returns delta, low, high, n_docs, n_boot, confidence.
@@ -180,8 +180,8 @@ def bootstrap_delta(
             "n_docs": int(bw.size), "n_boot": n_boot, "confidence": confidence}
 
 
-def share_interval(hits: Sequence[bool], *, n_boot: int = 2000, confidence: float = 0.95,
-                   seed: int = 0) -> dict[str, float | int]:
+def share_interval(hits: Sequence[bool], *, n_boot: int, confidence: float,
+                   seed: int) -> dict[str, float | int]:
     """A share of stories and its percentile bootstrap interval over the stories."""
     _check_settings(n_boot, confidence)
     values = np.asarray(hits, dtype=np.float64)

@@ -17,13 +17,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from numbers import Integral
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from backstory import params
 from backstory.lm.decode import Stepper, check_decode_step
 from backstory.lm.model import KVCache, Transformer, model_device
 
@@ -54,6 +56,30 @@ def apply_processors(processors: Sequence[LogitsProcessor], prompts: Sequence[Se
         raise ValueError(f"the logits processors forbid every token for row {row} after "
                          f"{len(generated[row])} generated tokens")
     return logits
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How stories are sampled: the runs' samples, the compare report's stories and
+    ``backstory generate`` all use it, with the values of ``run_defaults.evaluate`` in
+    conf/base (a run's own evaluate settings, where a preset or variant changes them)."""
+
+    max_new_tokens: int  # per story, capped by the model's context
+    temperature: float  # 0: greedy
+    top_k: int | None  # None: no top-k filter
+    top_p: float | None  # None: no nucleus filter
+
+    def __post_init__(self) -> None:
+        params.check_int("sampling", "max_new_tokens", self.max_new_tokens, 1)
+        check_sampling(self.temperature, self.top_k, self.top_p)
+
+    @classmethod
+    def of(cls, settings: Mapping[str, Any]) -> SamplingConfig:
+        """The sampling keys of ``settings`` (e.g. a run's evaluate settings)."""
+        return cls(**{f.name: settings[f.name] for f in fields(cls)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.torch_version import TorchVersion
 
+from backstory import params
 from backstory.errors import SettingError
 from backstory.lm.losses import chunked_cross_entropy
 
@@ -38,7 +39,9 @@ SDPA_HAS_GQA = TorchVersion(torch.__version__) >= (2, 5)
 # Model families: the Llama decoder here, GRU and LSTM language models in
 # backstory.lm.recurrent (built by backstory.lm.families.new_model).
 FAMILIES = ("llama", "gru", "lstm")
-_INT_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "multiple_of", "max_seq_len")
+_INT_FIELDS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of",
+               "hidden_dim", "max_seq_len")
+_OPTIONAL_INT_FIELDS = ("n_heads", "n_kv_heads", "hidden_dim")
 _FLOAT_FIELDS = ("norm_eps", "rope_theta", "dropout")
 # Bounds far above any model this project trains, so that a typo (an extra zero or three)
 # is refused by name before tensors are allocated instead of exhausting memory: the RoPE
@@ -48,49 +51,51 @@ MAX_SEQ_LEN = 1 << 16
 MAX_VOCAB_SIZE = 1 << 20
 MAX_PARAMETERS = 1 << 34  # ~17 billion: 64 GiB of float32 weights before any optimizer state
 
-# Levers added after the first model format: written to dicts (model.json, checkpoints)
-# only when switched on, so a model without them keeps its bytes and its resumable runs.
-_LEVER_DEFAULTS = {"qk_norm": False, "zero_init_out": False, "family": "llama"}
+# Levers added after the first model format, with the value every model written before
+# them used: a model dict (model.json, a checkpoint, an import) without them is read with
+# these, and they are written only when they differ, so a model without them keeps its
+# bytes and its resumable runs. (New runs take theirs from run_defaults.model in conf/base.)
+MODELS_BEFORE_LEVERS = {"qk_norm": False, "zero_init_out": False, "family": "llama"}
 _BOOL_LEVERS = ("qk_norm", "zero_init_out")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModelConfig:
-    """Shape of the decoder; the defaults are llama2.c's 15M TinyStories model."""
+    """Shape of the model: the project's presets in conf/base say it, and ``from_dict``
+    refuses a mapping that leaves a shape key out. The defaults are llama2.c's constants
+    (not project settings), and None where a value follows from the others."""
 
     vocab_size: int
-    dim: int = 288  # width of the residual stream
-    n_layers: int = 6
-    n_heads: int = 6
+    dim: int  # width of the residual stream
+    n_layers: int
+    n_heads: int | None = None  # llama: required; the recurrent families have no heads
     n_kv_heads: int | None = None  # None -> n_heads; fewer -> grouped-query attention
     multiple_of: int = 32  # SwiGLU hidden width is rounded up to this (matmul-friendly)
     hidden_dim: int | None = None  # explicit SwiGLU hidden width, overrides the rule
-    max_seq_len: int = 256  # longest sequence; sizes the RoPE tables and the cache
+    max_seq_len: int  # longest sequence; sizes the RoPE tables and the cache
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     dropout: float = 0.0
-    qk_norm: bool = False  # RMSNorm on each head's queries and keys (modded-nanogpt)
-    zero_init_out: bool = False  # wo and w2 start at zero: each block starts as identity
-    family: str = "llama"  # llama | gru | lstm; recurrent families use dim and n_layers only
+    qk_norm: bool  # RMSNorm on each head's queries and keys (modded-nanogpt)
+    zero_init_out: bool  # wo and w2 start at zero: each block starts as identity
+    family: str  # llama | gru | lstm; recurrent families use dim and n_layers only
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise SettingError(f"model config family={self.family!r} is unknown; use one of "
                                f"{', '.join(FAMILIES)}")
+        if self.family == "llama" and self.n_heads is None:
+            raise SettingError("model config lacks n_heads, which a llama model needs")
         for name in _INT_FIELDS:
-            _check_positive_int(name, getattr(self, name))
-        for name in ("n_kv_heads", "hidden_dim"):
-            if getattr(self, name) is not None:
-                _check_positive_int(name, getattr(self, name))
+            params.check_int("model", name, getattr(self, name), 1,
+                             optional=name in _OPTIONAL_INT_FIELDS)
+        params.check_number("model", "norm_eps", self.norm_eps, 0.0, low_open=True)
+        params.check_number("model", "rope_theta", self.rope_theta, 0.0, low_open=True)
+        params.check_number("model", "dropout", self.dropout, 0.0, 1.0, high_open=True)
         for name in _FLOAT_FIELDS:
-            setattr(self, name, _as_float(name, getattr(self, name)))
-        if not (self.norm_eps > 0 and self.rope_theta > 0):
-            raise SettingError(f"model config norm_eps and rope_theta must be > 0, got "
-                               f"{self.norm_eps}, {self.rope_theta}")
+            setattr(self, name, float(getattr(self, name)))
         if self.family == "llama":
             self._check_attention()
-        if not 0.0 <= self.dropout < 1.0:
-            raise SettingError(f"model config dropout must be in [0, 1), got {self.dropout}")
         for name in _BOOL_LEVERS:
             if not isinstance(getattr(self, name), bool):
                 raise SettingError(f"model config {name} must be true or false, "
@@ -162,39 +167,18 @@ class ModelConfig:
         return self.vocab_size * self.dim + self.n_layers * layer + self.dim
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings; a lever at its default is left out (see ``_LEVER_DEFAULTS``)."""
+        """The settings; a lever at its old value is left out (``MODELS_BEFORE_LEVERS``)."""
         return {k: v for k, v in asdict(self).items()
-                if not (k in _LEVER_DEFAULTS and v == _LEVER_DEFAULTS[k])}
+                if not (k in MODELS_BEFORE_LEVERS and v == MODELS_BEFORE_LEVERS[k])}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
-        """Build from a mapping (e.g. parameters or a checkpoint); unknown keys are errors."""
-        if not isinstance(d, Mapping):
-            raise SettingError(f"model config must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise SettingError(
-                f"unknown model config keys {unknown}; known keys: {sorted(known)}"
-            )
-        if "vocab_size" not in d:
-            raise SettingError("model config is missing vocab_size")
-        return cls(**d)
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SettingError(f"model config {name} must be a positive integer, got {value!r}")
-
-
-def _as_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        # PyYAML reads 1e-5 (no dot) as a string, hence the hint.
-        raise SettingError(
-            f"model config {name} must be a number, got {value!r} ({type(value).__name__}); "
-            "in YAML write e.g. 1.0e-5"
-        )
-    return float(value)
+        """Build from a mapping (parameters, model.json, a checkpoint): unknown and missing
+        keys are errors naming the key; a lever left out has its ``MODELS_BEFORE_LEVERS``
+        value."""
+        if isinstance(d, Mapping):
+            d = {**MODELS_BEFORE_LEVERS, **d}
+        return params.build(cls, d, "model")
 
 
 class KVCache:

@@ -95,7 +95,7 @@ def permutation_seed_of(meta: Mapping[str, Any]) -> int | None:
     if not config:
         return None
     # A seed at its implied value is left out of saved train configs
-    # (backstory.lm.training.config.LATER_DEFAULTS).
+    # (backstory.lm.training.config.RUNS_BEFORE_SETTINGS).
     return config.get("permutation_seed", IMPLIED_PERMUTATION_SEED)
 
 

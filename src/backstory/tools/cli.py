@@ -13,8 +13,11 @@
 
 The model and tokenizer are where the project's catalog puts the run's files (the run:
 --run, or the only run of --variant in the experiment of --env), unless --model-dir and
---tokenizer name others. Stories are printed in normal reading order, whatever direction
-the model writes in.
+--tokenizer name others. A sampling setting not given (--max-new-tokens, --temperature,
+--top-k, --top-p, --seed) is the run's evaluate setting in the project's parameters
+(run_defaults.evaluate for a --model-dir), as its samples and the compare report use;
+outside a project every one is given, an unset --top-k or --top-p filtering nothing.
+Stories are printed in normal reading order, whatever direction the model writes in.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +41,11 @@ from backstory.evaluation.sampling import generate_story, mode
 from backstory.lm.beam import check_beam
 from backstory.lm.checkpoint import MODEL_META_FILE, WEIGHTS_FILE, load_model, load_trained
 from backstory.lm.constraints import CONSTRAINTS
-from backstory.lm.generate import check_sampling
+from backstory.lm.generate import SamplingConfig
 from backstory.lm.interop import FORMATS, export_model, load_external, save_imported
 from backstory.lm.interop.external import TOKENIZER_MODEL_FILE
 from backstory.pipelines.run.pipeline import tokenizer_dataset
-from backstory.tools.locate import Project
+from backstory.tools.locate import CONF, Project
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +90,12 @@ def _generate_parser(commands: argparse._SubParsersAction) -> None:
     gen = commands.add_parser("generate", help="generate stories with a trained model")
     gen.add_argument("--prompt", required=True, help="text in normal reading order")
     _add_model_paths(gen)
-    gen.add_argument("--max-new-tokens", type=int, default=200,
+    gen.add_argument("--max-new-tokens", type=int,
                      help="most tokens to generate (capped by the model's context)")
-    gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    gen.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest")
-    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass")
-    gen.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    gen.add_argument("--temperature", type=float, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, help="sample among the k likeliest")
+    gen.add_argument("--top-p", type=float, help="nucleus sampling mass")
+    gen.add_argument("--seed", type=int, help="sample i uses seed + i")
     gen.add_argument("--num-samples", type=int, default=1, help="how many stories")
     gen.add_argument("--beam-width", type=int, default=1,
                      help="> 1: beam search instead of sampling (deterministic)")
@@ -140,16 +144,23 @@ def _import_parser(commands: argparse._SubParsersAction) -> None:
     _add_force(imp)
 
 
-def _paths(args: argparse.Namespace) -> tuple[str | None, Path, Path]:
-    """(variant or None, model folder, tokenizer file) the arguments point at."""
+def _paths(args: argparse.Namespace, *, settings_wanted: bool = False
+           ) -> tuple[str | None, Path, Path, dict[str, Any] | None]:
+    """(variant or None, model folder, tokenizer file, evaluate settings) the arguments
+    point at; the settings are the run's, run_defaults.evaluate for a --model-dir, or None
+    outside a project (or when not ``settings_wanted``)."""
     variant, model_dir, tokenizer, make = args.variant, args.model_dir, args.tokenizer, None
+    settings = None
     if tokenizer is None and model_dir is not None and (model_dir / TOKENIZER_MODEL_FILE).is_file():
         tokenizer = model_dir / TOKENIZER_MODEL_FILE  # an import keeps its own tokenizer
-    if model_dir is None or tokenizer is None:
+    needed = model_dir is None or tokenizer is None
+    if needed or settings_wanted and (args.project_dir / CONF / "base").is_dir():
         try:
             project = Project.load(args.project_dir, args.env)
+            settings = project.evaluate_settings()
             if model_dir is None:
                 run = project.find_run(args.variant, args.run)
+                settings = project.evaluate_settings(run)
                 variant, model_dir = run.variant, project.path(f"{run.namespace}.model")
                 make = f"kedro run --pipelines {run.namespace}"
             if tokenizer is None:  # the variant's own tokenizer, or the shared one
@@ -165,7 +176,28 @@ def _paths(args: argparse.Namespace) -> tuple[str | None, Path, Path]:
             f"no tokenizer at {tokenizer}; make it with `kedro run --pipelines ingest` "
             "(or pass --tokenizer)"
         )
-    return variant, model_dir, tokenizer
+    return variant, model_dir, tokenizer, settings
+
+
+def _sampling(args: argparse.Namespace, settings: dict[str, Any] | None
+              ) -> tuple[SamplingConfig, int]:
+    """The sampling settings and seed: each given flag, else the project's ``settings``."""
+    flags = {f.name: getattr(args, f.name) for f in fields(SamplingConfig)} | {"seed": args.seed}
+    if settings is None:  # outside a project: the flags alone; an unset top-k/top-p: no filter
+        settings = {"top_k": None, "top_p": None}
+        if args.temperature == 0 or args.beam_width > 1:
+            settings["seed"] = 0  # greedy and beam search draw nothing: the seed is unused
+        missing = ["--" + k.replace("_", "-") for k, v in flags.items()
+                   if v is None and k not in settings]
+        if missing:
+            raise UsageError(f"{args.project_dir.resolve()} is no backstory project to read "
+                             f"the sampling settings from; pass {', '.join(missing)}")
+    chosen = {k: settings[k] if v is None else v for k, v in flags.items()}
+    seed = chosen.pop("seed")
+    try:
+        return SamplingConfig.of(chosen), seed
+    except ValueError as err:
+        raise UsageError(str(err)) from err
 
 
 def _checked_variant(variant: str | None, meta: dict[str, Any], model_dir: Path) -> str:
@@ -183,16 +215,13 @@ def _checked_variant(variant: str | None, meta: dict[str, Any], model_dir: Path)
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be >= 1, got {args.num_samples}")
-    if args.seed < 0:
+    if args.seed is not None and args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if args.beam_width > 1 and args.num_samples > 1:
         raise UsageError("beam search is deterministic: use --num-samples 1 with --beam-width")
     try:
-        check_sampling(args.temperature, args.top_k, args.top_p)
         check_beam(args.beam_width, args.length_penalty)
         device = torch.device(args.device)
     except (ValueError, RuntimeError) as err:  # torch rejects unknown device strings
@@ -201,10 +230,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
 
 
-def _generate(args: argparse.Namespace) -> list[str]:
-    """The stories the arguments ask for; UsageError for anything the user can fix."""
+def _generate(args: argparse.Namespace) -> tuple[list[str], int]:
+    """The stories the arguments ask for, and the first one's seed; UsageError for
+    anything the user can fix."""
     _check_args(args)
-    variant, model_dir, tokenizer_path = _paths(args)
+    variant, model_dir, tokenizer_path, settings = _paths(args, settings_wanted=True)
+    sampling, seed = _sampling(args, settings)
     try:
         tokenizer = Tokenizer.from_file(tokenizer_path)
         model, meta = load_model(model_dir, device=args.device)
@@ -213,12 +244,10 @@ def _generate(args: argparse.Namespace) -> list[str]:
         variant = _checked_variant(variant, meta, model_dir)
         return [
             generate_story(model, tokenizer, variant=variant, prompt=args.prompt,
-                           max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                           top_k=args.top_k, top_p=args.top_p, seed=args.seed + i,
-                           beam_width=args.beam_width, length_penalty=args.length_penalty,
-                           constraint=args.constraint)["text"]
+                           **sampling.to_dict(), seed=seed + i, beam_width=args.beam_width,
+                           length_penalty=args.length_penalty, constraint=args.constraint)["text"]
             for i in range(args.num_samples)
-        ]
+        ], seed
     except (UserError, ValueError, OSError) as err:
         # Unreadable or mismatched files and bad settings (CheckpointError and
         # LineageError are ValueErrors) are the user's to fix, not crashes.
@@ -227,7 +256,7 @@ def _generate(args: argparse.Namespace) -> list[str]:
 
 def _export(args: argparse.Namespace) -> list[Path]:
     """Export the model the arguments name; the files written."""
-    variant, model_dir, tokenizer_path = _paths(args)
+    variant, model_dir, tokenizer_path, _ = _paths(args)
     try:
         tokenizer = Tokenizer.from_file(tokenizer_path)
         trained = load_trained(model_dir)
@@ -270,7 +299,7 @@ def _print_stories(stories: list[str], seed: int) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "generate":
-        _print_stories(_generate(args), args.seed)
+        _print_stories(*_generate(args))
     elif args.command == "export":
         for path in _export(args):
             print(path)

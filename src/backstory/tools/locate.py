@@ -24,6 +24,7 @@ class Project:
     root: Path
     catalog: dict[str, Any]
     experiment: Experiment
+    parameters: dict[str, Any]  # as Kedro reads them: each run's merged settings included
 
     @classmethod
     def load(cls, root: Path, env: str | None = None) -> Project:
@@ -36,7 +37,8 @@ class Project:
                              "the project folder or pass --project-dir")
         loader = ProjectConfigLoader(conf_source=str(conf), env=env, **CONFIG_LOADER_ARGS)
         catalog = {k: v for k, v in loader["catalog"].items() if not k.startswith("_")}
-        return cls(Path(root), catalog, experiment.declared(loader["parameters"]))
+        parameters = loader["parameters"]
+        return cls(Path(root), catalog, experiment.declared(parameters), parameters)
 
     def path(self, dataset: str) -> Path:
         """The file or folder of a catalog dataset, under the project root."""
@@ -48,6 +50,12 @@ class Project:
             if config and key in config:
                 return self.root / str(config[key])
         raise ValueError(f"the catalog has no file for {dataset!r}")
+
+    def evaluate_settings(self, run: RunSpec | None = None) -> dict[str, Any]:
+        """The evaluate settings of ``run`` (merged), or ``run_defaults.evaluate``."""
+        if run is None:
+            return dict(self.parameters[experiment.RUN_DEFAULTS]["evaluate"])
+        return dict(self.parameters[run.variant][run.size][f"s{run.seed}"]["evaluate"])
 
     def find_run(self, variant: str | None = None, run: str | None = None) -> RunSpec:
         """The run named ``run``, or the only run of ``variant``."""

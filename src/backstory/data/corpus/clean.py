@@ -21,7 +21,7 @@ from typing import Any
 
 from backstory.data.corpus.readers import EmptyChunk, RawItem, read_records
 from backstory.data.corpus.schema import BadRecordError, normalize_line_endings, validate_record
-from backstory.data.corpus.splits import DEFAULT_SPLIT_SALT, SplitRule, check_val_fraction
+from backstory.data.corpus.splits import SplitRule
 
 logger = logging.getLogger(__name__)
 
@@ -188,21 +188,15 @@ def clean_file(
     data: bytes,
     *,
     on_bad_record: str,
-    val_fraction: float = 0.05,
-    split_salt: str = DEFAULT_SPLIT_SALT,
-    split: SplitRule | None = None,
+    split: SplitRule,
     role: str = "train",
 ) -> CleanResult:
-    """Validate every record of one raw file held in memory and assign its split.
+    """Validate every record of one raw file held in memory and assign its ``split``.
 
-    Without ``split`` the hash split with ``val_fraction`` and ``split_salt`` applies.
     ``on_bad_record="raise"`` re-raises the first BadRecordError; ``"skip"`` counts bad
     records by reason and rejects a file that is bad as a whole (see CleanResult).
     """
     check_on_bad_record(on_bad_record)
-    if split is None:
-        check_val_fraction(val_fraction)
-        split = SplitRule("hash", val_fraction, salt=split_salt)
     cleaner = RecordCleaner(name, on_bad_record=on_bad_record, split=split, role=role)
     records = []
     try:

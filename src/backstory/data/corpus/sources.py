@@ -126,9 +126,10 @@ class CorpusConfig:
             raise ValueError(f"corpus.max_shards must be null or >= 1, got {self.max_shards!r}")
 
 
-def plan_corpus(config: CorpusConfig, *, workers: int = 0, progress: bool = True
+def plan_corpus(config: CorpusConfig, *, workers: int, progress: bool = True
                 ) -> RawCorpusPlan:
-    """The raw files of the configured corpus (downloading published files first)."""
+    """The raw files of the configured corpus (downloading published files first), read
+    by ``workers`` processes (ingest.workers; 0: every core)."""
     if config.source == "storyworld":
         return _storyworld_plan(config, workers)
     if config.source == "tinystories":

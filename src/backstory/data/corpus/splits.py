@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from backstory import params
+
 STRATEGIES = ("hash", "shard", "official")
 SPLITS = ("train", "val")
 ROLES = ("train", "valid")
@@ -35,10 +37,8 @@ def role_from_name(name: str) -> str:
 
 
 def check_val_fraction(val_fraction: float) -> None:
-    """Raise ValueError unless ``val_fraction`` is a number in [0, 1)."""
-    is_number = isinstance(val_fraction, int | float) and not isinstance(val_fraction, bool)
-    if not is_number or not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"split.val_fraction must be a number in [0, 1), got {val_fraction!r}")
+    """SettingError unless ``val_fraction`` is a number in [0, 1)."""
+    params.check_number("split", "val_fraction", val_fraction, 0.0, 1.0, high_open=True)
 
 
 def split_of(story: str, val_fraction: float, salt: str = DEFAULT_SPLIT_SALT) -> str:
@@ -53,8 +53,8 @@ def split_of(story: str, val_fraction: float, salt: str = DEFAULT_SPLIT_SALT) ->
 class SplitRule:
     """The train/validation rule of one ingest (see the module docstring)."""
 
-    strategy: str = "hash"
-    val_fraction: float = 0.05
+    strategy: str
+    val_fraction: float | None = None  # hash only (the others may carry one, unused)
     val_files: tuple[str, ...] = ()
     salt: str = DEFAULT_SPLIT_SALT
 
@@ -63,7 +63,8 @@ class SplitRule:
             raise ValueError(
                 f"split.strategy must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}"
             )
-        check_val_fraction(self.val_fraction)
+        if self.strategy == "hash" or self.val_fraction is not None:
+            check_val_fraction(self.val_fraction)
         if not isinstance(self.salt, str):
             raise ValueError(f"the split salt must be a string, got {self.salt!r}")
         bad = [name for name in self.val_files if not isinstance(name, str) or not name]
@@ -77,15 +78,8 @@ class SplitRule:
     @classmethod
     def from_params(cls, split: Mapping[str, Any]) -> SplitRule:
         """The rule from the ``split`` parameters; unknown or missing keys are refused."""
-        if not isinstance(split, Mapping):
-            raise ValueError(f"split must be a mapping of settings, got {type(split).__name__}")
         known = ("strategy", "val_fraction", "val_files")
-        unknown = sorted(set(split) - set(known))
-        if unknown:
-            raise ValueError(f"unknown split keys {unknown}; known keys: {', '.join(known)}")
-        missing = [key for key in known if key not in split]
-        if missing:
-            raise ValueError(f"split lacks {', '.join(missing)} (conf/base holds every default)")
+        params.check_keys("split", split, known, known)
         files = split["val_files"] or ()
         if isinstance(files, str):
             raise ValueError(f"split.val_files must be a list of file names, got {files!r}")

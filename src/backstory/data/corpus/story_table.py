@@ -107,7 +107,7 @@ class CleanSettings:
 
     on_bad_record: str
     split: SplitRule
-    max_stories_per_file: int | None = None
+    max_stories_per_file: int | None  # None: every story
 
     def __post_init__(self) -> None:
         _check_clean_settings(self.on_bad_record, self.max_stories_per_file)

@@ -178,13 +178,14 @@ def model_config_from_hf(config: dict[str, Any], *, source: str) -> ModelConfig:
         raise ValueError(f"{source}: head_dim {config['head_dim']} != hidden_size / heads")
     theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
     try:
-        return ModelConfig(
-            vocab_size=config["vocab_size"], dim=dim, n_layers=config["num_hidden_layers"],
-            n_heads=heads, n_kv_heads=config.get("num_key_value_heads") or heads,
-            hidden_dim=config["intermediate_size"],
-            max_seq_len=config["max_position_embeddings"],
-            norm_eps=config.get("rms_norm_eps", 1e-6), rope_theta=theta,
-        )
+        return ModelConfig.from_dict({
+            "vocab_size": config["vocab_size"], "dim": dim,
+            "n_layers": config["num_hidden_layers"], "n_heads": heads,
+            "n_kv_heads": config.get("num_key_value_heads") or heads,
+            "hidden_dim": config["intermediate_size"],
+            "max_seq_len": config["max_position_embeddings"],
+            "norm_eps": config.get("rms_norm_eps", 1e-6), "rope_theta": theta,
+        })
     except KeyError as err:
         raise ValueError(f"{source} lacks {err}") from err
 

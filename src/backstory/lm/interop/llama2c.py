@@ -137,8 +137,9 @@ def read_llama2c_model(path: Path, *, config: ModelConfig | None = None) -> Trai
 def _header_config(path: Path, dim: int, hidden: int, n_layers: int, n_heads: int, n_kv: int,
                    vocab: int, seq_len: int) -> ModelConfig:
     try:
-        return ModelConfig(vocab_size=vocab, dim=dim, n_layers=n_layers, n_heads=n_heads,
-                           n_kv_heads=n_kv, hidden_dim=hidden, max_seq_len=seq_len)
+        return ModelConfig.from_dict({"vocab_size": vocab, "dim": dim, "n_layers": n_layers,
+                                      "n_heads": n_heads, "n_kv_heads": n_kv,
+                                      "hidden_dim": hidden, "max_seq_len": seq_len})
     except ValueError as err:
         raise ValueError(f"{path}: the header does not describe a valid model: {err}") from err
 

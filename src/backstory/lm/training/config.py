@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -24,11 +23,12 @@ RESUME_FREE_KEYS = frozenset(
      "num_threads", "compile_mode"}
 )
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-# Settings added after the first checkpoint format, with the value a checkpoint or model
-# meta written before them implies. (Their defaults for new runs are in conf/base like all
-# others.) They are written to dicts only when they differ from these, so a run that does
-# not use them keeps its bytes and its older checkpoints stay resumable.
-LATER_DEFAULTS = {"optimizer": "adamw", "muon_lr": 0.02, "muon_momentum": 0.95,
+# Settings added after the first checkpoint format, with the value every run made before
+# each of them existed used: a checkpoint or model meta without them is read with these
+# (new runs take theirs from run_defaults.train in conf/base, like every other setting).
+# They are written to dicts only when they differ from these, so a run that does not use
+# them keeps its bytes and its older checkpoints stay resumable.
+RUNS_BEFORE_SETTINGS = {"optimizer": "adamw", "muon_lr": 0.02, "muon_momentum": 0.95,
                   "muon_weight_decay": 0.0, "loss_chunk": 0, "num_threads": 0,
                   "compile_mode": "default", "permutation_seed": IMPLIED_PERMUTATION_SEED}
 
@@ -85,24 +85,22 @@ class TrainConfig:
     def _validate(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches",
                      "log_interval", "checkpoint_interval", "nproc_per_node"):
-            _require_int(name, getattr(self, name), 1)
-        _require_int("warmup_steps", self.warmup_steps, 0)
-        _require_int("seed", self.seed, 0)
-        _require_int("permutation_seed", self.permutation_seed, 0)
+            params.check_int("train", name, getattr(self, name), 1)
+        params.check_int("train", "warmup_steps", self.warmup_steps, 0)
+        params.check_int("train", "seed", self.seed, 0)
+        params.check_int("train", "permutation_seed", self.permutation_seed, 0)
         check_schedule(schedule=self.schedule, lr=self.lr, min_lr=self.min_lr,
                        warmup_steps=self.warmup_steps, max_steps=self.max_steps,
                        cooldown_fraction=self.cooldown_fraction)
-        _require_float("weight_decay", self.weight_decay, 0.0, math.inf)
-        _require_float("muon_lr", self.muon_lr, 0.0, math.inf)
-        if self.muon_lr <= 0:
-            raise ValueError(f"train.muon_lr={self.muon_lr!r} must be > 0")
-        _require_float("muon_momentum", self.muon_momentum, 0.0, 1.0, high_open=True)
-        _require_float("muon_weight_decay", self.muon_weight_decay, 0.0, math.inf)
-        _require_int("loss_chunk", self.loss_chunk, 0)
-        _require_int("num_threads", self.num_threads, 0)
-        _require_float("grad_clip", self.grad_clip, 0.0, math.inf)
+        params.check_number("train", "weight_decay", self.weight_decay, 0.0)
+        params.check_number("train", "muon_lr", self.muon_lr, 0.0, low_open=True)
+        params.check_number("train", "muon_momentum", self.muon_momentum, 0.0, 1.0, high_open=True)
+        params.check_number("train", "muon_weight_decay", self.muon_weight_decay, 0.0)
+        params.check_int("train", "loss_chunk", self.loss_chunk, 0)
+        params.check_int("train", "num_threads", self.num_threads, 0)
+        params.check_number("train", "grad_clip", self.grad_clip, 0.0)
         for name in ("beta1", "beta2"):
-            _require_float(name, getattr(self, name), 0.0, 1.0, high_open=True)
+            params.check_number("train", name, getattr(self, name), 0.0, 1.0, high_open=True)
         self._check_choices()
         if self.batch_size % self.nproc_per_node:
             raise ValueError(
@@ -140,27 +138,13 @@ class TrainConfig:
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> TrainConfig:
         """Build from a dict ``to_dict`` wrote (a checkpoint, a worker's arguments): a later
-        setting it leaves out has the value ``LATER_DEFAULTS`` says it implies."""
-        return params.build(cls, {**LATER_DEFAULTS, **record}, "train")
+        setting it leaves out has the value runs made before it used (``RUNS_BEFORE_SETTINGS``)."""
+        return params.build(cls, {**RUNS_BEFORE_SETTINGS, **record}, "train")
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings; a later setting at its default is left out (``LATER_DEFAULTS``)."""
+        """The settings; a later setting at its old value is left out (``RUNS_BEFORE_SETTINGS``)."""
         return {k: v for k, v in asdict(self).items()
-                if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
-
-
-def _require_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"train.{name}={value!r} must be an integer >= {minimum}")
-
-
-def _require_float(name: str, value: Any, low: float, high: float, *,
-                   high_open: bool = False) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and low <= value and (value < high if high_open else value <= high)
-    if not ok:
-        bracket = ")" if high_open else "]"
-        raise ValueError(f"train.{name}={value!r} must be a number in [{low}, {high}{bracket}")
+                if not (k in RUNS_BEFORE_SETTINGS and v == RUNS_BEFORE_SETTINGS[k])}
 
 
 def is_cuda_index(device: Any) -> bool:

@@ -33,6 +33,7 @@ from backstory.evaluation.metrics import resolve_device
 from backstory.evaluation.sampling import ending_prompt, opening_prompt, prompt_kind
 from backstory.lm import orders
 from backstory.lm.checkpoint import TrainedModel, build_model
+from backstory.lm.generate import SamplingConfig
 from backstory.lm.model import Transformer
 
 logger = logging.getLogger(__name__)
@@ -186,14 +187,16 @@ def _prompt(source: str, variant: str, record: Mapping[str, Any], template: str)
 
 
 def generate_comparison_stories(
-    compare: dict, tokenizer: Tokenizer, stories: StoryTable,
+    compare: dict, evaluate: dict, tokenizer: Tokenizer, stories: StoryTable,
     *models: TrainedModel, runs: Sequence[Mapping[str, Any]],
 ) -> pd.DataFrame:
     """One story per (validation record, source), plus the real story, as a long table.
 
-    ``models`` are the lead group's models (``runs``); each writes in its own mode.
+    ``models`` are the lead group's models (``runs``); each writes in its own mode,
+    sampled as ``evaluate`` (run_defaults.evaluate) says.
     """
     config = CompareConfig.from_params(compare)
+    sampling = SamplingConfig.of(evaluate)
     by_variant = {run["variant"]: trained for run, trained in zip(runs, models, strict=True)}
     records = _records(stories, config.n_stories)
     # Words as one space-separated string: table previews cannot show list cells.
@@ -206,10 +209,8 @@ def generate_comparison_stories(
         model = _model(by_variant[variant], config.device)
         prompts = [_prompt(source, variant, r, config.instruction_template) for r in records]
         samples = generate_batched(model, tokenizer, prompts, variant=variant,
-                                   batch_size=config.generate_batch_size, seed=config.seed,
-                                   max_new_tokens=config.max_new_tokens,
-                                   temperature=config.temperature, top_k=config.top_k,
-                                   top_p=config.top_p)
+                                   batch_size=config.generate_batch_size, sampling=sampling,
+                                   seed=config.seed)
         rows += [base | {key: sample[key] for key in ("prompt", "text", "n_new_tokens", "stopped")}
                  | {"source": source} for base, sample in zip(bases, samples, strict=True)]
     logger.info("Generated %d stories from %d validation records", len(rows) - len(records),
@@ -295,11 +296,13 @@ def list_imported_models(models: dict, *metrics: Mapping[str, Any],
 
 
 def build_report(arrow: dict, training: dict, coherence: dict, instructions: dict,
-                 models: dict, floor_excess: dict, compare: dict, imported: dict | None = None
-                 ) -> tuple[dict[str, Any], str]:
-    """The comparison report as JSON and as Markdown."""
+                 models: dict, floor_excess: dict, compare: dict, evaluate: dict,
+                 imported: dict | None = None) -> tuple[dict[str, Any], str]:
+    """The comparison report as JSON and as Markdown (its settings: ``compare`` and the
+    sampling of its stories, from ``evaluate``)."""
     config = CompareConfig.from_params(compare)
-    settings = {k: v for k, v in sorted(config.to_dict().items()) if k != "device"}
+    used = config.to_dict() | SamplingConfig.of(evaluate).to_dict()
+    settings = {k: v for k, v in sorted(used.items()) if k != "device"}
     report = {"arrow_of_time": arrow, "training_curves": training,
               "convergence": reporting.convergence(models, config.statistics()),
               "coherence": coherence, "instruction_following": instructions, "models": models,

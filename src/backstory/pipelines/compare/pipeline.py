@@ -39,6 +39,11 @@ from backstory.pipelines.compare.nodes import (
 LOGS = ("train_loss_curve", "val_loss_curve", "metrics")
 
 
+# The report's stories are sampled as the runs' samples are: one SamplingConfig, whose
+# values are written once, in run_defaults.evaluate.
+SAMPLING = "params:run_defaults.evaluate"
+
+
 def _bound(func, **kwargs):
     return update_wrapper(partial(func, **kwargs), func)
 
@@ -86,7 +91,7 @@ def create_pipeline(experiment: Experiment) -> Pipeline:
     if writers:
         nodes += [
             node(_bound(generate_comparison_stories, runs=writers),
-                 ["params:compare", "tokenizer", "stories",
+                 ["params:compare", SAMPLING, "tokenizer", "stories",
                   *local([f"{run['run']}.model" for run in writers])],
                  "generated_stories", name="generate_comparison_stories"),
             node(_bound(score_coherence, runs=readers),
@@ -97,7 +102,7 @@ def create_pipeline(experiment: Experiment) -> Pipeline:
                  "instruction_following", name="check_instruction_following"),
             node(build_report, ["arrow_of_time", "training_curves", "coherence",
                                 "instruction_following", "models", "floor_excess",
-                                "params:compare",
+                                "params:compare", SAMPLING,
                                 *(["imported_models"] if externals else [])],
                  ["report", "report_markdown"], name="build_report"),
         ]
@@ -107,4 +112,4 @@ def create_pipeline(experiment: Experiment) -> Pipeline:
                           name="list_imported_models"))
     return Pipeline(nodes, namespace="compare",
                     inputs={_local(name): name for name in outside},
-                    parameters={"params:compare"}, tags="compare")
+                    parameters={"params:compare", SAMPLING}, tags="compare")
