@@ -257,7 +257,7 @@ def test_new_cache_shape_device_dtype() -> None:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_forward_errors(family: str) -> None:
     torch.manual_seed(0)
-    model = new_model(ModelConfig(**TINY, family=family)).eval()
+    model = new_model(model_config(**TINY, family=family)).eval()
     with pytest.raises(ValueError, match="max_seq_len"):
         model(random_tokens((1, TINY["max_seq_len"] + 1)))
     with pytest.raises(ValueError, match="batch, seq"):
