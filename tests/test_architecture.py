@@ -16,7 +16,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "backstory"
 # (module prefixes) lowest first; the package's own __init__ is below them all.
 LAYERS = (
-    ("errors", "locks", "params", "variants"),
+    ("core",),
+    ("params", "variants"),
     ("data",),
     ("lm",),
     ("evaluation",),

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from backstory import variants
+from backstory.core.errors import InputError
 from backstory.data.documents import record_key
 from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
 from backstory.data.token_store import TokenStore
 from backstory.data.token_writer import DocBatch, write_token_store
 from backstory.data.tokenizer import Tokenizer
-from backstory.errors import InputError
 from backstory.evaluation.evaluate import (
     EvaluateConfig,
     check_store_holds,

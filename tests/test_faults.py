@@ -22,19 +22,19 @@ import pytest
 import torch
 from kedro.io import DatasetError
 
+from backstory.core.errors import SettingError, user_error_in
+from backstory.core.files import file_sha256
+from backstory.core.locks import LockedError
 from backstory.data.corpus.readers import read_json_shard
 from backstory.data.corpus.schema import BadRecordError
 from backstory.data.corpus.sources import CorpusConfig, plan_corpus
-from backstory.data.files import file_sha256
 from backstory.data.token_store import TokenStore
 from backstory.data.token_writer import DocBatch, TokenStream
 from backstory.datasets.token_store_dataset import TokenStoreDataset
 from backstory.datasets.tokenizer_dataset import SentencePieceDataset
-from backstory.errors import SettingError, user_error_in
 from backstory.evaluation.evaluate import ScoreError, summarize_scores
 from backstory.experiment import expand
 from backstory.lm.checkpoint import save_model
-from backstory.locks import LockedError
 from backstory.params import build
 from backstory.tools.cli import main
 from tests.project import TINY_INGEST, make_project, tiny_run_params, trained_tokenizer
@@ -203,7 +203,7 @@ def test_a_diverging_run_stops_saves_no_model_and_drops_old_reports(tmp_path):
 HOLD = """
 import sys
 import time
-from backstory.locks import keep_artifact_locks
+from backstory.core.locks import keep_artifact_locks
 from backstory.datasets.{module} import {cls}
 keep_artifact_locks(True)  # as inside a pipeline run
 {cls}(sys.argv[1]).load()

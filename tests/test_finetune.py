@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from backstory.core.errors import InputError, SettingError
 from backstory.data.token_store import TokenStore
-from backstory.errors import InputError, SettingError
 from backstory.lm.checkpoint import (
     build_model,
     latest_checkpoint,

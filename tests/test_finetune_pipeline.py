@@ -17,9 +17,9 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from backstory import experiment, variants
+from backstory.core.errors import SettingError
 from backstory.data.token_store import TokenStore
 from backstory.data.tokenizer import Tokenizer
-from backstory.errors import SettingError
 from backstory.lm.checkpoint import load_trained
 from backstory.lm.interop import export_model, load_external
 from backstory.pipeline_registry import build_pipelines

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from backstory.core.locks import FolderLock, LockedError
 from backstory.data.corpus import story_table, storyworld
 from backstory.data.corpus.clean import RecordCleaner
 from backstory.data.corpus.raw_store import (
@@ -39,7 +40,6 @@ from backstory.data.corpus.story_table import (
     StoryTableError,
     build_story_table,
 )
-from backstory.locks import FolderLock, LockedError
 from tests.project import REAL_DATA, real_excerpt
 
 REAL = REAL_DATA

@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from backstory.locks import FolderLock, LockedError
+from backstory.core.locks import FolderLock, LockedError
 
 HOLD = """
 import sys, time
-from backstory.locks import FolderLock
+from backstory.core.locks import FolderLock
 with FolderLock(sys.argv[1], "test files"):
     print("locked", flush=True)
     time.sleep(60)

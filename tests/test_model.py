@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backstory.errors import SettingError
+from backstory.core.errors import SettingError
 from backstory.experiment import project_preset
 from backstory.lm.families import FAMILIES, new_model
 from backstory.lm.losses import chunked_cross_entropy

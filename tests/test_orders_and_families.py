@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from backstory import experiment, variants
+from backstory.core.errors import SettingError
 from backstory.data.corpus.storyworld import generate_record
 from backstory.data.text import reverse_words
 from backstory.data.tokenizer import Tokenizer
-from backstory.errors import SettingError
 from backstory.evaluation import report as reporting
 from backstory.evaluation.metrics import document_bits, evaluate_loss
 from backstory.evaluation.sampling import generate_story, samples_markdown

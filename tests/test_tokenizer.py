@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kedro.io.core import DatasetError
 
+from backstory.core.locks import artifact_lock_path
 from backstory.data import chunk_cache as chunk_cache_module
 from backstory.data.chunk_cache import (
     DEFAULT_CACHE_ENTRIES,
@@ -23,7 +24,6 @@ from backstory.data.corpus.storyworld import generate_records
 from backstory.data.text import DEFAULT_TEMPLATES, record_instruction, reverse_words
 from backstory.data.tokenizer import Tokenizer
 from backstory.datasets.tokenizer_dataset import SentencePieceDataset
-from backstory.locks import artifact_lock_path
 from tests.project import encoded, trained_tokenizer
 
 NAMES = ["Lily", "Ben", "Tom", "Sue", "Max", "Mia"]
@@ -158,7 +158,7 @@ def test_dataset_saves_and_loads(tmp_path, tok, model_bytes):
     assert dataset.load().sha256 == tok.sha256
     dataset.save(tok)  # a Tokenizer saves as its bytes
     assert path.read_bytes() == model_bytes
-    # No temp leftovers; the lock file names the runs using the tokenizer (backstory.locks).
+    # No temp leftovers; the lock file names the runs using the tokenizer (backstory.core.locks).
     assert sorted(p.name for p in path.parent.iterdir()) == [artifact_lock_path(path).name,
                                                              "tokenizer.model"]
     assert str(path) in str(dataset)

@@ -20,9 +20,10 @@ import pytest
 import torch
 import yaml
 
+from backstory.core.errors import InputError
+from backstory.core.locks import LockedError
 from backstory.data.token_store import TokenStore
 from backstory.data.token_writer import DocBatch, write_token_store
-from backstory.errors import InputError
 from backstory.lm.checkpoint import (
     TrainedModel,
     latest_checkpoint,
@@ -47,7 +48,6 @@ from backstory.lm.training.logs import (
     VAL_LOSS,
     curve_file,
 )
-from backstory.locks import LockedError
 from tests.project import load_defaults, model_config
 from tests.test_checkpoint import DAMAGES, flip_one_bit
 

@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from kedro.io import DatasetError
 
 from backstory import cli as project_cli
-from backstory.errors import EXIT_USER_ERROR, SettingError, UserError, user_error_in
+from backstory.core.errors import EXIT_USER_ERROR, SettingError, UserError, user_error_in
+from backstory.core.locks import LockedError
 from backstory.experiment import expand
 from backstory.lm.checkpoint import CheckpointError
 from backstory.lm.training import TrainConfig
-from backstory.locks import LockedError
 from backstory.params import build
 from tests.project import REPO, TINY_INGEST, load_defaults, make_project, tiny_run_params
 

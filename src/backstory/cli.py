@@ -3,7 +3,7 @@
 Kedro loads the ``cli`` group of ``<package>.cli`` and lets its commands override the
 built-in ones; ``python -m backstory`` takes ``run`` from here too. ``run`` is Kedro's
 own command (same options, same behaviour) except that a failure caused by a
-``backstory.errors.UserError`` (a bad parameter, a damaged, stale or mismatched file, a
+``backstory.core.errors.UserError`` (a bad parameter, a damaged, stale or mismatched file, a
 run folder another run holds) ends with that error's one-paragraph message on stderr and
 exit code ``EXIT_USER_ERROR`` instead of a screenful of traceback. Set
 ``BACKSTORY_TRACEBACK=1`` to get the traceback anyway. Any other failure is a bug and
@@ -20,7 +20,7 @@ from typing import IO, Any
 import click
 from kedro.framework.cli.project import run as kedro_run
 
-from backstory.errors import EXIT_USER_ERROR, user_error_in
+from backstory.core.errors import EXIT_USER_ERROR, user_error_in
 
 TRACEBACK_ENV = "BACKSTORY_TRACEBACK"
 

@@ -16,11 +16,11 @@ from typing import Any
 from kedro.config import OmegaConfigLoader
 
 from backstory import experiment, params, variants
+from backstory.core.errors import SettingError
 from backstory.data.corpus.sources import CorpusConfig
 from backstory.data.corpus.splits import SplitRule
 from backstory.data.corpus.story_table import IngestConfig
 from backstory.data.tokenizer import TokenizerConfig
-from backstory.errors import SettingError
 from backstory.evaluation.compare import CompareConfig
 
 # Top-level parameter sections besides the experiment declaration, and their typed checks.

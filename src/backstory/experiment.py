@@ -45,11 +45,11 @@ from pathlib import Path
 from typing import Any
 
 from backstory import variants
+from backstory.core.errors import SettingError
 from backstory.data.corpus.sources import CorpusConfig
 from backstory.data.corpus.story_table import IngestConfig
 from backstory.data.documents import TextConfig
 from backstory.data.tokenizer import TokenizerConfig
-from backstory.errors import SettingError
 from backstory.evaluation.evaluate import EvaluateConfig
 from backstory.lm.finetune import FinetuneConfig
 from backstory.lm.model import ModelConfig

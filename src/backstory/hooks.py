@@ -13,12 +13,12 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from backstory import experiment
+from backstory.core.locks import keep_artifact_locks
 from backstory.experiment import Experiment
 from backstory.lm.checkpoint import MODEL_META_FILE
 from backstory.lm.model import ModelConfig
 from backstory.lm.training.config import TrainConfig
 from backstory.lm.training.launch import check_machine
-from backstory.locks import keep_artifact_locks
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ class MachineCheckHooks:
 
 class ArtifactLockHooks:
     """Shared artifacts a pipeline run loads or writes stay locked until it ends
-    (``backstory.locks.use_artifact``), so no other run replaces them under it."""
+    (``backstory.core.locks.use_artifact``), so no other run replaces them under it."""
 
     @hook_impl
     def before_pipeline_run(self) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import MISSING, fields, is_dataclass
 from typing import Any, TypeVar
 
-from backstory.errors import SettingError
+from backstory.core.errors import SettingError
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ import re
 import string
 from collections.abc import Sequence
 
-from backstory.errors import UserError
+from backstory.core.errors import UserError
 
 # The published expression, `''.join(reversed(re.split('([\w\d\']+|\.|"|\?|\!|,)', t)))`.
 # `\d` is inside `\w` and `\'` is a plain quote, so this is the same pattern.

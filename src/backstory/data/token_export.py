@@ -21,9 +21,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from backstory.core.files import read_json, write_json_atomically
 from backstory.data import documents as documents_module
 from backstory.data import text, token_format, token_writer
-from backstory.data.files import read_json, write_json_atomically
 from backstory.data.fingerprints import code_digest, sha256_of
 from backstory.data.parallel import resolve_workers, run_tasks, workers_for
 from backstory.data.token_format import TokenStoreError, check_attrs

@@ -18,7 +18,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from backstory.errors import UserError
+from backstory.core.errors import UserError
 
 FORMAT = "backstory-tokens"
 FORMAT_VERSION = 2  # 2: token_ranges (the id range of each chunk) recorded and checked

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 import backstory
-from backstory.data.files import file_sha256, write_file_atomically
+from backstory.core.files import file_sha256, write_file_atomically
 from backstory.data.token_format import (
     COPY_BLOCK,
     FORMAT,

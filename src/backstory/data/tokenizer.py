@@ -38,6 +38,7 @@ import numpy as np
 import sentencepiece as spm
 
 from backstory import params
+from backstory.core.errors import SettingError
 from backstory.data import protobuf
 from backstory.data.chunk_cache import (
     CACHE_ROUND_TEXTS,
@@ -47,7 +48,6 @@ from backstory.data.chunk_cache import (
     raise_for_bad_text,
     single_spaced,
 )
-from backstory.errors import SettingError
 
 log = logging.getLogger(__name__)
 

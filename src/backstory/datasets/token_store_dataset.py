@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from backstory.core.locks import replacing_artifact, use_artifact
 from backstory.data.token_export import write_token_store_parallel
 from backstory.data.token_store import TokenStore
 from backstory.data.token_writer import TokenStream, write_token_store
 from backstory.datasets.base import PathDataset
-from backstory.locks import replacing_artifact, use_artifact
 
 WHAT = "a token store"
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from kedro.io.core import DatasetError
 
-from backstory.data.files import write_bytes_atomically
+from backstory.core.files import write_bytes_atomically
+from backstory.core.locks import replacing_artifact, use_artifact
 from backstory.data.tokenizer import Tokenizer
 from backstory.datasets.base import PathDataset
-from backstory.locks import replacing_artifact, use_artifact
 
 WHAT = "the tokenizer"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from backstory.data.files import write_csv_atomically
+from backstory.core.files import write_csv_atomically
 from backstory.data.token_store import TokenStore
 from backstory.evaluation.metrics import document_bits
 

@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 
 from backstory import params, variants
+from backstory.core.errors import InputError
 from backstory.data.documents import record_key
 from backstory.data.token_store import TokenStore
 from backstory.data.tokenizer import Tokenizer
-from backstory.errors import InputError
 from backstory.evaluation.lineage import LineageError, check_lineage, model_variant
 from backstory.evaluation.metrics import LN2, document_scores, resolve_device, unigram_bpb
 from backstory.evaluation.sampling import make_samples, samples_markdown, skipped_samples_reason

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from backstory.core.errors import InputError
 from backstory.data.token_store import TokenStore
-from backstory.errors import InputError
 from backstory.evaluation.evaluate import (
     EvaluateConfig,
     EvaluationSet,

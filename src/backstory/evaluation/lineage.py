@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from backstory.errors import UserError
+from backstory.core.errors import UserError
 
 
 class LineageError(UserError, ValueError):

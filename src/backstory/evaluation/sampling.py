@@ -17,10 +17,10 @@ from typing import Any
 from tqdm import tqdm
 
 from backstory import variants
+from backstory.core.errors import SettingError
 from backstory.data.text import DEFAULT_TEMPLATES, in_word_order, record_instruction
 from backstory.data.token_store import TokenStore
 from backstory.data.tokenizer import Tokenizer
-from backstory.errors import SettingError
 from backstory.evaluation.metrics import check_positive
 from backstory.lm import orders
 from backstory.lm.beam import beam_search, check_beam

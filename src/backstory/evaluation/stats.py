@@ -32,7 +32,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from backstory import params
-from backstory.errors import UserError
+from backstory.core.errors import UserError
 
 # Resamples per bootstrap chunk: bounds memory at chunk x n_docs indices.
 _BOOT_CHUNK = 256

@@ -31,7 +31,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from backstory.data.files import (
+from backstory.core.errors import InputError, UserError
+from backstory.core.files import (
     WriteError,
     file_mode,
     file_sha256,
@@ -39,7 +40,6 @@ from backstory.data.files import (
     write_file_atomically,
     write_text_atomically,
 )
-from backstory.errors import InputError, UserError
 from backstory.lm.families import LanguageModel, new_model
 from backstory.lm.model import ModelConfig
 

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from backstory import params
-from backstory.errors import InputError
+from backstory.core.errors import InputError
 from backstory.lm.checkpoint import MODEL_FORMAT, TrainedModel, cpu_copies
 from backstory.lm.families import new_model
 from backstory.lm.model import ModelConfig, Transformer

@@ -27,7 +27,7 @@ from torch import nn
 from torch.torch_version import TorchVersion
 
 from backstory import params
-from backstory.errors import SettingError
+from backstory.core.errors import SettingError
 from backstory.lm.losses import chunked_cross_entropy
 
 logger = logging.getLogger(__name__)

@@ -33,9 +33,9 @@ from typing import Any
 import torch
 
 from backstory import variants
+from backstory.core.errors import EXIT_USER_ERROR, UserError
 from backstory.data.text import reverse_words
 from backstory.data.tokenizer import Tokenizer
-from backstory.errors import EXIT_USER_ERROR, UserError
 from backstory.evaluation.lineage import check_lineage, model_variant
 from backstory.evaluation.sampling import generate_story, mode
 from backstory.lm.beam import check_beam

@@ -54,7 +54,7 @@ from typing import Any
 import yaml
 
 from backstory import variants
-from backstory.errors import UserError
+from backstory.core.errors import UserError
 from backstory.experiment import (
     EXPERIMENT,
     TEXT,

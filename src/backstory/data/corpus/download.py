@@ -32,14 +32,14 @@ from typing import Any, BinaryIO
 
 from tqdm import tqdm
 
-from backstory.data.files import (
+from backstory.core.errors import UserError
+from backstory.core.files import (
     file_sha256,
     read_json,
     write_atomically,
     write_bytes_atomically,
     write_json_atomically,
 )
-from backstory.errors import UserError
 
 logger = logging.getLogger(__name__)
 

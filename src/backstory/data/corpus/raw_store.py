@@ -9,7 +9,7 @@ own validation file) and identity (what its content is). It is rewritten after e
 file, so a killed run resumes: a file already there with the same identity and size is
 not made again. Files of earlier runs that the plan no longer names are removed.
 
-The folder is locked (``backstory.locks.FolderLock``) while it is written, so a second
+The folder is locked (``backstory.core.locks.FolderLock``) while it is written, so a second
 ingest in the same project fails at once, naming the first.
 """
 
@@ -24,16 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from backstory.data.corpus.splits import ROLES
-from backstory.data.files import (
+from backstory.core.errors import UserError
+from backstory.core.files import (
     is_temporary,
     read_json,
     write_atomically,
     write_json_atomically,
 )
+from backstory.core.locks import LOCK_FILE, FolderLock
+from backstory.data.corpus.splits import ROLES
 from backstory.data.parallel import run_tasks
-from backstory.errors import UserError
-from backstory.locks import LOCK_FILE, FolderLock
 
 logger = logging.getLogger(__name__)
 

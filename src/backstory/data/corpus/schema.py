@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from backstory.errors import UserError
+from backstory.core.errors import UserError
 
 PROMPT_KEY = "prompt:"  # the real data spells the key with a trailing colon
 

@@ -28,11 +28,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from backstory.core.errors import SettingError
 from backstory.data.corpus import download, storyworld
 from backstory.data.corpus.raw_store import RawCorpusPlan, RawFileSpec
 from backstory.data.corpus.splits import role_from_name
 from backstory.data.fingerprints import code_digest
-from backstory.errors import SettingError
 
 logger = logging.getLogger(__name__)
 

@@ -41,22 +41,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from backstory.data.corpus import clean, readers, schema, splits
-from backstory.data.corpus.clean import TABLE_COLUMNS, RecordCleaner, merge_reports, merge_rows
-from backstory.data.corpus.raw_store import RawCorpus, RawFile
-from backstory.data.corpus.schema import BadRecordError
-from backstory.data.corpus.splits import SplitRule
-from backstory.data.files import (
+from backstory.core.errors import UserError
+from backstory.core.files import (
     file_sha256,
     read_json,
     write_bytes_atomically,
     write_json_atomically,
 )
+from backstory.core.locks import FolderLock
+from backstory.data.corpus import clean, readers, schema, splits
+from backstory.data.corpus.clean import TABLE_COLUMNS, RecordCleaner, merge_reports, merge_rows
+from backstory.data.corpus.raw_store import RawCorpus, RawFile
+from backstory.data.corpus.schema import BadRecordError
+from backstory.data.corpus.splits import SplitRule
 from backstory.data.fingerprints import code_digest, sha256_of
 from backstory.data.parallel import run_tasks, workers_for
 from backstory.data.text import in_word_order
-from backstory.errors import UserError
-from backstory.locks import FolderLock
 from backstory.variants import WORD_ORDERS
 
 if TYPE_CHECKING:  # pandas is imported where frames are made: worker processes skip it

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from backstory import variants
-from backstory.data.files import file_sha256, write_folder_atomically
+from backstory.core.errors import InputError, SettingError
+from backstory.core.files import file_sha256, write_folder_atomically
 from backstory.data.tokenizer import (
     Tokenizer,
     check_llama2c_tokenizer_bin,
     llama2c_tokenizer_bin,
 )
-from backstory.errors import InputError, SettingError
 from backstory.lm.checkpoint import (
     CHECKPOINTS_DIR,
     MODEL_META_FILE,

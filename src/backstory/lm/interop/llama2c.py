@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from backstory.data.files import write_bytes_atomically
+from backstory.core.files import write_bytes_atomically
 from backstory.lm.checkpoint import TrainedModel, check_weights_fit
 from backstory.lm.model import ModelConfig, rope_tables
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from backstory import params
-from backstory.errors import SettingError
+from backstory.core.errors import SettingError
 from backstory.lm.optim import OPTIMIZERS
 from backstory.lm.orders import IMPLIED_PERMUTATION_SEED
 from backstory.lm.schedules import check_schedule

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from backstory.core.errors import InputError
 from backstory.data.token_store import TokenStore
-from backstory.errors import InputError
 from backstory.lm.finetune import InitialModel
 from backstory.lm.model import ModelConfig
 from backstory.lm.schedules import stable_end

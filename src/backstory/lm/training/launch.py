@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from backstory.errors import SettingError
+from backstory.core.errors import SettingError
 from backstory.lm.model import ModelConfig
 from backstory.lm.training.config import DTYPES, TrainConfig, is_cuda_index
 

@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from backstory.data.files import write_csv_atomically
+from backstory.core.files import write_csv_atomically
 
 logger = logging.getLogger(__name__)
 

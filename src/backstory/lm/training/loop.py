@@ -28,9 +28,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from backstory.core.errors import UserError
 from backstory.data.token_format import check_int
 from backstory.data.token_store import TokenStore
-from backstory.errors import UserError
 from backstory.lm.checkpoint import (
     TrainedModel,
     capture_rng_state,

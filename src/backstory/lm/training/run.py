@@ -28,9 +28,10 @@ import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from backstory.data.files import write_json_atomically
+from backstory.core.errors import InputError
+from backstory.core.files import write_json_atomically
+from backstory.core.locks import LOCK_FILE, FolderLock
 from backstory.data.token_store import TokenStore
-from backstory.errors import InputError
 from backstory.lm.checkpoint import (
     TrainedModel,
     latest_checkpoint,
@@ -52,7 +53,6 @@ from backstory.lm.training.launch import (
     resolve_device,
 )
 from backstory.lm.training.loop import Session
-from backstory.locks import LOCK_FILE, FolderLock
 
 logger = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ import pandas as pd
 
 import backstory
 from backstory import params
+from backstory.core.errors import InputError, UserError
 from backstory.data.corpus.story_table import iter_records
 from backstory.data.token_store import TokenStore
 from backstory.data.tokenizer import Tokenizer
-from backstory.errors import InputError, UserError
 from backstory.evaluation.evaluate import EvaluateConfig, evaluation_set
 from backstory.evaluation.external import evaluate_external_model
 from backstory.lm.checkpoint import TrainedModel

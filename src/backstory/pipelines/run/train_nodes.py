@@ -8,8 +8,8 @@ from pathlib import Path
 
 import backstory
 from backstory import params, variants
+from backstory.core.errors import InputError
 from backstory.data.token_store import TokenStore
-from backstory.errors import InputError
 from backstory.evaluation.curve import EVAL_CURVE, EvalCurve, write_rows
 from backstory.lm.checkpoint import TrainedModel
 from backstory.lm.finetune import FinetuneConfig, InitialModel

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from backstory.errors import UserError
+from backstory.core.errors import UserError
 
 try:  # POSIX; on other platforms locks are not taken (and say so once)
     import fcntl

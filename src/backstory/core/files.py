@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from backstory.errors import UserError
+from backstory.core.errors import UserError
 
 _HASH_BLOCK = 1 << 20
 TMP_SUFFIX = ".tmp"
