@@ -65,13 +65,15 @@ def sha256(settings: Any) -> str:
 
 def check_int(section: str, name: str, value: Any, minimum: int, *,
               optional: bool = False) -> None:
-    """SettingError naming ``section.name`` unless ``value`` is an int >= ``minimum`` (or
-    None, when ``optional``)."""
+    """SettingError naming ``section.name`` (``name`` alone when ``section`` is empty: an
+    argument rather than a setting) unless ``value`` is an int >= ``minimum`` (or None,
+    when ``optional``)."""
     if optional and value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         null = "null or " if optional else ""
-        raise SettingError(f"{section}.{name}={value!r} must be {null}an integer >= {minimum}")
+        label = f"{section}.{name}" if section else name
+        raise SettingError(f"{label}={value!r} must be {null}an integer >= {minimum}")
 
 
 def check_number(section: str, name: str, value: Any, low: float, high: float = math.inf, *,

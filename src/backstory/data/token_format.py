@@ -156,11 +156,6 @@ class RangeTracker:
         return np.array(self.ranges, dtype=INT64).reshape(-1, 2)
 
 
-def check_int(name: str, value: Any, minimum: int) -> None:
-    if not is_int(value) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 @dataclass(frozen=True)
 class Header:
     """What the reader takes from the H5 file before mapping the tokens."""

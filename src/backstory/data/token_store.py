@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from backstory import params
 from backstory.data.token_format import (
     TOKEN_RANGE_CHUNK,
     Header,
     TokenStoreError,
-    check_int,
     check_token_ranges,
     is_int,
     read_header,
@@ -139,11 +139,11 @@ class TokenStore:
         use targets = windows[:, 1:] with ignore_index=-1 and inputs =
         windows[:, :-1].clip(min=0) (padded inputs only feed padded targets).
         """
-        check_int("seq_len", seq_len, 1)
-        check_int("batch_size", batch_size, 1)
+        params.check_int("", "seq_len", seq_len, 1)
+        params.check_int("", "batch_size", batch_size, 1)
         covered = self.n_tokens
         if limit_tokens is not None:
-            check_int("limit_tokens", limit_tokens, 2)
+            params.check_int("", "limit_tokens", limit_tokens, 2)
             covered = min(limit_tokens, self.n_tokens)
         self.require_tokens(2, seq_len)
         n_windows = -(-(covered - 1) // seq_len)

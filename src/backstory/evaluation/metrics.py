@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from backstory import params
 from backstory.data.token_store import TokenStore
 from backstory.lm.families import LanguageModel
 from backstory.lm.model import model_device
@@ -34,18 +35,13 @@ LN2 = math.log(2.0)
 # ------------------------------------------------------------------------- shared checks
 
 
-def check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
 def _check_request(model: LanguageModel, store: TokenStore, seq_len: int, batch_size: int,
                    token_order: str, permutation_seed: int | None,
                    device: str | torch.device | None) -> torch.device:
     """The model's device, once the request fits the model (a different requested device is
     an error, not a silent move)."""
-    check_positive("batch_size", batch_size)
-    check_positive("seq_len", seq_len)
+    params.check_int("", "batch_size", batch_size, 1)
+    params.check_int("", "seq_len", seq_len, 1)
     if seq_len > model.config.max_seq_len:
         raise ValueError(
             f"seq_len={seq_len} exceeds the model's max_seq_len={model.config.max_seq_len}"
@@ -98,7 +94,7 @@ def covered_documents(store: TokenStore, max_tokens: int | None) -> int:
     """How many leading complete documents fit in ``max_tokens`` (all of them for None)."""
     if max_tokens is None:
         return store.n_docs
-    check_positive("max_tokens", max_tokens)
+    params.check_int("", "max_tokens", max_tokens, 1)
     k = int(np.searchsorted(store.doc_offsets, max_tokens, side="right")) - 1
     if k < 1:
         raise ValueError(
@@ -283,7 +279,7 @@ def document_scores(
     device = _check_request(model, store, seq_len, batch_size, token_order, permutation_seed,
                             device)
     stride = max(1, seq_len // 2) if stride is None else stride
-    check_positive("stride", stride)
+    params.check_int("", "stride", stride, 1)
     if stride > seq_len:
         raise ValueError(f"stride={stride} must be <= seq_len={seq_len} (or targets are skipped)")
     docs = list(range(store.n_docs)) if docs is None else [int(d) for d in docs]

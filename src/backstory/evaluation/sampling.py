@@ -16,12 +16,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from backstory import variants
+from backstory import params, variants
 from backstory.core.errors import SettingError
 from backstory.data.text import DEFAULT_TEMPLATES, in_word_order, record_instruction
 from backstory.data.token_store import TokenStore
 from backstory.data.tokenizer import Tokenizer
-from backstory.evaluation.metrics import check_positive
 from backstory.lm import orders
 from backstory.lm.beam import beam_search, check_beam
 from backstory.lm.constraints import make_constraint
@@ -110,7 +109,7 @@ def story_text(tokenizer: Tokenizer, variant: str, ids: list[int], new: list[int
 
 def _room(model: Transformer, n_prompt: int, max_new_tokens: int) -> int:
     """max_new_tokens, capped by what is left of the model's context after the prompt."""
-    check_positive("max_new_tokens", max_new_tokens)
+    params.check_int("", "max_new_tokens", max_new_tokens, 1)
     room = model.config.max_seq_len - n_prompt
     if room < 1:
         raise ValueError(
@@ -226,7 +225,7 @@ def sample_prompts(
     With ``max_prompt_tokens``, documents whose prompt ids would be longer are passed
     over (and counted in the log), so a short context still gets ``n`` samples.
     """
-    check_positive("n", n)
+    params.check_int("", "n", n, 1)
     source_variant = variants.get(variant).token_source
     is_store = isinstance(source, TokenStore)
     if is_store and source.attrs.get("variant") != source_variant:

@@ -28,8 +28,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from backstory import params
 from backstory.core.errors import UserError
-from backstory.data.token_format import check_int
 from backstory.data.token_store import TokenStore
 from backstory.lm.checkpoint import (
     TrainedModel,
@@ -477,10 +477,10 @@ def random_windows(store: TokenStore, batch_index: int, batch_size: int, seq_len
     from np.random.default_rng([seed, batch_index]) in [0, n_tokens - seq_len - 1],
     ignoring document boundaries.
     """
-    check_int("batch_index", batch_index, 0)
-    check_int("batch_size", batch_size, 1)
-    check_int("seq_len", seq_len, 1)
-    check_int("seed", seed, 0)
+    params.check_int("", "batch_index", batch_index, 0)
+    params.check_int("", "batch_size", batch_size, 1)
+    params.check_int("", "seq_len", seq_len, 1)
+    params.check_int("", "seed", seed, 0)
     store.require_tokens(seq_len + 1, seq_len)
     rng = np.random.default_rng([seed, batch_index])
     starts = rng.integers(0, store.n_tokens - seq_len, size=batch_size)

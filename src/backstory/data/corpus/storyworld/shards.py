@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from backstory.data.corpus.storyworld.stories import _check_int, generate_records
+from backstory import params
+from backstory.data.corpus.storyworld.stories import generate_records
 
 
 def shard_bytes(seed: int, start: int, stop: int) -> bytes:
@@ -20,8 +21,8 @@ def shard_plan(n_stories: int, shard_size: int) -> list[tuple[str, int, int]]:
     Numbers have at least two digits, like the real set, and more when there are over
     100 shards, so the names always sort in record order.
     """
-    _check_int("n_stories", n_stories, minimum=0)
-    _check_int("shard_size", shard_size, minimum=1)
+    params.check_int("", "n_stories", n_stories, 0)
+    params.check_int("", "shard_size", shard_size, 1)
     n_shards = -(-n_stories // shard_size)
     width = max(2, len(str(n_shards - 1)))
     return [

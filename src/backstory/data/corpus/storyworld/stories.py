@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from backstory import params
 from backstory.data.corpus.storyworld import lexicon as lex
 from backstory.data.corpus.storyworld.engine import (
     _FEATURE_PHRASES,
@@ -206,21 +207,14 @@ def generate_records(seed: int, start: int, stop: int) -> list[dict]:
 # --------------------------------------------------------------------------- checks
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
 def _check_seed_index(seed: int, index: int) -> None:
-    _check_int("seed", seed, minimum=0)
-    _check_int("index", index, minimum=0)
+    params.check_int("", "seed", seed, 0)
+    params.check_int("", "index", index, 0)
 
 
 def _check_range(seed: int, start: int, stop: int) -> None:
-    _check_int("seed", seed, minimum=0)
-    _check_int("start", start, minimum=0)
-    _check_int("stop", stop, minimum=0)
+    params.check_int("", "seed", seed, 0)
+    params.check_int("", "start", start, 0)
+    params.check_int("", "stop", stop, 0)
     if start > stop:
         raise ValueError(f"start must be <= stop, got start={start}, stop={stop}")
