@@ -1,12 +1,13 @@
 """Which recipe reaches the lowest validation bpb per size for the same tokens?
 
-Trains the forward model of each ``--presets`` size (conf/base's presets, with those of
-``--env`` over them) under each ``--recipes`` entry, on the default run's corpus, with
-the converged grid's warmup-stable-decay schedule, and prints every run's validation
-bits per byte (the pipeline's ``evaluate_loss``) at each ``--eval-every`` steps and
-after the cooldown, with its CPU seconds. The recipe with the lowest bpb after the
-cooldown at a given length converges fastest at that size: the converged grid's
-presets take it (docs/results.md, "Convergence").
+Trains the ``--variant`` model (forward, reversed or backward) of each ``--presets``
+size (conf/base's presets, with those of ``--env`` over them) under each ``--recipes``
+entry, on the default run's corpus, with the converged grid's warmup-stable-decay
+schedule, and prints every run's validation bits per byte (the pipeline's
+``evaluate_loss``) at each ``--eval-every`` steps and after the cooldown, with its CPU
+seconds. The recipe with the lowest bpb after the cooldown at a given length converges
+fastest at that size: the converged grid's presets take it (docs/results.md, "Which
+recipe per size").
 
 A recipe is a label and train settings (``model.<key>`` for a model setting);
 ``min_lr`` follows ``lr`` at a tenth unless the recipe sets it:
@@ -29,6 +30,8 @@ from bench_token_efficiency import parse_overrides
 from corpus import DEFAULT_CACHE, ROOT, default_stores
 from machine import describe
 from recipes import train_curve
+
+from backstory import variants
 
 
 def preset_models(env: str) -> dict[str, dict]:
@@ -58,6 +61,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--variant", choices=["forward", "reversed", "backward"],
+                        default="forward")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -65,17 +70,18 @@ def main() -> None:
     print(f"machine: {describe()}; torch {torch.__version__}, 1 thread", flush=True)
     stores, _ = default_stores(args.cache)
     models = preset_models(args.env)
-    print("preset recipe step tokens val_bpb cpu_s")
+    print("variant preset recipe step tokens val_bpb cpu_s")
     for preset in args.presets:
         for label, overrides in args.recipes:
             model = {f"model.{key}": value for key, value in models[preset].items()}
             settings = {**model, "schedule": "wsd", "max_steps": args.steps, **overrides}
             with tempfile.TemporaryDirectory() as tmp:
-                points = train_curve(stores["forward"], "forward", settings, run_dir=Path(tmp),
+                points = train_curve(stores[variants.get(args.variant).token_source],
+                                     args.variant, settings, run_dir=Path(tmp),
                                      eval_every=args.eval_every, seed=args.seed)
             for point in points:
-                print(f"{preset} {label} {point.step} {point.tokens} {point.val_bpb:.4f} "
-                      f"{point.cpu_seconds:.0f}", flush=True)
+                print(f"{args.variant} {preset} {label} {point.step} {point.tokens} "
+                      f"{point.val_bpb:.4f} {point.cpu_seconds:.0f}", flush=True)
 
 
 if __name__ == "__main__":
