@@ -74,7 +74,8 @@ def main() -> None:
     for preset in args.presets:
         for label, overrides in args.recipes:
             model = {f"model.{key}": value for key, value in models[preset].items()}
-            settings = {**model, "schedule": "wsd", "max_steps": args.steps, **overrides}
+            settings = {**model, "schedule": "wsd", "max_steps": args.steps, "num_threads": 1,
+                        **overrides}
             with tempfile.TemporaryDirectory() as tmp:
                 points = train_curve(stores[variants.get(args.variant).token_source],
                                      args.variant, settings, run_dir=Path(tmp),
