@@ -25,24 +25,18 @@ import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 from bench_token_efficiency import parse_overrides
 from corpus import DEFAULT_CACHE, ROOT, default_stores
 from machine import describe
 from recipes import train_curve
+from rerun_results import load
 
-from backstory import variants
+from backstory import experiment, variants
 
 
-def preset_models(env: str) -> dict[str, dict]:
-    """Each preset's model block: conf/base's, with ``env``'s presets over them."""
-    models: dict[str, dict] = {}
-    for folder in ("base", env):
-        for path in sorted((ROOT / "conf" / folder).glob("parameters*.yml")):
-            for name, block in ((yaml.safe_load(path.read_text()) or {})
-                                .get("presets", {}).items()):
-                models.setdefault(name, {}).update(block.get("model", {}))
-    return models
+def preset_model(parameters: dict, preset: str) -> dict:
+    """``preset``'s model settings as its environment's runs get them."""
+    return experiment.run_settings(parameters, experiment.RunSpec("forward", preset, 1))["model"]
 
 
 def parse_recipe(text: str) -> tuple[str, dict]:
@@ -69,11 +63,12 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"machine: {describe()}; torch {torch.__version__}, 1 thread", flush=True)
     stores, _ = default_stores(args.cache)
-    models = preset_models(args.env)
+    parameters, _ = load(ROOT, args.env)
     print("variant preset recipe step tokens val_bpb cpu_s")
     for preset in args.presets:
         for label, overrides in args.recipes:
-            model = {f"model.{key}": value for key, value in models[preset].items()}
+            model = {f"model.{key}": value
+                     for key, value in preset_model(parameters, preset).items()}
             settings = {**model, "schedule": "wsd", "max_steps": args.steps, "num_threads": 1,
                         **overrides}
             with tempfile.TemporaryDirectory() as tmp:
