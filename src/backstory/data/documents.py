@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import KW_ONLY, asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -159,6 +159,16 @@ def _batch(
     )
 
 
+def _checked_templates(spec: variants.Variant, templates: Sequence[str] | None,
+                       batch_size: int) -> tuple[str, ...]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    chosen = tuple(DEFAULT_TEMPLATES if templates is None else templates)
+    if spec.instruct and not chosen:
+        raise ValueError(f"{spec.name}: text.templates is empty; give at least one template")
+    return chosen
+
+
 def encode_documents(
     records: Iterable[dict],
     tokenizer: Tokenizer,
@@ -176,11 +186,7 @@ def encode_documents(
     values are its ``text`` settings (``TextConfig``).
     """
     spec = exporting_variant(variant)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    chosen = tuple(DEFAULT_TEMPLATES if templates is None else templates)
-    if spec.instruct and not chosen:
-        raise ValueError(f"{variant}: text.templates is empty; give at least one template")
+    chosen = _checked_templates(spec, templates, batch_size)
     iterator = iter(records)
     with tqdm(desc=f"encode {variant}", unit="doc", unit_scale=True, leave=False) as bar:
         while batch := list(itertools.islice(iterator, batch_size)):
@@ -188,6 +194,7 @@ def encode_documents(
             bar.update(len(batch))
 
 
+@dataclass(eq=False, repr=False)
 class StoryDocuments:
     """One split of a story table as ``variant`` documents, encodable partition by partition.
 
@@ -199,32 +206,22 @@ class StoryDocuments:
     ``records`` and ``fingerprint``); the object pickles with the table and tokenizer.
     """
 
-    def __init__(
-        self,
-        stories,
-        split: str,
-        tokenizer: Tokenizer,
-        *,
-        variant: str,
-        templates: Sequence[str] | None,
-        seed: int,
-        batch_size: int,
-        num_threads: int,
-    ) -> None:
-        spec = exporting_variant(variant)
-        self.templates = tuple(DEFAULT_TEMPLATES if templates is None else templates)
-        if spec.instruct and not self.templates:
-            raise ValueError(f"{variant}: text.templates is empty; give at least one template")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.stories = stories
-        self.split = split
-        self.tokenizer = tokenizer
-        self.variant = variant
-        self.seed = int(seed)
-        self.batch_size = int(batch_size)
-        self.num_threads = int(num_threads)
-        self.parts: list[str] = list(stories.partition_names(split))
+    stories: Any
+    split: str
+    tokenizer: Tokenizer
+    _: KW_ONLY
+    variant: str
+    templates: Sequence[str] | None
+    seed: int
+    batch_size: int
+    num_threads: int
+
+    def __post_init__(self) -> None:
+        self.templates = _checked_templates(exporting_variant(self.variant), self.templates,
+                                            self.batch_size)
+        self.seed, self.batch_size = int(self.seed), int(self.batch_size)
+        self.num_threads = int(self.num_threads)
+        self.parts: list[str] = list(self.stories.partition_names(self.split))
 
     @property
     def fingerprint(self) -> str:

@@ -26,7 +26,7 @@ from backstory.experiment import EXTERNAL, RUN_DEFAULTS, ExternalSpec, RunSpec
 from backstory.pipelines.run.evaluate_nodes import evaluate
 from backstory.pipelines.run.export_nodes import export_tokens, fit_own_tokenizer
 from backstory.pipelines.run.external_nodes import evaluate_external, import_external
-from backstory.pipelines.run.train_nodes import finetune_model, train_model
+from backstory.pipelines.run.train_nodes import train_model
 
 SPLITS = ("train", "val")
 INGEST_OUTPUTS = ("stories", "tokenizer", "ingest_report")
@@ -75,7 +75,7 @@ def run_pipeline(run: RunSpec) -> Pipeline:
     if init is None:
         training = node(_bound(train_model, run=identity), inputs, "model", name="train_model")
     else:
-        training = node(_bound(finetune_model, run=identity, init_run=init.namespace),
+        training = node(_bound(train_model, run=identity, init_run=init.namespace),
                         [*inputs, "params:finetune", "init_model"], "model", name="train_model")
     template = Pipeline([
         training,

@@ -30,57 +30,36 @@ def train_model(
     train_params: dict,
     curve_stories: int,
     eval_batch_size: int,
+    finetune: dict | None = None,
+    init_model: TrainedModel | None = None,
     *,
     run: dict,
+    init_run: str | None = None,
 ) -> TrainedModel:
-    """Train run ``run`` (its identity: run, variant, preset, seed, context) on its tokens.
+    """Train run ``run`` (its identity: run, variant, preset, seed, context) on its tokens,
+    from scratch or, given ``finetune`` settings, from ``init_model``, the model of run
+    ``init_run``.
 
     Checkpoints go to the run folder, DVCLive's curves, parameters and summary to the
-    ``live`` folder; the model records what it was made from.
+    ``live`` folder; the model records what it was made from. A fine-tuned run's lineage
+    records the initial model (run, weights sha256, fine-tuning settings), so a retrained
+    initial model makes it start afresh rather than resume.
     At each evaluation step the first ``curve_stories`` validation stories are scored
     (``evaluation.curve``; 0: none), with ``eval_batch_size`` windows per batch.
     """
-    return _train(train_tokens, val_tokens, training_run, live,
-                  {"model": model, "train": train_params}, curve_stories, eval_batch_size,
-                  run=run)
-
-
-def finetune_model(
-    train_tokens: TokenStore,
-    val_tokens: TokenStore,
-    training_run: Path,
-    live: Path,
-    model: dict,
-    train_params: dict,
-    curve_stories: int,
-    eval_batch_size: int,
-    finetune: dict,
-    init_model: TrainedModel,
-    *,
-    run: dict,
-    init_run: str,
-) -> TrainedModel:
-    """Train run ``run`` starting from ``init_model``, the model of run ``init_run``.
-
-    Its lineage records the initial model (run, weights sha256, fine-tuning settings), so
-    a retrained initial model makes this run start afresh rather than resume.
-    """
-    recorded = (init_model.meta.get("lineage") or {}).get("tokenizer_sha256")
-    if recorded != train_tokens.attrs.get("tokenizer_sha256"):
-        raise InputError(
-            f"run {run['run']}: the model of run {init_run} was trained with tokenizer sha256 "
-            f"{recorded}, but {train_tokens.path} was encoded with "
-            f"{train_tokens.attrs.get('tokenizer_sha256')}; retrain {init_run} on this tokenizer"
-        )
-    init = InitialModel(init_run, init_model, FinetuneConfig.from_params(finetune))
-    settings = {"model": model, "train": train_params, "finetune": finetune}
-    return _train(train_tokens, val_tokens, training_run, live, settings, curve_stories,
-                  eval_batch_size, run=run, init=init)
-
-
-def _train(train_tokens: TokenStore, val_tokens: TokenStore, training_run: Path, live: Path,
-           settings: dict, curve_stories: int, eval_batch_size: int, *, run: dict,
-           init: InitialModel | None = None) -> TrainedModel:
+    settings = {"model": model, "train": train_params}
+    init = None
+    if init_model is not None:
+        recorded = (init_model.meta.get("lineage") or {}).get("tokenizer_sha256")
+        if recorded != train_tokens.attrs.get("tokenizer_sha256"):
+            raise InputError(
+                f"run {run['run']}: the model of run {init_run} was trained with tokenizer "
+                f"sha256 {recorded}, but {train_tokens.path} was encoded with "
+                f"{train_tokens.attrs.get('tokenizer_sha256')}; retrain {init_run} on this "
+                "tokenizer"
+            )
+        init = InitialModel(init_run, init_model, FinetuneConfig.from_params(finetune))
+        settings["finetune"] = finetune
     spec = variants.get(run["variant"])
     config = TrainConfig.from_params(settings["train"])
     if config.token_order != spec.token_order:
