@@ -20,16 +20,24 @@ from backstory.data.corpus.readers import (
     LEADING_FRAGMENT,
     EmptyChunk,
     detect_format,
-    read_instruct_text,
     read_json_shard,
     read_records,
-    read_text_stories,
     text_ranges,
 )
 from backstory.data.corpus.schema import PROMPT_KEY, BadRecordError
 from tests.project import REAL_DATA, real_excerpt
 
 REAL = REAL_DATA
+
+
+def read_text_stories(data, name, **kwargs):
+    return read_records(name, data, fmt="text", **kwargs)
+
+
+def read_instruct_text(data, name, **kwargs):
+    return read_records(name, data, fmt="instruct", **kwargs)
+
+
 REAL_STORIES = real_excerpt("stories_100.json")
 MORE_STORIES = real_excerpt("stories_50_more.json")
 REAL_HEADERS = real_excerpt("instruct_headers_25.json")

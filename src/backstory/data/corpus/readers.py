@@ -170,40 +170,6 @@ def read_records(
     return _read_text(source, name, fmt == "instruct", start, stop, buffer_bytes)
 
 
-def read_text_stories(
-    source: Source, name: str, *, start: int = 0, stop: int | None = None,
-    buffer_bytes: int = DEFAULT_BUFFER_BYTES,
-) -> Iterator[RawItem]:
-    """Yield one raw record per ``<|endoftext|>``-separated chunk of a plain-text file."""
-    return _read_text(source, name, False, start, stop, buffer_bytes)
-
-
-def read_instruct_text(
-    source: Source, name: str, *, start: int = 0, stop: int | None = None,
-    buffer_bytes: int = DEFAULT_BUFFER_BYTES,
-) -> Iterator[RawItem]:
-    """Yield one raw record per chunk of TinyStoriesInstruct text.
-
-    Field lines start with ``Features:``, ``Words:``, ``Summary:``, ``Random sentence:``
-    or ``Story:``; a field's value runs from after the colon to the next field line (or
-    the end of the chunk), so ``Story:`` takes the lines that follow it and a
-    ``Summary:`` after the story ends the story. ``Words:`` is split on commas,
-    ``Features:`` on commas and whitespace. The prompt is left empty: the instruct
-    text holds none, prompts are synthesized downstream.
-
-    The real files' quirks, none of them a rejected record (each is counted):
-    fields come in any order; ``Random sentence:`` is kept (``random_sentence``);
-    Summary, Words or Features may be missing (empty values). A field given more than
-    once: the occurrence nearest the ``Story:`` field wins (counted in fields, a tie
-    goes to the one before the story) and the others are kept, in file order, as
-    ``"Name: value"`` strings in ``extra_fields``; for ``Story:`` itself the first
-    wins. Text before the first field line is the cut-off tail of an earlier record
-    when it opens the file (dropped and counted, ``leading_fragment``) and a bad
-    record (``text_outside_field``) anywhere else.
-    """
-    return _read_text(source, name, True, start, stop, buffer_bytes)
-
-
 # ------------------------------------------------------------------------- JSON
 
 
@@ -520,6 +486,25 @@ def _story_record(text: str, source: str) -> dict[str, Any]:
 def _instruct_record(
     text: str, source: str, offset: int, quirks: list[str]
 ) -> dict[str, Any] | BadRecordError | EmptyChunk:
+    """One chunk of TinyStoriesInstruct text as a raw record.
+
+    Field lines start with ``Features:``, ``Words:``, ``Summary:``, ``Random sentence:``
+    or ``Story:``; a field's value runs from after the colon to the next field line (or
+    the end of the chunk), so ``Story:`` takes the lines that follow it and a
+    ``Summary:`` after the story ends the story. ``Words:`` is split on commas,
+    ``Features:`` on commas and whitespace. The prompt is left empty: the instruct
+    text holds none, prompts are synthesized downstream.
+
+    The real files' quirks, none of them a rejected record (each is counted):
+    fields come in any order; ``Random sentence:`` is kept (``random_sentence``);
+    Summary, Words or Features may be missing (empty values). A field given more than
+    once: the occurrence nearest the ``Story:`` field wins (counted in fields, a tie
+    goes to the one before the story) and the others are kept, in file order, as
+    ``"Name: value"`` strings in ``extra_fields``; for ``Story:`` itself the first
+    wins. Text before the first field line is the cut-off tail of an earlier record
+    when it opens the file (dropped and counted, ``leading_fragment``) and a bad
+    record (``text_outside_field``) anywhere else.
+    """
     fields: list[tuple[str, list[str]]] = []
     leading = False
     for line in text.split("\n"):  # not splitlines(): stories may hold form feeds etc.
