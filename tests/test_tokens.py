@@ -525,7 +525,6 @@ def test_each_chunk_records_its_id_range(tmp_path: Path, monkeypatch) -> None:
             ids, range(10, ids.size, 10))]
         assert store.token_ranges.tolist() == expected
         assert (store.attrs["token_min"], store.attrs["token_max"]) == (0, ids.size - 1)
-        store.verify_token_ranges()
 
 
 def test_a_store_read_with_a_smaller_vocabulary_is_refused_naming_the_file(
@@ -541,10 +540,6 @@ def test_a_store_read_with_a_smaller_vocabulary_is_refused_naming_the_file(
 def test_ids_changed_after_writing_are_caught(store_path: Path) -> None:
     with h5py.File(store_path, "r+") as f:
         f["tokens"][7] = 65000
-    with TokenStore(store_path) as store:  # the recorded ranges are fine, the data is not
-        with pytest.raises(TokenStoreError, match=r"train\.h5: tokens 0\.\..* recorded as"):
-            store.verify_token_ranges()
-    with h5py.File(store_path, "r+") as f:
         f.attrs["vocab_size"] = 60000
         f["token_ranges"][0, 1] = 1164
     with TokenStore(store_path) as store:

@@ -84,24 +84,6 @@ class TokenStore:
             f"n_docs={self.n_docs}, n_tokens={self.n_tokens})"
         )
 
-    def verify_token_ranges(self) -> None:
-        """Read every token and compare each chunk's id range with the recorded one.
-
-        Opening a store checks the recorded ranges against vocab_size; this also proves
-        the tokens still hold what was recorded (one pass over the file).
-        """
-        actual = token_ranges_of(self.tokens, self.token_range_chunk)
-        differ = np.flatnonzero((actual != self.token_ranges).any(axis=1))
-        if differ.size:
-            index = int(differ[0])
-            raise TokenStoreError(
-                f"{self.path}: tokens {index * self.token_range_chunk}.."
-                f"{(index + 1) * self.token_range_chunk - 1} hold ids {tuple(actual[index])}, "
-                f"recorded as {tuple(self.token_ranges[index])}: the file was altered; "
-                "export it again"
-            )
-        check_token_ranges(actual, self.token_range_chunk, self.vocab_size, self.path)
-
     def _check_window_ids(self, windows: np.ndarray, what: str) -> None:
         """A cheap guard on every batch handed out: ids must fit the vocabulary."""
         if windows.size and int(windows.max()) >= self.vocab_size:
