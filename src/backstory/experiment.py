@@ -1,38 +1,11 @@
 """The experiment: which runs to train, and the one merge that gives each run its settings.
 
-A run is (variant, preset, seed, context). The experiment is declared once, in
-parameters (conf/base/parameters_runs.yml)::
-
-    experiment:             # the union of named grids
-      main: {variants: all, presets: [small], seeds: [1337]}
-    text: {defaults: ..., reversed?: {...}}
-    run_defaults: {model: ..., train: ..., evaluate: ..., finetune: ...}
-    presets: {small: {model: ..., train?: ..., evaluate?: ..., finetune?: ...}, ...}
-    variant_settings: {reversed?: {train: {lr: ...}}, ...}
-    external: {stories15m: {source: ..., tokenizer: ..., variant: forward}}
-
-``variants: all`` is every registered variant but the opt-in ones
-(``backstory.variants.ALL``). A run of a variant with ``init_from`` (instruct_ft) starts
-from the model of the ``init_from`` variant's run of the same preset, seed and context,
-which the experiment must hold too; only such runs have ``finetune`` settings.
-
-A run's settings are ``run_defaults < presets[preset] < variant_settings[variant] < its
-own axes`` (seed -> train.seed, context -> model.max_seq_len, token order from the
-variant registry), then anything set for that run alone at run time
-(``--params reversed.small.s1337.train.lr=...``). A text variant's export settings are
-``text.defaults < text.<variant>``. A variant that changes nothing has no entry in
-``text`` or ``variant_settings``: the registry says what it is, the YAML only what it
-changes. Every section is validated by its typed settings class, so an unknown or missing
-key is an error naming it.
-
-``external`` declares imported models (llama2.c or Hugging Face files; see
-``backstory.lm.interop``) that are scored on the same validation stories as the runs,
-in the text layout of their stated variant, and listed beside them in the report.
-
-``expand`` adds the merged blocks to the parameters under each run's namespace
-(``<variant>.<preset>.s<seed>``) and each text variant's export (``<variant>.text``),
-which is what the namespaced Kedro pipelines read. ``tracked_keys`` names the raw
-keys each merged block comes from, which is what dvc.yaml tracks.
+The declaration (conf/base/parameters_runs.yml) and the merge order are described in
+docs/configuration.md. ``expand`` adds the merged blocks to the parameters under each
+run's namespace (``<variant>.<preset>.s<seed>``) and each text variant's export
+(``<variant>.text``), which is what the namespaced Kedro pipelines read.
+``tracked_keys`` names the raw keys each merged block comes from, which is what
+dvc.yaml tracks.
 """
 
 from __future__ import annotations

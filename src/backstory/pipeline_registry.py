@@ -1,16 +1,5 @@
-"""Project pipelines, built from the experiment declared in parameters.
-
-Registered names:
-- ``ingest``: corpus, validated stories, tokenizer;
-- each variant with runs (``forward``, ``reversed``, ...): ingest, the exports it needs,
-  and every run of that variant (a fine-tuned variant's runs also need the training of
-  the runs they start from, e.g. ``forward.small.s1337``'s for ``instruct_ft.small.s1337``);
-- each run (``reversed.small.s1337``): ingest, its export and that run alone (plus the
-  training of the run it starts from, if any);
-- each external model (``external.stories15m``) and all of them (``external``): its import
-  and its score on the validation stories (with the export of those stories);
-- ``compare``: the comparison nodes only (they read what the runs persisted);
-- ``__default__`` (``kedro run``): all of the above.
+"""Project pipelines, built from the experiment declared in parameters (the registered
+names: docs/configuration.md).
 
 Kedro registers pipelines before it reads parameters, so the project hook
 (``backstory.hooks.ExperimentHooks``) reads the experiment of the session's environment
@@ -62,7 +51,7 @@ def build_pipelines(experiment: Experiment) -> dict[str, Pipeline]:
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """The pipelines of the active environment's experiment (see the module docstring)."""
+    """The pipelines of the active environment's experiment."""
     from backstory.hooks import active_experiment
 
     return build_pipelines(active_experiment())

@@ -1,31 +1,5 @@
 """The variant registry: what each kind of story model is, said once.
 
-A variant fixes how a story becomes a training document and how a model of it is read:
-
-- ``words``: the order of the words in the story text (``forward``, or ``reversed`` by
-  ``backstory.data.text.reverse_words``, which undoes itself);
-- ``instruct``: whether an instruction made from the record's summary comes first
-  (``prompt + [BOS] + story + [EOS]``; otherwise ``[BOS] + story``);
-- ``token_order``: the order the model reads each training window in (``backward``
-  reverses the window in token space after tokenization: the Arrows of Time setup;
-  ``permuted`` applies one fixed seeded permutation of the positions inside every
-  window, its seed ``train.permutation_seed``). What an order means (windows,
-  evaluation, prompting, read-back, whether its model writes, export metadata) is said
-  once, in ``backstory.lm.orders``;
-- ``own_tokenizer``: the variant's documents are encoded with a tokenizer of its own,
-  trained on its own training text (same vocabulary size), instead of the shared one
-  trained on forward text (the tokenizer control of the word-order delta);
-- ``tokens_from``: another variant whose token stores it trains on (the same tokens,
-  windows and split), instead of exporting its own;
-- ``compares_with`` and ``delta``: the variant it is measured against in the report, and
-  in which unit (word order: bits per byte of the same stories; token order: nats per
-  token of the very same tokens);
-- ``init_from``: another variant whose trained model of the same preset, seed and
-  context this one starts from (fine-tuning, ``backstory.lm.finetune``) instead of
-  random weights;
-- ``opt_in``: run only where an experiment names the variant; ``variants: all`` leaves
-  it out, so registering a variant never grows the default experiment unasked.
-
 Every consumer (documents, evaluation, sampling, compare, plots, `backstory generate`,
 the pipeline registry and the dvc.yaml generator) reads this table; nothing else lists
 variants. A variant that changes no setting needs no entry in the parameter files.
@@ -42,19 +16,24 @@ DELTAS = ("word_order", "token_order")
 
 @dataclass(frozen=True)
 class Variant:
-    """One registered variant (see the module docstring for the fields)."""
+    """One registered variant: how a story becomes a training document and how a model
+    of it is read."""
 
     name: str
     description: str
-    words: str = "forward"
-    instruct: bool = False
-    token_order: str = "forward"
-    tokens_from: str | None = None
+    words: str = "forward"  # the story's word order; reversed: data.text.reverse_words
+    instruct: bool = False  # an instruction from the summary first: prompt + [BOS] + story + [EOS]
+    token_order: str = "forward"  # how each window is read; what that means: lm/orders.py
+    tokens_from: str | None = None  # train on this variant's token stores, not an export's own
+    # A tokenizer of its own, trained on its own training text (same vocabulary size): the
+    # tokenizer control of the word-order delta.
     own_tokenizer: bool = False
+    # The variant the report measures it against, and in which unit (word_order: bits per
+    # byte of the same stories; token_order: nats per token of the very same tokens).
     compares_with: str | None = None
     delta: str | None = None
-    init_from: str | None = None
-    opt_in: bool = False
+    init_from: str | None = None  # fine-tune this variant's model of the same preset and seed
+    opt_in: bool = False  # left out of `variants: all`, so the default experiment never grows
     color: str = "tab:gray"  # its colour in every plot
 
     def __post_init__(self) -> None:

@@ -2,21 +2,10 @@
 
 Every storyworld record carries ``source_bits``, -log2 of the probability of the draws
 that made its story (``storyworld.engine.Source``). Over the evaluation stories, the
-sum of those bits divided by the stories' UTF-8 bytes is the floor: the runs' bits per
-byte divide their bits of the same story text by the same bytes (``evaluate.
-score_stories``), so the two compare directly. Word reversal is a bijection on texts and
-the backward order reads the very same tokens, so forward, reversed and backward share
-one floor.
-
-What the floor is, exactly (docs/results.md, "The floor"):
-- an upper bound on the stories' exact entropy: a derivation's bits overstate its
-  text's bits when other derivations make the same text (draws the text does not
-  show); ``storyworld.exact`` measures by how much;
-- unconditional: an instruct document's prompt names the story's words and features,
-  which the floor does not get, so an instruct model may go below it by what the prompt
-  tells; the floor covers the story part only, as the bits per byte do.
-
-Real data has no ``source_bits``, and so no floor; the report says so.
+sum of those bits divided by the stories' UTF-8 bytes is the floor, shared by forward,
+reversed and backward; what it bounds, exactly, and its measured overstatement
+(``storyworld.exact``): docs/results.md, "The floor". Real data has no ``source_bits``,
+and so no floor; the report says so.
 """
 
 from __future__ import annotations

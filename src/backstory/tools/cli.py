@@ -1,23 +1,9 @@
 """The `backstory` command: generate stories, export and import models, reverse words.
 
-    backstory generate --variant forward --prompt "Once upon a time"
-    backstory generate --variant reversed --prompt "They were happy forever."
-    backstory generate --variant backward --prompt "They were happy forever."
-    backstory generate --variant instruct --prompt "Write a story about a brave cat."
-    backstory generate --run reversed.small.s1337 --prompt "They were happy forever."
-    backstory generate --variant forward --prompt "Once" --beam-width 4 --length-penalty 1
-    backstory generate --variant forward --prompt "Once" --constraint pilish
-    backstory export --variant reversed --format llama2c --out exports/reversed
-    backstory import --source stories15M.pt --tokenizer tokenizer.model --out imported/
-    echo "They were happy." | backstory reverse-words
-
-The model and tokenizer are where the project's catalog puts the run's files (the run:
---run, or the only run of --variant in the experiment of --env), unless --model-dir and
---tokenizer name others. A sampling setting not given (--max-new-tokens, --temperature,
---top-k, --top-p, --seed) is the run's evaluate setting in the project's parameters
-(run_defaults.evaluate for a --model-dir), as its samples and the compare report use;
-outside a project every one is given, an unset --top-k or --top-p filtering nothing.
-Stories are printed in normal reading order, whatever direction the model writes in.
+Usage and examples: docs/interop.md. A sampling setting not given is the run's evaluate
+setting in the project's parameters (run_defaults.evaluate for a --model-dir), as its
+samples and the compare report use; outside a project every one is given, an unset
+--top-k or --top-p filtering nothing.
 """
 
 from __future__ import annotations

@@ -1,41 +1,8 @@
 """Write dvc.yaml from the experiment's Kedro pipelines and the catalog.
 
 ``python -m backstory.tools.dvc_stages`` rewrites ``dvc.yaml``; ``--check`` exits 1 when the
-file on disk differs from what the pipelines give. One DVC stage runs one step:
-
-- ``ingest``: the ``ingest`` pipeline;
-- ``tokenizer`` (``foreach`` variant with a tokenizer of its own): that tokenizer;
-- ``export`` (``foreach`` text variant): that variant's token export (``export_owntok``
-  for variants with their own tokenizer, which they read from a path of their own);
-- ``train-<variant>-<size>-<grid>`` and ``evaluate-...`` (``foreach`` over the grid's
-  seeds, read by DVC from the parameter file: ``${experiment.<grid>.seeds}``): one run's
-  training and its evaluation, stage ``train-reversed-small-main@1337``;
-- ``finetune-<variant>-<size>-<grid>`` (the same, for a run that starts from another
-  run's model: the same seed of its ``init_from`` variant): its training, which also
-  depends on that model's folder;
-- ``external-<name>`` (one per imported model): its import and its score on the
-  validation stories; the declared source and tokenizer files are deps;
-- ``compare``: the cross-run report.
-
-Because DVC reads the seeds itself, changing them needs no new dvc.yaml, and
-``dvc exp run -S 'conf/base/parameters_runs.yml:experiment.main.seeds=[1,2,3]'`` (queued
-or not) trains exactly those seeds. A new variant, preset, context or grid does need it,
-and so does a new entry in ``text`` or ``variant_settings``: a stage tracks a variant's
-entry only where it exists (a variant that changes nothing has none). An export with
-text settings of its own is written apart from the ``export`` foreach, as
-``export-<variant>``.
-
-A stage's deps are the catalog paths its nodes read (made by other stages) plus the
-source files of its node functions and datasets, with every backstory module they
-import (not the wiring: a pipeline change shows in this file itself); the compare stage
-depends on the folders of all seeds of each variant and size, so that it too stays the
-same when the seeds change. A stage's params are the raw parameter keys the merged
-settings of its nodes come from (``backstory.experiment.tracked_keys``); its outs are
-the catalog paths its nodes write. A training run folder is a persisted out, so a
-killed ``dvc repro`` resumes it; so are DVCLive's files (its metrics, plots and
-params.yaml), declared as the train stage's metrics and plots. Each evaluate stage
-declares its run's DVCLive params.yaml as params, which is how ``dvc exp show`` lists
-every run's merged settings.
+file on disk differs from what the pipelines give. The stages, and how their deps, outs
+and params are chosen, are described in docs/reproducibility.md.
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
 """The TinyStories record schema and its validation.
 
-A record is a dict in the ``TinyStories_all_data`` schema, plus two fields that only
-TinyStoriesInstruct text carries::
-
-    {"story": str,
-     "instruction": {"prompt:": str, "words": [str, ...], "features": [str, ...]},
-     "summary": str,
-     "source": str,
-     "random_sentence": str,          # Instruct: a sentence the story must contain
-     "extra_fields": [str, ...],      # Instruct: duplicated fields that lost, "Name: value"
-     "source_bits": float}            # storyworld: -log2 P(derivation of the story)
+A record is a dict in the ``TinyStories_all_data`` schema (docs/architecture.md,
+"Records"), plus ``random_sentence`` and ``extra_fields``, which only
+TinyStoriesInstruct text carries, and ``source_bits``, which only storyworld writes.
 
 Required vs optional, chosen so that the three kinds of input (JSON shards,
 plain ``<|endoftext|>`` text, TinyStoriesInstruct text) all validate:

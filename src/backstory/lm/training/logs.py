@@ -1,23 +1,13 @@
 """A training run's logs: DVCLive for the curves, parameters and summary; a speed log.
 
-DVCLive (https://dvc.org/doc/dvclive) writes, in the run's live folder:
-
-- ``plots/metrics/train/loss.tsv``, ``train/lr.tsv`` and ``val/loss.tsv`` (step, value),
-  the curves ``dvc plots show`` / ``dvc plots diff`` draw;
-- ``metrics.json``, the latest value of each and the step, which ``dvc exp show`` and
-  ``dvc metrics diff`` read;
-- ``params.yaml``: the run's model and training settings, its lineage and the facts of
-  the machine that trained it (``backstory.lm.machine``).
-
-None of these hold a wall-clock figure (DVCLive's timestamps are off), so two clean
-runs on one machine write the same bytes; DVC hashes them. The wall-clock figures go to
-``speed_log.csv`` in the run folder (step, tokens_per_s, mfu, elapsed_s), which
-``.dvcignore`` keeps out of DVC. Only the main process logs (rank 0 under DDP).
+DVCLive writes ``plots/metrics/...``, ``metrics.json`` and ``params.yaml`` (settings,
+lineage and the machine, ``backstory.lm.machine``) into the run's live folder, with no
+wall-clock figure, so two clean runs on one machine write the same bytes; those go to
+``speed_log.csv`` in the run folder (docs/reproducibility.md). Only the main process logs.
 
 Resuming from step s keeps the rows up to s and drops the later ones (a killed run may
 have logged past its last checkpoint), so a resumed run ends with the same files as an
-uninterrupted one. DVCLive is told not to write a dvc.yaml nor save DVC experiments:
-the project's generated dvc.yaml declares these files (``backstory.tools.dvc_stages``).
+uninterrupted one.
 """
 
 from __future__ import annotations
