@@ -264,10 +264,7 @@ def keep_stable(run_dir: Path, checkpoint: Path) -> Path:
     root = Path(run_dir) / STABLE_DIR
     root.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(root)
-    tmp = root / f"{_TMP_PREFIX}{checkpoint.name}"
-    shutil.copytree(checkpoint, tmp)
-    fsync_folder(tmp)
-    _rename_into_place(tmp, root / checkpoint.name)
+    _copy_into(root, checkpoint)
     for other in root.iterdir():
         if other.name != checkpoint.name:
             shutil.rmtree(other)
@@ -288,12 +285,16 @@ def restore_checkpoint(run_dir: Path, checkpoint: Path) -> Path:
     root = checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     discard_checkpoints_after(run_dir, _step_of(checkpoint))
+    _copy_into(root, checkpoint)
+    write_text_atomically(root / LATEST_FILE, checkpoint.name + "\n")
+    return root / checkpoint.name
+
+
+def _copy_into(root: Path, checkpoint: Path) -> None:
     tmp = root / f"{_TMP_PREFIX}{checkpoint.name}"
     shutil.copytree(checkpoint, tmp)
     fsync_folder(tmp)
     _rename_into_place(tmp, root / checkpoint.name)
-    write_text_atomically(root / LATEST_FILE, checkpoint.name + "\n")
-    return root / checkpoint.name
 
 
 # --- reading -------------------------------------------------------------------------

@@ -7,14 +7,7 @@ carries the file's size and, where one is published, its sha256. Files without a
 published hash are verified by size and their hash is recorded on the first download
 and checked on every later run (``download.fetch_verified``).
 
-``corpus.dataset`` picks a published set:
-
-- ``all_data``: ``TinyStories_all_data.tar.gz`` (1.6 GB), 50 JSON shards ``data00.json``
-  .. ``data49.json`` with V1 and V2 records and their metadata (about 5M stories).
-- ``v1``: ``TinyStories-train.txt`` / ``TinyStories-valid.txt`` (1.9 GB / 19 MB).
-- ``v2``: ``TinyStoriesV2-GPT4-train.txt`` / ``-valid.txt`` (2.2 GB / 23 MB), GPT-4 only.
-- ``instruct``: ``TinyStories-Instruct-train.txt`` / ``-valid.txt`` (2.66 GB / 26.9 MB),
-  from the ``roneneldan/TinyStoriesInstruct`` repository.
+``corpus.dataset`` picks a published set (``PUBLISHED``; docs/data.md).
 
 A local folder (``source: local``) is read at its top level: every ``.json`` and ``.txt``
 file (any case); everything else, subfolders and hidden files included, is listed in

@@ -1,19 +1,13 @@
 """Export a backstory model to llama2.c or Hugging Face; import theirs as a backstory model.
 
-Export writes, into one folder:
-
-- ``llama2c``: ``model.bin`` (run.c's version-0 layout), ``tokenizer.bin``, the
-  sentencepiece ``tokenizer.model`` it was made from, and ``model.lineage.json``;
-- ``hf``: ``config.json`` (lineage under its ``backstory`` key), ``model.safetensors``,
-  ``generation_config.json``, ``tokenizer.model`` and the tokenizer configs.
-
-``load_external`` reads any of: a run.c ``.bin``, a llama2.c ``ckpt.pt``, a Hugging Face
-Llama folder or a backstory model folder, and returns a ``TrainedModel`` with the
-``Tokenizer`` it reads text with. Tokenization of an import is always sentencepiece's,
-from a ``tokenizer.model``: tokenizer.bin holds pieces and scores but none of the
-normalisation rules, so it is only checked against the model (same pieces, same scores),
-never used to rebuild one. llama2.c keeps that file beside its exports (tokenizer.model
-for the Llama 2 vocabulary, data/tok<N>.model for custom ones).
+What each export format writes: docs/interop.md. ``load_external`` reads any of: a run.c
+``.bin``, a llama2.c ``ckpt.pt``, a Hugging Face Llama folder or a backstory model
+folder, and returns a ``TrainedModel`` with the ``Tokenizer`` it reads text with.
+Tokenization of an import is always sentencepiece's, from a ``tokenizer.model``:
+tokenizer.bin holds pieces and scores but none of the normalisation rules, so it is only
+checked against the model (same pieces, same scores), never used to rebuild one.
+llama2.c keeps that file beside its exports (tokenizer.model for the Llama 2 vocabulary,
+data/tok<N>.model for custom ones).
 """
 
 from __future__ import annotations
