@@ -120,11 +120,16 @@ def report_paths(pipeline: Any, catalog: Any) -> list[str]:
     for name in sorted(pipeline.all_outputs()):
         if name.rsplit(".", 1)[-1] not in REPORT_NAMES:
             continue
-        dataset = catalog.get(name)
-        described = dataset._describe() if dataset is not None else {}
-        if described.get("filepath"):
-            paths.append(str(described["filepath"]))
+        path = _filepath(catalog, name)
+        if path:
+            paths.append(str(path))
     return paths
+
+
+def _filepath(catalog: Any, name: str) -> Any:
+    """The ``filepath`` of catalog dataset ``name``, if it has one."""
+    dataset = catalog.get(name)
+    return (dataset._describe() if dataset is not None else {}).get("filepath")
 
 
 MODEL_NAME = "model"  # a run's or an external's trained model: <namespace>.model
@@ -144,8 +149,7 @@ def stale_paths(node: Any, catalog: Any, registered: Any) -> list[Path]:
         if pipeline is None:
             continue
         for derived in sorted(pipeline.from_inputs(output).all_outputs() - set(node.outputs)):
-            dataset = catalog.get(derived)
-            path = (dataset._describe() if dataset is not None else {}).get("filepath")
+            path = _filepath(catalog, derived)
             if path and Path(path).is_file():
                 paths.append(Path(path))
     return paths
@@ -192,8 +196,7 @@ class StaleReportHooks:
 
 def _weights_sha(catalog: Any, model: str) -> str | None:
     """The weights' sha256 a saved model records (model.json), or None when there is none."""
-    dataset = catalog.get(model)
-    folder = (dataset._describe() if dataset is not None else {}).get("filepath")
+    folder = _filepath(catalog, model)
     meta = Path(folder) / MODEL_META_FILE if folder else None
     if meta is None or not meta.is_file():
         return None

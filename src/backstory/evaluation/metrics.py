@@ -26,7 +26,7 @@ from tqdm import tqdm
 from backstory import params
 from backstory.data.token_store import TokenStore
 from backstory.lm.families import LanguageModel
-from backstory.lm.model import model_device
+from backstory.lm.model import eval_mode, model_device
 from backstory.lm.orders import ORDERS, check_order
 
 LN2 = math.log(2.0)
@@ -70,21 +70,6 @@ def _target_losses(model: LanguageModel, windows: np.ndarray, device: torch.devi
     flat = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                            ignore_index=-1, reduction="none")
     return flat.view(targets.shape)  # (b, T)
-
-
-class _EvalMode:
-    """Run a block with the model in eval mode and restore its previous mode after."""
-
-    def __init__(self, model: LanguageModel) -> None:
-        self.model = model
-        self.was_training = model.training
-
-    def __enter__(self) -> LanguageModel:
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.model.train(self.was_training)
 
 
 # --------------------------------------------------------------------- whole-store loss
@@ -151,7 +136,7 @@ def _accumulate(
     sums = _Sums()
     # Loss sums stay on the device until the end: no host sync per batch on a GPU.
     totals = torch.zeros(2, dtype=torch.float64, device=device)
-    with _EvalMode(model):
+    with eval_mode(model):
         for windows, story in tqdm(batches, desc="evaluate loss", unit="batch", leave=False):
             losses = _target_losses(model, windows, device).double()  # (b, L), 0 where padded
             story_t = torch.from_numpy(np.ascontiguousarray(story)).to(device)
@@ -295,7 +280,7 @@ def document_scores(
     all_nats = torch.zeros(len(docs), dtype=torch.float64, device=device)
     targets = np.zeros(len(docs), dtype=np.int64)
     rows = _document_rows(store, docs, seq_len, stride, token_order)
-    with _EvalMode(model):
+    with eval_mode(model):
         for batch in tqdm(_batched(rows, batch_size), desc="document bits", unit="batch",
                           leave=False):
             doc_ids, windows, story, scored = _pad_rows(batch)

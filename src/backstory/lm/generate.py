@@ -27,7 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from backstory import params
 from backstory.lm.decode import Stepper, check_decode_step
-from backstory.lm.model import KVCache, Transformer, model_device
+from backstory.lm.model import KVCache, Transformer, eval_mode, model_device
 
 logger = logging.getLogger(__name__)
 
@@ -169,13 +169,8 @@ def decoding(model: Transformer, device: torch.device) -> Iterator[None]:
     """
     backends = contextlib.nullcontext() if device.type != "cuda" else sdpa_kernel(
         [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
-    was_training = model.training
-    model.eval()
-    try:
-        with backends:
-            yield
-    finally:
-        model.train(was_training)
+    with eval_mode(model), backends:
+        yield
 
 
 def check_request(model: Transformer, prompts: list[list[int]], max_new_tokens: int,

@@ -15,9 +15,10 @@ at zero, so every block starts as the identity).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -466,6 +467,17 @@ def model_device(model: nn.Module, device: torch.device | str | None) -> torch.d
                          "move the model with model.to(device) first")
     return have
 
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode, its previous mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 class Transformer(TiedLM):
     def __init__(self, config: ModelConfig) -> None:
