@@ -65,7 +65,6 @@ PEAK_FLOPS = (
     ("H100", 989e12),
     ("A100", 312e12),
 )
-# Store attributes that identify the data a run trained on (checked on resume).
 
 
 @dataclass
