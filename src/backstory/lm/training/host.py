@@ -9,14 +9,10 @@ one, shared out among the processes of a distributed run. The thread count does 
 change the arithmetic of a step on CPU (tests/test_train.py checks 1 and 2 threads give
 bit-identical weights), so this choice moves speed only, never results.
 
-Every training step allocates and frees the same large activations (the CPU preset's
-logits alone are 32 MiB). glibc serves blocks above its mmap threshold (128 KiB, rising
-to at most 32 MiB) with fresh mmap calls and returns them on free, so each step faults
-in and zeroes every page of them again: about 40,000 page faults and 13% of the CPU
-time of a step of the CPU preset (``benchmarks/bench_train_vs_llama2c.py``,
-docs/benchmarks.md). ``keep_freed_memory`` raises the mmap and trim thresholds so freed
-blocks stay in the heap and are reused; the process keeps its peak memory, which a
-training loop reaches on its first step anyway. Results are unchanged (same arithmetic).
+Every training step allocates and frees the same large activations, which glibc serves
+with fresh mmaps and returns on free, so each step faults its pages in again (13% of a CPU
+step; docs/benchmarks.md). ``keep_freed_memory`` raises the mmap and trim thresholds so
+freed blocks stay in the heap and are reused. Results are unchanged (same arithmetic).
 """
 
 from __future__ import annotations
