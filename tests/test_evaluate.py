@@ -51,7 +51,7 @@ from backstory.lm.generate import SamplingConfig
 from backstory.lm.model import Transformer
 from tests.project import encoded, load_defaults, model_config, trained_tokenizer
 
-GREEDY = {"max_new_tokens": 4, "temperature": 0}
+GREEDY = {"max_new_tokens": 4, "temperature": 0, "top_k": None, "top_p": None}
 EVAL_CONFIG = EvaluateConfig(batch_size=4, n_stories=12, curve_stories=4, n_samples=1,
                              max_new_tokens=4, temperature=0.8, top_k=None, top_p=None, seed=0,
                              device="cpu")
@@ -411,7 +411,7 @@ def test_reversed_sample_ends_with_the_given_ending(tokenizer):
     continuation = tokenizer.encode_one(".cat little a with played Tom")
     model = ScriptedModel(prompt + continuation + [tokenizer.bos_id, 5, 6])
     sample = generate_story(model, tokenizer, variant="reversed", prompt=ending,
-                            max_new_tokens=40, temperature=0)
+                            max_new_tokens=40, temperature=0, top_k=None, top_p=None, seed=0)
     assert sample["text"] == "Tom played with a little cat. Lily smiled with the dog."
     assert sample["text"].endswith(ending)
     assert sample["prompt"] == ending and sample["mode"] == "ending"
@@ -426,7 +426,7 @@ def test_backward_token_order_sample_writes_what_comes_before_the_ending(tokeniz
     # writes the tokens before it, last first, and ends at the story's BOS.
     model = ScriptedModel(ending_ids[::-1] + before[::-1] + [tokenizer.bos_id, 5])
     sample = generate_story(model, tokenizer, variant="backward", prompt=ending,
-                            max_new_tokens=40, temperature=0)
+                            max_new_tokens=40, temperature=0, top_k=None, top_p=None, seed=0)
     assert sample["text"] == "Tom played. Lily smiled with the dog."
     assert sample["stopped"] and sample["n_new_tokens"] == len(before)
     assert sample["mode"] == "ending, token order backward"
@@ -438,7 +438,7 @@ def test_forward_sample_is_prompt_plus_continuation(tokenizer):
     continuation = tokenizer.encode_one("Mia slept.")
     model = ScriptedModel(prompt + continuation + [tokenizer.eos_id])
     sample = generate_story(model, tokenizer, variant="forward", prompt=opening,
-                            max_new_tokens=40, temperature=0)
+                            max_new_tokens=40, temperature=0, top_k=None, top_p=None, seed=0)
     assert sample["text"] == "Tom ran with the dog. Mia slept."
     assert sample["stopped"] and sample["mode"] == "completion"
 
@@ -451,7 +451,7 @@ def test_instruct_sample_is_only_the_story_between_bos_and_the_stop(tokenizer, s
     stop_id = tokenizer.eos_id if stop == "eos" else tokenizer.bos_id
     model = ScriptedModel(prompt + story + [stop_id] + tokenizer.encode_one("Ben ran."))
     sample = generate_story(model, tokenizer, variant="instruct", prompt=instruction,
-                            max_new_tokens=40, temperature=0)
+                            max_new_tokens=40, temperature=0, top_k=None, top_p=None, seed=0)
     assert sample["text"] == "Sam jumped with her mom."
     assert sample["stopped"] and sample["n_new_tokens"] == len(story)
 
@@ -461,23 +461,24 @@ def test_budget_runs_out_without_a_stop_and_is_capped_by_the_context(tokenizer):
     story = tokenizer.encode_one(" Mia slept with the big tree and the dog." * 3)
     model = ScriptedModel(prompt + story, max_seq_len=len(prompt) + 10)
     sample = generate_story(model, tokenizer, variant="forward", prompt="Tom ran.",
-                            max_new_tokens=500, temperature=0)
+                            max_new_tokens=500, temperature=0, top_k=None, top_p=None, seed=0)
     assert not sample["stopped"] and sample["n_new_tokens"] == 10
     assert sample["text"] == tokenizer.decode(prompt + story[:10])
     with pytest.raises(ValueError, match="leaves no room"):
         generate_story(ScriptedModel(prompt, max_seq_len=len(prompt)), tokenizer,
-                       variant="forward", prompt="Tom ran.", max_new_tokens=5, temperature=0)
+                       variant="forward", prompt="Tom ran.", **{**GREEDY, "max_new_tokens": 5},
+                       seed=0)
 
 
 def test_generate_story_rejects_bad_settings(tokenizer):
     model = tiny_transformer()
     with pytest.raises(ValueError, match="registered variants: forward, reversed"):
-        generate_story(model, tokenizer, variant="sideways", prompt="x", **GREEDY)
+        generate_story(model, tokenizer, variant="sideways", prompt="x", **GREEDY, seed=0)
     with pytest.raises(ValueError, match="temperature"):
         generate_story(model, tokenizer, variant="forward", prompt="x", max_new_tokens=4,
-                       temperature=-1)
+                       temperature=-1, top_k=None, top_p=None, seed=0)
     with pytest.raises(ValueError, match="needs a non-empty prompt"):
-        generate_story(model, tokenizer, variant="reversed", prompt="  ", **GREEDY)
+        generate_story(model, tokenizer, variant="reversed", prompt="  ", **GREEDY, seed=0)
 
 
 def test_prompts_come_from_the_store_in_normal_reading_order(stores, tokenizer, records):
@@ -506,7 +507,7 @@ def test_prompts_too_long_for_the_context_are_passed_over(stores, tokenizer):
     assert short == [p for p, n in zip(every, lengths, strict=True) if n <= limit]
     model = tiny_transformer(max_seq_len=limit + 4)
     samples = make_samples(model, tokenizer, store, variant="instruct", n=2,
-                           sampling=SamplingConfig(**GREEDY, top_k=None, top_p=None), seed=0)
+                           sampling=SamplingConfig(**GREEDY), seed=0)
     assert [s["prompt"] for s in samples] == short[:2]
 
 

@@ -25,6 +25,6 @@ def test_greedy_decoding_of_the_golden_checkpoint_is_fixed():
     model, meta = load_model(GOLDEN / "model")
     assert meta["lineage"]["tokenizer_sha256"] == tokenizer.sha256
     sample = generate_story(model, tokenizer, variant="forward", prompt="Once upon a time",
-                            max_new_tokens=48, temperature=0)
+                            max_new_tokens=48, temperature=0, top_k=None, top_p=None, seed=0)
     assert sample["text"] == EXPECTED
     assert sample["n_new_tokens"] == 48 and not sample["stopped"]

@@ -141,7 +141,7 @@ def test_a_permuted_model_writes_no_samples_and_says_why(stores):
                                   n_heads=2, max_seq_len=32))
     with pytest.raises(SettingError, match="permutation of its token positions"):
         generate_story(model, tokenizer, variant="permuted", prompt="Once upon a time",
-                       max_new_tokens=4, temperature=0)
+                       max_new_tokens=4, temperature=0, top_k=None, top_p=None, seed=0)
     text = samples_markdown([], skipped=(3, "no reading order"))
     assert "3 samples skipped: no reading order" in text
 
