@@ -42,7 +42,10 @@ from tests.project import (
     tiny_run_params,
 )
 
-ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"}
+# One torch thread per stage process, as in test_faults.py: the tiny models gain nothing
+# from more, and on a busy machine each thread waiting for a core stalls every matmul.
+ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1",
+       "OMP_NUM_THREADS": "1"}
 RUNS_FILE = "conf/base/parameters_runs.yml"
 # Cross-run comparison settings that keep it to seconds on CPU.
 TINY_COMPARE = {"n_boot": 50, "n_stories": 2, "generate_batch_size": 2}
