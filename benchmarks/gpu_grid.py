@@ -73,11 +73,12 @@ def plan(root: Path, corpus: str) -> list[str]:
                                          "token_order": "forward"})
         model = ModelConfig(vocab_size=vocab, **settings["model"])
         tokens = train.batch_size * train.grad_accum * model.max_seq_len
-        sizes.setdefault(run.preset, [f"{Transformer(model).num_parameters():,} parameters",
-                                      f"{tokens:,} tokens per step",
-                                      f"pass 0 {base[run.preset]:,} steps "
-                                      f"({base[run.preset] * tokens / 1e6:.0f}M tokens)",
-                                      f"lr {train.lr} {train.schedule}"])
+        if run.preset not in sizes:  # one model built per preset, not one per run
+            sizes[run.preset] = [f"{Transformer(model).num_parameters():,} parameters",
+                                 f"{tokens:,} tokens per step",
+                                 f"pass 0 {base[run.preset]:,} steps "
+                                 f"({base[run.preset] * tokens / 1e6:.0f}M tokens)",
+                                 f"lr {train.lr} {train.schedule}"]
         sizes[run.preset].append(run.variant)
     for preset, facts in sizes.items():
         lines.append(f"  {preset}: {', '.join(facts[:4])}; runs "

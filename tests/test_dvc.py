@@ -42,7 +42,10 @@ from tests.project import (
     tiny_run_params,
 )
 
-ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1"}
+# One torch thread per stage process, as in test_faults.py: the tiny models gain nothing
+# from more, and on a busy machine each thread waiting for a core stalls every matmul.
+ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1",
+       "OMP_NUM_THREADS": "1"}
 RUNS_FILE = "conf/base/parameters_runs.yml"
 # Cross-run comparison settings that keep it to seconds on CPU.
 TINY_COMPARE = {"n_boot": 50, "n_stories": 2, "generate_batch_size": 2}
@@ -313,7 +316,7 @@ def make_repo(root: Path, runs_changes: dict | None = None) -> Path:
         path = root / "conf/base" / file_name
         data = yaml.safe_load(path.read_text())
         path.write_text(yaml.safe_dump(deep_update(data, change), sort_keys=False))
-    sh(root, "python", "-m", "backstory.tools.dvc_stages", "--root", str(root))
+    assert dvc_stages.main(["--root", str(root)]) == 0
     sh(root, "git", "init", "-q")
     sh(root, "git", "config", "user.email", "test@example.com")
     sh(root, "git", "config", "user.name", "test")
@@ -551,7 +554,7 @@ def test_an_added_seed_runs_only_its_own_stages(repo):
     data = yaml.safe_load(original)
     data["experiment"]["extra"] = {"variants": ["forward"], "presets": ["small"], "seeds": [7]}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    sh(root, "python", "-m", "backstory.tools.dvc_stages", "--root", str(root))
+    assert dvc_stages.main(["--root", str(root)]) == 0
     try:
         output = sh(root, "dvc", "repro")
         assert ran(output) == {"train-forward-small-extra@7", "evaluate-forward-small-extra@7",
@@ -559,7 +562,7 @@ def test_an_added_seed_runs_only_its_own_stages(repo):
         assert (root / "data/08_reporting/forward/small/s7/metrics.json").is_file()
     finally:
         path.write_text(original)
-        sh(root, "python", "-m", "backstory.tools.dvc_stages", "--root", str(root))
+        assert dvc_stages.main(["--root", str(root)]) == 0
         sh(root, "git", "checkout", "--", "dvc.lock")
         sh(root, "dvc", "checkout", "--force")
 
@@ -603,16 +606,21 @@ def metrics_of(row: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_killed_repro_resumes_training_and_ends_as_an_uninterrupted_run(tmp_path):
+def test_killed_repro_resumes_training_and_ends_as_an_uninterrupted_run(repo, tmp_path):
     steps, every = 40, 5
-    root = make_repo(tmp_path / "repo", {
-        "experiment": {"main": {"variants": ["forward"]}},
-        "run_defaults": {"train": {"max_steps": steps, "checkpoint_interval": every,
-                                   "eval_interval": 20}},
-    })
+    # A copy of the finished repo, its ingest and exports current: only training is new.
+    # Not DVC's scratch folder, which the other tests' experiment queue may still use.
+    scratch = repo["root"] / ".dvc"
+    root = Path(shutil.copytree(repo["root"], tmp_path / "repo", symlinks=True, ignore=lambda
+                                folder, _: ["tmp"] if Path(folder) == scratch else []))
+    path = root / RUNS_FILE
+    data = deep_update(yaml.safe_load(path.read_text()), {"run_defaults": {"train": {
+        "max_steps": steps, "checkpoint_interval": every, "eval_interval": 20}}})
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     stage = "train-forward-small-main@1337"
-    sh(root, "dvc", "repro", "export@forward")
     run_dir = root / "data/06_models/forward/small/s1337/run"
+    for persisted in (run_dir, run_dir.parent / "live"):  # the 6-step run's, kept by DVC
+        shutil.rmtree(persisted)
     proc = subprocess.Popen(["dvc", "repro", stage], cwd=root, env=ENV, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300

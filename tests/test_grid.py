@@ -75,12 +75,16 @@ def test_the_parallel_runner_writes_the_sequential_bytes(tmp_path: Path) -> None
 
 def test_a_killed_parallel_grid_resumes_without_redoing_a_finished_run(tmp_path: Path) -> None:
     # A short run beside a long one: kill the grid once the short one has finished and the
-    # long one has checkpoints, then run the same command again.
+    # long one has checkpoints, then run the same command again. The kill comes once the
+    # long one passes step 40 (it was at 40 when measured): 1000 steps leave it far from
+    # done, and the resumed run trains all the rest (few evaluations keep steps cheap).
+    long_steps = 1000
     root = project(tmp_path / "grid", {
         "experiment": {"main": {"variants": ["forward"], "presets": ["small", "long"],
                                 "seeds": [1]}},
         "presets": {"long": {"model": tiny_run_params()["presets"]["small"]["model"],
-                             "train": {"max_steps": 3000, "checkpoint_interval": 20}}},
+                             "train": {"max_steps": long_steps, "checkpoint_interval": 20,
+                                       "eval_interval": 500, "log_interval": 50}}},
     })
     short, long = (root / "data/06_models/forward" / p / "s1" for p in ("small", "long"))
     command = ("--runner", "ParallelRunner", "--runner-params", "max_workers=2")
@@ -94,7 +98,7 @@ def test_a_killed_parallel_grid_resumes_without_redoing_a_finished_run(tmp_path:
     os.killpg(grid.pid, signal.SIGKILL)
     grid.wait()
     killed_at = read_state(latest_checkpoint(long / "run"))["step"]
-    assert killed_at < 3000
+    assert killed_at < long_steps
     finished = {p: p.read_bytes() for p in sorted((short / "run").rglob("*")) if p.is_file()}
 
     said = finish(kedro_run(root, *command), root)
@@ -102,7 +106,7 @@ def test_a_killed_parallel_grid_resumes_without_redoing_a_finished_run(tmp_path:
     assert {p: p.read_bytes() for p in sorted((short / "run").rglob("*"))
             if p.is_file()} == finished  # not one step trained again
     assert f"Resumed {long / 'run'} from step_{killed_at:08d}" in said
-    assert read_state(latest_checkpoint(long / "run"))["step"] == 3000
+    assert read_state(latest_checkpoint(long / "run"))["step"] == long_steps
 
 
 def test_the_grid_driver_doubles_a_wsd_grid_and_reports_convergence(tmp_path: Path) -> None:

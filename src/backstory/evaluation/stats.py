@@ -29,7 +29,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from backstory import params
 from backstory.core.errors import UserError
@@ -145,6 +144,10 @@ def seed_document_interval(
     total = seed_var + doc_var
     # Welch-Satterthwaite: the document part is known with (practically) infinite df.
     df = float("inf") if seed_var == 0 else total ** 2 / (seed_var ** 2 / (n_seeds - 1))
+    # Imported here: scipy.stats costs over a second, and every `kedro run` process (each
+    # DVC stage) imports this module through the settings, most never reaching this line.
+    from scipy import stats as scipy_stats
+
     quantile = float(scipy_stats.t.ppf(0.5 + confidence / 2, df)) if np.isfinite(df) else \
         float(scipy_stats.norm.ppf(0.5 + confidence / 2))
     half = quantile * np.sqrt(total)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib.util
 import json
 import logging
@@ -218,8 +219,16 @@ def module_file(module: str) -> Path | None:
 
 def _imports(path: Path, module: str) -> set[str]:
     """backstory modules imported by one source file (absolute and relative imports)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    return {name for name in _imported_names(path.read_text(), str(path), package)
+            if module_file(name) is not None}
+
+
+@functools.cache
+def _imported_names(source: str, filename: str, package: str) -> frozenset[str]:
+    """Every module name a source text imports. Cached by the text itself: a build walks
+    the same modules for every stage, and parsing them again each time was most of it."""
+    tree = ast.parse(source, filename=filename)
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -232,7 +241,7 @@ def _imports(path: Path, module: str) -> set[str]:
             found.add(base)
             # `from backstory.data.corpus import clean` imports a submodule.
             found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {name for name in found if module_file(name) is not None}
+    return frozenset(found)
 
 
 def module_closure(modules: set[str]) -> set[str]:
