@@ -2,6 +2,7 @@
 
     python benchmarks/rerun_results.py --env aot_converged --estimate  # time a few steps per size
     python benchmarks/rerun_results.py --env aot_converged             # the grid, to convergence
+    python benchmarks/rerun_results.py --env aot_converged --presets micro   # one size first
     python benchmarks/rerun_results.py --env aot                       # issue 9's 150 steps
 
 Each pass is one ``kedro run --env <env> --runner ParallelRunner --runner-params
@@ -18,8 +19,10 @@ doubling moved its validation loss by less than ``compare.convergence_tolerance`
 ``--doublings K`` the passes go on to K, stopping early once every run has converged.
 
 Killed, the same command continues: finished runs are reused and unfinished ones resume
-from their checkpoints. It starts at the pass the runs' checkpoints have reached, never
-at a shorter one (a shorter length would set a longer run aside and train it again).
+from their checkpoints. Each preset starts at the pass its runs' checkpoints have reached,
+never at a shorter one (a shorter length would set a longer run aside and train it again).
+``--presets`` drives some sizes through every pass first, so their verdicts come before
+the next size has trained; the report waits for a run without it.
 
 ``--estimate`` trains nothing: it times ``--steps`` optimizer steps of each distinct model
 shape with one thread (CPU time, so a shared machine inflates it less) and adds the
@@ -143,26 +146,38 @@ def pass_steps(base: int, k: int, schedule: str, cooldown_fraction: float) -> fl
     return base * 2 ** k - stable_end(base * 2 ** (k - 1), cooldown_fraction)
 
 
-def reached_pass(root: Path, env: str, experiment, base: Mapping[str, int]) -> int:
-    """The furthest pass any run's checkpoints belong to (0 when none trained yet)."""
+def reached_passes(root: Path, env: str, experiment, base: Mapping[str, int]) -> dict[str, int]:
+    """Per preset, the furthest pass its runs' checkpoints belong to (0 when none trained)."""
     from backstory.lm.checkpoint import latest_checkpoint, read_state
     from backstory.tools.locate import Project
 
     project = Project.load(root, env)
-    reached = 0
+    reached = dict.fromkeys(base, 0)
     for run in experiment.runs:
         checkpoint = latest_checkpoint(project.path(f"{run.namespace}.training_run"))
         if checkpoint is not None:
             steps = read_state(checkpoint)["train_config"]["max_steps"]
-            reached = max(reached, round(math.log2(max(1, steps / base[run.preset]))))
+            reached[run.preset] = max(reached[run.preset],
+                                      round(math.log2(max(1, steps / base[run.preset]))))
     return reached
 
 
-def kedro(root: Path, env: str, jobs: int, base: Mapping[str, int], k: int) -> None:
-    """One pass: every run at ``base * 2**k`` steps, ``jobs`` at a time."""
-    overrides = ",".join(f"presets.{p}.train.max_steps={n * 2 ** k}" for p, n in base.items())
+def pass_lengths(base: Mapping[str, int], reached: Mapping[str, int], k: int) -> dict[str, int]:
+    """Each preset's ``train.max_steps`` in pass ``k``: ``base * 2**k``, or the longer length
+    its runs have already reached (a preset driven ahead with ``--presets``), since a shorter
+    one would set those runs aside and train them again."""
+    return {preset: n * 2 ** max(k, reached[preset]) for preset, n in base.items()}
+
+
+def kedro(root: Path, env: str, jobs: int, steps: Mapping[str, int],
+          namespaces: Sequence[str] = ()) -> None:
+    """One pass: every run (or only ``namespaces``) at its preset's ``steps``, ``jobs`` at a
+    time."""
+    overrides = ",".join(f"presets.{p}.train.max_steps={n}" for p, n in steps.items())
     command = [sys.executable, "-m", "kedro", "run", "--env", env, "--runner", "ParallelRunner",
                "--runner-params", f"max_workers={jobs}", "--params", overrides]
+    if namespaces:
+        command += ["--namespaces", ",".join(namespaces)]
     print("$ " + " ".join(command[1:]), flush=True)
     environ = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
     code = subprocess.run(command, cwd=root, env=environ).returncode
@@ -235,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--doublings", type=int, default=None,
                         help="passes of doubled length after the first (default: 1 for a "
                              "wsd experiment, 0 otherwise)")
+    parser.add_argument("--presets", nargs="+", default=None,
+                        help="train only these presets' runs, through every pass, and write no "
+                             "report (one size's verdicts before the next size starts; a later "
+                             "run without --presets reuses them and writes the report)")
     parser.add_argument("--estimate", action="store_true", help="estimate the time only")
     parser.add_argument("--steps", type=int, default=6, help="steps timed per model shape")
     parser.add_argument("--fixed-s", type=float, default=300.0,
@@ -270,15 +289,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     from backstory.tools.locate import Project
 
     path = Project.load(root, args.env).path("compare.report")
-    start = reached_pass(root, args.env, experiment, base)
-    for k in range(start, doublings + 1):
+    reached = reached_passes(root, args.env, experiment, base)
+    chosen = args.presets or list(base)
+    unknown = sorted(set(chosen) - set(base))
+    if unknown:
+        raise SystemExit(f"--presets {unknown}: {args.env} declares {sorted(base)}")
+    namespaces = [r.namespace for r in experiment.runs if r.preset in chosen] \
+        if args.presets else []
+    for k in range(min(reached[p] for p in chosen), doublings + 1):
         mark = time.perf_counter()
-        kedro(root, args.env, jobs, base, k)
+        kedro(root, args.env, jobs, pass_lengths(base, reached, k), namespaces)
         print(f"pass {k}: {(time.perf_counter() - mark) / 60:.1f} min wall", flush=True)
+        if args.presets:
+            continue
         keep_pass_report(path, k)
         if k >= 1 and all_converged(json.loads(path.read_text())):
             print(f"every run converged after pass {k}", flush=True)
             break
+    if args.presets:
+        print(f"{', '.join(chosen)} trained through pass {doublings}; rerun without --presets "
+              "for the report")
+        return 0
     print(f"figures ({path}):")
     print("\n".join(figures(json.loads(path.read_text()))))
     return 0

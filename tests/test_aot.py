@@ -71,6 +71,15 @@ def test_a_doubling_pass_trains_from_the_previous_length_stable_end():
         pass_steps(500, 1, "cosine", 0.2)
 
 
+def test_a_size_driven_ahead_keeps_its_length_while_the_others_catch_up():
+    pass_lengths = rerun_script().pass_lengths
+    base = {"micro": 500, "tiny": 500}
+    # micro went through pass 1 alone (--presets micro); tiny has trained nothing yet
+    assert pass_lengths(base, {"micro": 1, "tiny": 0}, 0) == {"micro": 1000, "tiny": 500}
+    assert pass_lengths(base, {"micro": 1, "tiny": 0}, 1) == {"micro": 1000, "tiny": 1000}
+    assert pass_lengths(base, {"micro": 1, "tiny": 0}, 2) == {"micro": 2000, "tiny": 2000}
+
+
 def gpu_script():
     spec = importlib.util.spec_from_file_location("gpu_grid", REPO / "benchmarks/gpu_grid.py")
     module = importlib.util.module_from_spec(spec)
