@@ -217,7 +217,7 @@ def test_batched_generation_matches_one_story_at_a_time_when_greedy(tokenizer, v
                                sampling=greedy, seed=0)
     for prompt, sample in zip(prompts, batched, strict=True):
         one = generate_story(model, tokenizer, variant=variant, prompt=prompt,
-                             **greedy.to_dict())
+                             **greedy.to_dict(), seed=0)
         assert sample["text"] == one["text"] and sample["prompt"] == prompt
     with pytest.raises(ValueError, match="generate_batch_size"):
         generate_batched(model, tokenizer, prompts, variant=variant, batch_size=0,
