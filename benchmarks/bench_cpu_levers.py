@@ -16,15 +16,13 @@ worth keeping only when its differences sit inside that spread.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import statistics
 import tempfile
 from pathlib import Path
 
-import torch
 from corpus import DEFAULT_CACHE, default_stores
-from machine import describe
+from machine import start_one_thread
 from recipes import train_curve
 
 # Train settings per lever, over conf/base's forward small run.
@@ -40,9 +38,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="train.max_steps")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(1)
-    print(f"machine: {describe()}; torch {torch.__version__}, 1 thread", flush=True)
+    start_one_thread()
     stores, _ = default_stores(args.cache)
     steps = {} if args.steps is None else {"max_steps": args.steps}
     bpb: dict[str, list[float]] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 from pathlib import Path
@@ -53,3 +54,13 @@ def core_fp32_peak(size: int = 2048, repeats: int = 5) -> float:
     finally:
         torch.set_num_threads(before)
     return 2 * size**3 / best
+
+
+def start_one_thread() -> None:
+    """Warnings only, one torch thread, and the machine line: how every single-thread
+    benchmark starts, so its figures are per core and say where they were measured."""
+    import torch
+
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+    print(f"machine: {describe()}; torch {torch.__version__}, 1 thread", flush=True)

@@ -20,14 +20,12 @@ A recipe is a label and train settings (``model.<key>`` for a model setting);
 from __future__ import annotations
 
 import argparse
-import logging
 import tempfile
 from pathlib import Path
 
-import torch
 from bench_token_efficiency import parse_overrides
 from corpus import DEFAULT_CACHE, ROOT, default_stores
-from machine import describe
+from machine import start_one_thread
 from recipes import train_curve
 from rerun_results import load
 
@@ -59,9 +57,7 @@ def main() -> None:
                         default="forward")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(1)
-    print(f"machine: {describe()}; torch {torch.__version__}, 1 thread", flush=True)
+    start_one_thread()
     stores, _ = default_stores(args.cache)
     parameters, _ = load(ROOT, args.env)
     print("variant preset recipe step tokens val_bpb cpu_s")
