@@ -4,21 +4,29 @@ MatplotlibDataset entries in the catalog)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")  # no display in pipelines or CI
+from backstory import variants
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from backstory import variants  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def _pyplot():
+    """matplotlib's pyplot, imported on first use: every Kedro process builds the compare
+    pipeline, and only the ones that draw should pay matplotlib's 0.4 s import."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display in pipelines or CI
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _check_log(log: pd.DataFrame, columns: tuple[str, ...], name: str) -> None:
@@ -37,7 +45,7 @@ def plot_loss_curves(*logs: pd.DataFrame | dict, runs: Sequence[Mapping[str, Any
     if len(logs) != 3 * len(runs):
         raise ValueError(f"{len(logs)} logs for {len(runs)} runs (3 per run)")
     seeds = sorted({run["seed"] for run in runs})
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = _pyplot().subplots(figsize=(8, 5))
     for i, run in enumerate(runs):
         train, val, _ = logs[3 * i: 3 * i + 3]
         _check_log(train, ("step", "loss"), f"{run['run']}.train_loss_curve")
@@ -61,7 +69,7 @@ def plot_bpb_scatter(document_bits: pd.DataFrame) -> Figure:
     seed = at_size["seed"].min()
     group = at_size[at_size["seed"] == seed]
     present = set(group["variant"])
-    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    fig, ax = _pyplot().subplots(figsize=(5.5, 5.5))
     for variant in variants.NAMES:
         spec = variants.get(variant)
         if variant not in present or spec.delta != "word_order" \
@@ -87,7 +95,7 @@ def plot_delta(arrow: dict) -> Figure:
     """Every size's deltas (percent) with their intervals over seeds and stories; each
     seed's own delta as a small dot."""
     entries = [(size, d) for size in arrow["sizes"] for d in size["deltas"]]
-    fig, ax = plt.subplots(figsize=(7, 1.5 + 0.6 * max(1, len(entries))))
+    fig, ax = _pyplot().subplots(figsize=(7, 1.5 + 0.6 * max(1, len(entries))))
     if entries:
         labels = [f"{d['variant']} vs {d['partner']}, {s['size']}\n({d['unit']}, "
                   f"{d['n_seeds']} seed{'s' if d['n_seeds'] > 1 else ''})" for s, d in entries]
@@ -137,7 +145,7 @@ def plot_sweep(arrow: dict) -> Figure:
     count (sizes of one context length joined) and against context length (sizes of one
     preset joined)."""
     sweeps = arrow["sweeps"]
-    fig, (by_params, by_context) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig, (by_params, by_context) = _pyplot().subplots(1, 2, figsize=(11, 4.5))
     _sweep_axis(by_params, sweeps["by_params"], "n_params", "seq_len", log=True)
     by_params.set(xlabel="parameters", ylabel="delta (%): positive = backward is harder",
                   title="Delta against model size")
@@ -151,7 +159,7 @@ def plot_training_curves(training: dict, floor: dict) -> Figure:
     """Left: each pair's delta (with interval) at every evaluation step, against the
     tokens seen in training, one line per size. Right: each variant's bits per byte on
     the curve stories, with the floor of those stories as a line (when there is one)."""
-    fig, (ax, levels) = plt.subplots(1, 2, figsize=(14, 5))
+    fig, (ax, levels) = _pyplot().subplots(1, 2, figsize=(14, 5))
     _plot_levels(levels, training, floor)
     for i, size in enumerate(training["sizes"]):
         series: dict[str, list[tuple[float, Mapping[str, Any]]]] = {}

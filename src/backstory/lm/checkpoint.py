@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.overrides import TorchFunctionMode
 
 from backstory.core.errors import InputError, UserError
 from backstory.core.files import (
@@ -634,7 +635,7 @@ def check_weights_fit(trained: TrainedModel, *, source: Path | str = "model") ->
     """Raise ``CheckpointError`` unless the weights have exactly the config's names and
     shapes; compared on the meta device, so nothing is allocated (a vocab_size edited
     in model.json must not first build a model of that size)."""
-    with torch.device("meta"), torch.random.fork_rng(devices=[]):
+    with torch.device("meta"), _SkipInit():
         expected = {name: tuple(t.shape) for name, t in
                     new_model(trained.config).state_dict().items()}
     got = {name: tuple(t.shape) for name, t in trained.state_dict.items()}
@@ -649,6 +650,17 @@ def check_weights_fit(trained: TrainedModel, *, source: Path | str = "model") ->
             f"{trained.config.vocab_size}, dim={trained.config.dim}, n_layers="
             f"{trained.config.n_layers}): {shown}"
         )
+
+
+class _SkipInit(TorchFunctionMode):
+    """Leaves every ``torch.nn.init`` call undone: only names and shapes are wanted, and
+    random init on the meta device runs torch's Python references, which import its
+    compiler (1.4 s a process)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **(kwargs or {}))
 
 
 def _read_model_document(directory: Path) -> dict[str, Any]:
