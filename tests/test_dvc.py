@@ -351,8 +351,9 @@ def repo_stages(root: Path) -> set[str]:
 
 # Three variants cover each kind of stage: forward (the baseline compare needs), reversed
 # (tokens of its own, and an empty variant entry its stages track), backward (forward's
-# tokens in another order). instruct's stages are forward's kind (checked by the fast
-# tests above); leaving it out saves a quarter of every repro.
+# tokens in another order). instruct's stages are of reversed's kinds (an export of its own
+# tokens, train, evaluate; the fast tests above check them); leaving it out saves a quarter
+# of every repro.
 VARIANTS = ("forward", "reversed", "backward")
 
 
