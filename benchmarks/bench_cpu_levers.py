@@ -1,7 +1,7 @@
 """CPU speed levers against seed noise: does a lever move the trained model's bpb?
 
 Trains the default run's recipe (conf/base's forward small run; ``--steps`` replaces
-its 300 steps, the schedule's shape kept) with and without each lever, on the same
+its max_steps, the schedule's shape kept) with and without each lever, on the same
 seeds, with one torch thread, and prints per run the final validation bits per byte
 (the pipeline's ``evaluate_loss``, as in ``time_to_quality.py``) and the CPU seconds of
 training; then per lever the bpb difference to the baseline seed by seed against the

@@ -107,6 +107,7 @@ stores, _ = default_stores(Path({cache!r}))
 block = lm_block("forward")
 train_settings = {{**block["train"], "num_threads": {threads}, "max_steps": {steps},
                   "log_interval": 1, "eval_interval": {steps}, "checkpoint_interval": {steps},
+                  "warmup_steps": min(block["train"]["warmup_steps"], {steps}),
                   "eval_batches": 1, "device": "cpu", "dtype": "float32", "compile": False,
                   "resume": False, **{overrides!r}}}
 model = ModelConfig(vocab_size=stores["forward"].train.vocab_size, **block["model"])
@@ -150,6 +151,8 @@ def main() -> None:
     parser.add_argument("--load", type=int, default=0, help="busy processes to run alongside")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="time steps by the wall clock or by process CPU time")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="windows per step on both sides (default: conf/base's)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args()
     stores, _ = default_stores(args.cache)
@@ -157,7 +160,7 @@ def main() -> None:
     # conf/base names only the preset's shape; ModelConfig holds llama2.c's constants.
     model = ModelConfig(vocab_size=stores["forward"].train.vocab_size, **block["model"])
     shape = {**model.to_dict(), "n_kv_heads": model.kv_heads,
-             "batch_size": block["train"]["batch_size"]}
+             "batch_size": args.batch_size or block["train"]["batch_size"]}
     print(f"machine: {describe()}")
     # The same shape trains on both sides, so one FLOP count per token serves both.
     flops = Transformer(model).flops_per_token(model.max_seq_len)
@@ -192,8 +195,8 @@ def run_pairs(args: argparse.Namespace, threads: int, folder: Path, shape: dict,
             if side == "llama2.c":
                 rate = llama2c_rate(folder, threads, args.steps, args.warmup, shape, args.clock)
             else:
-                rate = ours_rate(args.cache, threads, args.steps, args.warmup, OURS[side],
-                                 args.clock)
+                rate = ours_rate(args.cache, threads, args.steps, args.warmup,
+                                 {**OURS[side], "batch_size": shape["batch_size"]}, args.clock)
             rates[side].append(rate)
             print(f"  {threads} thread(s), pair {pair + 1}, {side}: {rate:,.0f} tokens/s "
                   f"(load {load:.2f})", flush=True)

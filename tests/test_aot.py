@@ -157,3 +157,22 @@ def test_the_muon_plan_pairs_each_adamw_run_with_a_muon_run_of_the_same_shape():
     assert (adamw["train"]["optimizer"], muon["train"]["optimizer"]) == ("adamw", "muon")
     assert adamw["train"]["schedule"] == muon["train"]["schedule"] == "wsd"
     assert len(experiment.runs) == 2 * 3 * 3
+
+
+@pytest.mark.parametrize("env,reports", [("aot_converged", "aot_converged_dev/*/pass0"),
+                                          ("aot_muon", "aot_muon_dev/pass0")])
+def test_the_published_grid_reports_were_trained_as_the_shipped_conf_declares(env, reports):
+    """A grid's published figures stay rerunnable only while its conf still trains those
+    runs: the same windows per step and steps (so a change of conf/base's defaults that a
+    grid inherits shows here, not in a rerun hours later)."""
+    parameters, experiment = rerun_script().load(REPO, env)
+    declared = {r.namespace: run_settings(parameters, r) for r in experiment.runs}
+    published = {}
+    for report in sorted((REPO / "docs/measurements").glob(f"{reports}/report.json")):
+        published.update(json.loads(report.read_text())["models"])
+    assert published and set(published) <= set(declared)
+    for name, model in published.items():
+        train, shape = declared[name]["train"], declared[name]["model"]
+        assert (model["tokens_per_step"], model["steps"], model["seq_len"]) == (
+            train["batch_size"] * train["grad_accum"] * shape["max_seq_len"],
+            train["max_steps"], shape["max_seq_len"]), name
