@@ -1,7 +1,7 @@
 """Token efficiency: tokens the fast recipe needs to reach the AdamW baseline's final bpb.
 
 For each variant (forward, reversed) and seed, trains the baseline (the variant's
-conf/base blocks as shipped: AdamW, 300 steps of 16 x 256 tokens) and the fast recipe
+conf/base blocks as shipped, with ``--baseline`` overrides) and the fast recipe
 (``recipes.FAST``, or ``--fast key=value ...``) on the default run's corpus (storyworld,
 20,000 stories, built once by ``corpus.py``). Both are scored every ``--eval-every``
 steps with the pipeline's own validation bits per byte (``evaluate_loss`` over the
