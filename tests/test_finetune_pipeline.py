@@ -59,9 +59,13 @@ def test_the_instruct_ft_env_adds_instruct_ft_beside_the_default_runs():
     declared = experiment.declared(_load_parameters(REPO, "instruct_ft"))
     assert [r.namespace for r in declared.runs] == [
         *(f"{v}.small.s1337" for v in variants.ALL), "instruct_ft.small.s1337"]
-    settings = experiment.run_settings(_load_parameters(REPO, "instruct_ft"), declared.runs[-1])
+    parameters = _load_parameters(REPO, "instruct_ft")
+    settings = experiment.run_settings(parameters, declared.runs[-1])
     assert settings["finetune"]["method"] == "full"
-    assert settings["train"]["max_steps"] == 150 and settings["train"]["lr"] == 0.001
+    # its own shorter, gentler run, not the from-scratch runs' steps and rate
+    scratch = experiment.run_settings(parameters, declared.runs[0])["train"]
+    assert settings["train"]["max_steps"] < scratch["max_steps"]
+    assert settings["train"]["lr"] < scratch["lr"]
     assert "finetune" not in experiment.run_settings(raw_params(), declared.runs[0])
 
 
