@@ -1,13 +1,13 @@
 """Which recipe reaches the lowest validation bpb per size for the same tokens?
 
 Trains the ``--variant`` model (forward, reversed or backward) of each ``--presets``
-size (conf/base's presets, with those of ``--env`` over them) under each ``--recipes``
-entry, on the default run's corpus, with the converged grid's warmup-stable-decay
-schedule, and prints every run's validation bits per byte (the pipeline's
-``evaluate_loss``) at each ``--eval-every`` steps and after the cooldown, with its CPU
-seconds. The recipe with the lowest bpb after the cooldown at a given length converges
-fastest at that size: the converged grid's presets take it (docs/results.md, "Which
-recipe per size").
+size with the model and train settings that variant's runs of that preset get in
+``--env`` (the converged grid's by default), under each ``--recipes`` entry, on the
+default run's corpus, with a warmup-stable-decay schedule, and prints every run's
+validation bits per byte (the pipeline's ``evaluate_loss``) at each ``--eval-every`` steps
+and after the cooldown, with its CPU seconds. The recipe with the lowest bpb after the
+cooldown at a given length converges fastest at that size: the converged grid's presets
+take it (docs/results.md, "Which recipe per size").
 
 A recipe is a label and train settings (``model.<key>`` for a model setting);
 ``min_lr`` follows ``lr`` at a tenth unless the recipe sets it:
@@ -32,9 +32,9 @@ from rerun_results import load
 from backstory import experiment, variants
 
 
-def preset_model(parameters: dict, preset: str) -> dict:
-    """``preset``'s model settings as its environment's runs get them."""
-    return experiment.run_settings(parameters, experiment.RunSpec("forward", preset, 1))["model"]
+def preset_run(parameters: dict, variant: str, preset: str) -> dict:
+    """The settings ``variant``'s runs of ``preset`` get in the environment."""
+    return experiment.run_settings(parameters, experiment.RunSpec(variant, preset, 1))
 
 
 def parse_recipe(text: str) -> tuple[str, dict]:
@@ -63,10 +63,10 @@ def main() -> None:
     print("variant preset recipe step tokens val_bpb cpu_s")
     for preset in args.presets:
         for label, overrides in args.recipes:
-            model = {f"model.{key}": value
-                     for key, value in preset_model(parameters, preset).items()}
-            settings = {**model, "schedule": "wsd", "max_steps": args.steps, "num_threads": 1,
-                        **overrides}
+            run = preset_run(parameters, args.variant, preset)
+            model = {f"model.{key}": value for key, value in run["model"].items()}
+            settings = {**model, **run["train"], "schedule": "wsd", "max_steps": args.steps,
+                        "num_threads": 1, **overrides}
             with tempfile.TemporaryDirectory() as tmp:
                 points = train_curve(stores[variants.get(args.variant).token_source],
                                      args.variant, settings, run_dir=Path(tmp),
