@@ -156,7 +156,7 @@ def test_the_muon_plan_pairs_each_adamw_run_with_a_muon_run_of_the_same_shape():
         k: v for k, v in adamw["model"].items() if k != "zero_init_out"}
     assert (adamw["train"]["optimizer"], muon["train"]["optimizer"]) == ("adamw", "muon")
     assert adamw["train"]["schedule"] == muon["train"]["schedule"] == "wsd"
-    assert len(experiment.runs) == 2 * 3 * 3
+    assert len(experiment.runs) == 2 * 3 * 5
 
 
 @pytest.mark.parametrize("env,reports", [("aot_converged", "aot_converged_dev/*/pass0"),
