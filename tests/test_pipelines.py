@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 
 import h5py
@@ -10,6 +11,7 @@ import pytest
 from kedro.framework.project import pipelines
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
+from kedro.validation.type_extractor import TypeExtractor
 
 from backstory.data.corpus.story_table import StoryTable
 from backstory.data.text import reverse_words
@@ -56,6 +58,20 @@ def test_registry_has_every_variant_and_run_sharing_ingest():
     assert "forward.train_tokens" in train.inputs  # the same tokens, reversed in training
     default_names = [n.name for n in registered["__default__"].nodes]
     assert default_names.count("clean_corpus") == 1
+
+
+def test_kedro_resolves_the_type_hints_of_every_node(caplog):
+    """Kedro resolves each node function's hints on every run and warns for each it cannot:
+    names imported only for type checkers (matplotlib's, kept off the import path) would
+    print a warning per plot node per process."""
+    bootstrap_project(REPO)
+    logger = logging.getLogger("kedro.validation.type_extractor")
+    logger.addHandler(caplog.handler)  # Kedro's logging setup stops its records at "kedro"
+    try:
+        TypeExtractor(dict(pipelines)).extract_types_from_pipelines()
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_a_grid_is_one_namespaced_pipeline_per_run(tmp_path):

@@ -13,6 +13,8 @@ from backstory import variants
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+else:  # Kedro resolves a node's type hints on every run; matplotlib is imported on first draw
+    Axes = Figure = Any
 
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
