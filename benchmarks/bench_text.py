@@ -16,7 +16,7 @@ import time
 
 from machine import describe as machine
 
-from backstory.data.text import _fast_path_applies, reverse_words
+from backstory.data.text import fast_path_applies, reverse_words
 
 COMMON = (
     "the a and to was he she it they her his with in on of said so but then one day big "
@@ -113,7 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     stories, source = story_texts(int(args.mb * 1e6 / 900), args.seed)
     total = sum(len(s.encode()) for s in stories)
-    fast = sum(map(_fast_path_applies, stories)) / len(stories)
+    fast = sum(map(fast_path_applies, stories)) / len(stories)
     print(f"machine: {machine()}")
     print(f"text: {len(stories)} {source} stories, {total / 1e6:.1f} MB, fast path {fast:.0%}")
     ours, ref = mb_per_s(reverse_words, stories, total), mb_per_s(reference, stories, total)

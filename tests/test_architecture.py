@@ -1,5 +1,5 @@
-"""The import graph of src/backstory: no circle, no import up the layers, and no Kedro in
-the domain code.
+"""The import graph of src/backstory: no circle, no import up the layers, no Kedro in the
+domain code, and no module importing another one's private names.
 
 The layers (docs/architecture.md), lowest first; a module may import its own layer and
 those below it. Imports inside functions count too: a lazy import is still a circle.
@@ -124,3 +124,23 @@ def test_import_graph_has_no_circle(graph: dict[str, set[str]]) -> None:
 def test_a_planted_circle_is_found() -> None:
     assert circle({"a": {"b"}, "b": {"c", "d"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert circle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
+
+
+def private_imports(source: str) -> list[str]:
+    """The ``_private`` names that ``source`` imports from backstory modules."""
+    return sorted(f"{node.module}.{alias.name}" for node in ast.walk(ast.parse(source))
+                  if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(PACKAGE)
+                  for alias in node.names
+                  if alias.name.startswith("_") and not alias.name.startswith("__"))
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    benchmarks = sorted((SRC.parent / "benchmarks").glob("*.py"))
+    found = {str(path.relative_to(SRC.parent)): names for path in [*modules().values(), *benchmarks]
+             if (names := private_imports(path.read_text()))}
+    assert found == {}
+
+
+def test_a_planted_private_import_is_found() -> None:
+    source = "from backstory.data.text import _MARK, reverse_words\nfrom os import _exit\n"
+    assert private_imports(source) == ["backstory.data.text._MARK"]

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from backstory.data.corpus import storyworld as sw
 from backstory.data.corpus.storyworld import exact
 from backstory.data.corpus.storyworld import lexicon as lex
-from backstory.data.corpus.storyworld.fields import _head_noun
+from backstory.data.corpus.storyworld.fields import head_noun
 
 N_CHECKED = 3000  # records whose text is checked sentence by sentence
 N_VARIETY = 20_000  # the size the variety requirement is stated for
@@ -360,8 +360,8 @@ def test_inflect_and_head_nouns() -> None:
     assert lex.inflect("ride") == ("rode", "riding")
     assert lex.inflect("play with") == ("played with", "playing with")
     assert lex.inflect("tiptoe") == ("tiptoed", "tiptoeing")
-    assert _head_noun("teddy bear") == "bear"
-    assert _head_noun("tower of blocks") == "tower"
+    assert head_noun("teddy bear") == "bear"
+    assert head_noun("tower of blocks") == "tower"
 
 
 def test_lexicon_has_no_duplicates() -> None:
@@ -392,9 +392,9 @@ def test_walking_every_derivation_sums_to_one_and_measures_the_overstatement() -
 
 
 def test_single_site_excess_counts_the_draws_the_text_does_not_show() -> None:
-    from backstory.data.corpus.storyworld.stories import _build, _source
+    from backstory.data.corpus.storyworld.stories import build_story, story_source
 
-    _plan, teller, _plot = _build(_source(sw.DEFAULT_SEED, 0))
+    _plan, teller, _plot = build_story(story_source(sw.DEFAULT_SEED, 0))
     record = sw.generate_record(sw.DEFAULT_SEED, 0)
     story = record["story"]
     # Record 0 writes neither its hero's nor its friend's trait: each of those two draws

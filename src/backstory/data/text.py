@@ -39,7 +39,7 @@ def _reverse_pieces(text: str) -> str:
     return "".join(pieces)
 
 
-def _fast_path_applies(text: str) -> bool:
+def fast_path_applies(text: str) -> bool:
     return (
         text.isascii()
         and not text.encode("ascii").translate(None, _FAST_CHARS)
@@ -65,7 +65,7 @@ def reverse_words(text: str) -> str:
     Same output as the published expression on every input; an involution.
     "This is a test." -> ".test a is This".
     """
-    if _fast_path_applies(text):
+    if fast_path_applies(text):
         return _reverse_fast(text)
     return _reverse_pieces(text)
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from backstory import variants
 from backstory.data.documents import record_key
-from backstory.evaluation.report import Statistics, _matrix, _pairs
+from backstory.evaluation.report import Statistics, compared_pairs, seed_doc_matrix
 from backstory.evaluation.stats import ratio, seed_document_interval
 
 COVERS = ("the story text only, in the bytes the runs' bits per byte divide by (an instruct "
@@ -92,7 +92,8 @@ def excess_over_floor(documents: pd.DataFrame, floor: Mapping[str, Any], stats: 
         for v in present:
             rows = group[group["variant"] == v]
             seeds = sorted(rows["seed"].unique())
-            bits, n_bytes = _matrix(rows, "bits", seeds), _matrix(rows, "n_bytes", seeds)
+            bits = seed_doc_matrix(rows, "bits", seeds)
+            n_bytes = seed_doc_matrix(rows, "n_bytes", seeds)
             docs = sorted(rows["doc"].unique())
             excess[v] = bits - source.loc[docs].to_numpy()[None, :]  # (seeds, docs)
             entry = seed_document_interval(excess[v], n_bytes, ratio, **stats.interval())
@@ -103,7 +104,7 @@ def excess_over_floor(documents: pd.DataFrame, floor: Mapping[str, Any], stats: 
                          "high": entry["high"], "method": entry["method"],
                          "relative": entry["estimate"] / floor_bpb}
         ratios = []
-        for v in _pairs(present):
+        for v in compared_pairs(present):
             partner = variants.get(v).compares_with
             seeds = sorted(set(levels[v]["seeds"]) & set(levels[partner]["seeds"]))
             if not seeds:

@@ -168,7 +168,7 @@ def curve_table(infos: Mapping[str, Mapping[str, Any]], curves: Mapping[str, pd.
         ["run", "step", "doc"], ignore_index=True)
 
 
-def _matrix(rows: pd.DataFrame, column: str, seeds: Sequence[int]) -> np.ndarray:
+def seed_doc_matrix(rows: pd.DataFrame, column: str, seeds: Sequence[int]) -> np.ndarray:
     """(seeds, documents) array of ``column``, rows in ``seeds`` order, columns by doc."""
     table = rows.pivot(index="seed", columns="doc", values=column)
     return table.loc[list(seeds)].to_numpy(dtype=np.float64)
@@ -181,10 +181,10 @@ def _levels(rows: pd.DataFrame, stats: Statistics) -> dict[str, Any]:
     """Bits per byte and nats per story token of one variant at one size, per seed and
     over seeds."""
     seeds = sorted(rows["seed"].unique())
-    bits = _matrix(rows, "bits", seeds)
-    bpb = seed_document_interval(bits, _matrix(rows, "n_bytes", seeds), ratio,
+    bits = seed_doc_matrix(rows, "bits", seeds)
+    bpb = seed_document_interval(bits, seed_doc_matrix(rows, "n_bytes", seeds), ratio,
                                  **stats.interval())
-    npt = seed_document_interval(bits * LN2, _matrix(rows, "story_tokens", seeds), ratio,
+    npt = seed_document_interval(bits * LN2, seed_doc_matrix(rows, "story_tokens", seeds), ratio,
                                  **stats.interval())
     return {"seeds": [int(s) for s in seeds], "bpb": bpb, "nats_per_token": npt,
             "runs": sorted(rows["run"].unique())}
@@ -194,7 +194,7 @@ def _deltas(present: Sequence[str], rows: pd.DataFrame, stats: Statistics
             ) -> Iterator[dict[str, Any]]:
     """The delta of each registry pair among the ``present`` variants of ``rows`` that
     share a seed."""
-    for variant in _pairs(present):
+    for variant in compared_pairs(present):
         entry = _delta(variant, rows, stats)
         if entry is not None:
             yield entry
@@ -211,7 +211,7 @@ def _delta(variant: str, rows: pd.DataFrame, stats: Statistics) -> dict[str, Any
     if unpaired:
         logger.warning("%s vs %s: seeds %s have no partner run; they are left out",
                        variant, spec.compares_with, unpaired)
-    bw, fw = _matrix(ours, "bits", seeds), _matrix(theirs, "bits", seeds)
+    bw, fw = seed_doc_matrix(ours, "bits", seeds), seed_doc_matrix(theirs, "bits", seeds)
     entry = delta_interval(bw, fw, **stats.interval())
     per_seed = []
     for i, seed in enumerate(seeds):
@@ -227,7 +227,7 @@ def _delta(variant: str, rows: pd.DataFrame, stats: Statistics) -> dict[str, Any
             "excludes_zero": bool(entry["low"] > 0 or entry["high"] < 0)}
 
 
-def _pairs(present: Sequence[str]) -> list[str]:
+def compared_pairs(present: Sequence[str]) -> list[str]:
     """Variants present whose registry partner is present too, in registry order."""
     chosen = []
     for name in variants.NAMES:

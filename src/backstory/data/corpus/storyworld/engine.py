@@ -18,7 +18,7 @@ SOURCE = "storyworld"
 
 # Chance that a feature is requested, before a plot adds the ones it cannot do without.
 # Dialogue is the most common feature in the real data; the others are rarer.
-_FEATURE_ODDS = {
+FEATURE_ODDS = {
     "Dialogue": 0.6,
     "BadEnding": 0.15,
     "MoralValue": 0.3,
@@ -26,8 +26,8 @@ _FEATURE_ODDS = {
     "Foreshadowing": 0.2,
     "Conflict": 0.2,
 }
-_LEADING_BLANK_ODDS = 0.3  # real shards often start a story with "\n\n"
-_ANIMAL_HERO_ODDS = 0.25
+LEADING_BLANK_ODDS = 0.3  # real shards often start a story with "\n\n"
+ANIMAL_HERO_ODDS = 0.25
 
 # Words and phrases that only the matching feature ever writes, so a checker can tell a
 # listed feature from an unlisted one by reading the text.
@@ -48,11 +48,11 @@ FEATURE_MARKERS = {
     "Conflict": CONFLICT_WORDS,
 }
 
-_PROMPT_HEAD = (
+PROMPT_HEAD = (
     "Write a short story (3-5 paragraphs) which only uses very simple words that a 3 year "
     "old child would understand."
 )
-_FEATURE_PHRASES = {
+PROMPT_FEATURE_PHRASES = {
     "Dialogue": "the story should contain at least one dialogue",
     "BadEnding": "the story has a bad ending",
     "MoralValue": "the story has a moral value",
@@ -145,7 +145,7 @@ class Source(random.Random):
 # --------------------------------------------------------------------------- the teller
 
 
-class _Teller:
+class Teller:
     """Writes one story: picks sentence templates, fills them, keeps paragraphs."""
 
     __slots__ = ("rng", "_pick", "f", "features", "bad", "fore", "paragraphs", "_current")
@@ -176,7 +176,7 @@ class _Teller:
         template = options[0] if n == 1 else self._pick(options)
         text = template.format_map(self.f)
         # Templates start with a capital letter or a field; only a field can need capitals.
-        self._current.append(_cap(text) if template[0] == "{" else text)
+        self._current.append(capitalized(text) if template[0] == "{" else text)
 
     def para(self) -> None:
         if self._current:
@@ -191,7 +191,7 @@ class _Teller:
             return
         speaker = self.f[who]
         listener = self.f["F" if who == "H" else "H"]
-        self._current.append(_quote(self.rng, _cap(self.fill(quote)), speaker, listener))
+        self._current.append(_quote(self.rng, capitalized(self.fill(quote)), speaker, listener))
 
     def conflict(self, *causes: str) -> None:
         """A disagreement between the two friends, only when Conflict is listed."""
@@ -255,7 +255,7 @@ class _Teller:
 
 
 
-def _cap(s: str) -> str:
+def capitalized(s: str) -> str:
     return s[:1].upper() + s[1:] if s[:1].islower() else s
 
 
@@ -280,7 +280,7 @@ def _quote(rng: Source, q: str, speaker: str, listener: str) -> str:
     return rng.pick(forms)
 
 
-def _a(word: str) -> str:
+def a_or_an(word: str) -> str:
     """Indefinite article for a word."""
     if word.startswith(("uni", "use", "one")):
         return "a"
@@ -343,11 +343,11 @@ _GOOD_LESSONS = (
     "it is nice to be kind to others",
     "doing things together is better than doing them alone",
 )
-_CRITTERS = (
+CRITTERS = (
     "squirrel bunny mouse bird frog hedgehog chipmunk raccoon duck kitten puppy crow "
     "magpie turtle goat ferret robin sparrow lizard beetle owl fox badger mole vole"
 ).split()
-_WRECKERS = (
+WRECKERS = (
     ("the puppy next door", "came running and jumped right on top of it"),
     ("a naughty goat", "trotted over and knocked everything down"),
     ("a big dog", "ran past and knocked it all over with its tail"),
@@ -368,7 +368,7 @@ class Plot:
 
     name: str
     key: re.Pattern[str]  # a word only this plot's summaries use first; see classify_plot
-    body: Callable[[_Teller], None]
+    body: Callable[[Teller], None]
     summaries: tuple[str, ...]
     bad_summaries: tuple[str, ...]
     fore: tuple[tuple[str, str], ...]  # (hint, payoff) for happy endings

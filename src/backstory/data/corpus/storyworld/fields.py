@@ -8,20 +8,20 @@ from dataclasses import dataclass
 
 from backstory.data.corpus.storyworld import lexicon as lex
 from backstory.data.corpus.storyworld.engine import (
-    _ANIMAL_HERO_ODDS,
-    _CRITTERS,
-    _FEATURE_ODDS,
-    _WRECKERS,
+    ANIMAL_HERO_ODDS,
+    CRITTERS,
+    FEATURE_ODDS,
     FEATURES,
+    WRECKERS,
     Plot,
     Source,
-    _a,
-    _cap,
+    a_or_an,
+    capitalized,
 )
 
 # --------------------------------------------------------------------------- planning
 
-_PLACES_BY_NAME = {p.name: p for p in lex.PLACES}
+PLACES_BY_NAME = {p.name: p for p in lex.PLACES}
 _HOME_ROOMS = frozenset({"the kitchen", "the bedroom", "the living room", "the attic"})
 _GARDENS = frozenset(
     {
@@ -54,12 +54,12 @@ def _place_pools() -> dict[tuple[str, bool], tuple[lex.Place, ...]]:
     return pools
 
 
-_PLACE_POOLS = _place_pools()
-_CHILD_OBJECTS = lex.OBJECTS
-_ANIMAL_OBJECTS = tuple(o for o in lex.OBJECTS if o.animal_ok)
+PLACE_POOLS = _place_pools()
+CHILD_OBJECTS = lex.OBJECTS
+ANIMAL_OBJECTS = tuple(o for o in lex.OBJECTS if o.animal_ok)
 _PETS = ("dog", "cat", "puppy", "kitten", "bunny", "parrot", "hamster", "turtle")
 _FRIEND_RELS = ("friend", "best friend", "neighbor", "cousin")
-_PRONOUNS = {"he": ("he", "him", "his"), "she": ("she", "her", "her")}
+PRONOUNS = {"he": ("he", "him", "his"), "she": ("she", "her", "her")}
 
 
 @dataclass(frozen=True)
@@ -75,19 +75,19 @@ class StoryPlan:
     noun: str  # the whole object noun ("teddy bear"); words[1] is its head word
 
 
-def _pick_features(rng: Source, plot: Plot) -> tuple[str, ...]:
+def pick_features(rng: Source, plot: Plot) -> tuple[str, ...]:
     chosen = set(plot.forced)
     for f in FEATURES:
         if f in plot.forced:
             rng.skip()  # drawn before the plot's needs were known; the plot decides
-        elif rng.chance(_FEATURE_ODDS[f]):
+        elif rng.chance(FEATURE_ODDS[f]):
             chosen.add(f)
     return tuple(f for f in FEATURES if f in chosen)
 
 
 def _person(f: dict[str, str], prefix: str, name: str, kind: str, he: str) -> None:
     """Fill a character's name, kind and pronouns under a key prefix ('' or 'f')."""
-    subj, obj, poss = _PRONOUNS[he]
+    subj, obj, poss = PRONOUNS[he]
     f[prefix.upper() or "H"] = name
     f[prefix + "kind"] = kind
     f[prefix + "he"], f[prefix + "him"], f[prefix + "his"] = subj, obj, poss
@@ -95,9 +95,9 @@ def _person(f: dict[str, str], prefix: str, name: str, kind: str, he: str) -> No
     f[prefix.upper() + "his" if prefix else "His"] = poss.capitalize()
 
 
-def _cast(rng: Source, f: dict[str, str]) -> str:
+def draw_cast(rng: Source, f: dict[str, str]) -> str:
     """Choose hero and friend; returns the friend's relation ('friend', 'sibling', 'pet')."""
-    animal_hero = rng.chance(_ANIMAL_HERO_ODDS)
+    animal_hero = rng.chance(ANIMAL_HERO_ODDS)
     f["animal_hero"] = "1" if animal_hero else ""
     he = rng.pick(("he", "she"))
     if animal_hero:
@@ -118,7 +118,7 @@ def _cast(rng: Source, f: dict[str, str]) -> str:
     rng.condition(rng.share(names, name))
     _person(f, "f", fname, fkind, fhe)
     trait, ftrait = rng.pick(lex.TRAITS), rng.pick(lex.TRAITS)
-    f["a_trait"], f["a_ftrait"] = f"{_a(trait)} {trait}", f"{_a(ftrait)} {ftrait}"
+    f["a_trait"], f["a_ftrait"] = f"{a_or_an(trait)} {trait}", f"{a_or_an(ftrait)} {ftrait}"
     return relation
 
 
@@ -145,21 +145,21 @@ def _friend(rng: Source, relation: str, he: str, animal: bool) -> tuple[str, str
     return name, kind, rng.pick(_FRIEND_RELS)
 
 
-def _set_place(f: dict[str, str], place: lex.Place, rng: Source) -> None:
+def set_place(f: dict[str, str], place: lex.Place, rng: Source) -> None:
     f["P"] = place.name
     f["outdoor"] = "1" if place.outdoor else ""
-    f["P_cap"] = _cap(place.name)
+    f["P_cap"] = capitalized(place.name)
     f["at_P"] = f"{place.prep} {place.name}"
     f["to_P"] = f"to {place.name}"
     f["sight"], f["sight2"], f["sight3"] = rng.pick_k(place.sights, 3)
 
 
-def _set_object(f: dict[str, str], rng: Source, obj: lex.Obj) -> tuple[str, str]:
+def set_object(f: dict[str, str], rng: Source, obj: lex.Obj) -> tuple[str, str]:
     """Fill object and verb keys; returns (verb word, adjective) for the words list."""
     adj = rng.pick(obj.adjectives + lex.COLORS + lex.SIZES)
     f["N"], f["adj"] = obj.noun, adj
-    f["a_obj"] = f"{_a(adj)} {adj} {obj.noun}"
-    f["a_N"] = f"{_a(obj.noun)} {obj.noun}"
+    f["a_obj"] = f"{a_or_an(adj)} {adj} {obj.noun}"
+    f["a_N"] = f"{a_or_an(obj.noun)} {obj.noun}"
     f["broke"], f["broken"], f["break"], f["breaks"] = (
         ("tore", "torn", "tear", "tears") if obj.soft else ("broke", "broken", "break", "breaks")
     )
@@ -195,19 +195,19 @@ def _draw_spots(rng: Source, f: dict[str, str]) -> None:
 
 def _draw_food(rng: Source, f: dict[str, str]) -> None:
     f["food"], f["food2"] = rng.pick_k(lex.FOODS, 2)
-    f["Food"] = _cap(f["food"])
+    f["Food"] = capitalized(f["food"])
 
 
 def _draw_critter(rng: Source, f: dict[str, str]) -> None:
-    critter = rng.pick(_CRITTERS)
-    f["critter"], f["a_critter"] = critter, f"{_a(critter)} {critter}"
-    f["A_critter"] = _cap(f["a_critter"])
+    critter = rng.pick(CRITTERS)
+    f["critter"], f["a_critter"] = critter, f"{a_or_an(critter)} {critter}"
+    f["A_critter"] = capitalized(f["a_critter"])
 
 
 def _draw_beast(rng: Source, f: dict[str, str]) -> None:
     beast = rng.pick(lex.ANIMALS)
-    f["a_beast"] = f"{_a(beast.kind)} {beast.kind}"
-    f["A_beast"] = _cap(f["a_beast"])
+    f["a_beast"] = f"{a_or_an(beast.kind)} {beast.kind}"
+    f["A_beast"] = capitalized(f["a_beast"])
     f["beast_sound"], f["beast_moved"] = beast.sound, beast.move
 
 
@@ -215,9 +215,9 @@ def _draw_count(rng: Source, f: dict[str, str]) -> None:
     f["count"], f["counted"] = rng.pick(lex.NUMBERS), rng.pick(lex.COUNTABLES)
 
 
-def _draw_wrecker(rng: Source, f: dict[str, str]) -> None:
-    f["wrecker"], f["wrecked"] = rng.pick(_WRECKERS)
-    f["Wrecker"] = _cap(f["wrecker"])
+def draw_wrecker(rng: Source, f: dict[str, str]) -> None:
+    f["wrecker"], f["wrecked"] = rng.pick(WRECKERS)
+    f["Wrecker"] = capitalized(f["wrecker"])
 
 
 def _draw_one(key: str, pool: Sequence[str]) -> Callable[[Source, dict[str, str]], None]:
@@ -238,7 +238,7 @@ _LAZY_DRAWS: dict[str, Callable[[Source, dict[str, str]], None]] = {
     **dict.fromkeys(("critter", "a_critter", "A_critter"), _draw_critter),
     **dict.fromkeys(("a_beast", "A_beast", "beast_sound", "beast_moved"), _draw_beast),
     **dict.fromkeys(("count", "counted"), _draw_count),
-    **dict.fromkeys(("wrecker", "wrecked", "Wrecker"), _draw_wrecker),
+    **dict.fromkeys(("wrecker", "wrecked", "Wrecker"), draw_wrecker),
     "day": _draw_one("day", lex.DAY_STARTS),
     "time": _draw_one("time", lex.TIME_PHRASES),
     "trinket": _draw_one("trinket", lex.TRINKETS),
@@ -246,7 +246,7 @@ _LAZY_DRAWS: dict[str, Callable[[Source, dict[str, str]], None]] = {
 }
 
 
-class _Fields(dict):
+class Fields(dict):
     """Template fields of one story; incidental ones are drawn on first use (_LAZY_DRAWS)."""
 
     __slots__ = ("rng",)
@@ -263,7 +263,7 @@ class _Fields(dict):
         return self[key]
 
 
-def _head_noun(noun: str) -> str:
+def head_noun(noun: str) -> str:
     """The one word of an object noun that goes in the words list ("teddy bear" -> "bear")."""
     if " of " in noun:
         return noun.split(" ", 1)[0]

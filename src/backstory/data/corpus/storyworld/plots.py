@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 
 from backstory.data.corpus.storyworld import lexicon as lex
-from backstory.data.corpus.storyworld.engine import Plot, Source, _a, _cap, _Teller
-from backstory.data.corpus.storyworld.fields import _PLACES_BY_NAME, _draw_wrecker, _set_place
+from backstory.data.corpus.storyworld.engine import Plot, Source, Teller, a_or_an, capitalized
+from backstory.data.corpus.storyworld.fields import PLACES_BY_NAME, draw_wrecker, set_place
 
 
-def _body_lost(t: _Teller) -> None:
+def _body_lost(t: Teller) -> None:
     t.para()
     t.add(
         "{day}, {H} and {F} took the {N} {to_P}.",
@@ -135,7 +135,7 @@ LOST_FOUND = Plot(
 )
 
 
-def _body_sharing(t: _Teller) -> None:
+def _body_sharing(t: Teller) -> None:
     t.para()
     t.add(
         "{day}, {F} came to play {at_P}.",
@@ -278,7 +278,7 @@ def _setup_fear(rng: Source, f: dict[str, str]) -> None:
     f["fear"], f["fear_do"], f["fear_did"] = rng.pick(_FEARS)
 
 
-def _body_fear(t: _Teller) -> None:
+def _body_fear(t: Teller) -> None:
     t.para()
     t.add(
         "{day}, {H} and {F} went {to_P}.",
@@ -467,12 +467,12 @@ _TROUBLES = (
 def _setup_help(rng: Source, f: dict[str, str]) -> None:
     trouble, fix, short = rng.pick(_TROUBLES)
     f["trouble"] = trouble.format_map(f)
-    f["Trouble"] = _cap(f["trouble"])
+    f["Trouble"] = capitalized(f["trouble"])
     f["help_fix"] = fix.format_map(f)
     f["trouble_short"] = short.format_map(f)
 
 
-def _body_help(t: _Teller) -> None:
+def _body_help(t: Teller) -> None:
     t.para()
     t.add(
         "{day}, {H} was on {his} way {to_P} with {his} {N}.",
@@ -634,11 +634,11 @@ def _setup_make(rng: Source, f: dict[str, str]) -> None:
     f["thing"] = thing.format_map(f)
     f["make"], f["made"], f["stuff"] = verb, past, stuff
     f["use"] = use.format_map(f)
-    _set_place(f, _PLACES_BY_NAME[rng.pick(places)], rng)
-    _draw_wrecker(rng, f)
+    set_place(f, PLACES_BY_NAME[rng.pick(places)], rng)
+    draw_wrecker(rng, f)
 
 
-def _body_make(t: _Teller) -> None:
+def _body_make(t: Teller) -> None:
     t.para()
     t.add(
         "{day}, {H} and {F} had a big idea. They wanted to {make} a {thing} {at_P}.",
@@ -752,7 +752,7 @@ MAKING = Plot(
 )
 
 
-def _body_trip(t: _Teller) -> None:
+def _body_trip(t: Teller) -> None:
     t.para()
     t.add(
         "{day}, {G} took {H} and {F} on a trip {to_P}.",
@@ -876,7 +876,7 @@ def _setup_mix(rng: Source, f: dict[str, str]) -> None:
     f["hide"] = rng.pick(lex.HIDING_INDOORS)
 
 
-def _body_mix(t: _Teller) -> None:
+def _body_mix(t: Teller) -> None:
     t.para()
     t.add(
         "{day}, {H} could not find {his} {N}.",
@@ -1000,7 +1000,7 @@ MIXUP = Plot(
 )
 
 
-def _body_race(t: _Teller) -> None:
+def _body_race(t: Teller) -> None:
     t.para()
     t.add(
         "{day}, {H} and {F} were {at_P}.",
@@ -1114,7 +1114,7 @@ RACE = Plot(
 )
 
 
-def _body_broken(t: _Teller) -> None:
+def _body_broken(t: Teller) -> None:
     t.para()
     t.add(
         "{day}, {H} and {F} were playing {at_P}. {H} wanted to {vp}.",
@@ -1227,10 +1227,10 @@ BROKEN = Plot(
 
 
 def _setup_surprise(rng: Source, f: dict[str, str]) -> None:
-    _draw_wrecker(rng, f)
+    draw_wrecker(rng, f)
 
 
-def _body_surprise(t: _Teller) -> None:
+def _body_surprise(t: Teller) -> None:
     t.para()
     t.add(
         "{day}, {H} had a secret. It was {G}'s birthday!",
@@ -1335,7 +1335,7 @@ SURPRISE = Plot(
 )
 
 
-def _body_new_friend(t: _Teller) -> None:
+def _body_new_friend(t: Teller) -> None:
     t.para()
     t.add(
         "{day}, {H} went {to_P} alone.",
@@ -1476,7 +1476,7 @@ def _setup_weather(rng: Source, f: dict[str, str]) -> None:
     f["wx"], f["wx_arrives"] = rng.pick(_WEATHER)
 
 
-def _body_weather(t: _Teller) -> None:
+def _body_weather(t: Teller) -> None:
     t.para()
     t.add(
         "{day}, {H} and {F} were playing {at_P}.",
@@ -1610,10 +1610,10 @@ _SEEDS = (
 
 def _setup_garden(rng: Source, f: dict[str, str]) -> None:
     f["seed"], f["grown"], f["other"] = rng.pick(_SEEDS)
-    f["a_seed"] = f"{_a(f['seed'])} {f['seed']}"
+    f["a_seed"] = f"{a_or_an(f['seed'])} {f['seed']}"
 
 
-def _body_garden(t: _Teller) -> None:
+def _body_garden(t: Teller) -> None:
     t.para()
     t.add(
         "{day}, {G} gave {H} a tiny {seed} seed.",
@@ -1719,7 +1719,7 @@ GARDEN = Plot(
 )
 
 
-def _body_care(t: _Teller) -> None:
+def _body_care(t: Teller) -> None:
     t.para()
     t.add(
         "{day}, {H} and {F} were walking {at_P}.",

@@ -5,58 +5,58 @@ from __future__ import annotations
 from backstory import params
 from backstory.data.corpus.storyworld import lexicon as lex
 from backstory.data.corpus.storyworld.engine import (
-    _FEATURE_PHRASES,
-    _LEADING_BLANK_ODDS,
-    _PROMPT_HEAD,
+    LEADING_BLANK_ODDS,
+    PROMPT_FEATURE_PHRASES,
+    PROMPT_HEAD,
     SOURCE,
     Plot,
     Source,
-    _cap,
-    _Teller,
+    Teller,
+    capitalized,
 )
 from backstory.data.corpus.storyworld.fields import (
-    _ANIMAL_OBJECTS,
-    _CHILD_OBJECTS,
-    _PLACE_POOLS,
-    _PRONOUNS,
+    ANIMAL_OBJECTS,
+    CHILD_OBJECTS,
+    PLACE_POOLS,
+    PRONOUNS,
+    Fields,
     StoryPlan,
-    _cast,
-    _Fields,
-    _head_noun,
-    _pick_features,
-    _set_object,
-    _set_place,
+    draw_cast,
+    head_noun,
+    pick_features,
+    set_object,
+    set_place,
 )
 from backstory.data.corpus.storyworld.plots import PLOTS
 
 
-def _source(seed: int, index: int) -> Source:
+def story_source(seed: int, index: int) -> Source:
     return Source(f"{seed}:{index}")
 
 
-def _build(rng: Source) -> tuple[StoryPlan, _Teller, Plot]:
+def build_story(rng: Source) -> tuple[StoryPlan, Teller, Plot]:
     plot = rng.pick(PLOTS)
-    features = _pick_features(rng, plot)
-    f = _Fields(rng)
-    relation = _cast(rng, f)
+    features = pick_features(rng, plot)
+    f = Fields(rng)
+    relation = draw_cast(rng, f)
     f["relation"] = relation
     animal = bool(f["animal_hero"])
-    objects = _ANIMAL_OBJECTS if animal else _CHILD_OBJECTS
+    objects = ANIMAL_OBJECTS if animal else CHILD_OBJECTS
     obj = rng.pick(objects)
-    verb, adj = _set_object(f, rng, obj)
-    _set_place(f, rng.pick(_PLACE_POOLS[(plot.places, animal)]), rng)
+    verb, adj = set_object(f, rng, obj)
+    set_place(f, rng.pick(PLACE_POOLS[(plot.places, animal)]), rng)
     adult, ghe = rng.pick(lex.ADULTS)
     f["G"], f["ghe"], f["Ghe"] = adult, ghe, ghe.capitalize()
-    f["ghim"], f["ghis"] = _PRONOUNS[ghe][1], _PRONOUNS[ghe][2]
+    f["ghim"], f["ghis"] = PRONOUNS[ghe][1], PRONOUNS[ghe][2]
     if plot.setup:
         plot.setup(rng, f)
     bad = "BadEnding" in features
     fore = rng.pick(plot.bad_fore if bad else plot.fore) if "Foreshadowing" in features else None
-    teller = _Teller(rng, f, frozenset(features), fore)
+    teller = Teller(rng, f, frozenset(features), fore)
     plan = StoryPlan(
         plot=plot.name,
         features=features,
-        words=(verb, _head_noun(obj.noun), adj),
+        words=(verb, head_noun(obj.noun), adj),
         hero=f["H"],
         friend=f["F"],
         place=f["P"],
@@ -124,7 +124,7 @@ _VERB_LINES = (
 )
 
 
-def _opening(t: _Teller, plot: Plot) -> None:
+def _opening(t: Teller, plot: Plot) -> None:
     animal = bool(t.f["animal_hero"])
     t.add(*(_INTROS_ANIMAL if animal else _INTROS_CHILD))
     if t.rng.chance(0.5):
@@ -142,17 +142,17 @@ def _opening(t: _Teller, plot: Plot) -> None:
 def _prompt(words: tuple[str, str, str], features: tuple[str, ...]) -> str:
     verb, noun, adj = words
     text = (
-        f'{_PROMPT_HEAD} The story should use the verb "{verb}", the noun "{noun}" and the '
+        f'{PROMPT_HEAD} The story should use the verb "{verb}", the noun "{noun}" and the '
         f'adjective "{adj}".'
     )
     if features:
-        phrases = [_FEATURE_PHRASES[f] for f in features]
+        phrases = [PROMPT_FEATURE_PHRASES[f] for f in features]
         listed = phrases[0] if len(phrases) == 1 else f"{', '.join(phrases[:-1])} and {phrases[-1]}"
         text += f" The story should have the following features: {listed}."
     return text + " Remember to only use simple words!\n\nPossible story:"
 
 
-def _tell(teller: _Teller, plot: Plot) -> str:
+def _tell(teller: Teller, plot: Plot) -> str:
     """The story text of a built plan: opening, then the plot's body."""
     _opening(teller, plot)
     plot.body(teller)
@@ -161,29 +161,29 @@ def _tell(teller: _Teller, plot: Plot) -> str:
 
 def story_of(rng: Source) -> str:
     """The story text that the draws of rng make (no leading blank line, no summary)."""
-    _plan, teller, plot = _build(rng)
+    _plan, teller, plot = build_story(rng)
     return _tell(teller, plot)
 
 
 def plan_story(seed: int, index: int) -> StoryPlan:
     """The plan behind record `index` of corpus `seed` (plot, cast, words, features)."""
     _check_seed_index(seed, index)
-    return _build(_source(seed, index))[0]
+    return build_story(story_source(seed, index))[0]
 
 
 def generate_record(seed: int, index: int) -> dict:
     """Record `index` of the corpus `seed`, in the TinyStories_all_data schema."""
     _check_seed_index(seed, index)
-    rng = _source(seed, index)
-    plan, teller, plot = _build(rng)
+    rng = story_source(seed, index)
+    plan, teller, plot = build_story(rng)
     story = _tell(teller, plot)
     # The story is complete: the draws below (a leading blank line, which ingest strips,
     # and the summary) do not change its text.
     source_bits = rng.bits
-    if teller.rng.chance(_LEADING_BLANK_ODDS):
+    if teller.rng.chance(LEADING_BLANK_ODDS):
         story = "\n\n" + story
     summaries = plot.bad_summaries if teller.bad else plot.summaries
-    summary = _cap(teller.fill(teller.rng.pick(summaries)))
+    summary = capitalized(teller.fill(teller.rng.pick(summaries)))
     return {
         "story": story,
         "instruction": {
