@@ -18,11 +18,12 @@ presets.<preset>.train.max_steps=...``). After pass 1 the report says per run wh
 doubling moved its validation loss by less than ``compare.convergence_tolerance``; with
 ``--doublings K`` the passes go on to K, stopping early once every run has converged.
 
-Killed, the same command continues: finished runs are reused and unfinished ones resume
-from their checkpoints. Each preset starts at the pass its runs' checkpoints have reached,
-never at a shorter one (a shorter length would set a longer run aside and train it again).
-``--presets`` drives some sizes through every pass first, so their verdicts come before
-the next size has trained; the report waits for a run without it.
+It ends with the deltas against training tokens over the kept passes (``backstory
+doublings``). Killed, the same command continues: finished runs are reused and unfinished
+ones resume from their checkpoints. Each preset starts at the pass its runs' checkpoints
+have reached, never at a shorter one (a shorter length would set a longer run aside and
+train it again). ``--presets`` drives some sizes through every pass first, so their
+verdicts come before the next size has trained; the report waits for a run without it.
 
 ``--estimate`` trains nothing: it times ``--steps`` optimizer steps of each distinct model
 shape with one thread (CPU time, so a shared machine inflates it less) and adds the
@@ -312,6 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(f"figures ({path}):")
     print("\n".join(figures(json.loads(path.read_text()))))
+    from backstory.evaluation.doublings import length_rows, length_table, pass_reports
+
+    print(f"against training tokens (`backstory doublings {path.parent}`):")
+    print("\n".join(length_table(length_rows(pass_reports(path.parent)))))
     return 0
 
 

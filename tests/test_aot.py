@@ -145,6 +145,8 @@ def test_a_tiny_aot_rerun_reports_every_size_over_seeds(tmp_path, capsys):
     assert (root / "data/08_reporting/compare/sweep.png").is_file()
     out = capsys.readouterr().out
     assert "pass 0:" in out and "backward vs forward (nats per token)" in out
+    table = out.split("against training tokens")[1].splitlines()[3:]
+    assert sorted(row.split(" | ")[0] for row in table) == ["| small", "| small-c64", "| tiny"]
 
 
 def test_the_muon_plan_pairs_each_adamw_run_with_a_muon_run_of_the_same_shape():

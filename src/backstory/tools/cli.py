@@ -1,4 +1,5 @@
-"""The `backstory` command: generate stories, export and import models, reverse words.
+"""The `backstory` command: generate stories, export and import models, reverse words, and
+read a doubled grid's answer against training tokens.
 
 Usage and examples: docs/interop.md. A sampling setting not given is the run's evaluate
 setting in the project's parameters (run_defaults.evaluate for a --model-dir), as its
@@ -22,6 +23,7 @@ from backstory import variants
 from backstory.core.errors import EXIT_USER_ERROR, UserError
 from backstory.data.text import reverse_words
 from backstory.data.tokenizer import Tokenizer
+from backstory.evaluation.doublings import length_rows, length_table, pass_reports
 from backstory.evaluation.lineage import check_lineage, model_variant
 from backstory.evaluation.sampling import generate_story, mode
 from backstory.lm.beam import check_beam
@@ -50,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "reverse-words", help="reverse the word order of stdin (Mahurin's reversal; undoes "
         "itself): the text a reversed model reads and writes")
+    lengths = commands.add_parser(
+        "doublings", help="the deltas, excess over the floor and convergence of a grid "
+        "trained in doubling passes, one row per size and length (a markdown table)")
+    lengths.add_argument("folders", nargs="+", type=Path,
+                         help="folders holding pass<k>/report.json, e.g. "
+                              "data/08_reporting/compare")
     return parser
 
 
@@ -292,6 +300,12 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "import":
         for path in _import(args):
             print(path)
+    elif args.command == "doublings":
+        try:
+            rows = [row for folder in args.folders for row in length_rows(pass_reports(folder))]
+        except UserError as err:
+            raise UsageError(str(err)) from err
+        print("\n".join(length_table(rows)))
     else:
         sys.stdout.write(_reverse_words())
 
