@@ -34,7 +34,8 @@ def report(steps: int, word: float, excess: dict[str, float], changes: list[floa
         "floor": {"sizes": [{"size": "tiny",
                              "levels": {v: {"excess": e} for v, e in excess.items()},
                              "ratios": [{"variant": "reversed", "partner": "forward",
-                                         "ratio": excess["reversed"] / excess["forward"]}]}]},
+                                         "ratio": excess["reversed"] / excess["forward"],
+                                         "low": 1.0, "high": 2.0}]}]},
     }
 
 
@@ -58,8 +59,9 @@ def test_one_row_per_pass_in_pass_order(tmp_path, capsys):
     rows = [line.strip("| ").split(" | ") for line in lines[2:]]
     assert [row[:3] for row in rows] == [["tiny", "2.0M", "2"], ["tiny", "4.1M", "2"],
                                          ["tiny", "2097.2M", "2"]]  # pass10 after pass1
-    assert rows[0][3:] == ["+15.0% [+10.0, +20.0]", "0.300", "0.360", "1.20", "not checked"]
-    assert rows[1][3:] == ["+20.0% [+15.0, +25.0]", "0.200", "0.300", "1.50", "2 of 4",
+    assert rows[0][3:] == ["+15.0% [+10.0, +20.0]", "0.300", "0.360", "1.20 [1.00, 2.00]",
+                         "not checked"]
+    assert rows[1][3:] == ["+20.0% [+15.0, +25.0]", "0.200", "0.300", "1.50 [1.00, 2.00]", "2 of 4",
                            "-25.0% to -0.5%"]
     assert rows[2][-2:] == ["4 of 4", "-0.2% to +0.1%"]
 

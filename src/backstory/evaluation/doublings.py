@@ -60,7 +60,7 @@ def length_rows(reports: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                            for d in size["deltas"]},
                 "excess": {v: level["excess"]
                            for v, level in floors.get(name, {}).get("levels", {}).items()},
-                "excess_ratios": {f"{r['variant']} / {r['partner']} excess": r["ratio"]
+                "excess_ratios": {f"{r['variant']} / {r['partner']} excess": r
                                   for r in floors.get(name, {}).get("ratios", [])},
                 "converged": sum(c["verdict"] == "converged" for c in checked),
                 "checked": len(checked),
@@ -86,10 +86,15 @@ def length_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             cells.append(f"{100 * d['delta']:+.1f}% [{100 * d['low']:+.1f}, "
                          f"{100 * d['high']:+.1f}]" if d else "")
         cells += [f"{row['excess'][v]:.3f}" if v in row["excess"] else "" for v in excess]
-        cells += [f"{row['excess_ratios'][r]:.2f}" if r in row["excess_ratios"] else ""
-                  for r in ratios]
+        cells += [_ratio(row["excess_ratios"].get(r)) for r in ratios]
         change = row["change"]
         cells += [f"{row['converged']} of {row['checked']}" if row["checked"] else "not checked",
                   f"{100 * min(change):+.1f}% to {100 * max(change):+.1f}%" if change else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _ratio(found: Mapping[str, float] | None) -> str:
+    if found is None:
+        return ""
+    return f"{found['ratio']:.2f} [{found['low']:.2f}, {found['high']:.2f}]"
