@@ -25,7 +25,8 @@ def report(steps: int, word: float, excess: dict[str, float], changes: list[floa
             runs[name] = {"relative_change": change, "verdict": None if change is None else
                           "converged" if abs(change) < tolerance else "falling"}
     delta = {"variant": "reversed", "partner": "forward", "unit": "bits per byte",
-             "delta": word, "low": word - 0.05, "high": word + 0.05}
+             "delta": word, "low": word - 0.05, "high": word + 0.05,
+             "per_seed": [{"seed": s, "delta": word + 0.01 * s} for s in seeds]}
     return {
         "models": models,
         "convergence": {"runs": runs},
@@ -66,6 +67,18 @@ def test_one_row_per_pass_in_pass_order(tmp_path, capsys):
     assert rows[2][-2:] == ["4 of 4", "-0.2% to +0.1%"]
 
 
+def test_per_seed_each_seed_reads_across_the_lengths(tmp_path, capsys):
+    keep(tmp_path, 0, report(500, 0.15, {"forward": 0.30, "reversed": 0.36}, [None, None]))
+    keep(tmp_path, 1, report(1000, 0.20, {"forward": 0.20, "reversed": 0.30}, [-0.25]))
+    assert main(["doublings", "--per-seed", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "| tiny seed | reversed vs forward (bits per byte) at 2.0M, 4.1M tokens |",
+        "|---|---|",
+        "| 1 | +16.0%, +21.0% |",
+        "| 2 | +17.0%, - |",  # seed 2 was not trained to 4.1M tokens
+    ]
+
+
 def test_a_folder_without_pass_reports_is_a_usage_error(tmp_path, capsys):
     (tmp_path / "passes").mkdir()
     (tmp_path / "passes" / "report.json").write_text("{}")
@@ -100,4 +113,7 @@ def test_the_published_tables_are_the_kept_reports(size, capsys):
     assert len(rows) == len(list(folder.glob("pass*/report.json")))
     tokens = [float(row.split(" | ")[1].rstrip("M")) for row in rows]
     assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
-    assert table in (repo / "docs/results.md").read_text()
+    assert main(["doublings", "--per-seed", str(folder)]) == 0
+    seeds = capsys.readouterr().out
+    docs = (repo / "docs/results.md").read_text()
+    assert table in docs and seeds in docs

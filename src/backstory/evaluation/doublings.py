@@ -98,3 +98,25 @@ def _ratio(found: Mapping[str, float] | None) -> str:
     if found is None:
         return ""
     return f"{found['ratio']:.2f} [{found['low']:.2f}, {found['high']:.2f}]"
+
+
+def seed_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each seed's delta per pair at every length of ``rows``, a table per size: whether a
+    seed keeps its place as the runs train (a seed not trained to a length reads "-")."""
+    tables = []
+    for size in dict.fromkeys(row["size"] for row in rows):
+        mine = [row for row in rows if row["size"] == size]
+        pairs = list(dict.fromkeys(p for row in mine for p in row["deltas"]))
+        lengths = ", ".join(f"{row['tokens'] / 1e6:.1f}M" for row in mine)
+        head = [f"{size} seed", *(f"{pair} at {lengths} tokens" for pair in pairs)]
+        per_seed = [{pair: {s["seed"]: s["delta"] for s in row["deltas"][pair]["per_seed"]}
+                     for pair in row["deltas"]} for row in mine]
+        seeds = sorted({seed for found in per_seed for by in found.values() for seed in by})
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for seed in seeds:
+            cells = [str(seed)] + [", ".join(
+                f"{100 * found[pair][seed]:+.1f}%" if seed in found.get(pair, {}) else "-"
+                for found in per_seed) for pair in pairs]
+            lines.append("| " + " | ".join(cells) + " |")
+        tables.append(lines)
+    return [line for i, lines in enumerate(tables) for line in ([""] if i else []) + lines]

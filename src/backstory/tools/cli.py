@@ -23,7 +23,7 @@ from backstory import variants
 from backstory.core.errors import EXIT_USER_ERROR, UserError
 from backstory.data.text import reverse_words
 from backstory.data.tokenizer import Tokenizer
-from backstory.evaluation.doublings import length_rows, length_table, pass_reports
+from backstory.evaluation.doublings import length_rows, length_table, pass_reports, seed_table
 from backstory.evaluation.lineage import check_lineage, model_variant
 from backstory.evaluation.sampling import generate_story, mode
 from backstory.lm.beam import check_beam
@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     lengths.add_argument("folders", nargs="+", type=Path,
                          help="folders holding pass<k>/report.json, e.g. "
                               "data/08_reporting/compare")
+    lengths.add_argument("--per-seed", action="store_true",
+                         help="each seed's deltas at every length instead, a table per size")
     return parser
 
 
@@ -305,7 +307,7 @@ def _run(args: argparse.Namespace) -> None:
             rows = [row for folder in args.folders for row in length_rows(pass_reports(folder))]
         except UserError as err:
             raise UsageError(str(err)) from err
-        print("\n".join(length_table(rows)))
+        print("\n".join(seed_table(rows) if args.per_seed else length_table(rows)))
     else:
         sys.stdout.write(_reverse_words())
 
