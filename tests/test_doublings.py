@@ -94,6 +94,13 @@ def test_an_unreadable_report_is_named(tmp_path, capsys):
         capsys.readouterr().err
 
 
+def test_a_json_file_that_is_no_compare_report_is_named(tmp_path, capsys):
+    keep(tmp_path, 0, {"models": {}})
+    assert main(["doublings", str(tmp_path)]) == 2
+    assert "is no compare report of this version (no ['arrow_of_time', 'convergence'])" in \
+        capsys.readouterr().err
+
+
 def test_runs_of_one_size_at_different_lengths_are_refused(tmp_path, capsys):
     mixed = report(500, 0.15, {"forward": 0.3, "reversed": 0.36}, [None, None])
     mixed["models"]["reversed.tiny.s2"]["steps"] = 1000

@@ -19,6 +19,7 @@ from backstory import variants
 from backstory.core.errors import UserError
 
 PASS_FOLDER = re.compile(r"pass(\d+)")
+NEEDED = ("models", "arrow_of_time", "convergence")  # what a compare report holds
 
 
 def pass_reports(folder: Path) -> list[dict[str, Any]]:
@@ -31,9 +32,13 @@ def pass_reports(folder: Path) -> list[dict[str, Any]]:
     reports = []
     for _, path in found:
         try:
-            reports.append(json.loads(path.read_text()))
+            report = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise UserError(f"{path} is no readable compare report: {err}") from err
+        missing = [key for key in NEEDED if key not in report]
+        if missing:
+            raise UserError(f"{path} is no compare report of this version (no {missing})")
+        reports.append(report)
     return reports
 
 
@@ -42,7 +47,7 @@ def length_rows(reports: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     and the convergence verdicts. Raises UserError when a size's runs differ in tokens."""
     rows = []
     for report in reports:
-        floors = {s["size"]: s for s in report["floor"].get("sizes", [])}
+        floors = {s["size"]: s for s in report.get("floor", {}).get("sizes", [])}
         for size in report["arrow_of_time"]["sizes"]:
             name = size["size"]
             runs = [r for r, m in report["models"].items() if m["size"] == name]
@@ -78,7 +83,7 @@ def length_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     ratios = list(dict.fromkeys(r for row in rows for r in row["excess_ratios"]))
     head = ["size", "tokens per run", "seeds", *pairs, *(f"{v} excess" for v in excess), *ratios,
             "runs converged", "validation loss moved by this doubling"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [_row(head), "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["size"], f"{row['tokens'] / 1e6:.1f}M", str(row["seeds"])]
         for pair in pairs:
@@ -90,8 +95,12 @@ def length_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         change = row["change"]
         cells += [f"{row['converged']} of {row['checked']}" if row["checked"] else "not checked",
                   f"{100 * min(change):+.1f}% to {100 * max(change):+.1f}%" if change else ""]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_row(cells))
     return lines
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def _ratio(found: Mapping[str, float] | None) -> str:
@@ -112,11 +121,11 @@ def seed_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         per_seed = [{pair: {s["seed"]: s["delta"] for s in row["deltas"][pair]["per_seed"]}
                      for pair in row["deltas"]} for row in mine]
         seeds = sorted({seed for found in per_seed for by in found.values() for seed in by})
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines = [_row(head), "|" + "---|" * len(head)]
         for seed in seeds:
             cells = [str(seed)] + [", ".join(
                 f"{100 * found[pair][seed]:+.1f}%" if seed in found.get(pair, {}) else "-"
                 for found in per_seed) for pair in pairs]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(_row(cells))
         tables.append(lines)
     return [line for i, lines in enumerate(tables) for line in ([""] if i else []) + lines]
