@@ -103,7 +103,7 @@ def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _ratio(found: Mapping[str, float] | None) -> str:
+def _ratio(found: Mapping[str, Any] | None) -> str:
     if found is None:
         return ""
     return f"{found['ratio']:.2f} [{found['low']:.2f}, {found['high']:.2f}]"
