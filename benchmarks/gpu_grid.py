@@ -51,15 +51,15 @@ def project_copy(root: Path, corpus: str) -> Path:
 def plan(root: Path, corpus: str) -> list[str]:
     """What the grid trains on ``corpus``: every run's settings built and checked (an
     unknown or bad setting raises here, naming it), and the tokens of each pass."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from rerun_results import lengths, load
-
     from backstory.experiment import run_settings
     from backstory.lm.model import ModelConfig, Transformer
     from backstory.lm.training import TrainConfig
+    from backstory.tools.grid import preset_lengths
+    from backstory.tools.locate import Project
 
-    parameters, experiment = load(root, ENV)
-    base = lengths(parameters, experiment)
+    project = Project.load(root, ENV)
+    parameters, experiment = project.parameters, project.experiment
+    base = preset_lengths(project)
     vocab = parameters["tokenizer"]["vocab_size"]
     corpus_settings = parameters["corpus"]
     lines = [f"{corpus}: corpus {corpus_settings['source']}"

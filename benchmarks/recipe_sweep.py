@@ -27,9 +27,9 @@ from bench_token_efficiency import parse_overrides
 from corpus import DEFAULT_CACHE, ROOT, default_stores
 from machine import start_one_thread
 from recipes import train_curve
-from rerun_results import load
 
 from backstory import experiment, variants
+from backstory.tools.locate import Project
 
 
 def preset_run(parameters: dict, variant: str, preset: str) -> dict:
@@ -59,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     start_one_thread()
     stores, _ = default_stores(args.cache)
-    parameters, _ = load(ROOT, args.env)
+    parameters = Project.load(ROOT, args.env).parameters
     print("variant preset recipe step tokens val_bpb cpu_s")
     for preset in args.presets:
         for label, overrides in args.recipes:

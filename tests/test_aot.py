@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import json
 
 import pytest
 import yaml
 
+from backstory.core.errors import UserError
 from backstory.experiment import run_settings
+from backstory.tools import grid
+from backstory.tools.locate import Project
 from tests.project import (
     REPO,
     TINY_INGEST,
@@ -27,26 +31,35 @@ def rerun_script():
     return module
 
 
-def test_a_rerun_trains_every_run_of_a_preset_for_one_length_or_refuses():
-    """The size sweep compares equal training: the script takes one length per preset
+def test_a_grid_trains_every_run_of_a_preset_for_one_length_or_refuses():
+    """The size sweep compares equal training: the grid takes one length per preset
     and refuses an experiment whose runs of one preset would train for different steps."""
-    script = rerun_script()
-    parameters, experiment = script.load(REPO, "aot")
-    assert len(set(script.lengths(parameters, experiment).values())) == 1
+    project = Project.load(REPO, "aot")
+    assert len(set(grid.preset_lengths(project).values())) == 1
     # as `--params reversed.small.s1.train.max_steps=100` would leave them
-    uneven = deep_update(copy.deepcopy(parameters),
+    uneven = deep_update(copy.deepcopy(project.parameters),
                          {"reversed": {"small": {"s1": {"train": {"max_steps": 100}}}}})
-    with pytest.raises(SystemExit, match="different max_steps"):
-        script.lengths(uneven, experiment)
+    with pytest.raises(UserError, match="different max_steps"):
+        grid.preset_lengths(dataclasses.replace(project, parameters=uneven))
+
+
+def test_only_a_wsd_grid_is_doubled():
+    """One doubling by default where every run can be extended, none otherwise; doublings
+    asked of a schedule that cannot be extended are refused, naming the setting."""
+    assert grid.doublings_for(Project.load(REPO, "aot_converged"), "aot_converged", None) == 1
+    cosine = Project.load(REPO, "aot")
+    assert grid.doublings_for(cosine, "aot", None) == 0
+    assert grid.doublings_for(cosine, "aot", 0) == 0
+    with pytest.raises(UserError, match="train.schedule: wsd"):
+        grid.doublings_for(cosine, "aot", 2)
 
 
 def test_aot_converged_pairs_every_run_with_forward_at_equal_tokens_and_can_double_it():
     """What the converged experiment's answer needs of its declaration, whatever its sizes:
     every delta pairs a run with forward's run of the same size and seed; sizes compare at
     equal training tokens; every run can be doubled (wsd); the issue's minimum grid."""
-    script = rerun_script()
-    parameters, experiment = script.load(REPO, "aot_converged")
-    runs = experiment.runs
+    project = Project.load(REPO, "aot_converged")
+    parameters, runs = project.parameters, project.experiment.runs
     forward = {(r.size, r.seed) for r in runs if r.variant == "forward"}
     assert {(r.size, r.seed) for r in runs} == forward
     assert {"reversed", "backward", "permuted"} <= {r.variant for r in runs}
@@ -64,15 +77,13 @@ def test_aot_converged_pairs_every_run_with_forward_at_equal_tokens_and_can_doub
 
 def test_a_doubling_pass_trains_from_the_previous_length_stable_end():
     pass_steps = rerun_script().pass_steps
-    assert pass_steps(500, 0, "wsd", 0.2) == 500
-    assert pass_steps(500, 1, "wsd", 0.2) == 1000 - 400  # from step 400 of the 500-step run
-    assert pass_steps(500, 2, "wsd", 0.2) == 2000 - 800
-    with pytest.raises(SystemExit, match="wsd"):
-        pass_steps(500, 1, "cosine", 0.2)
+    assert pass_steps(500, 0, 0.2) == 500
+    assert pass_steps(500, 1, 0.2) == 1000 - 400  # from step 400 of the 500-step run
+    assert pass_steps(500, 2, 0.2) == 2000 - 800
 
 
 def test_a_size_driven_ahead_keeps_its_length_while_the_others_catch_up():
-    pass_lengths = rerun_script().pass_lengths
+    pass_lengths = grid.pass_lengths
     base = {"micro": 500, "tiny": 500}
     # micro went through pass 1 alone (--presets micro); tiny has trained nothing yet
     assert pass_lengths(base, {"micro": 1, "tiny": 0}, 0) == {"micro": 1000, "tiny": 500}
@@ -150,7 +161,8 @@ def test_a_tiny_aot_rerun_reports_every_size_over_seeds(tmp_path, capsys):
 
 
 def test_the_muon_plan_pairs_each_adamw_run_with_a_muon_run_of_the_same_shape():
-    parameters, experiment = rerun_script().load(REPO, "aot_muon")
+    project = Project.load(REPO, "aot_muon")
+    parameters, experiment = project.parameters, project.experiment
     settings = {r.size: run_settings(parameters, r) for r in experiment.runs
                 if r.variant == "forward" and r.seed == 1}
     adamw, muon = settings["tiny"], settings["tiny_muon"]
@@ -168,7 +180,8 @@ def test_the_published_grid_reports_were_trained_as_the_shipped_conf_declares(en
     """A grid's published figures stay rerunnable only while its conf still trains those
     runs: the same windows per step and steps (so a change of conf/base's defaults that a
     grid inherits shows here, not in a rerun hours later)."""
-    parameters, experiment = rerun_script().load(REPO, env)
+    project = Project.load(REPO, env)
+    parameters, experiment = project.parameters, project.experiment
     declared = {r.namespace: run_settings(parameters, r) for r in experiment.runs}
     published = {}
     for report in sorted((REPO / "docs/measurements").glob(f"{reports}/report.json")):

@@ -12,7 +12,7 @@ from backstory.data.tokenizer import Tokenizer
 from backstory.lm.checkpoint import TrainedModel, save_model
 from backstory.lm.model import Transformer
 from backstory.tools.cli import main
-from tests.project import make_project, model_config, trained_tokenizer
+from tests.project import REPO, make_project, model_config, trained_tokenizer
 
 WORDS = ["Tom", "Lily", "ran", "jumped", "with", "the", "dog", "cat", "happy", "end"]
 
@@ -197,3 +197,20 @@ def test_damaged_model_is_reported_not_raised(tmp_path, project, tokenizer, caps
     code = run(project, "--variant", "forward", "--prompt", "x", "--model-dir", str(model_dir))
     assert code == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--env", "aot", "--doublings", "2"], "need every run of aot on a wsd schedule"),
+    (["--env", "aot_converged", "--presets", "huge"], "presets ['huge']: aot_converged declares"),
+])
+def test_a_grid_that_cannot_run_is_refused_before_it_trains(args, message, capsys):
+    """The shipped conf, so nothing is trained: each refusal comes before the first pass."""
+    assert main(["grid", "--project-dir", str(REPO), "--jobs", "1", *args]) == 2
+    said = capsys.readouterr()
+    assert message in said.err and "Traceback" not in said.err
+    assert "kedro run" not in said.out
+
+
+def test_a_grid_outside_a_project_names_the_folder(tmp_path, capsys):
+    assert main(["grid", "--project-dir", str(tmp_path), "--env", "aot_converged"]) == 2
+    assert f"{tmp_path} is not a backstory project" in capsys.readouterr().err

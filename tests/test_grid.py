@@ -110,16 +110,16 @@ def test_a_killed_parallel_grid_resumes_without_redoing_a_finished_run(tmp_path:
 
 
 def test_the_grid_driver_doubles_a_wsd_grid_and_reports_convergence(tmp_path: Path) -> None:
-    """benchmarks/rerun_results.py: pass 0, then every run continued to twice its tokens
-    from its stable-phase checkpoint; the report judges each run by the doubling."""
+    """`backstory grid`: pass 0, then every run continued to twice its tokens from its
+    stable-phase checkpoint; the report judges each run by the doubling."""
     root = project(tmp_path / "grid", {
         "experiment": {"main": {"variants": ["forward", "backward"], "presets": ["small"],
                                 "seeds": [1]}},
         "run_defaults": {"train": {"schedule": "wsd", "max_steps": 10, "eval_interval": 5,
                                    "checkpoint_interval": 5}},
     })
-    command = [sys.executable, str(Path(__file__).parents[1] / "benchmarks/rerun_results.py"),
-               "--root", str(root), "--env", "base", "--jobs", "2", "--steps", "1"]
+    command = [sys.executable, "-m", "backstory.tools.cli", "grid", "--project-dir", str(root),
+               "--env", "base", "--jobs", "2"]
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "COLUMNS": "1000"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]

@@ -1,7 +1,7 @@
 """The answer against training tokens: one row per size and length of a doubled grid.
 
 A warmup-stable-decay grid is trained in passes of doubling length, and the compare report
-of each pass is kept as ``pass<k>/report.json`` (``benchmarks/rerun_results.py``). Read
+of each pass is kept as ``pass<k>/report.json`` (``backstory grid``). Read
 side by side, they say whether a delta shrinks, holds or grows as the models train, how
 far each variant stays above the floor, and how much the last doubling still moved the
 runs' validation loss (the convergence test).
@@ -28,7 +28,7 @@ def pass_reports(folder: Path) -> list[dict[str, Any]]:
                    if (m := PASS_FOLDER.fullmatch(path.parent.name)))
     if not found:
         raise UserError(f"{folder} holds no pass<k>/report.json (the compare reports that "
-                        "benchmarks/rerun_results.py keeps after each pass)")
+                        "backstory grid keeps after each pass)")
     reports = []
     for _, path in found:
         try:

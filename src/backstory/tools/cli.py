@@ -1,5 +1,5 @@
-"""The `backstory` command: generate stories, export and import models, reverse words, and
-read a doubled grid's answer against training tokens.
+"""The `backstory` command: generate stories, export and import models, reverse words, train
+an experiment's grid in doubling passes and read its answer against training tokens.
 
 Usage and examples: docs/interop.md. A sampling setting not given is the run's evaluate
 setting in the project's parameters (run_defaults.evaluate for a --model-dir), as its
@@ -33,6 +33,7 @@ from backstory.lm.generate import SamplingConfig
 from backstory.lm.interop import FORMATS, export_model, load_external, save_imported
 from backstory.lm.interop.external import TOKENIZER_MODEL_FILE
 from backstory.pipelines.run.pipeline import tokenizer_dataset
+from backstory.tools import grid
 from backstory.tools.locate import CONF, Project
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,20 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "reverse-words", help="reverse the word order of stdin (Mahurin's reversal; undoes "
         "itself): the text a reversed model reads and writes")
+    train = commands.add_parser(
+        "grid", help="train an experiment's runs side by side (kedro run --runner "
+        "ParallelRunner), in passes of doubling length; killed, the same command continues")
+    train.add_argument("--env", required=True, help="the Kedro environment, e.g. aot_converged")
+    train.add_argument("--project-dir", type=Path, default=Path("."),
+                       help="the Kedro project (default: .)")
+    train.add_argument("--doublings", type=int, default=None,
+                       help="passes of doubled length after the first (default: 1 for a wsd "
+                            "schedule, 0 otherwise)")
+    train.add_argument("--jobs", type=int, default=0,
+                       help="runs trained at once (default 0: the cores idle at the start)")
+    train.add_argument("--presets", nargs="+", default=None,
+                       help="train only these presets' runs, through every pass, and write no "
+                            "report (a later run without --presets reuses them)")
     lengths = commands.add_parser(
         "doublings", help="the deltas, excess over the floor and convergence of a grid "
         "trained in doubling passes, one row per size and length (a markdown table)")
@@ -284,6 +299,26 @@ def _reverse_words() -> str:
     return reverse_words(body) + ("\n" if text.endswith("\n") else "")
 
 
+def _grid(args: argparse.Namespace) -> None:
+    """Train the grid's remaining passes, then print its answer against training tokens."""
+    try:
+        project = Project.load(args.project_dir.resolve(), args.env)
+        doublings = grid.doublings_for(project, args.env, args.doublings)
+        jobs = args.jobs or grid.idle_jobs()
+        print(f"{args.env}: {len(project.experiment.runs)} runs, {doublings} doubling(s), "
+              f"{jobs} at once", flush=True)
+        report = grid.train_grid(project, args.env, doublings, jobs, args.presets)
+        if report is None:
+            print(f"{', '.join(args.presets)} trained through pass {doublings}; run again "
+                  "without --presets for the report")
+            return
+        print(f"report: {report}; against training tokens (backstory doublings "
+              f"{report.parent}):")
+        print("\n".join(length_table(length_rows(pass_reports(report.parent)))))
+    except (UserError, ValueError) as err:
+        raise UsageError(str(err)) from err
+
+
 def _print_stories(stories: list[str], seed: int) -> None:
     if len(stories) == 1:
         print(stories[0])
@@ -302,6 +337,8 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "import":
         for path in _import(args):
             print(path)
+    elif args.command == "grid":
+        _grid(args)
     elif args.command == "doublings":
         try:
             rows = [row for folder in args.folders for row in length_rows(pass_reports(folder))]
