@@ -175,7 +175,8 @@ def test_the_muon_plan_pairs_each_adamw_run_with_a_muon_run_of_the_same_shape():
 
 @pytest.mark.parametrize("env,reports", [("aot_converged", "aot_converged_dev/*/pass0"),
                                           ("aot_muon", "aot_muon_dev/pass0"),
-                                          ("aot_instruct", "aot_instruct_dev")])
+                                          ("aot_instruct", "aot_instruct_dev"),
+                                          ("aot_lr", "aot_lr_dev/pass0")])
 def test_the_published_grid_reports_were_trained_as_the_shipped_conf_declares(env, reports):
     """A grid's published figures stay rerunnable only while its conf still trains those
     runs: the same windows per step and steps (so a change of conf/base's defaults that a
