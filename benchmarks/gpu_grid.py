@@ -8,9 +8,10 @@ Each corpus trains in its own project copy under ``--workdir`` (conf/ and pyproj
 copied, its own data/), so the two corpora's stories, tokenizers and runs never mix:
 storyworld with conf/aot_gpu as it is, TinyStories V2 with conf/tinystories_v2's ingest
 settings in place of aot_gpu's. Each copy is run by ``rerun_results.py --jobs 1`` (one
-GPU: one run at a time), which trains pass 0, doubles every run's tokens from its
-stable-phase checkpoint, and prints the figures, the convergence verdicts and the
-machine. Killed, the same command continues where it stopped.
+GPU: one run at a time), which prints the machine, trains pass 0 (``backstory grid``),
+doubles every run's tokens from its stable-phase checkpoint, and prints the deltas and the
+convergence verdicts against training tokens. Killed, the same command continues where it
+stopped.
 
 TinyStories V2 is downloaded (2.2 GB) into the copy's data/01_raw/downloads unless it is
 there already: on a machine without network, copy that folder in first.
