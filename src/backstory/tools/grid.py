@@ -129,12 +129,11 @@ def all_converged(report: Mapping) -> bool:
     return bool(runs) and all(c["verdict"] == "converged" for c in runs)
 
 
-def train_grid(project: Project, env: str, doublings: int | None, jobs: int,
+def train_grid(project: Project, env: str, doublings: int, jobs: int,
                presets: Sequence[str] | None = None) -> Path | None:
-    """Every pass the grid still needs, up to ``doublings``; the report's path, or None when
-    ``presets`` trained some sizes only (no report)."""
+    """Every pass the grid still needs, up to ``doublings`` (as ``doublings_for`` gives
+    them); the report's path, or None when ``presets`` trained some sizes only (no report)."""
     base = preset_lengths(project)
-    doublings = doublings_for(project, env, doublings)
     unknown = sorted(set(presets or ()) - set(base))
     if unknown:
         raise UserError(f"presets {unknown}: {env} declares {sorted(base)}")
