@@ -125,7 +125,7 @@ def test_the_grid_driver_doubles_a_wsd_grid_and_reports_convergence(tmp_path: Pa
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     said = done.stdout + done.stderr
     assert "presets.small.train.max_steps=10" in said and "presets.small.train.max_steps=20" in said
-    assert said.count("Extending") == 2  # both runs continued, none trained from step 0 again
+    assert said.count("Continuing") == 2  # both runs continued, none trained from step 0 again
     report = json.loads((root / "data/08_reporting/compare/report.json").read_text())
     for run in ("forward.small.s1", "backward.small.s1"):
         found = report["convergence"]["runs"][run]

@@ -788,6 +788,37 @@ def test_a_longer_wsd_run_continues_from_the_stable_checkpoint_and_equals_a_dire
     assert [p.name for p in (run_dir / "stable").iterdir()] == ["step_00000018"]
 
 
+def test_another_cooldown_continues_from_the_stable_checkpoint_and_restarts_the_cooldowns(
+        stores, tmp_path: Path, monkeypatch) -> None:
+    first = small_config(max_steps=12, schedule="wsd", cooldown_fraction=0.25)  # stable to 9
+    to_zero = replace(first, min_lr=0.0)  # the same stable phase, another cooldown
+    run_dir = tmp_path / "run"
+    run(stores, run_dir, first)
+    started_at = []
+    start = train_loop.Session.start
+
+    def recording_start(*args, **kwargs):
+        session = start(*args, **kwargs)
+        started_at.append(session.step)
+        return session
+
+    monkeypatch.setattr(train_loop.Session, "start", recording_start)
+    recooled = run(stores, run_dir, to_zero)
+    direct = run(stores, tmp_path / "direct", to_zero)
+    assert started_at == [9, 0]  # only the cooldown was trained again
+    assert_same_weights(recooled.state_dict, direct.state_dict)
+    # The first cooldown's loss is no length of this run: the cooldowns hold the new one only,
+    # and the old file stays with the old run.
+    assert recooled.meta["cooldowns"] == direct.meta["cooldowns"]
+    assert [c["steps"] for c in recooled.meta["cooldowns"]] == [12]
+    assert (tmp_path / "run.previous" / "cooldowns.json").exists()
+    assert read_state(latest_checkpoint(tmp_path / "run.previous"))["train_config"]["min_lr"] \
+        == first.min_lr
+    # A later doubling under the new cooldown records its lengths again.
+    doubled = run(stores, run_dir, replace(to_zero, max_steps=24))
+    assert [c["steps"] for c in doubled.meta["cooldowns"]] == [12, 24]
+
+
 def test_only_a_wsd_run_lengthened_past_its_stable_checkpoint_is_extended(
         stores, tmp_path: Path) -> None:
     wsd = small_config(max_steps=12, schedule="wsd", cooldown_fraction=0.25)

@@ -23,9 +23,10 @@ from backstory.lm.training.config import RESUME_FREE_KEYS, TrainConfig
 # Store attributes that identify the data a run trained on (checked on resume).
 DATA_KEYS = ("variant", "layout", "vocab_size", "tokenizer_sha256", "corpus_fingerprint",
               "n_tokens", "n_docs")
-# The length of a wsd run: a checkpoint taken in the stable phase belongs to every length
-# whose stable phase reaches it (``same_rates_until``), so a longer run continues from it.
-LENGTH_KEYS = frozenset({"max_steps", "cooldown_fraction"})
+# What a wsd run does after its stable phase: its length and its cooldown. A checkpoint taken
+# in the stable phase belongs to every such run whose stable phase reaches it
+# (``same_rates_until``), so a longer run, or another cooldown, continues from it.
+COOLDOWN_KEYS = frozenset({"max_steps", "cooldown_fraction", "min_lr"})
 
 @dataclass
 class TrainJob:
@@ -78,7 +79,7 @@ def run_differences(job: TrainJob, state: dict) -> list[str]:
     changed = sorted(k for k in now.keys() | saved.keys()
                      if k not in RESUME_FREE_KEYS and saved.get(k) != now.get(k))
     if same_rates_until(saved, now, int(state.get("step", 0))):
-        changed = [k for k in changed if k not in LENGTH_KEYS]
+        changed = [k for k in changed if k not in COOLDOWN_KEYS]
     if changed:
         differences.append(f"train settings {changed}")
     saved_lineage = dict(state.get("lineage") or {})
@@ -94,7 +95,8 @@ def run_differences(job: TrainJob, state: dict) -> list[str]:
 
 def same_rates_until(saved: dict, now: dict, step: int) -> bool:
     """Whether two runs' settings gave every step before ``step`` the same learning rate
-    when they differ at most in length: both wsd, ``step`` in both stable phases."""
+    when they differ at most in length and cooldown: both wsd, ``step`` in both stable
+    phases (``min_lr`` is reached only in the cooldown)."""
     if saved.get("schedule") != "wsd" or now.get("schedule") != "wsd":
         return False
     try:

@@ -165,24 +165,34 @@ def _set_aside_other_run(job: TrainJob) -> None:
 
 
 def _extend(job: TrainJob, stable: Path, state: dict) -> None:
-    """Continue the run in ``run_dir`` to a longer wsd length from its ``stable`` checkpoint.
+    """Continue the run in ``run_dir`` to a longer wsd length, or another cooldown, from its
+    ``stable`` checkpoint.
 
-    Every step before that checkpoint had the learning rate the longer run gives it
-    (``job.same_rates_until``), so training on from it repeats the longer run trained
-    from step 0, byte for byte, at the cost of the steps after it only. A copy of the
-    old run stays in ``<run_dir>.previous``; its final validation loss joins the run's
-    cooldowns first when it had finished.
+    Every step before that checkpoint had the learning rate the new run gives it
+    (``job.same_rates_until``), so training on from it repeats the new run trained from
+    step 0, byte for byte, at the cost of the steps after it only. A copy of the old run
+    stays in ``<run_dir>.previous``. Its final validation loss joins the run's cooldowns
+    when it had finished with the same cooldown; under another cooldown (``min_lr`` or
+    ``cooldown_fraction``) the earlier lengths' losses are not comparable with the new
+    one's, so the cooldowns start again (the old file is in the copy).
     """
-    if state["step"] == state["train_config"]["max_steps"]:
+    old = state["train_config"]
+    same_cooldown = all(old.get(k) == getattr(job.config, k)
+                        for k in ("min_lr", "cooldown_fraction"))
+    if same_cooldown and state["step"] == old["max_steps"]:
         _record_cooldown(job.run_dir, state["meta"])
     aside = previous_run_dir(job.run_dir)
     if aside.exists():
         shutil.rmtree(aside)
     shutil.copytree(job.run_dir, aside, ignore=shutil.ignore_patterns(LOCK_FILE))
+    if not same_cooldown:
+        (job.run_dir / COOLDOWNS_FILE).unlink(missing_ok=True)
     restore_checkpoint(job.run_dir, stable)
-    logger.info("Extending %s from %d to %d steps: continuing from its end-of-stable-phase "
-                "checkpoint %s (the run as it was is in %s)", job.run_dir,
-                state["train_config"]["max_steps"], job.config.max_steps, stable.name, aside)
+    logger.info("Continuing %s from its end-of-stable-phase checkpoint %s to %d steps, min_lr "
+                "%g, cooldown_fraction %g (it was %d steps, min_lr %g, cooldown_fraction %g; "
+                "the run as it was is in %s)", job.run_dir, stable.name, job.config.max_steps,
+                job.config.min_lr, job.config.cooldown_fraction, old["max_steps"],
+                old["min_lr"], old["cooldown_fraction"], aside)
 
 
 def _record_cooldown(run_dir: Path, meta: dict) -> dict:
