@@ -26,7 +26,8 @@ DATA_KEYS = ("variant", "layout", "vocab_size", "tokenizer_sha256", "corpus_fing
 # What a wsd run does after its stable phase: its length and its cooldown. A checkpoint taken
 # in the stable phase belongs to every such run whose stable phase reaches it
 # (``same_rates_until``), so a longer run, or another cooldown, continues from it.
-COOLDOWN_KEYS = frozenset({"max_steps", "cooldown_fraction", "min_lr"})
+COOLDOWN_SHAPE = ("cooldown_fraction", "min_lr")  # lengths cooled down alike compare
+COOLDOWN_KEYS = frozenset({"max_steps", *COOLDOWN_SHAPE})
 
 @dataclass
 class TrainJob:

@@ -44,7 +44,13 @@ from backstory.lm.checkpoint import (
 from backstory.lm.finetune import InitialModel, plain_state_dict
 from backstory.lm.model import ModelConfig, Transformer
 from backstory.lm.training.config import TrainConfig
-from backstory.lm.training.job import TrainJob, check_same_run, json_normal, run_differences
+from backstory.lm.training.job import (
+    COOLDOWN_SHAPE,
+    TrainJob,
+    check_same_run,
+    json_normal,
+    run_differences,
+)
 from backstory.lm.training.launch import (
     Rank,
     check_launchable,
@@ -177,8 +183,7 @@ def _extend(job: TrainJob, stable: Path, state: dict) -> None:
     one's, so the cooldowns start again (the old file is in the copy).
     """
     old = state["train_config"]
-    same_cooldown = all(old.get(k) == getattr(job.config, k)
-                        for k in ("min_lr", "cooldown_fraction"))
+    same_cooldown = all(old.get(k) == getattr(job.config, k) for k in COOLDOWN_SHAPE)
     if same_cooldown and state["step"] == old["max_steps"]:
         _record_cooldown(job.run_dir, state["meta"])
     aside = previous_run_dir(job.run_dir)
