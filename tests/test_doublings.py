@@ -110,7 +110,8 @@ def test_runs_of_one_size_at_different_lengths_are_refused(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("grid", ["aot_converged_dev/micro", "aot_converged_dev/tiny",
-                                  "aot_converged_dev/small", "aot_lr_dev"])
+                                  "aot_converged_dev/small", "aot_lr_dev",
+                                  "aot_lr_dev/ten_seeds"])
 def test_the_published_tables_are_the_kept_reports(grid, capsys):
     """docs/results.md shows each grid's table as the command prints it from the reports."""
     repo = Path(__file__).resolve().parents[1]
