@@ -758,13 +758,8 @@ def test_thread_choice(monkeypatch) -> None:
 # --- extending a wsd run ---------------------------------------------------------------
 
 
-def test_a_longer_wsd_run_continues_from_the_stable_checkpoint_and_equals_a_direct_run(
-        stores, tmp_path: Path, monkeypatch) -> None:
-    short = small_config(max_steps=12, schedule="wsd", cooldown_fraction=0.25)  # stable to 9
-    long = replace(short, max_steps=24)  # stable to 18: steps 0-8 run at the same rates
-    run_dir = tmp_path / "run"
-    first = run(stores, run_dir, short)
-    assert [p.name for p in (run_dir / "stable").iterdir()] == ["step_00000009"]
+def record_starts(monkeypatch) -> list[int]:
+    """The step each training session starts at, in order, from now on."""
     started_at = []
     start = train_loop.Session.start
 
@@ -774,6 +769,17 @@ def test_a_longer_wsd_run_continues_from_the_stable_checkpoint_and_equals_a_dire
         return session
 
     monkeypatch.setattr(train_loop.Session, "start", recording_start)
+    return started_at
+
+
+def test_a_longer_wsd_run_continues_from_the_stable_checkpoint_and_equals_a_direct_run(
+        stores, tmp_path: Path, monkeypatch) -> None:
+    short = small_config(max_steps=12, schedule="wsd", cooldown_fraction=0.25)  # stable to 9
+    long = replace(short, max_steps=24)  # stable to 18: steps 0-8 run at the same rates
+    run_dir = tmp_path / "run"
+    first = run(stores, run_dir, short)
+    assert [p.name for p in (run_dir / "stable").iterdir()] == ["step_00000009"]
+    started_at = record_starts(monkeypatch)
     extended = run(stores, run_dir, long)
     direct = run(stores, tmp_path / "direct", long)
     assert started_at == [9, 0]  # the extension trained steps 9-23 only
@@ -794,15 +800,7 @@ def test_another_cooldown_continues_from_the_stable_checkpoint_and_restarts_the_
     to_zero = replace(first, min_lr=0.0)  # the same stable phase, another cooldown
     run_dir = tmp_path / "run"
     run(stores, run_dir, first)
-    started_at = []
-    start = train_loop.Session.start
-
-    def recording_start(*args, **kwargs):
-        session = start(*args, **kwargs)
-        started_at.append(session.step)
-        return session
-
-    monkeypatch.setattr(train_loop.Session, "start", recording_start)
+    started_at = record_starts(monkeypatch)
     recooled = run(stores, run_dir, to_zero)
     direct = run(stores, tmp_path / "direct", to_zero)
     assert started_at == [9, 0]  # only the cooldown was trained again
