@@ -76,9 +76,10 @@ def main() -> None:
             store.document(i)[None, :width].astype(np.int64), variant.token_order)[0])
             for i in range(args.stories)]
         run_dir = project.path(f"{run.namespace}.training_run")
-        if stable_checkpoint(run_dir) is None:
+        kept = stable_checkpoint(run_dir)
+        if kept is None:
             raise SystemExit(f"{run_dir} keeps no end-of-stable-phase checkpoint (wsd runs do)")
-        stable = load_checkpoint(stable_checkpoint(run_dir))
+        stable = load_checkpoint(kept)
         losses["stable end"][run.seed] = target_losses(
             TrainedModel(final.config, stable.model_state, {}), stories)
         losses["end"][run.seed] = target_losses(final, stories)
