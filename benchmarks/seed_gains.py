@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from backstory.data.token_store import TokenStore
+from backstory.experiment import run_settings
 from backstory.lm.checkpoint import (
     TrainedModel,
     build_model,
@@ -68,13 +69,13 @@ def main() -> None:
         raise SystemExit(f"{args.env} has no {args.variant} run of preset {args.preset}")
     variant = variant_of(args.variant)
     store = TokenStore(project.path(f"{variant.token_source}.val_tokens"))
+    width = run_settings(project.parameters, runs[0])["model"]["max_seq_len"] + 1  # one preset
+    stories = [np.ascontiguousarray(order_windows(  # backward: a reversed view
+        store.document(i)[None, :width].astype(np.int64), variant.token_order)[0])
+        for i in range(args.stories)]
     losses: dict[str, dict[int, np.ndarray]] = {"stable end": {}, "end": {}}
     for run in runs:
         final = load_trained(project.path(f"{run.namespace}.model"))
-        width = final.config.max_seq_len + 1
-        stories = [np.ascontiguousarray(order_windows(  # backward: a reversed view
-            store.document(i)[None, :width].astype(np.int64), variant.token_order)[0])
-            for i in range(args.stories)]
         run_dir = project.path(f"{run.namespace}.training_run")
         kept = stable_checkpoint(run_dir)
         if kept is None:
